@@ -1,0 +1,108 @@
+"""Hash grid training throughput on CPU: kernel path vs the plain PyTorch reference.
+
+One step = forward (encode [+ NGP-sized MLP head] + MSE loss), backward, Adam step + zero_grad.
+Reports the median over a few steps after warm-up, split into its three phases, as samples/s.
+
+    python bench/field_throughput.py [--batch-log2 16] [--iters 5] [--threads N]
+
+The reference path gets fewer steps (--ref-iters) because it is ~20-60x slower. On a shared
+machine, 2-thread numbers collapse when another process holds a core (OpenMP spin-waits):
+compare with --threads 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from radfield.fields.hashgrid import HashGrid, HashGridConfig, kernel_available
+
+
+def make_adam(params, lr: float) -> tuple[torch.optim.Adam, str]:
+    """Instant-NGP's Adam (0.9, 0.99, eps 1e-15); fused if this torch supports it on CPU."""
+    params = list(params)
+    try:
+        opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99), eps=1e-15, fused=True)
+        for p in params:  # probe one real step with zero grads, then reset the state
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.state.clear()
+        for p in params:
+            p.grad = None
+        return opt, "fused"
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99), eps=1e-15, foreach=True), "foreach"
+
+
+def run(use_kernel: bool, with_head: bool, batch: int, iters: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    grid = HashGrid(HashGridConfig(use_kernel=use_kernel))
+    params = list(grid.parameters())
+    head = None
+    if with_head:
+        head = nn.Sequential(
+            nn.Linear(grid.output_dim, 64, bias=False), nn.ReLU(), nn.Linear(64, 16, bias=False)
+        )
+        params += list(head.parameters())
+    opt, adam_kind = make_adam(params, lr=1e-2)
+    times = {"fwd": [], "bwd": [], "opt": []}
+    for step in range(warmup + iters):
+        x = torch.rand(batch, 3)
+        target = torch.rand(batch, 16 if with_head else grid.output_dim)
+        t0 = time.perf_counter()
+        out = grid(x)
+        if head is not None:
+            out = head(out)
+        loss = (out - target).square().mean()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if step >= warmup:
+            times["fwd"].append(t1 - t0)
+            times["bwd"].append(t2 - t1)
+            times["opt"].append(t3 - t2)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    total = statistics.median([a + b + c for a, b, c in zip(*times.values())])
+    return {**med, "total": total, "samples_s": batch / total, "adam": adam_kind}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-log2", type=int, default=16)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--ref-iters", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as is)")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    batch = 2**args.batch_log2
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 2^{args.batch_log2}, "
+          f"hash grid L16 F2 T2^19, median of {args.iters} (reference {args.ref_iters}) steps "
+          f"after {args.warmup} warm-up")  # fmt: skip
+    paths = [("kernel", True)] if kernel_available() else []
+    if not paths:
+        print("(CPU kernel unavailable: reference only)")
+    paths.append(("reference", False))
+    header = f"{'path':<10} {'model':<14} {'fwd ms':>8} {'bwd ms':>8} {'adam ms':>8} {'step ms':>8} {'Msamples/s':>11}  adam"
+    print(header)
+    print("-" * len(header))
+    for name, use_kernel in paths:
+        for with_head in (False, True):
+            iters = args.iters if use_kernel else args.ref_iters
+            r = run(use_kernel, with_head, batch, iters, args.warmup)
+            model = "grid+MLP head" if with_head else "grid only"
+            print(f"{name:<10} {model:<14} {r['fwd'] * 1e3:8.1f} {r['bwd'] * 1e3:8.1f} "
+                  f"{r['opt'] * 1e3:8.1f} {r['total'] * 1e3:8.1f} {r['samples_s'] / 1e6:11.3f}  "
+                  f"{r['adam']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from radfield.cli import main
+
+sys.exit(main())

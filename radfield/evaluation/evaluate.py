@@ -1,0 +1,82 @@
+"""Evaluate a trained run on a split: render every image, score it, save the renders."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from radfield.config import RunConfig, run_config_from_dict
+from radfield.data import load_scene
+from radfield.evaluation.metrics import lpips_fn, psnr, psnr_uint8, ssim
+from radfield.evaluation.plots import colorize_depth
+from radfield.io import atomic_write, save_png
+from radfield.models import build_model
+from radfield.rendering.images import render_image
+from radfield.training.checkpoint import load_checkpoint
+from radfield.training.trainer import background_color
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, torch.nn.Module]:
+    """The run's config and its trained model (in eval mode) from ``RUN_DIR/checkpoint.pt``."""
+    ck = load_checkpoint(Path(run_dir), map_location=device)
+    config = run_config_from_dict(json.loads(ck["config"]))
+    model = build_model(config, ck["model"]["field.aabb"].to(device)).to(device)
+    model.load_state_dict(ck["model"])
+    return config, model.eval()
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
+                 save_renders: bool = True, progress: bool = True) -> dict:
+    """Render ``split``, compute PSNR / PSNR(uint8) / SSIM / LPIPS per image and their means,
+    write ``RUN_DIR/metrics.json`` (and ``metrics_<split>.json``) and the renders to
+    ``RUN_DIR/renders/<split>/``. LPIPS is None when its weights are not available locally."""
+    run_dir = Path(run_dir)
+    config, model = load_run(run_dir, device)
+    data = load_scene(config.data.path, split, config.data.downscale)
+    bg = background_color(config.data.eval_background, device)
+    lpips = lpips_fn(device=device)
+    cams = data.cameras.to(device)
+    out_dir = run_dir / "renders" / split
+    per_image = []
+    indices = range(len(data))
+    if progress:
+        from tqdm import tqdm
+        indices = tqdm(indices, desc=f"eval {split}", unit="img", file=sys.stderr)
+    for i in indices:
+        r = render_image(model, cams, i, bg)
+        gt = data.composited(i, bg.cpu())
+        name = Path(data.names[i]).stem
+        row = {"name": name, "psnr": psnr(r.rgb, gt), "psnr_uint8": psnr_uint8(r.rgb, gt),
+               "ssim": ssim(r.rgb, gt), "lpips": lpips(r.rgb, gt) if lpips else None}
+        per_image.append(row)
+        if save_renders:
+            save_png(out_dir / f"{name}_rgb.png", r.rgb)
+            save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
+            save_png(out_dir / f"{name}_opacity.png", r.opacity)
+
+    def mean(key):
+        vals = [row[key] for row in per_image]
+        return None if any(v is None for v in vals) else float(sum(vals) / len(vals))
+
+    metrics = {"split": split, "n_images": len(per_image), "psnr": mean("psnr"),
+               "psnr_uint8": mean("psnr_uint8"), "ssim": mean("ssim"), "lpips": mean("lpips"),
+               "lpips_note": None if lpips else "unavailable: LPIPS weights not present locally",
+               "eval_background": config.data.eval_background, "per_image": per_image}
+    for name in ("metrics.json", f"metrics_{split}.json"):
+        with atomic_write(run_dir / name) as tmp:
+            tmp.write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    lines = [f"{'image':<24}{'PSNR':>8}{'PSNR8':>8}{'SSIM':>8}{'LPIPS':>8}"]
+    fmt = lambda v, p=2: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+    for row in metrics["per_image"]:
+        lines.append(f"{row['name']:<24}{fmt(row['psnr']):>8}{fmt(row['psnr_uint8']):>8}"
+                     f"{fmt(row['ssim'], 4):>8}{fmt(row['lpips'], 4):>8}")
+    lines.append(f"{'mean (' + str(metrics['n_images']) + ' images)':<24}{fmt(metrics['psnr']):>8}"
+                 f"{fmt(metrics['psnr_uint8']):>8}{fmt(metrics['ssim'], 4):>8}{fmt(metrics['lpips'], 4):>8}")
+    return "\n".join(lines)

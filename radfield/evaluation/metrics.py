@@ -1,0 +1,165 @@
+"""Image-quality metrics: PSNR, SSIM and (when available offline) LPIPS.
+
+Vocabulary: images are ``(H, W, 3)`` float tensors, nominally in ``[0, 1]``; ``pred`` is the
+rendering, ``target`` the ground truth. Every metric clips both images to ``[0, 1]`` first
+(data range 1) and returns a plain Python ``float``.
+
+* ``psnr = -10 log10(mse)``, ``mse = mean((pred - target)^2)`` over pixels and channels;
+  ``inf`` when the images are identical.
+* ``ssim``: Wang et al. 2004 with the settings of multinerf's ``compute_ssim`` and of
+  ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1)``: 11x11 Gaussian window, ``sigma = 1.5``,
+  ``K1 = 0.01``, ``K2 = 0.03``, "valid" filtering (no padding), mean over channels and pixels.
+* ``lpips_fn()`` returns a callable, or ``None`` when LPIPS cannot run offline. ``None`` must be
+  reported as "unavailable", never as 0 (0 would read as a perfect score).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["mse", "psnr", "psnr_uint8", "quantize_uint8", "gaussian_window", "ssim", "lpips_fn"]
+
+
+def _check_pair(pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape or pred.ndim != 3 or pred.shape[-1] != 3:
+        raise ValueError(f"expected two (H, W, 3) images, got {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}")
+
+
+def mse(pred: Tensor, target: Tensor) -> float:
+    """``mean((clip(pred) - clip(target))^2)`` over all pixels and channels, in float64."""
+    _check_pair(pred, target)
+    diff = pred.double().clamp(0, 1) - target.double().clamp(0, 1)
+    return float(diff.square().mean())
+
+
+def psnr(pred: Tensor, target: Tensor) -> float:
+    """Peak signal-to-noise ratio in dB for data range 1: ``-10 log10(mse)``.
+
+    Example: ``pred = target + 0.1`` (no clipping involved) has ``mse = 0.01``, so
+    ``psnr = -10 log10(0.01) = 20`` dB. Identical images give ``float('inf')``.
+    """
+    err = mse(pred, target)
+    return math.inf if err == 0.0 else -10.0 * math.log10(err)
+
+
+def quantize_uint8(image: Tensor) -> Tensor:
+    """``round(clip(x, 0, 1) * 255) / 255``: what saving the image as 8-bit PNG does to it."""
+    return torch.round(image.double().clamp(0, 1) * 255.0) / 255.0
+
+
+def psnr_uint8(pred: Tensor, target: Tensor) -> float:
+    """PSNR after quantising both images to 8 bits (:func:`quantize_uint8`).
+
+    Example: ``target = k / 255`` and ``pred = (k + 10) / 255`` everywhere gives
+    ``mse = (10/255)^2`` and ``psnr = 20 log10(255 / 10) = 28.13`` dB.
+    """
+    return psnr(quantize_uint8(pred), quantize_uint8(target))
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    """1-D Gaussian ``g_i = exp(-(i - (size-1)/2)^2 / (2 sigma^2))``, normalised to sum 1.
+
+    The 2-D SSIM window is the outer product ``g g^T``. float64, shape ``(size,)``.
+    """
+    i = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-0.5 * (i / sigma) ** 2)
+    return g / g.sum()
+
+
+def _filter_valid(x: Tensor, g: Tensor) -> Tensor:
+    """Separable 'valid' filtering of ``x (C, 1, H, W)`` with ``g g^T``: ``(C, 1, H-k+1, W-k+1)``."""
+    k = g.numel()
+    x = torch.nn.functional.conv2d(x, g.view(1, 1, k, 1))
+    return torch.nn.functional.conv2d(x, g.view(1, 1, 1, k))
+
+
+def ssim(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5,
+         k1: float = 0.01, k2: float = 0.03) -> float:
+    """Structural similarity, mean over channels and 'valid' window positions.
+
+    With window-weighted local statistics (``w`` the normalised Gaussian window)::
+
+        mu_x = sum w x,   s_xx = sum w x^2 - mu_x^2,   s_xy = sum w x y - mu_x mu_y
+        SSIM = (2 mu_x mu_y + C1) (2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1) (s_xx + s_yy + C2))
+
+    with ``C1 = (K1 L)^2``, ``C2 = (K2 L)^2``, ``L = 1``. As in multinerf, round-off is cleaned
+    up by clamping ``s_xx, s_yy >= 0`` and ``|s_xy| <= sqrt(s_xx s_yy)``.
+
+    Example: constant images ``x = a``, ``y = b`` have zero (co)variances, so
+    ``SSIM = (2ab + C1) / (a^2 + b^2 + C1)``; ``a = 0.5, b = 0.25`` gives ``0.8003``.
+
+    Computed in float64 on the inputs' device; needs ``H, W >= window_size``.
+    """
+    _check_pair(pred, target)
+    h, w, _ = pred.shape
+    if h < window_size or w < window_size:
+        raise ValueError(f"ssim needs images of at least {window_size}x{window_size}, got {h}x{w}")
+    x = pred.double().clamp(0, 1).permute(2, 0, 1).unsqueeze(1)  # (3, 1, H, W)
+    y = target.double().clamp(0, 1).permute(2, 0, 1).unsqueeze(1)
+    g = gaussian_window(window_size, sigma).to(x.device)
+
+    mu_x, mu_y = _filter_valid(x, g), _filter_valid(y, g)
+    s_xx = (_filter_valid(x * x, g) - mu_x**2).clamp_min(0)
+    s_yy = (_filter_valid(y * y, g) - mu_y**2).clamp_min(0)
+    s_xy = _filter_valid(x * y, g) - mu_x * mu_y
+    bound = torch.sqrt(s_xx * s_yy)
+    s_xy = torch.maximum(torch.minimum(s_xy, bound), -bound)
+
+    c1, c2 = k1**2, k2**2
+    numer = (2 * mu_x * mu_y + c1) * (2 * s_xy + c2)
+    denom = (mu_x**2 + mu_y**2 + c1) * (s_xx + s_yy + c2)
+    return float((numer / denom).mean())
+
+
+def _lpips_weights_present(net: str) -> bool:
+    """True when the backbone and the LPIPS linear-layer weights are both on disk already."""
+    import lpips  # noqa: F401  (raises ImportError when absent)
+
+    backbone_files = {  # torchvision's cache file names for the ImageNet backbones
+        "alex": "alexnet-owt-7be5be79.pth",
+        "vgg": "vgg16-397923af.pth",
+        "squeeze": "squeezenet1_1-b8a52dc0.pth",
+    }
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints", backbone_files[net])
+    linear = os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", f"{net}.pth")
+    return os.path.isfile(cache) and os.path.isfile(linear)
+
+
+def lpips_fn(net: str = "alex", device: torch.device | str = "cpu"
+             ) -> Callable[[Tensor, Tensor], float] | None:
+    """LPIPS (Zhang et al. 2018) as ``f(pred, target) -> float``, or ``None`` if unavailable.
+
+    Returns a callable only when the ``lpips`` package imports *and* both weight files are
+    already on disk (the torchvision backbone in ``torch.hub.get_dir()/checkpoints`` and the
+    linear layers shipped inside the ``lpips`` package); nothing is ever downloaded, because
+    torchvision loads a cached checkpoint without touching the network. Any failure gives
+    ``None``. Callers must report ``None`` as "unavailable", never as 0.
+
+    The callable takes two ``(H, W, 3)`` images in ``[0, 1]`` (clipped) and maps them to
+    ``[-1, 1]`` as LPIPS expects; lower is better.
+    """
+    try:
+        if not _lpips_weights_present(net):
+            return None
+        import lpips
+
+        model = lpips.LPIPS(net=net, verbose=False).eval().to(device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+    except Exception:
+        return None
+
+    def lpips_distance(pred: Tensor, target: Tensor) -> float:
+        _check_pair(pred, target)
+        to_nchw = lambda im: (im.float().clamp(0, 1).permute(2, 0, 1)[None] * 2 - 1).to(device)  # noqa: E731
+        with torch.no_grad():
+            return float(model(to_nchw(pred), to_nchw(target)).mean())
+
+    return lpips_distance

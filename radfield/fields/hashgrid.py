@@ -1,0 +1,333 @@
+"""Multiresolution hash encoding (Instant-NGP), with a plain PyTorch reference and a fast CPU kernel.
+
+Vocabulary:
+    x        points in the unit cube, shape (n, 3); coordinates outside [0, 1] are clamped.
+    L, F     number of levels, features per level; the encoding has shape (n, L * F).
+    T        the configured table size 2 ** log2_table_size (rows per level at most).
+    res_l    grid resolution of level l: the level's grid has res_l + 1 vertices per axis.
+    T_l      rows of level l's table: min(T, (res_l + 1) ** 3).
+    dense    a level whose (res_l + 1) ** 3 vertices fit in its table (T_l == (res_l + 1) ** 3):
+             vertex (cx, cy, cz) has row cx + cy * (res_l + 1) + cz * (res_l + 1) ** 2.
+    hashed   any other level: row ((cx * 1) xor (cy * 2654435761) xor (cz * 805459861)) mod 2^32
+             mod T_l (uint32 arithmetic, as in the reference implementation).
+
+Per level (the equations both paths implement, operation for operation):
+    p   = clamp(x, 0, 1) * res_l
+    i0  = min(floor(p), res_l - 1)          so that x = 1 falls in the last cell with t = 1
+    t   = p - i0                            in [0, 1]^3
+    corner c = 0..7 has offset (c & 1, c >> 1 & 1, c >> 2 & 1) in (x, y, z) and weight
+    w_c = (w_x * w_y) * w_z with w_d = t_d if the offset bit is set, else 1 - t_d
+    enc_l(x) = sum over c = 0..7 of w_c * table_l[row(i0 + offset_c)]
+
+Worked example: res = 2, x = (0.25, 0.5, 1.0) -> p = (0.5, 1, 2), i0 = (0, 1, 1), t = (0.5, 0, 1):
+only corners with z offset 1 and y offset 0 have weight, 0.5 each, at vertices (0, 1, 2) and
+(1, 1, 2), i.e. dense rows 0 + 3 + 18 = 21 and 22.
+
+Resolutions: res_l = floor(N_min * b ** l + 1e-6) with b = exp((ln N_max - ln N_min) / (L - 1)),
+so res_0 = N_min and res_{L-1} = N_max (the 1e-6 guards against b ** l rounding just below an
+integer). With the defaults (16 levels, 16 -> 2048) the resolutions are 16, 22, 30, ..., 2048.
+
+Paths:
+    `hash_grid_reference` -- plain PyTorch (any device, any float dtype, autograd to tables and x).
+    The CPU kernel `radfield/fields/_hashgrid_cpu.c` -- float32, OpenMP, compiled with gcc at first
+    use into $RADFIELD_CACHE (default ~/.cache/radfield) and called through ctypes inside a
+    `torch.autograd.Function`. Forward and input gradient run in parallel over points; the table
+    gradient runs in parallel over levels (each level its own table: no write races). It also
+    gives the input gradient (for pose refinement), so it needs no fallback when x requires grad.
+    It is used when x and every table are float32 on the CPU, the compiler works, the config has
+    `use_kernel=True` and the environment has no RADFIELD_NO_KERNEL=1; otherwise the reference
+    runs. It is not twice differentiable (use the reference for double backward). Under
+    `torch.compile` the kernel call is a graph break (it is opaque to dynamo).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import subprocess
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "HashGridConfig",
+    "HashGrid",
+    "hash_grid_reference",
+    "level_resolutions",
+    "kernel_available",
+]
+
+PRIMES = (1, 2654435761, 805459861)
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass
+class HashGridConfig:
+    """Multiresolution hash grid. Defaults are Instant-NGP's for a scene bound of 1."""
+
+    n_levels: int = 16
+    features_per_level: int = 2
+    log2_table_size: int = 19
+    base_resolution: int = 16
+    max_resolution: int = 2048
+    init_scale: float = 1e-4  # tables start uniform(-init_scale, init_scale)
+    use_kernel: bool = True  # the compiled CPU kernel where possible (see module docstring)
+
+    @property
+    def table_size(self) -> int:
+        return 2**self.log2_table_size
+
+    @property
+    def output_dim(self) -> int:
+        return self.n_levels * self.features_per_level
+
+
+def level_resolutions(n_levels: int, base_resolution: int, max_resolution: int) -> list[int]:
+    """res_l = floor(N_min * b ** l + 1e-6), b = exp((ln N_max - ln N_min) / (L - 1)).
+
+    >>> level_resolutions(3, 16, 64)
+    [16, 32, 64]
+    """
+    if n_levels == 1:
+        return [base_resolution]
+    b = math.exp((math.log(max_resolution) - math.log(base_resolution)) / (n_levels - 1))
+    return [int(math.floor(base_resolution * b**level + 1e-6)) for level in range(n_levels)]
+
+
+def _is_dense(res: int, table_rows: int) -> bool:
+    return (res + 1) ** 3 <= table_rows
+
+
+def _corner_rows(corner: Tensor, res: int, table_rows: int) -> Tensor:
+    """Row in the level's table of integer vertices `corner` (n, 3) int64 -> (n,) int64."""
+    cx, cy, cz = corner.unbind(-1)
+    if _is_dense(res, table_rows):
+        r1 = res + 1
+        return cx + cy * r1 + cz * (r1 * r1)
+    h = (cx * PRIMES[0]) ^ ((cy * PRIMES[1]) & _MASK32) ^ ((cz * PRIMES[2]) & _MASK32)
+    return (h & _MASK32) % table_rows
+
+
+def hash_grid_reference(x: Tensor, tables: Sequence[Tensor], resolutions: Sequence[int]) -> Tensor:
+    """Plain PyTorch hash encoding: x (n, 3) in [0, 1]^3 -> (n, L * F), level-major columns.
+
+    `tables[l]` has shape (T_l, F); level l is dense iff (res_l + 1) ** 3 <= T_l. Gradients flow
+    to the tables and to x (through the fractional position t; zero where x is clamped).
+    """
+    if x.ndim != 2 or x.shape[-1] != 3:
+        raise ValueError(f"x must have shape (n, 3), got {tuple(x.shape)}")
+    xc = x.clamp(0.0, 1.0)
+    outs = []
+    for table, res in zip(tables, resolutions):
+        p = xc * res
+        p0 = torch.floor(p).clamp(max=res - 1).detach()
+        t = p - p0
+        omt = 1.0 - t
+        i0 = p0.long()
+        acc = None
+        for c in range(8):
+            bits = (c & 1, (c >> 1) & 1, (c >> 2) & 1)
+            offset = torch.tensor(bits, dtype=torch.long, device=x.device)
+            rows = _corner_rows(i0 + offset, res, table.shape[0])
+            wd = [t[:, d] if bits[d] else omt[:, d] for d in range(3)]
+            w = (wd[0] * wd[1]) * wd[2]
+            term = w[:, None] * table[rows]
+            acc = term if acc is None else acc + term
+        outs.append(acc)
+    return torch.cat(outs, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled CPU kernel.
+
+_SOURCE = Path(__file__).with_name("_hashgrid_cpu.c")
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-ffp-contract=off"]
+_FORWARD_ORDER = 0  # 0: points outer (all levels per point); 1: levels outer. 0 measured faster.
+
+_lib: ctypes.CDLL | None = None
+_lib_failed = False
+_lib_lock = threading.Lock()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("RADFIELD_CACHE") or os.path.join(Path.home(), ".cache", "radfield")
+    return Path(root)
+
+
+def _build_library() -> ctypes.CDLL:
+    """Compile `_hashgrid_cpu.c` once per (source, flags) into the cache dir and load it."""
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(_CFLAGS).encode()).hexdigest()[:16]
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"hashgrid_cpu_{key}.so"
+    if not target.exists():
+        fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=cache)
+        os.close(fd)
+        try:
+            cmd = ["gcc", *_CFLAGS, str(_SOURCE), "-o", tmp, "-lm"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
+            os.replace(tmp, target)  # atomic: concurrent builders never see a partial file
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    lib = ctypes.CDLL(str(target))
+    p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+    lib.hg_forward.argtypes = [p, i64, i32, i32, p, p, p, p, i32, i32]
+    lib.hg_backward_tables.argtypes = [p, i64, i32, i32, p, p, p, p, i32]
+    lib.hg_backward_input.argtypes = [p, i64, i32, i32, p, p, p, p, p, i32]
+    for fn in (lib.hg_forward, lib.hg_backward_tables, lib.hg_backward_input):
+        fn.restype = None
+    return lib
+
+
+def _get_library() -> ctypes.CDLL | None:
+    """The loaded kernel, or None (RADFIELD_NO_KERNEL=1, or the build failed: warned once)."""
+    global _lib, _lib_failed
+    if os.environ.get("RADFIELD_NO_KERNEL", "") not in ("", "0"):
+        return None
+    if _lib is not None or _lib_failed:
+        return _lib
+    with _lib_lock:
+        if _lib is None and not _lib_failed:
+            try:
+                _lib = _build_library()
+            except Exception as err:  # no compiler, no OpenMP, unwritable cache, ...
+                _lib_failed = True
+                warnings.warn(
+                    f"radfield: hash grid CPU kernel unavailable, using the PyTorch reference "
+                    f"({err})",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return _lib
+
+
+def kernel_available() -> bool:
+    """True when the compiled CPU kernel can be used (builds it on first call)."""
+    return _get_library() is not None
+
+
+def _kernel_applies(x: Tensor, tables: Sequence[Tensor]) -> bool:
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tables):
+        return False
+    return _get_library() is not None
+
+
+def _addresses(tensors: Sequence[Tensor | None]) -> Tensor:
+    return torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
+
+
+class _HashGridFunction(torch.autograd.Function):
+    """Kernel forward/backward. Inputs: x (n, 3) contiguous float32, resolutions, *tables."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, resolutions: tuple[int, ...], *tables: Tensor) -> Tensor:
+        lib = _get_library()
+        assert lib is not None
+        x = x.contiguous()
+        tables = tuple(t.contiguous() for t in tables)
+        n, n_levels, n_feat = x.shape[0], len(tables), tables[0].shape[1]
+        res_t = torch.tensor(resolutions, dtype=torch.int32)
+        size_t = torch.tensor([t.shape[0] for t in tables], dtype=torch.int64)
+        ptrs = _addresses(tables)
+        out = torch.empty(n, n_levels * n_feat, dtype=torch.float32)
+        lib.hg_forward(
+            x.data_ptr(), n, n_levels, n_feat, res_t.data_ptr(), size_t.data_ptr(),
+            ptrs.data_ptr(), out.data_ptr(), torch.get_num_threads(), _FORWARD_ORDER,
+        )  # fmt: skip
+        ctx.save_for_backward(x, *tables)
+        ctx.resolutions = resolutions
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        lib = _get_library()
+        assert lib is not None
+        x, *tables = ctx.saved_tensors
+        grad_out = grad_out.contiguous().float()
+        n, n_levels, n_feat = x.shape[0], len(tables), tables[0].shape[1]
+        res_t = torch.tensor(ctx.resolutions, dtype=torch.int32)
+        size_t = torch.tensor([t.shape[0] for t in tables], dtype=torch.int64)
+        nthreads = torch.get_num_threads()
+        grad_tables: list[Tensor | None] = [None] * n_levels
+        if any(ctx.needs_input_grad[2:]):
+            for level, table in enumerate(tables):
+                if ctx.needs_input_grad[2 + level]:
+                    grad_tables[level] = torch.empty_like(table)  # zero-filled by the kernel
+            # keep every address array in a variable: a temporary would be freed before the call
+            grad_ptrs = _addresses(grad_tables)
+            lib.hg_backward_tables(
+                x.data_ptr(), n, n_levels, n_feat, res_t.data_ptr(), size_t.data_ptr(),
+                grad_ptrs.data_ptr(), grad_out.data_ptr(), nthreads,
+            )  # fmt: skip
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x)
+            table_ptrs = _addresses(tables)
+            lib.hg_backward_input(
+                x.data_ptr(), n, n_levels, n_feat, res_t.data_ptr(), size_t.data_ptr(),
+                table_ptrs.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(), nthreads,
+            )  # fmt: skip
+            inside = (x >= 0.0) & (x <= 1.0)  # the clamp's gradient, as torch.clamp defines it
+            grad_x = grad_x * inside
+        return (grad_x, None, *grad_tables)
+
+
+@torch.compiler.disable
+def hash_grid_kernel(x: Tensor, tables: Sequence[Tensor], resolutions: Sequence[int]) -> Tensor:
+    """The compiled CPU kernel: same contract as `hash_grid_reference` (float32 CPU only)."""
+    if x.ndim != 2 or x.shape[-1] != 3:
+        raise ValueError(f"x must have shape (n, 3), got {tuple(x.shape)}")
+    return _HashGridFunction.apply(x, tuple(int(r) for r in resolutions), *tables)
+
+
+class HashGrid(nn.Module):
+    """Multiresolution hash encoding: x (n, 3) in [0, 1]^3 -> (n, L * F).
+
+    One `nn.Parameter` per level in `tables` (shape (T_l, F)); `resolutions[l]` is res_l.
+    """
+
+    def __init__(self, config: HashGridConfig | None = None):
+        super().__init__()
+        self.config = config or HashGridConfig()
+        cfg = self.config
+        self.resolutions = level_resolutions(
+            cfg.n_levels, cfg.base_resolution, cfg.max_resolution
+        )
+        self.tables = nn.ParameterList()
+        for res in self.resolutions:
+            rows = min(cfg.table_size, (res + 1) ** 3)
+            init = torch.empty(rows, cfg.features_per_level).uniform_(-cfg.init_scale, cfg.init_scale)
+            self.tables.append(nn.Parameter(init))
+
+    @property
+    def output_dim(self) -> int:
+        return self.config.output_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (n, 3) -> (n, L * F); the kernel path where it applies, else the reference."""
+        tables = list(self.tables)
+        if self.config.use_kernel and _kernel_applies(x, tables):
+            return hash_grid_kernel(x, tables, self.resolutions)
+        return hash_grid_reference(x, tables, self.resolutions)
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        return (
+            f"levels={cfg.n_levels}, F={cfg.features_per_level}, T=2^{cfg.log2_table_size}, "
+            f"res={self.resolutions[0]}..{self.resolutions[-1]}"
+        )

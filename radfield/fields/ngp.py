@@ -1,0 +1,73 @@
+"""The Instant-NGP field: hash grid -> density MLP -> (SH(d), features) -> colour MLP.
+
+Shapes follow ``shared/specs/models.md``: 16 levels x 2 features -> density MLP (one hidden
+layer of 64) -> 16 outputs (output 0 is the raw density, activated with ``trunc_exp``); the
+colour MLP (two hidden layers of 64) takes the degree-4 SH encoding of the view direction (16)
+and the 15 other density outputs and ends in a sigmoid. MLPs have no biases, as in
+tiny-cuda-nn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from radfield.fields.base import trunc_exp
+from radfield.fields.hashgrid import HashGrid, HashGridConfig
+from radfield.fields.sh import sh_encode
+
+
+def mlp(n_in: int, n_hidden: int, n_layers: int, n_out: int) -> nn.Sequential:
+    """``n_layers`` hidden ReLU layers of width ``n_hidden``, bias-free."""
+    layers, width = [], n_in
+    for _ in range(n_layers):
+        layers += [nn.Linear(width, n_hidden, bias=False), nn.ReLU(inplace=True)]
+        width = n_hidden
+    layers.append(nn.Linear(width, n_out, bias=False))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class NGPFieldConfig:
+    grid: HashGridConfig = field(default_factory=HashGridConfig)
+    hidden: int = 64
+    geo_features: int = 15
+    color_layers: int = 2
+
+
+class NGPField(nn.Module):
+    """Instant-NGP radiance field over the box ``aabb`` (implements :class:`RadianceField`)."""
+
+    def __init__(self, aabb: Tensor, config: NGPFieldConfig = NGPFieldConfig()):
+        super().__init__()
+        self.config = config
+        self.register_buffer("aabb", aabb.float().clone())
+        self.grid = HashGrid(config.grid)
+        n_enc = config.grid.n_levels * config.grid.features_per_level
+        self.density_mlp = mlp(n_enc, config.hidden, 1, 1 + config.geo_features)
+        self.color_mlp = mlp(16 + config.geo_features, config.hidden, config.color_layers, 3)
+
+    def _normalise(self, positions: Tensor) -> Tensor:
+        return (positions - self.aabb[:3]) / (self.aabb[3:] - self.aabb[:3])
+
+    def raw(self, positions: Tensor, directions: Tensor) -> Tensor:
+        h = self.density_mlp(self.grid(self._normalise(positions)))
+        c = self.color_mlp(torch.cat([sh_encode(directions), h[:, 1:]], dim=-1))
+        return torch.cat([h[:, :1], c], dim=-1)
+
+    def activate(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        return trunc_exp(raw[:, 0]), torch.sigmoid(raw[:, 1:])
+
+    def density(self, positions: Tensor) -> Tensor:
+        h = self.density_mlp(self.grid(self._normalise(positions)))
+        return trunc_exp(h[:, 0])
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Adam groups: hash tables without weight decay, MLPs with it (Instant-NGP)."""
+        return [
+            {"params": list(self.grid.parameters()), "lr": lr, "weight_decay": 0.0},
+            {"params": list(self.density_mlp.parameters()) + list(self.color_mlp.parameters()),
+             "lr": lr, "weight_decay": weight_decay},
+        ]

@@ -1,0 +1,298 @@
+"""The training loop, short and explicit: batch -> samples -> step -> optimiser -> bookkeeping.
+
+One step:
+
+1. draw ``n_rays`` random pixels over all training images (a seeded generator);
+2. composite RGBA targets over a random background per ray (forces empty space to zero density);
+3. ``model.sample`` -> packed samples; ``baseline_step`` or the HSM step -> gradients;
+4. Adam step, learning-rate schedule, occupancy-grid update every 16 steps;
+5. adapt ``n_rays`` so the next step has about ``target_samples`` samples.
+
+Everything that decides the run's future (parameters, optimiser moments, occupancy grid, random
+generator, ray count, HSM tau, step, training time, history) goes into the checkpoint, so
+``--resume`` continues a step-limited run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from radfield.cameras import pixel_rays
+from radfield.config import RunConfig, run_config_from_dict, run_config_to_dict
+from radfield.data import SceneData, load_scene
+from radfield.errors import RadfieldError
+from radfield.evaluation.metrics import psnr
+from radfield.evaluation.plots import plot_training_curve
+from radfield.io import atomic_write
+from radfield.losses import PHOTOMETRIC_LOSSES
+from radfield.models import build_model
+from radfield.rendering.images import render_image
+from radfield.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from radfield.training.steps import HardSampleMiner, StepBatch, baseline_step
+
+BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+
+
+def background_color(name: str, device) -> Tensor:
+    if name not in BACKGROUNDS:
+        raise RadfieldError(f"unknown background {name!r} (choose from: {', '.join(BACKGROUNDS)})")
+    return torch.tensor(BACKGROUNDS[name], device=device)
+
+
+def learning_rate_factor(progress: float, step: int, warmup_steps: int,
+                         milestones: tuple[float, ...], gamma: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then ``gamma^k`` after the k-th milestone
+    (fractions of the run). Example: milestones (0.5, 0.75), gamma 0.33, progress 0.8 -> 0.1089."""
+    warm = min(1.0, (step + 1) / max(warmup_steps, 1))
+    return warm * gamma ** sum(progress >= m for m in milestones)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    train_time: float = 0.0
+    n_rays: int = 1024
+    last_eval_time: float = 0.0
+
+
+class Trainer:
+    """Trains one run. ``Trainer(config, run_dir).train()``; ``resume=True`` continues the run's
+    checkpoint (its saved config wins, except ``max_steps`` / ``max_time`` given anew)."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, device: str = "cpu",
+                 resume: bool = False, progress: bool = True, log_tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RadfieldError("--device cuda: CUDA is not available on this machine")
+        checkpoint = None
+        if resume:
+            checkpoint = load_checkpoint(self.run_dir, map_location=self.device)
+            saved = run_config_from_dict(json.loads(checkpoint["config"]))
+            saved.train.max_steps, saved.train.max_time = config.train.max_steps, config.train.max_time
+            config = saved
+        self.config = config
+        cfg = config.train
+        if cfg.loss not in PHOTOMETRIC_LOSSES:
+            raise RadfieldError(f"unknown loss {cfg.loss!r} (choose from: {', '.join(PHOTOMETRIC_LOSSES)})")
+        self.loss_fn = PHOTOMETRIC_LOSSES[cfg.loss]
+        self.data = load_scene(config.data.path, "train", config.data.downscale)
+        self.val = self._load_validation()
+        self.cameras = self.data.cameras.to(self.device)
+        self.pixels = self.data.images.reshape(-1, self.data.images.shape[-1]).to(self.device)
+        self.eval_bg = background_color(config.data.eval_background, self.device)
+
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(config, self.data.aabb.to(self.device)).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.param_groups(cfg), lr=cfg.lr, betas=cfg.betas,
+                                          eps=cfg.eps, fused=True)
+        self.amp = cfg.mixed_precision and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.miner = HardSampleMiner(cfg.hsm) if cfg.hsm.enabled else None
+        self.state = TrainState(n_rays=cfg.init_rays)
+        self.history: list[dict] = []
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.progress = progress
+        self.writer = self._tensorboard() if log_tensorboard else None
+
+    # ------------------------------------------------------------------ setup helpers
+    def _load_validation(self) -> SceneData | None:
+        for split in ("val", "test"):
+            try:
+                return load_scene(self.config.data.path, split, self.config.data.downscale)
+            except RadfieldError:
+                continue
+        return None
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is an optional extra
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _restore(self, ck: dict) -> None:
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.generator.set_state(ck["generator"].cpu() if self.device.type == "cpu" else ck["generator"].cpu())
+        s = ck["state"]
+        self.state = TrainState(int(s["step"]), float(s["train_time"]), int(s["n_rays"]),
+                                float(s["last_eval_time"]))
+        if self.miner is not None:
+            self.miner.tau = float(s["hsm_tau"])
+        self.history = json.loads(ck["history"])
+
+    def checkpoint_state(self) -> dict:
+        s = self.state
+        return {
+            "config": json.dumps(run_config_to_dict(self.config)),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "state": {"step": s.step, "train_time": s.train_time, "n_rays": s.n_rays,
+                      "last_eval_time": s.last_eval_time,
+                      "hsm_tau": self.miner.tau if self.miner else 1.0},
+            "history": json.dumps(self.history),
+        }
+
+    def save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(run_config_to_dict(self.config), indent=2))
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.checkpoint_state())
+        with atomic_write(self.run_dir / "history.json") as tmp:
+            tmp.write_text(json.dumps(self.history, indent=1))
+        if any("psnr" in h for h in self.history):
+            plot_training_curve(self.history, self.run_dir / "training_curve.png",
+                                title=f"{self.config.model}{' + HSM' if self.miner else ''}: validation PSNR")
+
+    # ------------------------------------------------------------------ one step
+    def make_batch(self, n_rays: int) -> StepBatch:
+        n_img, h, w = len(self.data), self.data.cameras.height, self.data.cameras.width
+        flat = torch.randint(0, n_img * h * w, (n_rays,), device=self.device, generator=self.generator)
+        cam = flat // (h * w)
+        pix = flat % (h * w)
+        rays = pixel_rays(self.cameras, cam, pix % w, pix // w)
+        colour = self.pixels[flat].float() / 255.0
+        if colour.shape[-1] == 4:
+            if self.config.train.background == "random":
+                bg = torch.rand(n_rays, 3, device=self.device, generator=self.generator)
+            else:
+                bg = background_color(self.config.train.background, self.device).expand(n_rays, 3)
+            target = colour[:, :3] * colour[:, 3:] + bg * (1 - colour[:, 3:])
+        else:
+            bg, target = self.eval_bg.expand(n_rays, 3), colour
+        early = self.config.train.early_stop and self.miner is None
+        samples = self.model.sample(rays, training=True, generator=self.generator, early_stop=early)
+        return StepBatch(rays, samples, target, bg)
+
+    def lr_factor(self) -> float:
+        cfg = self.config.train
+        progress = self.state.step / cfg.max_steps
+        if cfg.max_time:
+            progress = max(progress, self.state.train_time / cfg.max_time)
+        return learning_rate_factor(progress, self.state.step, cfg.warmup_steps, cfg.lr_milestones,
+                                    cfg.lr_gamma)
+
+    def train_step(self):
+        cfg = self.config.train
+        self.model.update(self.state.step, self.generator)
+        factor = self.lr_factor()
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * factor
+        batch = self.make_batch(self.state.n_rays)
+        self.optimizer.zero_grad(set_to_none=True)
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if self.amp else nullcontext
+        if self.miner is not None:
+            result = self.miner.step(self.model.field, batch, self.loss_fn, self.generator,
+                                     self.scaler.scale, autocast)
+        else:
+            result = baseline_step(self.model.field, batch, self.loss_fn, self.scaler.scale, autocast)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        # Adaptive ray count: aim the next step at target_samples samples.
+        per_ray = max(result.n_samples, 1) / batch.samples.n_rays
+        self.state.n_rays = int(min(max(cfg.target_samples / per_ray, 64), cfg.max_rays))
+        return result
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> float | None:
+        if self.val is None:
+            return None
+        self.model.eval()
+        cams = self.val.cameras.to(self.device)
+        n = min(self.config.train.val_images, len(self.val))
+        idx = torch.linspace(0, len(self.val) - 1, n).round().long().tolist()
+        scores = [psnr(render_image(self.model, cams, i, self.eval_bg).rgb,
+                       self.val.composited(i, self.eval_bg.cpu())) for i in idx]
+        self.model.train()
+        return sum(scores) / len(scores)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, stop: Callable[[int], bool] | None = None) -> list[dict]:
+        """Run until ``max_steps`` or ``max_time``. ``stop(step)`` returning True, or Ctrl-C,
+        ends the run early with a checkpoint written (``--resume`` continues it)."""
+        cfg = self.config.train
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.max_steps, initial=self.state.step, unit="step", dynamic_ncols=True,
+                       file=sys.stderr)
+        interrupted = False
+        try:
+            while self.state.step < cfg.max_steps and not (cfg.max_time and self.state.train_time >= cfg.max_time):
+                t0 = time.perf_counter()
+                result = self.train_step()
+                dt = time.perf_counter() - t0
+                self.state.step += 1
+                self.state.train_time += dt
+                self._log_step(result, dt, bar)
+                if self.state.train_time - self.state.last_eval_time >= cfg.eval_every:
+                    self._evaluate_and_log()
+                if self.state.step % cfg.checkpoint_every == 0:
+                    self.save()
+                if stop is not None and stop(self.state.step):
+                    interrupted = True
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if bar is not None:
+                bar.close()
+        if not interrupted or not self.history or self.history[-1].get("step") != self.state.step:
+            if not interrupted:
+                self._evaluate_and_log()
+        self.save()
+        if self.writer is not None:
+            self.writer.close()
+        return self.history
+
+    def _log_step(self, result, dt: float, bar) -> None:
+        train_psnr = -10 * math.log10(max(result.mse, 1e-10))
+        if bar is not None:
+            bar.update(1)
+            if self.state.step % 10 == 0 or self.state.step == 1:
+                post = {"loss": f"{result.loss:.4f}", "psnr": f"{train_psnr:.2f}",
+                        "samples/s": f"{result.n_samples / dt:,.0f}", "rays": self.state.n_rays}
+                if self.miner is not None:
+                    post["b/B"] = f"{result.n_backward / max(result.n_samples, 1):.2f}"
+                bar.set_postfix(post, refresh=False)
+        if self.writer is not None and self.state.step % 10 == 0:
+            w, s = self.writer, self.state.step
+            w.add_scalar("train/loss", result.loss, s)
+            w.add_scalar("train/psnr", train_psnr, s)
+            w.add_scalar("train/samples_per_s", result.n_samples / dt, s)
+            w.add_scalar("train/rays", self.state.n_rays, s)
+            w.add_scalar("train/occupancy", self.model.grid.occupancy_fraction(), s)
+            for k, v in result.timings.items():
+                w.add_scalar(f"time/{k}", v, s)
+            if self.miner is not None:
+                w.add_scalar("hsm/kept_fraction", result.n_backward / max(result.n_samples, 1), s)
+                w.add_scalar("hsm/tau", self.miner.tau, s)
+                if result.hardness is not None and result.hardness.numel():
+                    w.add_histogram("hsm/hardness", result.hardness.log10().clamp(min=-12), s)
+
+    def _evaluate_and_log(self) -> None:
+        self.state.last_eval_time = self.state.train_time
+        val_psnr = self.validate()
+        entry = {"step": self.state.step, "time_s": round(self.state.train_time, 3)}
+        if val_psnr is not None:
+            entry["psnr"] = round(val_psnr, 4)
+            if self.writer is not None:
+                self.writer.add_scalar("val/psnr", val_psnr, self.state.step)
+        self.history.append(entry)
+        if self.progress and val_psnr is not None:
+            print(f"[validation] step {self.state.step}  time {self.state.train_time:.1f}s  "
+                  f"PSNR {val_psnr:.2f} dB", file=sys.stderr)

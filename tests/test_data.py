@@ -1,0 +1,435 @@
+"""Tests of the dataset readers and the synthetic scene.
+
+Ground truth: analytic ray / primitive intersections, depth maps rendered by the synthetic
+tracer and by Blender (``../shared/data/toy``), hand-computed intrinsics and block means.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from radfield.cameras import image_rays, pixel_rays, project
+from radfield.data import SceneData, load_scene
+from radfield.data.blender import load_blender
+from radfield.data.synthetic import (CAMERA_ANGLE_X, CHECKER_BOX, GLOSSY_SPHERE, TEXTURED_SPHERE,
+                                     make_scene, trace)
+from radfield.errors import RadfieldError
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    return make_scene(tmp_path_factory.mktemp("synthetic"), n_train=6, n_val=1, n_test=4, size=48)
+
+
+def toy_path() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"../shared/data not found: {SHARED_DATA}")
+    return SHARED_DATA / "toy"
+
+
+def scene_path(name: str, synthetic: Path) -> Path:
+    return synthetic if name == "synthetic" else toy_path()
+
+
+# ---------------------------------------------------------------------------- synthetic scene
+
+
+def test_trace_matches_analytic_hits():
+    """Rays straight down onto each primitive's top hit at ``z_top``; a ray away misses."""
+    tops = [
+        (TEXTURED_SPHERE.centre[:2], TEXTURED_SPHERE.centre[2] + TEXTURED_SPHERE.radius),
+        (GLOSSY_SPHERE.centre[:2], GLOSSY_SPHERE.centre[2] + GLOSSY_SPHERE.radius),
+        ((0.35, -0.5), CHECKER_BOX.hi[2]),
+    ]
+    origins = torch.tensor([[x, y, 5.0] for (x, y), _ in tops] + [[5.0, 5.0, 5.0]])
+    directions = torch.tensor([[0.0, 0.0, -1.0]] * len(tops) + [[1.0, 0.0, 0.0]])
+    rgb, alpha, t_hit = trace(origins, directions)
+    expected_t = torch.tensor([5.0 - z for _, z in tops] + [math.inf])
+    assert rgb.shape == (4, 3) and alpha.shape == (4,) and t_hit.shape == (4,)
+    torch.testing.assert_close(t_hit, expected_t)
+    torch.testing.assert_close(alpha, torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    assert (rgb[:3] >= 0).all() and (rgb[:3] <= 1).all() and (rgb[3] == 0).all()
+
+
+def test_trace_is_view_dependent():
+    """Same surface point, two viewing directions: the Blinn-Phong term changes the colour."""
+    c, r = torch.tensor(GLOSSY_SPHERE.centre), GLOSSY_SPHERE.radius
+    point = c + r * torch.tensor([0.0, 0.0, 1.0])
+    dirs = torch.tensor([[0.4, -0.3, -1.0], [-0.4, 0.3, -1.0]])
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    rgb, _, t_hit = trace(point - 2.0 * dirs, dirs)
+    torch.testing.assert_close(t_hit, torch.tensor([2.0, 2.0]))
+    assert (rgb[0] - rgb[1]).abs().max() > 0.1
+
+
+def test_make_scene_layout_and_cameras(synthetic):
+    for split, n in (("train", 6), ("val", 1), ("test", 4)):
+        meta = json.loads((synthetic / f"transforms_{split}.json").read_text())
+        assert len(meta["frames"]) == n and meta["w"] == meta["h"] == 48
+        assert meta["fl_x"] == pytest.approx(24.0 / math.tan(0.5 * CAMERA_ANGLE_X))
+        scene = load_blender(synthetic, split)
+        centers = scene.cameras.centers
+        torch.testing.assert_close(centers.norm(dim=-1), torch.full((n,), 4.0))
+        elevation = torch.rad2deg(torch.asin(centers[:, 2] / 4.0))
+        if split == "test":
+            torch.testing.assert_close(elevation, torch.full((n,), 30.0))
+        else:
+            assert ((elevation >= 10 - 1e-3) & (elevation <= 70 + 1e-3)).all()
+        # every camera looks at the origin: its -z axis points from the centre to the origin
+        forward = -scene.cameras.c2w[:, :, 2]
+        torch.testing.assert_close(forward, -centers / 4.0)
+
+
+def test_synthetic_depth_agrees_with_trace_and_alpha(synthetic):
+    scene = load_blender(synthetic, "train")
+    assert scene.has_alpha and scene.depths is not None
+    for k in range(len(scene)):
+        rays = image_rays(scene.cameras, k)
+        rgb, alpha, t_hit = trace(rays.origins, rays.directions)
+        expected = torch.where(torch.isfinite(t_hit), t_hit * rays.z_per_t, 0.0)
+        depth = scene.depths[k].reshape(-1)
+        torch.testing.assert_close(depth, expected, atol=1e-5, rtol=1e-5)
+        png_alpha = scene.images[k, ..., 3].reshape(-1)
+        # 2x2 supersampling: coverage and the pixel-centre hit agree except on a few edge pixels
+        assert ((depth > 0) == (png_alpha > 127)).float().mean() > 0.98
+        assert ((png_alpha == 0) & (depth > 0)).float().mean() < 0.01
+        opaque = png_alpha == 255
+        png_rgb = scene.images[k, ..., :3].reshape(-1, 3)[opaque].float() / 255
+        colour_err = (png_rgb - rgb[opaque]).abs()
+        assert colour_err.median() < 2 / 255  # texture edges differ; smooth areas match
+
+
+# ---------------------------------------------------------------------------- camera conventions
+
+
+@pytest.mark.parametrize("name", ["synthetic", "toy"])
+def test_depth_backprojection_projects_to_pixel_centres(name, synthetic):
+    scene = load_blender(scene_path(name, synthetic), "train")
+    assert scene.depths is not None
+    for k in range(min(len(scene), 5)):
+        j, i = torch.nonzero(scene.depths[k] > 0, as_tuple=True)
+        depth = scene.depths[k][j, i]
+        rays = pixel_rays(scene.cameras, torch.full_like(i, k), i, j)
+        points = rays.origins + rays.directions * (depth / rays.z_per_t).unsqueeze(-1)
+        uv, z = project(scene.cameras, k, points)
+        centres = torch.stack([i, j], dim=-1).float() + 0.5
+        torch.testing.assert_close(uv, centres, atol=1e-3, rtol=0)
+        torch.testing.assert_close(z, depth, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["synthetic", "toy"])
+def test_depth_maps_agree_across_views(name, synthetic):
+    """Points seen in view 0, projected into other views, land on the depth those views saw
+    (or behind it, where occluded): an independent check of c2w axes and pixel centres."""
+    scene = load_blender(scene_path(name, synthetic), "train")
+    j, i = torch.nonzero(scene.depths[0] > 0, as_tuple=True)
+    rays = pixel_rays(scene.cameras, torch.zeros_like(i), i, j)
+    t = scene.depths[0][j, i] / rays.z_per_t
+    points = rays.origins + rays.directions * t.unsqueeze(-1)
+    n_same = 0
+    for k in range(1, min(len(scene), 6)):
+        uv, z = project(scene.cameras, k, points)
+        px = uv.floor().long()
+        inside = ((px >= 0) & (px < scene.cameras.width)).all(-1) & (z > 0)
+        seen = scene.depths[k][px[inside, 1], px[inside, 0]]
+        z, seen = z[inside][seen > 0], seen[seen > 0]
+        n_same += int(((z - seen).abs() < 0.02 * z).sum())
+        in_front = z < seen - 0.02 * z  # impossible for a consistent pair, except at silhouettes
+        assert in_front.float().mean() < 0.05, f"view {k}: {in_front.float().mean():.3f} in front"
+    assert n_same > 0.2 * len(points)  # and many points are seen by other views where expected
+
+
+def test_toy_depth_agrees_with_alpha():
+    scene = load_blender(toy_path(), "train")
+    assert scene.images.shape[1:] == (100, 100, 4) and len(scene) == 30
+    torch.testing.assert_close(scene.cameras.fx, torch.full((30,), 138.88888, dtype=torch.float32))
+    has_depth = scene.depths > 0
+    has_alpha = scene.images[..., 3] > 127
+    assert (has_depth == has_alpha).float().mean() > 0.97
+
+
+# ---------------------------------------------------------------------------- small fixtures
+
+
+def pose(angle: float, t: tuple[float, float, float]) -> list[list[float]]:
+    """4x4 rigid transform: rotation ``angle`` about z, translation ``t``."""
+    c, s = math.cos(angle), math.sin(angle)
+    return [[c, -s, 0.0, t[0]], [s, c, 0.0, t[1]], [0.0, 0.0, 1.0, t[2]], [0.0, 0.0, 0.0, 1.0]]
+
+
+def write_blender(root: Path, images: list[np.ndarray], split: str = "train", **top) -> Path:
+    """A Blender dataset with ``images`` as ``./split/r_K.png`` and a json with ``top`` keys."""
+    (root / split).mkdir(parents=True, exist_ok=True)
+    frames = []
+    for k, img in enumerate(images):
+        iio.imwrite(root / split / f"r_{k}.png", img)
+        frames.append({"file_path": f"./{split}/r_{k}",
+                       "transform_matrix": pose(0.3 * k, (1.0, 2.0, 3.0 + k))})
+    meta = {"camera_angle_x": 0.8, "frames": frames, **top}
+    (root / f"transforms_{split}.json").write_text(json.dumps(meta))
+    return root
+
+
+def rand_image(seed: int, h: int = 4, w: int = 4, c: int = 4) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
+
+
+def test_blender_intrinsics_poses_and_pixels(tmp_path):
+    imgs = [rand_image(0), rand_image(1)]
+    scene = load_scene(write_blender(tmp_path, imgs))
+    assert isinstance(scene, SceneData) and len(scene) == 2
+    cams = scene.cameras
+    assert (cams.width, cams.height) == (4, 4)
+    fx = 0.5 * 4 / math.tan(0.4)
+    torch.testing.assert_close(cams.fx, torch.full((2,), fx))
+    torch.testing.assert_close(cams.fy, torch.full((2,), fx))
+    torch.testing.assert_close(cams.cx, torch.full((2,), 2.0))
+    torch.testing.assert_close(cams.cy, torch.full((2,), 2.0))
+    expected = torch.tensor([pose(0.0, (1, 2, 3))[:3], pose(0.3, (1, 2, 4))[:3]])
+    torch.testing.assert_close(cams.c2w, expected)
+    assert scene.images.dtype == torch.uint8
+    assert torch.equal(scene.images, torch.from_numpy(np.stack(imgs)))
+    assert scene.names[1].endswith("r_1.png") and Path(scene.names[1]).is_file()
+    torch.testing.assert_close(scene.aabb, torch.tensor([-1.5] * 3 + [1.5] * 3))
+    assert scene.depths is None and scene.times is None
+    # the json file itself may be given
+    again = load_blender(tmp_path / "transforms_train.json")
+    assert torch.equal(again.images, scene.images)
+
+
+def test_blender_top_level_intrinsics_aabb_time_and_rgb(tmp_path):
+    root = write_blender(tmp_path, [rand_image(0, c=3), rand_image(1, c=4)],
+                         fl_x=5.0, fl_y=6.0, cx=1.5, cy=2.5, w=4, h=4,
+                         aabb=[[-1, -2, -3], [1, 2, 3]])
+    meta = json.loads((root / "transforms_train.json").read_text())
+    for k, frame in enumerate(meta["frames"]):
+        frame["time"] = 0.25 * k
+    (root / "transforms_train.json").write_text(json.dumps(meta))
+    scene = load_blender(root)
+    torch.testing.assert_close(scene.cameras.fx, torch.full((2,), 5.0))
+    torch.testing.assert_close(scene.cameras.fy, torch.full((2,), 6.0))
+    torch.testing.assert_close(scene.cameras.cx, torch.full((2,), 1.5))
+    torch.testing.assert_close(scene.cameras.cy, torch.full((2,), 2.5))
+    torch.testing.assert_close(scene.aabb, torch.tensor([-1.0, -2, -3, 1, 2, 3]))
+    torch.testing.assert_close(scene.times, torch.tensor([0.0, 0.25]))
+    assert scene.images.shape == (2, 4, 4, 4)  # the RGB image got alpha 255
+    assert (scene.images[0, ..., 3] == 255).all()
+    assert torch.equal(scene.images[0, ..., :3], torch.from_numpy(rand_image(0, c=3)))
+
+
+def write_png16(file: Path, img: np.ndarray) -> None:
+    """A 16-bit RGB or RGBA PNG written by hand (Pillow cannot write them)."""
+    h, w, c = img.shape
+    raw = b"".join(b"\x00" + img[r].astype(">u2").tobytes() for r in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0)
+    file.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_blender_16bit_png(tmp_path):
+    img16 = np.random.default_rng(0).integers(0, 65536, (4, 4, 4), dtype=np.uint16)
+    root = write_blender(tmp_path, [rand_image(0)])
+    write_png16(root / "train" / "r_0.png", img16)
+    scene = load_blender(root)
+    assert scene.images.dtype == torch.uint8
+    assert np.abs(scene.images[0].numpy() - img16 / 257.0).max() <= 1.0
+
+
+def test_downscale_rgb_is_block_mean(tmp_path):
+    img = rand_image(3, h=5, w=4, c=3)  # odd height: the last row is cropped
+    root = write_blender(tmp_path, [img])
+    scene = load_blender(root, downscale=2)
+    block_mean = img[:4].astype(np.float64).reshape(2, 2, 2, 2, 3).mean(axis=(1, 3))
+    assert scene.images.shape == (1, 2, 2, 3)
+    assert np.abs(scene.images[0].numpy() - block_mean).max() <= 0.5
+    full = load_blender(root)
+    torch.testing.assert_close(scene.cameras.fx, full.cameras.fx / 2)
+    torch.testing.assert_close(scene.cameras.cx, full.cameras.cx / 2)
+    assert (scene.cameras.width, scene.cameras.height) == (2, 2)
+
+
+def test_downscale_rgba_premultiplied_and_depth(tmp_path):
+    img = np.zeros((2, 2, 4), np.uint8)
+    img[0, 0] = (200, 100, 40, 255)
+    img[0, 1] = (0, 250, 0, 128)  # half transparent: weighs half
+    root = write_blender(tmp_path, [img])
+    depth = np.array([[2.0, 0.0], [4.0, 0.0]], np.float32)
+    np.save(root / "train" / "d.npy", depth)
+    meta = json.loads((root / "transforms_train.json").read_text())
+    meta["frames"][0]["depth_file_path"] = "train/d.npy"
+    (root / "transforms_train.json").write_text(json.dumps(meta))
+    scene = load_blender(root, downscale=2)
+    a = 255 + 128
+    expected = [round(200 * 255 / a), round((100 * 255 + 250 * 128) / a), round(40 * 255 / a),
+                round(a / 4)]
+    assert scene.images[0, 0, 0].tolist() == expected
+    torch.testing.assert_close(scene.depths, torch.tensor([[[3.0]]]))  # mean of nonzero depths
+
+
+def ngp_frames(n: int) -> list[dict]:
+    return [{"file_path": f"images/img_{k:02d}.png", "transform_matrix": pose(0.1 * k, (0, 0, k)),
+             "fl_x": 10.0 + k, "fl_y": 11.0 + k, "cx": 2.0, "cy": 1.0, "w": 4, "h": 4}
+            for k in range(n)]
+
+
+def write_ngp(root: Path, frames: list[dict], **top) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for f in frames:
+        iio.imwrite(root / f["file_path"], rand_image(int(f["file_path"][-6:-4]), c=3))
+    (root / "transforms.json").write_text(json.dumps({"aabb_scale": 4, "frames": frames, **top}))
+    return root
+
+
+def test_ngp_single_file_split_and_per_frame_intrinsics(tmp_path):
+    frames = ngp_frames(10)
+    root = write_ngp(tmp_path, frames[::-1], k1=0.0, fl_x=99.0)  # order on disk must not matter
+    train, test = load_scene(root, "train"), load_scene(root, "test")
+    assert [Path(n).name for n in test.names] == ["img_00.png", "img_08.png"]
+    assert [Path(n).name for n in train.names] == [f"img_{k:02d}.png" for k in range(10)
+                                                   if k % 8]
+    # per-frame fl_x overrides the top-level one
+    torch.testing.assert_close(test.cameras.fx, torch.tensor([10.0, 18.0]))
+    torch.testing.assert_close(test.cameras.fy, torch.tensor([11.0, 19.0]))
+    torch.testing.assert_close(test.cameras.cx, torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(test.cameras.c2w[1], torch.tensor(pose(0.8, (0, 0, 8))[:3]))
+    assert torch.equal(test.images[1], torch.from_numpy(rand_image(8, c=3)))
+    assert train.meta["aabb_scale"] == 4 and "distortion" not in train.meta
+    assert torch.equal(load_scene(root, "val").images, test.images)
+
+
+def test_ngp_distortion_is_kept_in_meta(tmp_path):
+    root = write_ngp(tmp_path, ngp_frames(3), k1=0.1, p2=-0.01)
+    with pytest.warns(UserWarning, match="distortion"):
+        scene = load_blender(root / "transforms.json", "train")
+    assert scene.meta["distortion"] == [{"k1": 0.1, "k2": 0.0, "p1": 0.0, "p2": -0.01}] * 2
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def edit_json(root: Path, change) -> Path:
+    file = root / "transforms_train.json"
+    meta = json.loads(file.read_text())
+    change(meta)
+    file.write_text(json.dumps(meta))
+    return file
+
+
+def bad_matrix(value):
+    def change(meta):
+        meta["frames"][1]["transform_matrix"] = value
+    return change
+
+
+def _missing_folder(root):
+    return root / "nope", "nope: no transforms_train.json or transforms.json"
+
+
+def _invalid_json(root):
+    (root / "transforms_train.json").write_text('{\n "frames": [\n,]}')
+    return root, r"transforms_train.json: invalid JSON \(line 3\)"
+
+
+def _no_frames(root):
+    edit_json(root, lambda m: m.update(frames=[]))
+    return root, "transforms_train.json: no frames"
+
+
+def _missing_key(root):
+    edit_json(root, lambda m: m["frames"][0].pop("transform_matrix"))
+    return root, "transforms_train.json: frame 0: missing transform_matrix"
+
+
+def _missing_image(root):
+    (root / "train" / "r_1.png").unlink()
+    return root, r"r_1.png: cannot read image \(file not found\)"
+
+
+def _unreadable_image(root):
+    (root / "train" / "r_1.png").write_bytes(b"not a png")
+    return root, r"r_1.png: cannot read image"
+
+
+def _grayscale(root):
+    iio.imwrite(root / "train" / "r_1.png", np.zeros((4, 4), np.uint8))
+    return root, "r_1.png: grayscale image"
+
+
+def _size_differs(root):
+    iio.imwrite(root / "train" / "r_1.png", rand_image(0, h=4, w=6))
+    return root, r"r_1.png: size 6x4 differs from 4x4 of .*r_0.png"
+
+
+def _nonfinite(root):
+    nan = float("nan")
+    edit_json(root, bad_matrix([[1, 0, 0, nan], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    return root, r"transforms_train.json: frame 1 \(./train/r_1\): transform_matrix is not finite"
+
+
+def _scaled(root):
+    edit_json(root, bad_matrix([[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]]))
+    return root, r"frame 1 \(./train/r_1\): transform_matrix is not a rigid transform"
+
+
+def _reflection(root):
+    edit_json(root, bad_matrix([[-1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    return root, r"frame 1 \(./train/r_1\): transform_matrix is not a rigid transform"
+
+
+def _bad_last_row(root):
+    edit_json(root, bad_matrix([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]))
+    return root, r"frame 1 \(./train/r_1\): transform_matrix is not a rigid transform"
+
+
+def _missing_depth(root):
+    edit_json(root, lambda m: m["frames"][1].update(depth_file_path="./train/r_1_depth.npy"))
+    return root, "r_1_depth.npy: depth file not found"
+
+
+def _empty_split(root):
+    (root / "transforms_train.json").rename(root / "transforms.json")
+    edit_json_file = root / "transforms.json"
+    meta = json.loads(edit_json_file.read_text())
+    meta["frames"] = meta["frames"][:1]  # one frame: it is the held-out test frame
+    edit_json_file.write_text(json.dumps(meta))
+    return root, r"transforms.json: split 'train' is empty"
+
+
+BAD_INPUTS = [_missing_folder, _invalid_json, _no_frames, _missing_key, _missing_image,
+              _unreadable_image, _grayscale, _size_differs, _nonfinite, _scaled, _reflection,
+              _bad_last_row, _missing_depth, _empty_split]
+
+
+@pytest.mark.parametrize("make_bad", BAD_INPUTS, ids=[f.__name__[1:] for f in BAD_INPUTS])
+def test_bad_input_raises_one_line_error(make_bad, tmp_path):
+    root = write_blender(tmp_path / "scene", [rand_image(0), rand_image(1)])
+    path, pattern = make_bad(root)
+    with pytest.raises(RadfieldError, match=pattern) as info:
+        load_blender(path, "train")
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 300
+    assert str(tmp_path) in message  # names the offending file by its path
+
+
+def test_load_scene_rejects_unknown_format(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(RadfieldError, match="unrecognised dataset format"):
+        load_scene(tmp_path)
+    with pytest.raises(RadfieldError, match="no such file or folder"):
+        load_scene(tmp_path / "missing")

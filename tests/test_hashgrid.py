@@ -1,0 +1,217 @@
+"""Hash grid (reference and CPU kernel) and SH encoding against independent ground truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from radfield.fields.hashgrid import (
+    HashGrid,
+    HashGridConfig,
+    hash_grid_kernel,
+    hash_grid_reference,
+    kernel_available,
+    level_resolutions,
+)
+from radfield.fields.sh import SH_DIM, sh_encode
+
+needs_kernel = pytest.mark.skipif(not kernel_available(), reason="CPU kernel did not build")
+
+
+def _brute_force_level(point, table, res):
+    """One level's encoding of one point with python ints and floats, corner by corner."""
+    table = table.tolist()
+    rows_n = len(table)
+    r1 = res + 1
+    p = [min(max(float(v), 0.0), 1.0) * res for v in point]
+    i0 = [min(math.floor(v), res - 1) for v in p]
+    t = [v - i for v, i in zip(p, i0)]
+    out = [0.0] * len(table[0])
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                cx, cy, cz = i0[0] + dx, i0[1] + dy, i0[2] + dz
+                if r1**3 <= rows_n:
+                    row = cx + cy * r1 + cz * r1 * r1
+                else:
+                    h = (cx ^ (cy * 2654435761) ^ (cz * 805459861)) % 2**32
+                    row = h % rows_n
+                w = (t[0] if dx else 1 - t[0]) * (t[1] if dy else 1 - t[1])
+                w *= t[2] if dz else 1 - t[2]
+                for f in range(len(out)):
+                    out[f] += w * table[row][f]
+    return out
+
+
+def _small_grid() -> HashGrid:
+    # resolutions 4, 8, 16 with T = 2^9 rows: level 0 (5^3 = 125 rows) dense, 1 and 2 hashed.
+    cfg = HashGridConfig(n_levels=3, features_per_level=2, log2_table_size=9,
+                         base_resolution=4, max_resolution=16)  # fmt: skip
+    grid = HashGrid(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for table in grid.tables:
+            table.uniform_(-1.0, 1.0)
+    return grid
+
+
+def test_resolutions_and_table_shapes():
+    assert level_resolutions(3, 4, 16) == [4, 8, 16]
+    res = level_resolutions(16, 16, 2048)
+    assert res[0] == 16 and res[-1] == 2048 and res == sorted(res)
+    grid = _small_grid()
+    assert [tuple(t.shape) for t in grid.tables] == [(125, 2), (512, 2), (512, 2)]
+
+
+def test_brute_force_matches_reference_and_kernel():
+    grid = _small_grid()
+    pts = torch.tensor(
+        [[0.1, 0.2, 0.3], [0.73, 0.01, 0.99], [0.5, 0.5, 0.5], [0.0, 1.0, 0.33],
+         [0.999, 0.4, 0.123], [-0.2, 1.3, 0.6]],
+        dtype=torch.float64,
+    )  # fmt: skip
+    expected = torch.tensor(
+        [sum((_brute_force_level(p, t.detach().double(), r)
+              for t, r in zip(grid.tables, grid.resolutions)), []) for p in pts.tolist()],
+        dtype=torch.float64,
+    )  # fmt: skip
+    tables64 = [t.detach().double() for t in grid.tables]
+    ref64 = hash_grid_reference(pts, tables64, grid.resolutions)
+    assert ref64.shape == (6, 6)
+    torch.testing.assert_close(ref64, expected, atol=1e-12, rtol=0)
+    ref32 = hash_grid_reference(pts.float(), list(grid.tables), grid.resolutions)
+    torch.testing.assert_close(ref32.double(), expected, atol=1e-5, rtol=0)
+    if kernel_available():
+        ker = hash_grid_kernel(pts.float(), list(grid.tables), grid.resolutions)
+        torch.testing.assert_close(ker.double(), expected, atol=1e-5, rtol=0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("log2_t", [19, 14])
+def test_kernel_matches_reference_outputs_and_grads(log2_t):
+    torch.manual_seed(1)
+    grid = HashGrid(HashGridConfig(log2_table_size=log2_t))
+    with torch.no_grad():
+        for table in grid.tables:
+            table.uniform_(-1.0, 1.0)
+    tables = list(grid.tables)
+    x = torch.rand(5000, 3)
+    x[:4] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [-0.5, 0.5, 1.5], [1.0, 0.0, 0.5]])
+    grad_out = torch.randn(5000, grid.output_dim)
+
+    outs, grads = [], []
+    for fn in (hash_grid_reference, hash_grid_kernel):
+        xg = x.clone().requires_grad_(True)
+        out = fn(xg, tables, grid.resolutions)
+        g = torch.autograd.grad(out, [xg, *tables], grad_out)
+        outs.append(out.detach())
+        grads.append(g)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=0)
+    for g_ker, g_ref in zip(grads[1][1:], grads[0][1:]):
+        torch.testing.assert_close(g_ker, g_ref, atol=1e-5, rtol=1e-5)
+    # input gradient: magnitudes ~ res * |table| ~ 1e3, so compare relative to the scale
+    gx_ref, gx_ker = grads[0][0], grads[1][0]
+    scale = gx_ref.abs().max()
+    assert (gx_ker - gx_ref).abs().max() <= 1e-5 * scale
+    assert gx_ker[2, 0] == 0 and gx_ker[2, 2] == 0 and gx_ref[2, 0] == 0  # clamped coords
+
+
+def test_module_forward_uses_kernel_and_falls_back(monkeypatch):
+    grid = HashGrid(HashGridConfig(n_levels=4, log2_table_size=12, max_resolution=64))
+    x = torch.rand(100, 3)
+    out = grid(x)
+    assert "HashGrid" in type(out.grad_fn).__name__  # the kernel's autograd.Function
+    ref = hash_grid_reference(x, list(grid.tables), grid.resolutions)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    monkeypatch.setenv("RADFIELD_NO_KERNEL", "1")
+    assert not kernel_available()
+    out = grid(x)
+    assert "HashGrid" not in type(out.grad_fn).__name__  # the reference's autograd graph
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+def test_reference_input_gradient_vs_finite_differences():
+    torch.manual_seed(2)
+    grid = _small_grid()
+    tables = [t.detach().double() for t in grid.tables]
+    # points away from cell boundaries of every level (res 4, 8, 16 -> cell size 1/16)
+    cells = torch.randint(0, 16, (20, 3)).double()
+    x = ((cells + 0.2 + 0.6 * torch.rand(20, 3, dtype=torch.float64)) / 16).requires_grad_(True)
+    w = torch.randn(20, 6, dtype=torch.float64)
+    (gx,) = torch.autograd.grad((hash_grid_reference(x, tables, grid.resolutions) * w).sum(), x)
+    eps = 1e-6
+    fd = torch.zeros_like(gx)
+    for d in range(3):
+        step = torch.zeros(3, dtype=torch.float64)
+        step[d] = eps
+        plus = (hash_grid_reference(x.detach() + step, tables, grid.resolutions) * w).sum(-1)
+        minus = (hash_grid_reference(x.detach() - step, tables, grid.resolutions) * w).sum(-1)
+        fd[:, d] = (plus - minus) / (2 * eps)
+    torch.testing.assert_close(gx, fd, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("use_kernel", [False, True])
+def test_boundary_and_outside_points_are_finite(use_kernel):
+    if use_kernel and not kernel_available():
+        pytest.skip("CPU kernel did not build")
+    grid = HashGrid(HashGridConfig(n_levels=4, log2_table_size=12, max_resolution=64,
+                                   use_kernel=use_kernel))  # fmt: skip
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.5], [-3.0, 7.0, 0.5],
+                      [1e-8, 1 - 1e-7, 0.5], [-1e30, 1e30, 2.0]], requires_grad=True)  # fmt: skip
+    out = grid(x)
+    out.square().sum().backward()
+    assert torch.isfinite(out).all()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(t.grad).all() for t in grid.tables)
+    # clamping: a point outside encodes as its clamped copy
+    torch.testing.assert_close(out[3], grid(torch.tensor([[0.0, 1.0, 0.5]]))[0])
+
+
+def test_output_shape_and_init_range():
+    grid = HashGrid()
+    assert grid.output_dim == 32 and len(grid.tables) == 16
+    assert max(t.abs().max().item() for t in grid.tables) <= 1e-4
+    assert all(t.shape[0] <= 2**19 for t in grid.tables)
+    assert grid(torch.rand(7, 3)).shape == (7, 32)
+    assert grid(torch.rand(0, 3)).shape == (0, 32)
+
+
+# ---------------------------------------------------------------- spherical harmonics
+
+
+def test_sh_known_value_at_pole():
+    y = sh_encode(torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64))[0]
+    expected = torch.zeros(SH_DIM, dtype=torch.float64)
+    expected[0] = 0.5 / math.sqrt(math.pi)
+    expected[2] = math.sqrt(3 / (4 * math.pi))
+    expected[6] = math.sqrt(5 / (16 * math.pi)) * 2  # (3 z^2 - 1) at z = 1
+    expected[12] = math.sqrt(7 / (16 * math.pi)) * 2  # z (5 z^2 - 3) at z = 1
+    torch.testing.assert_close(y, expected, atol=1e-12, rtol=0)
+
+
+def test_sh_orthonormal_by_exact_quadrature():
+    # Gauss-Legendre in cos(theta) x uniform phi is exact for these degree <= 6 products.
+    nodes, weights = np.polynomial.legendre.leggauss(8)
+    n_phi = 16
+    phi = 2 * np.pi * np.arange(n_phi) / n_phi
+    z = np.repeat(nodes, n_phi)
+    w = np.repeat(weights, n_phi) * (2 * np.pi / n_phi)
+    s = np.sqrt(1 - z**2)
+    p = np.tile(phi, len(nodes))
+    dirs = torch.tensor(np.stack([s * np.cos(p), s * np.sin(p), z], -1))
+    y = sh_encode(dirs)
+    gram = y.T @ (y * torch.tensor(w)[:, None])
+    torch.testing.assert_close(gram, torch.eye(SH_DIM, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_sh_orthonormal_monte_carlo():
+    gen = torch.Generator().manual_seed(3)
+    d = torch.randn(200_000, 3, generator=gen, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True)
+    y = sh_encode(d)
+    gram = 4 * math.pi * (y.T @ y) / d.shape[0]
+    assert (gram - torch.eye(SH_DIM, dtype=torch.float64)).abs().max() < 0.05
+    assert sh_encode(d.float()).dtype == torch.float32
