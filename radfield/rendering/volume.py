@@ -63,7 +63,9 @@ def render_weights(sigmas: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices
     """
     tau = sigmas * (t_ends - t_starts)
     alphas = 1.0 - torch.exp(-tau)
-    transmittance = torch.exp(-exclusive_sum_per_ray(tau, ray_indices, n_rays))
+    # tau is capped before the running sum: one infinite or huge tau would otherwise turn every
+    # later sample of the batch into NaN or swamp its small taus (exp(-1e3) is 0 anyway).
+    transmittance = torch.exp(-exclusive_sum_per_ray(tau.clamp(max=1e3), ray_indices, n_rays))
     return transmittance * alphas, transmittance, alphas
 
 

@@ -99,6 +99,8 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
         ijk = torch.stack(torch.meshgrid(*[torch.arange(res)] * 3, indexing="ij"), -1).reshape(-1, 3)
         self.register_buffer("cell_ijk", ijk, persistent=False)
+        self._dilated: Tensor | None = None
+        self._dilated_version = None
 
     @property
     def step_size(self) -> float:
@@ -160,28 +162,23 @@ class OccupancyGrid(nn.Module):
         n_rays, dev = o.shape[0], o.device
         t_near, t_far = ray_aabb_intersect(o, d, self.aabb)
         t_near = t_near.clamp(min=near)
-        hit = t_far > t_near
+        t_far = torch.where(t_far > t_near, t_far, t_near)  # misses: an empty range
         offset = (torch.rand(n_rays, device=dev, generator=jitter_generator) if jitter
                   else torch.full((n_rays,), 0.5, device=dev))
-        n_steps = int(((t_far - t_near).clamp(min=0).max().item() / dt) + 2) if n_rays and hit.any() else 0
-        starts, rays_out = [], []
-        rays_per_chunk = max(1, self.config.max_points_per_chunk // max(n_steps, 1))
-        steps = torch.arange(n_steps, device=dev, dtype=o.dtype)
-        for r0 in range(0, n_rays if n_steps else 0, rays_per_chunk):
-            sl = slice(r0, r0 + rays_per_chunk)
-            t_mid = t_near[sl, None] + (steps[None, :] + offset[sl, None]) * dt
-            inside = (t_mid < t_far[sl, None]) & hit[sl, None]
-            x = o[sl, None, :] + t_mid[..., None] * d[sl, None, :]
-            keep = inside.reshape(-1)
-            keep[keep.clone()] = self.occupied[self.cell_index(x.reshape(-1, 3)[keep])]
-            ray_i, step_i = keep.reshape(inside.shape).nonzero(as_tuple=True)
-            starts.append(t_mid[ray_i, step_i] - dt / 2)
-            rays_out.append(ray_i + r0)
-        if starts:
-            t_starts, ray_indices = torch.cat(starts), torch.cat(rays_out)
-        else:
-            t_starts = torch.zeros(0, device=dev)
-            ray_indices = torch.zeros(0, dtype=torch.long, device=dev)
+        # Coarse pass: segments of K fine steps, tested against the occupancy grid dilated by one
+        # cell. K * dt / 2 <= cell size, so every fine sample of a segment lies in a cell adjacent
+        # to the cell of the segment's midpoint: the pass never drops an occupied fine sample.
+        k = self.coarse_factor
+        seg_ray, seg_k = self._march(o, d, t_near + (k / 2 - 0.5 + offset) * dt, k * dt,
+                                     t_far + (k / 2) * dt, self.dilated)
+        # Fine pass: expand the kept segments into their K steps, test against the grid itself.
+        step = seg_k[:, None] * k + torch.arange(k, device=dev)
+        t_mid = t_near[seg_ray, None] + (step + offset[seg_ray, None]) * dt
+        keep = t_mid < t_far[seg_ray, None]
+        x = o[seg_ray, None, :] + t_mid[..., None] * d[seg_ray, None, :]
+        keep &= self.occupied[self.cell_index(x.reshape(-1, 3))].reshape(keep.shape)
+        t_starts = t_mid[keep] - dt / 2
+        ray_indices = seg_ray[:, None].expand_as(keep)[keep]
         samples = Samples(t_starts, t_starts + dt, ray_indices, n_rays)
         if sigma_fn is not None and len(samples) > 0:
             sigmas = sigma_fn(samples.positions(rays).detach(), samples.ray_indices)
@@ -189,6 +186,49 @@ class OccupancyGrid(nn.Module):
                                          samples.ray_indices, n_rays)
             samples = samples.select(trans > self.config.early_stop_eps)
         return samples
+
+    def _march(self, o: Tensor, d: Tensor, t_first: Tensor, dt: float, t_end: Tensor,
+               occupied: Tensor) -> tuple[Tensor, Tensor]:
+        """Midpoints ``t_first + j dt < t_end`` (j = 0, 1, ...) of each ray that fall in
+        ``occupied`` cells, as ``(ray index, j)`` pairs sorted by ray then j; in chunks of rays."""
+        n_rays = o.shape[0]
+        n_steps = int(((t_end - t_first).clamp(min=0).max().item() / dt) + 1) if n_rays else 0
+        rays_out, steps_out = [torch.zeros(0, dtype=torch.long, device=o.device)], [
+            torch.zeros(0, dtype=torch.long, device=o.device)]
+        if n_steps == 0:
+            return rays_out[0], steps_out[0]
+        steps = torch.arange(n_steps, device=o.device, dtype=o.dtype)
+        rays_per_chunk = max(1, self.config.max_points_per_chunk // n_steps)
+        for r0 in range(0, n_rays, rays_per_chunk):
+            sl = slice(r0, r0 + rays_per_chunk)
+            t = t_first[sl, None] + steps * dt
+            keep = t < t_end[sl, None]
+            x = o[sl, None, :] + t[..., None] * d[sl, None, :]
+            flat = keep.reshape(-1)
+            flat[flat.clone()] = occupied[self.cell_index(x.reshape(-1, 3)[flat])]
+            ray_i, step_i = keep.nonzero(as_tuple=True)
+            rays_out.append(ray_i + r0)
+            steps_out.append(step_i)
+        return torch.cat(rays_out), torch.cat(steps_out)
+
+    @property
+    def coarse_factor(self) -> int:
+        """Fine steps per coarse segment: the largest K with K * step / 2 <= cell size."""
+        cell = ((self.aabb[3:] - self.aabb[:3]) / self.config.resolution).min().item()
+        return max(1, int(2 * cell / self.step_size))
+
+    @property
+    def dilated(self) -> Tensor:
+        """``occupied`` dilated by one cell (3 x 3 x 3 max filter)."""
+        if self._dilated is None or self._dilated_version != self._occupied_version():
+            res = self.config.resolution
+            occ = self.occupied.reshape(1, 1, res, res, res).float()
+            self._dilated = (torch.nn.functional.max_pool3d(occ, 3, 1, 1) > 0).reshape(-1)
+            self._dilated_version = self._occupied_version()
+        return self._dilated
+
+    def _occupied_version(self) -> tuple[int, int]:
+        return (self.occupied._version, self.occupied.data_ptr())
 
     def occupancy_fraction(self) -> float:
         return self.occupied.float().mean().item()

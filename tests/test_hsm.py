@@ -1,0 +1,103 @@
+"""Hard sample mining: the step against the baseline step and hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from radfield.cameras import Rays
+from radfield.config import HSMConfig
+from radfield.fields.hashgrid import HashGridConfig
+from radfield.fields.ngp import NGPField, NGPFieldConfig
+from radfield.losses import l2
+from radfield.samplers.occupancy import Samples
+from radfield.training.steps import HardSampleMiner, StepBatch, baseline_step, loss_from_raw
+
+AABB = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+
+
+def small_field(seed=0) -> NGPField:
+    torch.manual_seed(seed)
+    cfg = NGPFieldConfig(grid=HashGridConfig(n_levels=4, log2_table_size=12, max_resolution=64))
+    field = NGPField(AABB, cfg)
+    for t in field.grid.tables:  # larger table values so the gradients are not tiny
+        torch.nn.init.uniform_(t, -0.5, 0.5)
+    return field
+
+
+def random_batch(n_rays=24, per_ray=10, seed=1) -> StepBatch:
+    g = torch.Generator().manual_seed(seed)
+    o = torch.randn(n_rays, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, -2.0])
+    d = torch.nn.functional.normalize(torch.randn(n_rays, 3, generator=g) * 0.2 + torch.tensor([0.0, 0, 1]), dim=-1)
+    counts = torch.randint(0, per_ray + 1, (n_rays,), generator=g)
+    counts[3] = 0  # a ray without samples
+    ray_indices = torch.repeat_interleave(torch.arange(n_rays), counts)
+    k = torch.cat([torch.arange(c) for c in counts.tolist()])
+    t_starts = 1.2 + 0.15 * k.float()
+    samples = Samples(t_starts, t_starts + 0.15, ray_indices, n_rays)
+    target = torch.rand(n_rays, 3, generator=g)
+    bg = torch.rand(n_rays, 3, generator=g)
+    return StepBatch(Rays(o, d, torch.ones(n_rays)), samples, target, bg)
+
+
+def grads(field):
+    return {n: p.grad.clone() for n, p in field.named_parameters() if p.grad is not None}
+
+
+def test_injected_gradient_equals_autograd_through_full_graph():
+    field, batch = small_field(), random_batch()
+    x, d = batch.samples.positions(batch.rays), batch.samples.directions(batch.rays)
+    raw = field.raw(x, d)
+    raw.retain_grad()
+    loss, _ = loss_from_raw(field, raw, batch, l2)
+    loss.backward()
+    raw_leaf = raw.detach().requires_grad_()
+    loss2, _ = loss_from_raw(field, raw_leaf, batch, l2)
+    (g,) = torch.autograd.grad(loss2, raw_leaf)
+    assert g.abs().max() > 0
+    torch.testing.assert_close(g, raw.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_hsm_without_pruning_matches_baseline_gradients():
+    batch = random_batch()
+    base = small_field()
+    baseline_step(base, batch, l2)
+    hsm_field = small_field()
+    miner = HardSampleMiner(HSMConfig(enabled=True, min_fraction=1.0, max_fraction=1.0))
+    result = miner.step(hsm_field, batch, l2)
+    assert result.n_backward == result.n_samples == len(batch.samples)
+    gb, gh = grads(base), grads(hsm_field)
+    assert gb.keys() == gh.keys() and len(gb) > 0
+    for name in gb:
+        torch.testing.assert_close(gh[name], gb[name], rtol=1e-4, atol=1e-8, msg=name)
+        if name.startswith("color_mlp"):
+            assert gb[name].abs().max() > 1e-6  # the comparison is not between zeros
+
+
+def test_hsm_keeps_only_b_samples_and_their_gradient():
+    batch = random_batch(n_rays=64, per_ray=16)
+    field = small_field()
+    miner = HardSampleMiner(HSMConfig(enabled=True, min_fraction=0.05, max_fraction=0.5))
+    miner.tau = 4.0  # B / tau = B / 4 -> b = B // 4
+    result = miner.step(field, batch, l2, generator=torch.Generator().manual_seed(0))
+    n = len(batch.samples)
+    assert result.n_backward == int(min(max(n / miner.tau, 0.05 * n), 0.5 * n))
+    assert 0 < result.n_backward < n
+
+
+def test_dynamic_b_matches_hand_computation():
+    # B = 4, p = (0.7, 0.1, 0.1, 0.1): sum p^2 = 0.52, tau_now = sqrt(4 * 0.52) = sqrt(2.08).
+    miner = HardSampleMiner(HSMConfig(ema=0.99, min_fraction=0.05, max_fraction=0.5))
+    tau_now = miner.update_tau(torch.tensor([0.7, 0.1, 0.1, 0.1]))
+    assert tau_now == pytest.approx(math.sqrt(2.08), rel=1e-6)
+    assert miner.tau == pytest.approx(0.99 + 0.01 * math.sqrt(2.08), rel=1e-9)  # 1.004422
+    assert miner.n_keep(4) == 2  # int(clamp(4 / 1.0044, 0.2, 2.0)) = 2
+    # Equal hardness: tau_now = 1 exactly, tau unchanged.
+    miner2 = HardSampleMiner(HSMConfig())
+    assert miner2.update_tau(torch.full((1000,), 1e-3)) == pytest.approx(1.0)
+    assert miner2.tau == pytest.approx(1.0, abs=1e-8)
+    assert miner2.n_keep(1000) == 500  # clamped to max_fraction
+    miner2.tau = 100.0
+    assert miner2.n_keep(1000) == 50  # clamped to min_fraction
+    miner2.tau = 4.0
+    assert miner2.n_keep(1000) == 250
