@@ -23,15 +23,25 @@ def _device(name: str) -> str:
     return name
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the one-line ``radfield: error: ...`` and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"radfield: error: {message}\n")
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="radfield", description="Train, evaluate and render neural radiance fields.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -106,8 +116,10 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{Path(args.data).resolve().name}-{args.model}")
     if not args.resume and (out / "checkpoint.pt").exists():
         raise RadfieldError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
+    limits = {"train.max_steps": args.max_steps, "train.max_time": args.max_time}
     trainer = Trainer(config, out, device=_device(args.device), resume=args.resume,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress,
+                      overrides={k: v for k, v in limits.items() if v is not None})
     t0 = time.time()
     history = trainer.train()
     last = next((h for h in reversed(history) if "psnr" in h), None)

@@ -7,3 +7,7 @@ class RadfieldError(Exception):
     The message is one line and names the file (or option) and the problem, e.g.
     ``data/lego/transforms_train.json: no frames``.
     """
+
+
+class MissingSplitError(RadfieldError):
+    """A dataset has no file for the requested split (as opposed to a malformed one)."""

@@ -54,7 +54,7 @@ from torch import Tensor
 
 from radfield.cameras import Cameras
 from radfield.data.scene import SceneData
-from radfield.errors import RadfieldError
+from radfield.errors import MissingSplitError, RadfieldError
 
 DEFAULT_HALF_SIZE = 1.5
 NGP_HOLDOUT_EVERY = 8
@@ -79,7 +79,7 @@ def find_transforms(path: Path, split: str) -> tuple[Path, bool]:
     single = path / "transforms.json"
     if single.is_file():
         return single, True
-    raise RadfieldError(f"{path}: no transforms_{split}.json or transforms.json")
+    raise MissingSplitError(f"{path}: no transforms_{split}.json or transforms.json")
 
 
 def read_json(file: Path) -> dict:

@@ -16,6 +16,7 @@ from radfield.io import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "radfield-checkpoint-v1"
+REQUIRED_KEYS = ("config", "model", "optimizer", "generator", "state", "history")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -36,4 +37,7 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
         raise RadfieldError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RadfieldError(f"{path}: not a radfield checkpoint")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise RadfieldError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
     return state

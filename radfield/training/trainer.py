@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from radfield.cameras import pixel_rays
-from radfield.config import RunConfig, run_config_from_dict, run_config_to_dict
+from radfield.config import RunConfig, apply_overrides, run_config_from_dict, run_config_to_dict
 from radfield.data import SceneData, load_scene
-from radfield.errors import RadfieldError
+from radfield.errors import MissingSplitError, RadfieldError
 from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
@@ -66,11 +66,16 @@ class TrainState:
 
 
 class Trainer:
-    """Trains one run. ``Trainer(config, run_dir).train()``; ``resume=True`` continues the run's
-    checkpoint (its saved config wins, except ``max_steps`` / ``max_time`` given anew)."""
+    """Trains one run. ``Trainer(config, run_dir).train()``.
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, device: str = "cpu",
-                 resume: bool = False, progress: bool = True, log_tensorboard: bool = True):
+    ``resume=True`` continues the run's checkpoint: its saved config wins and ``config`` is
+    ignored, except for the dotted fields in ``overrides`` (e.g. ``{"train.max_steps": 40000}``).
+    Note that the learning-rate milestones are fractions of the run, so a new limit moves them.
+    """
+
+    def __init__(self, config: RunConfig | None, run_dir: str | Path, device: str = "cpu",
+                 resume: bool = False, progress: bool = True, log_tensorboard: bool = True,
+                 overrides: dict | None = None):
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -78,9 +83,8 @@ class Trainer:
         checkpoint = None
         if resume:
             checkpoint = load_checkpoint(self.run_dir, map_location=self.device)
-            saved = run_config_from_dict(json.loads(checkpoint["config"]))
-            saved.train.max_steps, saved.train.max_time = config.train.max_steps, config.train.max_time
-            config = saved
+            config = apply_overrides(run_config_from_dict(json.loads(checkpoint["config"])),
+                                     overrides or {})
         self.config = config
         cfg = config.train
         if cfg.loss not in PHOTOMETRIC_LOSSES:
@@ -112,7 +116,7 @@ class Trainer:
         for split in ("val", "test"):
             try:
                 return load_scene(self.config.data.path, split, self.config.data.downscale)
-            except RadfieldError:
+            except MissingSplitError:
                 continue
         return None
 
@@ -126,7 +130,7 @@ class Trainer:
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
-        self.generator.set_state(ck["generator"].cpu() if self.device.type == "cpu" else ck["generator"].cpu())
+        self.generator.set_state(ck["generator"].cpu())
         s = ck["state"]
         self.state = TrainState(int(s["step"]), float(s["train_time"]), int(s["n_rays"]),
                                 float(s["last_eval_time"]))
@@ -251,9 +255,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if not interrupted or not self.history or self.history[-1].get("step") != self.state.step:
-            if not interrupted:
-                self._evaluate_and_log()
+        if not interrupted and (not self.history or self.history[-1].get("step") != self.state.step):
+            self._evaluate_and_log()
         self.save()
         if self.writer is not None:
             self.writer.close()
