@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-renders", action="store_true", help="do not save rgb/depth/opacity PNGs")
+    p.add_argument("--every", type=_positive_int, default=1, help="score every N-th image only")
 
     p = sub.add_parser("render", help="render a camera-path video (MP4) of a trained run", formatter_class=fmt)
     p.add_argument("run_dir")
@@ -133,7 +134,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from radfield.evaluation.evaluate import evaluate_run, format_table
 
-    metrics = evaluate_run(args.run_dir, args.split, _device(args.device), save_renders=not args.no_renders)
+    metrics = evaluate_run(args.run_dir, args.split, _device(args.device), save_renders=not args.no_renders,
+                           every=args.every)
     print(format_table(metrics))
     if metrics["lpips"] is None:
         print("LPIPS: unavailable (weights not present locally)")

@@ -44,6 +44,8 @@ class TrainConfig:
     """Fractions of the run (of max_steps or max_time, whichever is nearer) where lr *= lr_gamma."""
     lr_gamma: float = 0.33
     loss: str = "l2"
+    distortion_weight: float = 0.0
+    """Weight of the mip-NeRF 360 distortion loss on the sample weights (0 = off)."""
     target_samples: int = 1 << 16
     """Adaptive ray count: rays per step are adjusted so a step has about this many samples."""
     init_rays: int = 1024

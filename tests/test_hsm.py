@@ -10,10 +10,14 @@ from radfield.config import HSMConfig
 from radfield.fields.hashgrid import HashGridConfig
 from radfield.fields.ngp import NGPField, NGPFieldConfig
 from radfield.losses import l2
+from radfield.losses.regularisers import distortion
 from radfield.samplers.occupancy import Samples
-from radfield.training.steps import HardSampleMiner, StepBatch, baseline_step, loss_from_raw
+from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, loss_from_raw,
+                                     photometric_objective)
 
 AABB = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+# Photometric loss plus a loss on all sample weights: HSM must keep the latter's gradient too.
+OBJECTIVE = photometric_objective(l2, distortion_weight=0.01)
 
 
 def small_field(seed=0) -> NGPField:
@@ -49,10 +53,10 @@ def test_injected_gradient_equals_autograd_through_full_graph():
     x, d = batch.samples.positions(batch.rays), batch.samples.directions(batch.rays)
     raw = field.raw(x, d)
     raw.retain_grad()
-    loss, _ = loss_from_raw(field, raw, batch, l2)
+    loss, _ = loss_from_raw(field, raw, batch, OBJECTIVE)
     loss.backward()
     raw_leaf = raw.detach().requires_grad_()
-    loss2, _ = loss_from_raw(field, raw_leaf, batch, l2)
+    loss2, _ = loss_from_raw(field, raw_leaf, batch, OBJECTIVE)
     (g,) = torch.autograd.grad(loss2, raw_leaf)
     assert g.abs().max() > 0
     torch.testing.assert_close(g, raw.grad, rtol=1e-6, atol=1e-9)
@@ -61,10 +65,10 @@ def test_injected_gradient_equals_autograd_through_full_graph():
 def test_hsm_without_pruning_matches_baseline_gradients():
     batch = random_batch()
     base = small_field()
-    baseline_step(base, batch, l2)
+    baseline_step(base, batch, OBJECTIVE)
     hsm_field = small_field()
     miner = HardSampleMiner(HSMConfig(enabled=True, min_fraction=1.0, max_fraction=1.0))
-    result = miner.step(hsm_field, batch, l2)
+    result = miner.step(hsm_field, batch, OBJECTIVE)
     assert result.n_backward == result.n_samples == len(batch.samples)
     gb, gh = grads(base), grads(hsm_field)
     assert gb.keys() == gh.keys() and len(gb) > 0
@@ -79,7 +83,7 @@ def test_hsm_keeps_only_b_samples_and_their_gradient():
     field = small_field()
     miner = HardSampleMiner(HSMConfig(enabled=True, min_fraction=0.05, max_fraction=0.5))
     miner.tau = 4.0  # B / tau = B / 4 -> b = B // 4
-    result = miner.step(field, batch, l2, generator=torch.Generator().manual_seed(0))
+    result = miner.step(field, batch, OBJECTIVE, generator=torch.Generator().manual_seed(0))
     n = len(batch.samples)
     assert result.n_backward == int(min(max(n / miner.tau, 0.05 * n), 0.5 * n))
     assert 0 < result.n_backward < n
@@ -101,3 +105,24 @@ def test_dynamic_b_matches_hand_computation():
     assert miner2.n_keep(1000) == 50  # clamped to min_fraction
     miner2.tau = 4.0
     assert miner2.n_keep(1000) == 250
+
+
+def test_injected_gradient_includes_the_distortion_loss():
+    """The gradient HSM injects differs from the photometric-only one by exactly the distortion
+    term's gradient: losses on all weights are kept, not dropped."""
+    field, batch = small_field(), random_batch()
+    x, d = batch.samples.positions(batch.rays), batch.samples.directions(batch.rays)
+    with torch.no_grad():
+        raw = field.raw(x, d)
+
+    def grad_of(objective):
+        leaf = raw.clone().requires_grad_()
+        loss, _ = loss_from_raw(field, leaf, batch, objective)
+        return torch.autograd.grad(loss, leaf)[0]
+
+    g_photo = grad_of(photometric_objective(l2))
+    g_both = grad_of(photometric_objective(l2, distortion_weight=0.5))
+    g_dist = grad_of(lambda out, b: 0.5 * distortion(out.weights, b.samples.t_starts, b.samples.t_ends,
+                                                     b.samples.ray_indices, b.samples.n_rays))
+    assert g_dist.abs().max() > 1e-6
+    torch.testing.assert_close(g_both, g_photo + g_dist, rtol=1e-5, atol=1e-9)

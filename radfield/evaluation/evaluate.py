@@ -29,10 +29,11 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, torch
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
-                 save_renders: bool = True, progress: bool = True) -> dict:
+                 save_renders: bool = True, progress: bool = True, every: int = 1) -> dict:
     """Render ``split``, compute PSNR / PSNR(uint8) / SSIM / LPIPS per image and their means,
     write ``RUN_DIR/metrics.json`` (and ``metrics_<split>.json``) and the renders to
-    ``RUN_DIR/renders/<split>/``. LPIPS is None when its weights are not available locally."""
+    ``RUN_DIR/renders/<split>/``. LPIPS is None when its weights are not available locally.
+    ``every = k`` scores every k-th image only (recorded in the metrics as ``every``)."""
     run_dir = Path(run_dir)
     config, model = load_run(run_dir, device)
     data = load_scene(config.data.path, split, config.data.downscale)
@@ -41,7 +42,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     cams = data.cameras.to(device)
     out_dir = run_dir / "renders" / split
     per_image = []
-    indices = range(len(data))
+    indices = range(0, len(data), every)
     if progress:
         from tqdm import tqdm
         indices = tqdm(indices, desc=f"eval {split}", unit="img", file=sys.stderr)
@@ -64,7 +65,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     metrics = {"split": split, "n_images": len(per_image), "psnr": mean("psnr"),
                "psnr_uint8": mean("psnr_uint8"), "ssim": mean("ssim"), "lpips": mean("lpips"),
                "lpips_note": None if lpips else "unavailable: LPIPS weights not present locally",
-               "eval_background": config.data.eval_background, "per_image": per_image}
+               "eval_background": config.data.eval_background, "every": every, "per_image": per_image}
     for name in ("metrics.json", f"metrics_{split}.json"):
         with atomic_write(run_dir / name) as tmp:
             tmp.write_text(json.dumps(metrics, indent=1))

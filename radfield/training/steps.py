@@ -21,10 +21,10 @@ from torch import Tensor
 from radfield.cameras import Rays
 from radfield.config import HSMConfig
 from radfield.fields.base import RadianceField
+from radfield.losses.regularisers import distortion
 from radfield.rendering.volume import RenderOutput, render
 from radfield.samplers.occupancy import Samples
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -50,27 +50,46 @@ class StepResult:
     hardness: Tensor | None = None
 
 
-def loss_from_raw(field_: RadianceField, raw: Tensor, batch: StepBatch, loss_fn: LossFn
+Objective = Callable[[RenderOutput, StepBatch], Tensor]
+"""The whole training loss of a batch, from its render (photometric + weight regularisers)."""
+
+
+def photometric_objective(loss_fn: Callable[[Tensor, Tensor], Tensor],
+                          distortion_weight: float = 0.0) -> Objective:
+    """``loss_fn(rgb, target) + distortion_weight * distortion(weights)``."""
+
+    def objective(out: RenderOutput, batch: StepBatch) -> Tensor:
+        loss = loss_fn(out.rgb, batch.target)
+        if distortion_weight > 0:
+            s = batch.samples
+            loss = loss + distortion_weight * distortion(out.weights, s.t_starts, s.t_ends,
+                                                         s.ray_indices, s.n_rays)
+        return loss
+
+    return objective
+
+
+def loss_from_raw(field_: RadianceField, raw: Tensor, batch: StepBatch, objective: Objective
                   ) -> tuple[Tensor, RenderOutput]:
-    """Activations, volume rendering and the photometric loss, from ``raw`` ``(n_samples, 4)``."""
+    """Activations, volume rendering and the training loss, from ``raw`` ``(n_samples, 4)``."""
     sigma, rgb = field_.activate(raw.float())
     s = batch.samples
     out = render(sigma, rgb, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, batch.background)
-    return loss_fn(out.rgb, batch.target), out
+    return objective(out, batch), out
 
 
 def _mse(out: RenderOutput, batch: StepBatch) -> float:
     return ((out.rgb.detach() - batch.target) ** 2).mean().item()
 
 
-def baseline_step(field_: RadianceField, batch: StepBatch, loss_fn: LossFn,
+def baseline_step(field_: RadianceField, batch: StepBatch, objective: Objective,
                   scale: Callable[[Tensor], Tensor] = lambda x: x, autocast=nullcontext) -> StepResult:
     """Forward all samples with the autograd graph, backward through all of them."""
     t0 = time.perf_counter()
     x, d = batch.samples.positions(batch.rays), batch.samples.directions(batch.rays)
     with autocast():
         raw = field_.raw(x, d)
-    loss, out = loss_from_raw(field_, raw, batch, loss_fn)
+    loss, out = loss_from_raw(field_, raw, batch, objective)
     t1 = time.perf_counter()
     scale(loss).backward()
     t2 = time.perf_counter()
@@ -111,7 +130,7 @@ class HardSampleMiner:
         lo, hi = self.config.min_fraction * n_samples, self.config.max_fraction * n_samples
         return int(min(max(n_samples / self.tau, lo), hi))
 
-    def step(self, field_: RadianceField, batch: StepBatch, loss_fn: LossFn,
+    def step(self, field_: RadianceField, batch: StepBatch, objective: Objective,
              generator: torch.Generator | None = None, scale: Callable[[Tensor], Tensor] = lambda x: x,
              autocast=nullcontext) -> StepResult:
         t0 = time.perf_counter()
@@ -121,7 +140,7 @@ class HardSampleMiner:
             raw_all = field_.raw(x, d).float()
         t1 = time.perf_counter()
         raw_leaf = raw_all.requires_grad_()
-        loss, out = loss_from_raw(field_, raw_leaf, batch, loss_fn)
+        loss, out = loss_from_raw(field_, raw_leaf, batch, objective)
         (g,) = torch.autograd.grad(loss, raw_leaf) if n else (raw_leaf,)
         hardness = g.norm(dim=-1)
         total = hardness.sum()

@@ -38,7 +38,8 @@ from radfield.losses import PHOTOMETRIC_LOSSES
 from radfield.models import build_model
 from radfield.rendering.images import render_image
 from radfield.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from radfield.training.steps import HardSampleMiner, StepBatch, baseline_step
+from radfield.training.steps import (HardSampleMiner, StepBatch, StepResult, baseline_step,
+                                     photometric_objective)
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
@@ -89,7 +90,7 @@ class Trainer:
         cfg = config.train
         if cfg.loss not in PHOTOMETRIC_LOSSES:
             raise RadfieldError(f"unknown loss {cfg.loss!r} (choose from: {', '.join(PHOTOMETRIC_LOSSES)})")
-        self.loss_fn = PHOTOMETRIC_LOSSES[cfg.loss]
+        self.objective = photometric_objective(PHOTOMETRIC_LOSSES[cfg.loss], cfg.distortion_weight)
         self.data = load_scene(config.data.path, "train", config.data.downscale)
         self.val = self._load_validation()
         self.cameras = self.data.cameras.to(self.device)
@@ -200,10 +201,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if self.amp else nullcontext
         if self.miner is not None:
-            result = self.miner.step(self.model.field, batch, self.loss_fn, self.generator,
+            result = self.miner.step(self.model.field, batch, self.objective, self.generator,
                                      self.scaler.scale, autocast)
         else:
-            result = baseline_step(self.model.field, batch, self.loss_fn, self.scaler.scale, autocast)
+            result = baseline_step(self.model.field, batch, self.objective, self.scaler.scale, autocast)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         # Adaptive ray count: aim the next step at target_samples samples.
@@ -225,9 +226,11 @@ class Trainer:
         return sum(scores) / len(scores)
 
     # ------------------------------------------------------------------ the loop
-    def train(self, stop: Callable[[int], bool] | None = None) -> list[dict]:
+    def train(self, stop: Callable[[int], bool] | None = None,
+              on_step: Callable[["Trainer", StepResult, float], None] | None = None) -> list[dict]:
         """Run until ``max_steps`` or ``max_time``. ``stop(step)`` returning True, or Ctrl-C,
-        ends the run early with a checkpoint written (``--resume`` continues it)."""
+        ends the run early with a checkpoint written (``--resume`` continues it).
+        ``on_step(trainer, result, seconds)`` is called after every step (benchmarks use it)."""
         cfg = self.config.train
         bar = None
         if self.progress:
@@ -243,6 +246,8 @@ class Trainer:
                 self.state.step += 1
                 self.state.train_time += dt
                 self._log_step(result, dt, bar)
+                if on_step is not None:
+                    on_step(self, result, dt)
                 if self.state.train_time - self.state.last_eval_time >= cfg.eval_every:
                     self._evaluate_and_log()
                 if self.state.step % cfg.checkpoint_every == 0:

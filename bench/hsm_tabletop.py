@@ -1,0 +1,133 @@
+"""Baseline vs hard sample mining at equal wall-clock budgets (issue: HSM benchmark).
+
+    python bench/hsm_tabletop.py --budgets 300 1200 [--data ../shared/data/tabletop]
+
+Each (mode, budget) trains in its own process (so peak memory is per run), records validation
+PSNR against training time (2 val images, every --eval-every seconds; validation time is not
+counted as training time), the median step time and its split, the peak resident memory, then
+scores the full test split. Writes bench/out/hsm_<budget>.json, a PSNR-vs-time PNG per budget,
+and prints a markdown table for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+TEST_EVERY = 3  # score every 3rd test image (10 of tabletop's 30): a full render is ~10 s on 2 cores
+
+
+def run_one(mode: str, budget: float, data: str, eval_every: float) -> dict:
+    from radfield.config import RunConfig, apply_overrides, PRESETS
+    from radfield.evaluation.evaluate import evaluate_run
+    from radfield.training.trainer import Trainer
+
+    config = apply_overrides(RunConfig(), PRESETS["ngp"])
+    config.data.path = str(Path(data).resolve())
+    config.train.max_time = budget
+    config.train.max_steps = 10 ** 9
+    config.train.eval_every = eval_every
+    config.train.hsm.enabled = mode == "hsm"
+    run_dir = OUT / f"run_{mode}_{int(budget)}"
+    if run_dir.exists():
+        import shutil
+        shutil.rmtree(run_dir)
+    steps: list[dict] = []
+
+    def on_step(trainer, result, seconds):
+        steps.append({"t": seconds, "n": result.n_samples, "b": result.n_backward, **result.timings})
+
+    trainer = Trainer(config, run_dir, progress=False, log_tensorboard=False)
+    t0 = time.time()
+    history = trainer.train(on_step=on_step)
+    wall = time.time() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    metrics = evaluate_run(run_dir, "test", save_renders=False, progress=False, every=TEST_EVERY)
+    med = lambda key: statistics.median(s[key] for s in steps if key in s)  # noqa: E731
+    split_keys = sorted({k for s in steps for k in s} - {"t", "n", "b"})
+    return {
+        "mode": mode, "budget_s": budget, "steps": len(steps), "wall_s": wall,
+        "median_step_s": med("t"), "median_samples": med("n"),
+        "median_kept_fraction": statistics.median(s["b"] / max(s["n"], 1) for s in steps),
+        "step_split_s": {k: med(k) for k in split_keys},
+        "peak_rss_mb": peak_mb, "history": history,
+        "test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"], "test_n": metrics["n_images"],
+    }
+
+
+def time_to_reach(history: list[dict], target: float) -> float | None:
+    """Training time at which the validation PSNR first reaches ``target`` (linear interpolation)."""
+    prev = (0.0, 0.0)
+    for h in history:
+        if "psnr" not in h:
+            continue
+        if h["psnr"] >= target:
+            (t0, p0), t1, p1 = prev, h["time_s"], h["psnr"]
+            return t1 if p1 == p0 else t0 + (target - p0) / (p1 - p0) * (t1 - t0)
+        prev = (h["time_s"], h["psnr"])
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tabletop"))
+    ap.add_argument("--budgets", type=float, nargs="+", default=[300.0, 1200.0])
+    ap.add_argument("--eval-every", type=float, default=None, help="default: budget / 10")
+    ap.add_argument("--one", nargs=2, metavar=("MODE", "BUDGET"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        mode, budget = args.one[0], float(args.one[1])
+        print(json.dumps(run_one(mode, budget, args.data, args.eval_every or budget / 10)))
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    from radfield.evaluation.plots import plot_curves
+
+    rows = []
+    for budget in args.budgets:
+        res = {}
+        for mode in ("baseline", "hsm"):
+            cmd = [sys.executable, __file__, "--one", mode, str(budget), "--data", args.data]
+            if args.eval_every:
+                cmd += ["--eval-every", str(args.eval_every)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+            res[mode] = json.loads(out.strip().splitlines()[-1])
+            print(f"{mode} {budget:.0f}s: test PSNR {res[mode]['test_psnr']:.2f}", flush=True)
+        b, h = res["baseline"], res["hsm"]
+        final_val = [x["psnr"] for x in b["history"] if "psnr" in x][-1]
+        t_base = time_to_reach(b["history"], final_val)
+        t_hsm = time_to_reach(h["history"], final_val)
+        res["summary"] = {"baseline_final_val_psnr": final_val, "baseline_time_to_final": t_base,
+                          "hsm_time_to_baseline_final": t_hsm,
+                          "time_ratio": None if t_hsm is None or not t_base else t_hsm / t_base}
+        (OUT / f"hsm_{int(budget)}.json").write_text(json.dumps(res, indent=1))
+        plot_curves({m: [(x["time_s"], x["psnr"]) for x in res[m]["history"] if "psnr" in x]
+                     for m in ("baseline", "hsm")}, OUT / f"hsm_{int(budget)}.png",
+                    title=f"tabletop, {budget / 60:.0f} min budget: validation PSNR vs training time")
+        rows.append((budget, res))
+    print("\n| budget | mode | steps | median step (s) | samples/step | kept b/B | peak RSS (MB) | test PSNR | test SSIM |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for budget, res in rows:
+        for m in ("baseline", "hsm"):
+            r = res[m]
+            print(f"| {budget / 60:.0f} min | {m} | {r['steps']} | {r['median_step_s']:.3f} | "
+                  f"{r['median_samples']:.0f} | {r['median_kept_fraction']:.2f} | {r['peak_rss_mb']:.0f} | "
+                  f"{r['test_psnr']:.2f} | {r['test_ssim']:.4f} |")
+    for budget, res in rows:
+        s = res["summary"]
+        print(f"\n{budget / 60:.0f} min: baseline final val PSNR {s['baseline_final_val_psnr']:.2f} dB; "
+              f"HSM reaches it at {s['hsm_time_to_baseline_final']} s "
+              f"(baseline {s['baseline_time_to_final']} s, ratio {s['time_ratio']})")
+        for m in ("baseline", "hsm"):
+            print(f"  {m} step split (median s): {json.dumps({k: round(v, 4) for k, v in res[m]['step_split_s'].items()})}")
+
+
+if __name__ == "__main__":
+    main()
