@@ -235,8 +235,9 @@ class Trainer:
         bar = None
         if self.progress:
             from tqdm import tqdm
-            bar = tqdm(total=cfg.max_steps, initial=self.state.step, unit="step", dynamic_ncols=True,
-                       file=sys.stderr)
+            # A time-limited run shows its rate and elapsed time, not a bar towards max_steps.
+            bar = tqdm(total=None if cfg.max_time else cfg.max_steps, initial=self.state.step,
+                       unit="step", dynamic_ncols=True, file=sys.stderr)
         interrupted = False
         try:
             while self.state.step < cfg.max_steps and not (cfg.max_time and self.state.train_time >= cfg.max_time):
