@@ -81,17 +81,25 @@ class Rays:
         origins: ``(n_rays, 3)``.
         directions: ``(n_rays, 3)``, unit length.
         z_per_t: ``(n_rays,)``, planar camera depth per unit of ray distance.
+        radii: optional ``(n_rays,)`` cone radius per unit of ray distance: the pixel footprint
+            (mip-NeRF's ``2 / sqrt(12)`` times the pixel pitch) at distance ``t`` is ``t * radii``.
+        camera_indices: optional ``(n_rays,)`` long, the camera (image) each ray comes from, for
+            per-image appearance embeddings; ``-1`` for a camera outside the training set.
     """
 
     origins: Tensor
     directions: Tensor
     z_per_t: Tensor
+    radii: Tensor | None = None
+    camera_indices: Tensor | None = None
 
     def __len__(self) -> int:
         return self.origins.shape[0]
 
     def __getitem__(self, sl) -> "Rays":
-        return Rays(self.origins[sl], self.directions[sl], self.z_per_t[sl])
+        pick = lambda x: None if x is None else x[sl]  # noqa: E731
+        return Rays(self.origins[sl], self.directions[sl], self.z_per_t[sl], pick(self.radii),
+                    pick(self.camera_indices))
 
 
 def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Rays:
@@ -118,7 +126,12 @@ def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Ra
     c2w = cameras.c2w[cam_idx]
     d_world = (c2w[:, :3, :3] @ d_cam.unsqueeze(-1)).squeeze(-1)
     norm = d_world.norm(dim=-1, keepdim=True)
-    return Rays(c2w[:, :3, 3], d_world / norm, 1.0 / d_cam.norm(dim=-1))
+    z_per_t = 1.0 / d_cam.norm(dim=-1)
+    # Pixel footprint: pitch 1 / f on the z = 1 plane, times mip-NeRF's 2 / sqrt(12) (the radius
+    # of the disc with the pixel's variance), per unit of planar depth -> per unit ray distance.
+    f = torch.sqrt(cameras.fx[cam_idx] * cameras.fy[cam_idx])
+    radii = z_per_t / f * (2.0 / 12 ** 0.5)
+    return Rays(c2w[:, :3, 3], d_world / norm, z_per_t, radii, cam_idx)
 
 
 def pixel_rays(cameras: Cameras, cam_idx: Tensor, i: Tensor, j: Tensor) -> Rays:

@@ -1,4 +1,4 @@
-"""The ``radfield`` command line: train, eval, render, demo.
+"""The ``radfield`` command line: train, eval, render, demo, process, multiscale.
 
 Bad input (a missing file, a malformed dataset, an unknown option value) is reported as one line,
 ``radfield: error: <file or option>: <problem>``, with exit code 2.
@@ -49,10 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a radiance field on a posed-image dataset", formatter_class=fmt,
                        description="Train a radiance field. Models: " + ", ".join(MODELS)
-                       + ". Presets: " + ", ".join(PRESETS) + ".")
-    p.add_argument("data", help="dataset folder (Blender transforms_{split}.json or Instant-NGP transforms.json)")
-    p.add_argument("--model", default="ngp", help=f"model: {', '.join(MODELS)}")
+                       + ". Presets: " + ", ".join(PRESETS) + " (a preset sets its model).")
+    p.add_argument("data", help="dataset folder: Blender transforms_{split}.json, Instant-NGP transforms.json, "
+                   "COLMAP (images/ + sparse/), LLFF (poses_bounds.npy) or a multi-scale dataset")
+    p.add_argument("--model", default=None, help=f"model: {', '.join(MODELS)} (default ngp)")
     p.add_argument("--preset", default=None, help=f"named preset: {', '.join(PRESETS)} (default: the model's name)")
+    p.add_argument("--loss", default=None, help="photometric loss, e.g. l2, l1+0.2*ssim (l2, l1, rmse, "
+                   "charbonnier, ssim, fft)")
+    p.add_argument("--background", default=None, help="random, white, black, learned or last_sample")
+    p.add_argument("--colmap-model", default=None, help="COLMAP sparse/ model to read (default: the largest)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set nerf.encoding.name=fourier (repeatable)")
     p.add_argument("--downscale", type=_positive_int, default=1, help="integer image downscale factor")
     p.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<model>)")
     p.add_argument("--max-steps", type=_positive_int, default=None, help="step limit (default 20000)")
@@ -89,23 +96,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-time", type=float, default=120.0, help="training seconds")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--hsm", action="store_true")
+
+    p = sub.add_parser("process", help="turn photos or a video into a COLMAP dataset (structure from motion)",
+                       formatter_class=fmt)
+    p.add_argument("kind", choices=["images", "video"])
+    p.add_argument("input", help="folder of images, or a video file")
+    p.add_argument("--out", required=True, help="dataset folder to write (images/ and sparse/)")
+    p.add_argument("--matcher", default=None, choices=["exhaustive", "sequential"],
+                   help="feature matching (default: exhaustive for images, sequential for video)")
+    p.add_argument("--frames", type=_positive_int, default=100, help="video: frames to extract")
+    p.add_argument("--max-image-size", type=_positive_int, default=None, help="downscale larger images for SfM")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+
+    p = sub.add_parser("multiscale", help="build the 4-scale (1, 1/2, 1/4, 1/8) version of a Blender dataset",
+                       formatter_class=fmt)
+    p.add_argument("source", help="full-resolution Blender dataset")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true")
     return parser
 
 
+def _parse_value(text: str):
+    """A ``--set`` value: JSON when it parses (numbers, true/false, null, lists), else a string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def run_config_from_args(args) -> RunConfig:
-    if args.model not in MODELS:
+    if args.model is not None and args.model not in MODELS:
         raise RadfieldError(f"--model: unknown model {args.model!r} (choose from: {', '.join(MODELS)})")
-    preset = args.preset or args.model
+    preset = args.preset or args.model or "ngp"
     if preset not in PRESETS:
         raise RadfieldError(f"--preset: unknown preset {preset!r} (choose from: {', '.join(PRESETS)})")
-    config = apply_overrides(RunConfig(model=args.model), PRESETS[preset])
+    config = apply_overrides(RunConfig(), PRESETS[preset])
+    if args.model is not None and args.model != config.model:
+        raise RadfieldError(f"--preset {preset} is for model {config.model!r}, not {args.model!r}")
     config.data.path = str(Path(args.data).resolve())
     config.data.downscale = args.downscale
     overrides = {"train.max_steps": args.max_steps, "train.max_time": args.max_time,
                  "train.seed": args.seed, "train.eval_every": args.eval_every,
                  "train.hsm.min_fraction": args.hsm_min_fraction,
-                 "train.hsm.max_fraction": args.hsm_max_fraction, "train.hsm.ema": args.hsm_ema}
+                 "train.hsm.max_fraction": args.hsm_max_fraction, "train.hsm.ema": args.hsm_ema,
+                 "train.loss": args.loss, "train.background": args.background,
+                 "data.colmap_model": args.colmap_model}
     apply_overrides(config, {k: v for k, v in overrides.items() if v is not None})
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RadfieldError(f"--set {item!r}: expected KEY=VALUE")
+        apply_overrides(config, {key.strip(): _parse_value(value.strip())})
     config.train.hsm.enabled = args.hsm
     return config
 
@@ -114,7 +157,7 @@ def cmd_train(args) -> int:
     from radfield.training.trainer import Trainer
 
     config = run_config_from_args(args)
-    out = Path(args.out or f"runs/{Path(args.data).resolve().name}-{args.model}")
+    out = Path(args.out or f"runs/{Path(args.data).resolve().name}-{config.model}")
     if not args.resume and (out / "checkpoint.pt").exists():
         raise RadfieldError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
     limits = {"train.max_steps": args.max_steps, "train.max_time": args.max_time}
@@ -181,7 +224,31 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "demo": cmd_demo}
+def cmd_process(args) -> int:
+    from radfield.data.process import format_report, process_images, process_video
+
+    common = {"max_image_size": args.max_image_size, "overwrite": args.overwrite}
+    if args.kind == "images":
+        report = process_images(args.input, args.out, matcher=args.matcher or "exhaustive", **common)
+    else:
+        if args.matcher not in (None, "sequential"):
+            raise RadfieldError("--matcher: video frames are always matched sequentially")
+        report = process_video(args.input, args.out, n_frames=args.frames, **common)
+    print(format_report(report))
+    print(f"dataset: {args.out} (train with: radfield train {args.out} --model nerfacto)")
+    return 0
+
+
+def cmd_multiscale(args) -> int:
+    from radfield.data.multiscale import make_multiscale
+
+    out = make_multiscale(args.source, args.out, overwrite=args.overwrite)
+    print(f"wrote the multi-scale dataset {out} (scales 1, 2, 4, 8)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "demo": cmd_demo,
+            "process": cmd_process, "multiscale": cmd_multiscale}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,7 +136,7 @@ def test_train_writes_run(trained_run, scene):
     config = json.loads((trained_run / "config.json").read_text())
     assert config["data"]["path"] == str(scene.resolve())
     assert config["train"]["max_steps"] == 40
-    assert config["field"]["grid"]["log2_table_size"] == 17  # the ngp-small preset
+    assert config["ngp"]["grid"]["log2_table_size"] == 17  # the ngp-small preset
     ck = load_checkpoint(trained_run)
     assert ck["state"]["step"] == 40
     history = json.loads((trained_run / "history.json").read_text())

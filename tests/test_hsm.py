@@ -11,7 +11,7 @@ from radfield.fields.hashgrid import HashGridConfig
 from radfield.fields.ngp import NGPField, NGPFieldConfig
 from radfield.losses import l2
 from radfield.losses.regularisers import distortion
-from radfield.samplers.occupancy import Samples
+from radfield.samplers.samples import Samples
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, loss_from_raw,
                                      photometric_objective)
 
@@ -41,7 +41,8 @@ def random_batch(n_rays=24, per_ray=10, seed=1) -> StepBatch:
     samples = Samples(t_starts, t_starts + 0.15, ray_indices, n_rays)
     target = torch.rand(n_rays, 3, generator=g)
     bg = torch.rand(n_rays, 3, generator=g)
-    return StepBatch(Rays(o, d, torch.ones(n_rays)), samples, target, bg)
+    rays = Rays(o, d, torch.ones(n_rays))
+    return StepBatch(rays, samples, target, bg, (samples.positions(rays), samples.directions(rays)))
 
 
 def grads(field):

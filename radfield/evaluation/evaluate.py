@@ -9,23 +9,52 @@ from pathlib import Path
 import torch
 
 from radfield.config import RunConfig, run_config_from_dict
-from radfield.data import load_scene
+from radfield.data import SceneData, load_scene_groups
 from radfield.evaluation.metrics import lpips_fn, psnr, psnr_uint8, ssim
 from radfield.evaluation.plots import colorize_depth
 from radfield.io import atomic_write, save_png
 from radfield.models import build_model
 from radfield.rendering.images import render_image
 from radfield.training.checkpoint import load_checkpoint
-from radfield.training.trainer import background_color
+from radfield.rendering.backgrounds import background_color
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, torch.nn.Module]:
     """The run's config and its trained model (in eval mode) from ``RUN_DIR/checkpoint.pt``."""
     ck = load_checkpoint(Path(run_dir), map_location=device)
     config = run_config_from_dict(json.loads(ck["config"]))
-    model = build_model(config, ck["model"]["field.aabb"].to(device)).to(device)
+    state = ck["model"]
+    aabb = state["aabb"] if "aabb" in state else state["field.aabb"]
+    n_images = state["field.appearance.weight"].shape[0] if "field.appearance.weight" in state else 0
+    model = build_model(config, aabb.to(device), n_images).to(device)
     model.load_state_dict(ck["model"])
     return config, model.eval()
+
+
+def _score_images(model, data: SceneData, bg, lpips, out_dir: Path, save_renders: bool, indices,
+                  suffix: str = "") -> list[dict]:
+    cams = data.cameras.to(bg.device)
+    rows = []
+    for i in indices:
+        r = render_image(model, cams, i, bg)
+        gt = data.composited(i, bg.cpu())
+        name = Path(data.names[i]).stem + suffix
+        rows.append({"name": name, "psnr": psnr(r.rgb, gt), "psnr_uint8": psnr_uint8(r.rgb, gt),
+                     "ssim": ssim(r.rgb, gt), "lpips": lpips(r.rgb, gt) if lpips else None})
+        if save_renders:
+            save_png(out_dir / f"{name}_rgb.png", r.rgb)
+            save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
+            save_png(out_dir / f"{name}_opacity.png", r.opacity)
+    return rows
+
+
+def _means(rows: list[dict]) -> dict:
+    def mean(key):
+        vals = [row[key] for row in rows]
+        return None if not vals or any(v is None for v in vals) else float(sum(vals) / len(vals))
+
+    return {"n_images": len(rows), "psnr": mean("psnr"), "psnr_uint8": mean("psnr_uint8"),
+            "ssim": mean("ssim"), "lpips": mean("lpips")}
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
@@ -33,39 +62,42 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     """Render ``split``, compute PSNR / PSNR(uint8) / SSIM / LPIPS per image and their means,
     write ``RUN_DIR/metrics.json`` (and ``metrics_<split>.json``) and the renders to
     ``RUN_DIR/renders/<split>/``. LPIPS is None when its weights are not available locally.
-    ``every = k`` scores every k-th image only (recorded in the metrics as ``every``)."""
+    ``every = k`` scores every k-th image only (recorded in the metrics as ``every``).
+
+    Multi-scale datasets are scored per scale (``per_scale``); the top-level means are over all
+    scales' images, mip-NeRF's "average" column. Models with per-image appearance embeddings
+    render held-out views with the mean embedding (``appearance``: ``"mean embedding"``)."""
     run_dir = Path(run_dir)
     config, model = load_run(run_dir, device)
-    data = load_scene(config.data.path, split, config.data.downscale)
+    groups = load_scene_groups(config.data.path, split, config.data.downscale,
+                               colmap_model=config.data.colmap_model)
     bg = background_color(config.data.eval_background, device)
     lpips = lpips_fn(device=device)
-    cams = data.cameras.to(device)
     out_dir = run_dir / "renders" / split
-    per_image = []
-    indices = range(0, len(data), every)
+    jobs = [(g, i) for g in groups for i in range(0, len(g), every)]
+    bar = None
     if progress:
         from tqdm import tqdm
-        indices = tqdm(indices, desc=f"eval {split}", unit="img", file=sys.stderr)
-    for i in indices:
-        r = render_image(model, cams, i, bg)
-        gt = data.composited(i, bg.cpu())
-        name = Path(data.names[i]).stem
-        row = {"name": name, "psnr": psnr(r.rgb, gt), "psnr_uint8": psnr_uint8(r.rgb, gt),
-               "ssim": ssim(r.rgb, gt), "lpips": lpips(r.rgb, gt) if lpips else None}
-        per_image.append(row)
-        if save_renders:
-            save_png(out_dir / f"{name}_rgb.png", r.rgb)
-            save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
-            save_png(out_dir / f"{name}_opacity.png", r.opacity)
-
-    def mean(key):
-        vals = [row[key] for row in per_image]
-        return None if any(v is None for v in vals) else float(sum(vals) / len(vals))
-
-    metrics = {"split": split, "n_images": len(per_image), "psnr": mean("psnr"),
-               "psnr_uint8": mean("psnr_uint8"), "ssim": mean("ssim"), "lpips": mean("lpips"),
+        bar = tqdm(total=len(jobs), desc=f"eval {split}", unit="img", file=sys.stderr)
+    per_image, per_scale = [], {}
+    for g in groups:
+        suffix = f"_x{g.meta['scale']}" if len(groups) > 1 else ""
+        rows = []
+        for i in range(0, len(g), every):
+            rows += _score_images(model, g, bg, lpips, out_dir, save_renders, [i], suffix)
+            if bar is not None:
+                bar.update(1)
+        per_image += rows
+        if len(groups) > 1:
+            per_scale[str(g.meta["scale"])] = _means(rows)
+    if bar is not None:
+        bar.close()
+    has_appearance = getattr(model.field, "appearance_dim", 0) > 0
+    metrics = {"split": split, **_means(per_image),
                "lpips_note": None if lpips else "unavailable: LPIPS weights not present locally",
-               "eval_background": config.data.eval_background, "every": every, "per_image": per_image}
+               "eval_background": config.data.eval_background, "every": every,
+               "appearance": "mean embedding" if has_appearance else None,
+               "per_scale": per_scale or None, "per_image": per_image}
     for name in ("metrics.json", f"metrics_{split}.json"):
         with atomic_write(run_dir / name) as tmp:
             tmp.write_text(json.dumps(metrics, indent=1))
@@ -80,4 +112,9 @@ def format_table(metrics: dict) -> str:
                      f"{fmt(row['ssim'], 4):>8}{fmt(row['lpips'], 4):>8}")
     lines.append(f"{'mean (' + str(metrics['n_images']) + ' images)':<24}{fmt(metrics['psnr']):>8}"
                  f"{fmt(metrics['psnr_uint8']):>8}{fmt(metrics['ssim'], 4):>8}{fmt(metrics['lpips'], 4):>8}")
+    for scale, m in (metrics.get("per_scale") or {}).items():
+        lines.append(f"{'scale 1/' + scale + ' (' + str(m['n_images']) + ')':<24}{fmt(m['psnr']):>8}"
+                     f"{fmt(m['psnr_uint8']):>8}{fmt(m['ssim'], 4):>8}{fmt(m['lpips'], 4):>8}")
+    if metrics.get("appearance"):
+        lines.append(f"appearance: {metrics['appearance']} for held-out views")
     return "\n".join(lines)

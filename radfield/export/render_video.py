@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from radfield.data import load_scene
+from radfield.data import load_scene_groups
 from radfield.errors import RadfieldError
 from radfield.evaluation.evaluate import load_run
 from radfield.export.camera_path import orbit_path
 from radfield.export.video import write_video
 from radfield.io import to_uint8
 from radfield.rendering.images import render_image
-from radfield.training.trainer import background_color
+from radfield.rendering.backgrounds import background_color
 
 PATHS = ("orbit", "test")
 
@@ -22,10 +22,12 @@ def render_video(run_dir: str | Path, out: str | Path, path: str = "orbit", n_fr
     if path not in PATHS:
         raise RadfieldError(f"unknown camera path {path!r} (choose from: {', '.join(PATHS)})")
     config, model = load_run(run_dir, device)
+    data = config.data
     if path == "orbit":
-        cams = orbit_path(load_scene(config.data.path, "train", config.data.downscale), n_frames)
+        train = load_scene_groups(data.path, "train", data.downscale, colmap_model=data.colmap_model)[0]
+        cams = orbit_path(train, n_frames)
     else:
-        cams = load_scene(config.data.path, "test", config.data.downscale).cameras
+        cams = load_scene_groups(data.path, "test", data.downscale, colmap_model=data.colmap_model)[0].cameras
     cams = cams.to(device)
     bg = background_color(config.data.eval_background, device)
     indices = range(len(cams))

@@ -23,13 +23,17 @@ class ImageRender:
 
 @torch.no_grad()
 def render_rays(model, rays: Rays, background: Tensor, chunk: int = 1 << 13) -> tuple[Tensor, Tensor, Tensor]:
-    """No-grad render of a ray batch in chunks: ``(rgb (n, 3), ray depth (n,), opacity (n,))``."""
+    """No-grad render of a ray batch in chunks: ``(rgb (n, 3), ray depth (n,), opacity (n,))``.
+
+    ``background`` ``(3,)`` is used unless the model has a learned background (or renders the
+    last sample opaque)."""
     rgbs, depths, opacities = [], [], []
     for i in range(0, len(rays), chunk):
         r = rays[i:i + chunk]
         s = model.sample(r, training=False)
-        sigma, rgb = model.field.activate(model.field.raw(s.positions(r), s.directions(r)).float())
-        out = render(sigma, rgb, s.t_starts, s.t_ends, s.ray_indices, len(r), background)
+        sigma, rgb = model.field.activate(model.field.raw(*model.field_inputs(r, s)).float())
+        bg = background if model.background is None else model.background(r.directions)
+        out = render(sigma, rgb, s.t_starts, s.t_ends, s.ray_indices, len(r), bg, model.opaque_last)
         rgbs.append(out.rgb)
         depths.append(out.depth)
         opacities.append(out.opacity)
@@ -37,8 +41,12 @@ def render_rays(model, rays: Rays, background: Tensor, chunk: int = 1 << 13) -> 
 
 
 def render_image(model, cameras: Cameras, index: int, background: Tensor,
-                 chunk: int = 1 << 13) -> ImageRender:
+                 chunk: int = 1 << 13, appearance_index: int | None = None) -> ImageRender:
+    """Render camera ``index``. ``appearance_index``: the training image whose appearance
+    embedding to use (models that have them); None = the mean embedding (held-out views)."""
     rays = image_rays(cameras, index)
+    rays.camera_indices = None if appearance_index is None else torch.full_like(
+        rays.camera_indices, appearance_index)
     rgb, ray_depth, opacity = render_rays(model, rays, background, chunk)
     planar = torch.where(opacity > 1e-3, ray_depth / opacity.clamp(min=1e-3) * rays.z_per_t,
                          torch.zeros_like(ray_depth))

@@ -52,17 +52,30 @@ def exclusive_sum_per_ray(values: Tensor, ray_indices: Tensor, n_rays: int) -> T
     return (exclusive - start).to(values.dtype)
 
 
+def last_sample_mask(ray_indices: Tensor) -> Tensor:
+    """``(n_samples,)`` bool, True at the last sample of each ray. Example: ``[0, 0, 1, 3, 3]``
+    -> ``[F, T, T, F, T]``."""
+    last = torch.ones_like(ray_indices, dtype=torch.bool)
+    last[:-1] = ray_indices[1:] != ray_indices[:-1]
+    return last
+
+
 def render_weights(sigmas: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
-                   n_rays: int) -> tuple[Tensor, Tensor, Tensor]:
+                   n_rays: int, opaque_last: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Weights ``w_i = T_i alpha_i`` of packed samples.
 
-    Returns ``(weights, transmittance, alphas)``, each ``(n_samples,)``.
+    Returns ``(weights, transmittance, alphas)``, each ``(n_samples,)``. With ``opaque_last`` the
+    last interval of every ray extends to infinity (``alpha = 1`` there, the "last sample"
+    background of the original NeRF code): each ray's weights sum to 1 unless its transmittance
+    is already 0.
 
     Example (one ray, two samples of length 1 with sigma = ln 2 each):
     alpha = [0.5, 0.5], T = [1, 0.5], w = [0.5, 0.25]; the ray's opacity is 0.75.
     """
     tau = sigmas * (t_ends - t_starts)
     alphas = 1.0 - torch.exp(-tau)
+    if opaque_last and alphas.numel():
+        alphas = torch.where(last_sample_mask(ray_indices), torch.ones_like(alphas), alphas)
     # tau is capped before the running sum: one infinite or huge tau would otherwise turn every
     # later sample of the batch into NaN or swamp its small taus (exp(-1e3) is 0 anyway).
     transmittance = torch.exp(-exclusive_sum_per_ray(tau.clamp(max=1e3), ray_indices, n_rays))
@@ -100,15 +113,16 @@ class RenderOutput:
 
 
 def render(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
-           n_rays: int, background: Tensor | None = None) -> RenderOutput:
+           n_rays: int, background: Tensor | None = None, opaque_last: bool = False) -> RenderOutput:
     """Composite packed samples: ``C = sum_i w_i c_i + (1 - sum_i w_i) * background``.
 
     Args:
         sigmas: ``(n_samples,)`` densities (activated, >= 0).
         rgbs: ``(n_samples, 3)`` colours in [0, 1].
         background: ``(3,)`` or ``(n_rays, 3)``; black when None.
+        opaque_last: the last interval of each ray is opaque (see :func:`render_weights`).
     """
-    weights, _, _ = render_weights(sigmas, t_starts, t_ends, ray_indices, n_rays)
+    weights, _, _ = render_weights(sigmas, t_starts, t_ends, ray_indices, n_rays, opaque_last)
     rgb = accumulate_along_rays(weights, ray_indices, n_rays, rgbs)
     opacity = accumulate_along_rays(weights, ray_indices, n_rays)
     depth = accumulate_along_rays(weights, ray_indices, n_rays, ((t_starts + t_ends) / 2)[:, None])[:, 0]

@@ -20,38 +20,9 @@ from torch import Tensor, nn
 
 from radfield.cameras import Rays
 from radfield.rendering.volume import render_weights
+from radfield.samplers.samples import Samples
 
-
-@dataclass
-class Samples:
-    """Packed samples along a batch of rays (layout: :mod:`radfield.rendering.volume`).
-
-    Attributes:
-        t_starts, t_ends: ``(n_samples,)``.
-        ray_indices: ``(n_samples,)`` long, sorted.
-        n_rays: number of rays in the batch.
-    """
-
-    t_starts: Tensor
-    t_ends: Tensor
-    ray_indices: Tensor
-    n_rays: int
-
-    def __len__(self) -> int:
-        return self.t_starts.shape[0]
-
-    def positions(self, rays: Rays) -> Tensor:
-        """``(n_samples, 3)`` interval midpoints ``o + t d`` (differentiable in the rays)."""
-        t_mid = (self.t_starts + self.t_ends) / 2
-        return rays.origins[self.ray_indices] + t_mid[:, None] * rays.directions[self.ray_indices]
-
-    def directions(self, rays: Rays) -> Tensor:
-        return rays.directions[self.ray_indices]
-
-    def select(self, mask_or_index: Tensor) -> "Samples":
-        """The subset of samples picked by a boolean mask or a sorted index tensor."""
-        return Samples(self.t_starts[mask_or_index], self.t_ends[mask_or_index],
-                       self.ray_indices[mask_or_index], self.n_rays)
+__all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples", "ray_aabb_intersect"]
 
 
 def ray_aabb_intersect(origins: Tensor, directions: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:

@@ -2,9 +2,14 @@
 
 Both take the same inputs and leave gradients in the parameters; the caller runs the optimiser.
 They share :func:`loss_from_raw`, the whole path from pre-activation field outputs to the scalar
-training loss (activations -> volume rendering -> background -> photometric loss), so ``--hsm``
-optimises exactly the same objective as the baseline and only changes how much of it is
-back-propagated through the network (``shared/specs/hard-sample-mining.md``).
+training loss (activations -> volume rendering -> background -> photometric loss -> regularisers),
+so ``--hsm`` optimises exactly the same objective as the baseline and only changes how much of it
+is back-propagated through the network (``shared/specs/hard-sample-mining.md``).
+
+Hierarchical models (coarse + fine, proposal networks) sample their final level with earlier
+levels whose graphs are already built when the step starts (``batch.samples.levels``): their
+losses (coarse photometric, interlevel) are part of the objective and are back-propagated in
+full by both steps; mining applies to the final level, where the samples and the cost are.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from torch import Tensor
 from radfield.cameras import Rays
 from radfield.config import HSMConfig
 from radfield.fields.base import RadianceField
+from radfield.losses.interlevel import interlevel_loss
 from radfield.losses.regularisers import distortion
 from radfield.rendering.volume import RenderOutput, render
-from radfield.samplers.occupancy import Samples
-
+from radfield.samplers.samples import Samples
 
 
 @dataclass
@@ -36,7 +41,13 @@ class StepBatch:
     target: Tensor
     """``(n_rays, 3)``."""
     background: Tensor
-    """``(n_rays, 3)`` or ``(3,)``."""
+    """``(n_rays, 3)`` or ``(3,)``; may carry a graph (a learned background)."""
+    inputs: tuple[Tensor, ...] = ()
+    """The field's per-sample inputs, each ``(n_samples, ...)``: ``field.raw(*inputs)``."""
+    opaque_last: bool = False
+    """Render with the last interval of each ray opaque ("last sample" background)."""
+    patch_size: int | None = None
+    """Rays come as square patches of this size (row-major per patch) for patch losses."""
 
 
 @dataclass
@@ -54,16 +65,39 @@ Objective = Callable[[RenderOutput, StepBatch], Tensor]
 """The whole training loss of a batch, from its render (photometric + weight regularisers)."""
 
 
-def photometric_objective(loss_fn: Callable[[Tensor, Tensor], Tensor],
-                          distortion_weight: float = 0.0) -> Objective:
-    """``loss_fn(rgb, target) + distortion_weight * distortion(weights)``."""
+def photometric_objective(loss_fn: Callable[..., Tensor], distortion_weight: float = 0.0) -> Objective:
+    """The training objective of a batch:
+
+    ``loss_fn(rgb, target) + distortion_weight * distortion(weights)`` (distortion in the
+    sampler's spacing coordinates when it has them) plus, for each earlier level of a
+    hierarchical sampler, ``level.weight * loss_fn(rgb_level, target)`` (coarse levels) or
+    ``level.weight * interlevel(final weights, level weights)`` (proposal levels).
+
+    ``loss_fn(pred, target)`` or, for patch losses, ``loss_fn(pred, target, patch_size)``.
+    """
+
+    def photometric(pred: Tensor, batch: StepBatch) -> Tensor:
+        if batch.patch_size is None:
+            return loss_fn(pred, batch.target)
+        return loss_fn(pred, batch.target, batch.patch_size)
 
     def objective(out: RenderOutput, batch: StepBatch) -> Tensor:
-        loss = loss_fn(out.rgb, batch.target)
+        s = batch.samples
+        loss = photometric(out.rgb, batch)
         if distortion_weight > 0:
-            s = batch.samples
-            loss = loss + distortion_weight * distortion(out.weights, s.t_starts, s.t_ends,
+            loss = loss + distortion_weight * distortion(out.weights, s.spacing_starts, s.spacing_ends,
                                                          s.ray_indices, s.n_rays)
+        for level in s.levels:
+            if level.weight == 0:
+                continue
+            if level.rgb is not None:
+                rgb = level.rgb + (1.0 - level.opacity)[:, None] * batch.background
+                loss = loss + level.weight * photometric(rgb, batch)
+            else:
+                final_s = torch.cat([s.spacing_starts.view(s.n_rays, -1),
+                                     s.spacing_ends.view(s.n_rays, -1)[:, -1:]], dim=-1)
+                loss = loss + level.weight * interlevel_loss(
+                    final_s, out.weights.view(s.n_rays, -1), level.s, level.weights)
         return loss
 
     return objective
@@ -71,11 +105,17 @@ def photometric_objective(loss_fn: Callable[[Tensor, Tensor], Tensor],
 
 def loss_from_raw(field_: RadianceField, raw: Tensor, batch: StepBatch, objective: Objective
                   ) -> tuple[Tensor, RenderOutput]:
-    """Activations, volume rendering and the training loss, from ``raw`` ``(n_samples, 4)``."""
+    """Activations, volume rendering and the training loss, from ``raw`` ``(n_samples, C)``
+    (plus the field's own per-sample penalty on ``raw``, if it has one)."""
     sigma, rgb = field_.activate(raw.float())
     s = batch.samples
-    out = render(sigma, rgb, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, batch.background)
-    return objective(out, batch), out
+    out = render(sigma, rgb, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, batch.background,
+                 batch.opaque_last)
+    loss = objective(out, batch)
+    penalty = getattr(field_, "raw_penalty", None)
+    if penalty is not None:
+        loss = loss + penalty(raw.float())
+    return loss, out
 
 
 def _mse(out: RenderOutput, batch: StepBatch) -> float:
@@ -86,9 +126,8 @@ def baseline_step(field_: RadianceField, batch: StepBatch, objective: Objective,
                   scale: Callable[[Tensor], Tensor] = lambda x: x, autocast=nullcontext) -> StepResult:
     """Forward all samples with the autograd graph, backward through all of them."""
     t0 = time.perf_counter()
-    x, d = batch.samples.positions(batch.rays), batch.samples.directions(batch.rays)
     with autocast():
-        raw = field_.raw(x, d)
+        raw = field_.raw(*batch.inputs)
     loss, out = loss_from_raw(field_, raw, batch, objective)
     t1 = time.perf_counter()
     scale(loss).backward()
@@ -134,29 +173,38 @@ class HardSampleMiner:
              generator: torch.Generator | None = None, scale: Callable[[Tensor], Tensor] = lambda x: x,
              autocast=nullcontext) -> StepResult:
         t0 = time.perf_counter()
-        x, d = batch.samples.positions(batch.rays), batch.samples.directions(batch.rays)
-        n = x.shape[0]
+        inputs = batch.inputs
+        n = len(batch.samples)
+        device = batch.target.device
         with torch.no_grad(), autocast():
-            raw_all = field_.raw(x, d).float()
+            raw_all = field_.raw(*inputs).float()
         t1 = time.perf_counter()
         raw_leaf = raw_all.requires_grad_()
         loss, out = loss_from_raw(field_, raw_leaf, batch, objective)
-        (g,) = torch.autograd.grad(loss, raw_leaf) if n else (raw_leaf,)
+        # One backward through the tiny graph gives g = d loss / d raw in raw_leaf.grad and, in
+        # the same pass, the full gradients of whatever else the loss depends on (earlier
+        # sampling levels, a learned background).
+        if loss.requires_grad:
+            factor = float(scale(torch.ones((), device=device)))
+            scale(loss).backward()
+            g = raw_leaf.grad / factor if raw_leaf.grad is not None else torch.zeros_like(raw_leaf)
+        else:
+            g = torch.zeros_like(raw_leaf)
         hardness = g.norm(dim=-1)
         total = hardness.sum()
-        idx = torch.zeros(0, dtype=torch.long, device=x.device)
+        idx = torch.zeros(0, dtype=torch.long, device=device)
         if n and total > 0:
             p = hardness / total
             self.update_tau(p)
             b = min(self.n_keep(n), int((p > 0).sum()))
             if b >= n:
-                idx = torch.arange(n, device=x.device)
+                idx = torch.arange(n, device=device)
             elif b > 0:
                 idx = torch.multinomial(p, b, replacement=False, generator=generator).sort().values
         t2 = time.perf_counter()
         if idx.numel():
             with autocast():
-                raw_b = field_.raw(x[idx], d[idx])
+                raw_b = field_.raw(*(x[idx] for x in inputs))
             surrogate = (raw_b.float() * g[idx]).sum()  # d surrogate / d raw_b = g[idx]
             t3 = time.perf_counter()
             scale(surrogate).backward()

@@ -2,10 +2,13 @@
 
 One step:
 
-1. draw ``n_rays`` random pixels over all training images (a seeded generator);
-2. composite RGBA targets over a random background per ray (forces empty space to zero density);
+1. draw ``n_rays`` random pixels over all training images (a seeded generator), or square
+   patches of pixels when the loss needs them; multi-scale datasets give every scale the same
+   number of rays (mip-NeRF's area-weighted loss, in expectation);
+2. composite RGBA targets over the training background (random per ray by default: forces
+   empty space to zero density);
 3. ``model.sample`` -> packed samples; ``baseline_step`` or the HSM step -> gradients;
-4. Adam step, learning-rate schedule, occupancy-grid update every 16 steps;
+4. Adam step, learning-rate schedule, the model's periodic update (e.g. the occupancy grid);
 5. adapt ``n_rays`` so the next step has about ``target_samples`` samples.
 
 Everything that decides the run's future (parameters, optimiser moments, occupancy grid, random
@@ -27,27 +30,23 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from radfield.cameras import pixel_rays
+from radfield.cameras import Cameras, pixel_rays
 from radfield.config import RunConfig, apply_overrides, run_config_from_dict, run_config_to_dict
-from radfield.data import SceneData, load_scene
+from radfield.data import SceneData, load_scene_groups
 from radfield.errors import MissingSplitError, RadfieldError
 from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
-from radfield.losses import PHOTOMETRIC_LOSSES
+from radfield.losses import PhotometricLoss
 from radfield.models import build_model
+from radfield.rendering.backgrounds import background_color
 from radfield.rendering.images import render_image
 from radfield.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from radfield.training.schedules import log_linear_lr_at
 from radfield.training.steps import (HardSampleMiner, StepBatch, StepResult, baseline_step,
                                      photometric_objective)
 
-BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
-
-
-def background_color(name: str, device) -> Tensor:
-    if name not in BACKGROUNDS:
-        raise RadfieldError(f"unknown background {name!r} (choose from: {', '.join(BACKGROUNDS)})")
-    return torch.tensor(BACKGROUNDS[name], device=device)
+LR_SCHEDULES = ("step", "log_linear")
 
 
 def learning_rate_factor(progress: float, step: int, warmup_steps: int,
@@ -56,6 +55,19 @@ def learning_rate_factor(progress: float, step: int, warmup_steps: int,
     (fractions of the run). Example: milestones (0.5, 0.75), gamma 0.33, progress 0.8 -> 0.1089."""
     warm = min(1.0, (step + 1) / max(warmup_steps, 1))
     return warm * gamma ** sum(progress >= m for m in milestones)
+
+
+@dataclass
+class ImageGroup:
+    """Training images of one size (one scale of a multi-scale dataset): cameras on the device
+    and all pixels flattened, ``(n_images * H * W, C)`` uint8."""
+
+    cameras: Cameras
+    pixels: Tensor
+
+    @property
+    def n_pixels(self) -> int:
+        return self.pixels.shape[0]
 
 
 @dataclass
@@ -88,17 +100,24 @@ class Trainer:
                                      overrides or {})
         self.config = config
         cfg = config.train
-        if cfg.loss not in PHOTOMETRIC_LOSSES:
-            raise RadfieldError(f"unknown loss {cfg.loss!r} (choose from: {', '.join(PHOTOMETRIC_LOSSES)})")
-        self.objective = photometric_objective(PHOTOMETRIC_LOSSES[cfg.loss], cfg.distortion_weight)
-        self.data = load_scene(config.data.path, "train", config.data.downscale)
+        if cfg.lr_schedule not in LR_SCHEDULES:
+            raise RadfieldError(f"unknown learning-rate schedule {cfg.lr_schedule!r} "
+                                f"(choose from: {', '.join(LR_SCHEDULES)})")
+        self.loss = PhotometricLoss.from_spec(cfg.loss, cfg.loss_colour_space, cfg.loss_tonemap, cfg.loss_gamma)
+        self.objective = photometric_objective(self.loss, cfg.distortion_weight)
+        scales = load_scene_groups(config.data.path, "train", config.data.downscale,
+                                   colmap_model=config.data.colmap_model)
+        if len(scales) > 1 and self.loss.needs_patches:
+            raise RadfieldError(f"{config.data.path}: patch losses are not supported on multi-scale data")
+        self.data = scales[0]
+        self.groups = [ImageGroup(d.cameras.to(self.device),
+                                  d.images.reshape(-1, d.images.shape[-1]).to(self.device)) for d in scales]
+        self.has_alpha = self.data.has_alpha
         self.val = self._load_validation()
-        self.cameras = self.data.cameras.to(self.device)
-        self.pixels = self.data.images.reshape(-1, self.data.images.shape[-1]).to(self.device)
         self.eval_bg = background_color(config.data.eval_background, self.device)
 
         torch.manual_seed(cfg.seed)
-        self.model = build_model(config, self.data.aabb.to(self.device)).to(self.device)
+        self.model = build_model(config, self.data.aabb.to(self.device), len(self.data)).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.param_groups(cfg), lr=cfg.lr, betas=cfg.betas,
                                           eps=cfg.eps, fused=True)
         self.amp = cfg.mixed_precision and self.device.type == "cuda"
@@ -114,9 +133,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
     def _load_validation(self) -> SceneData | None:
+        """The validation split (else the test split) at full scale."""
         for split in ("val", "test"):
             try:
-                return load_scene(self.config.data.path, split, self.config.data.downscale)
+                return load_scene_groups(self.config.data.path, split, self.config.data.downscale,
+                                         colmap_model=self.config.data.colmap_model)[0]
             except MissingSplitError:
                 continue
         return None
@@ -156,6 +177,10 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps(run_config_to_dict(self.config), indent=2))
+        scene = {"aabb": self.data.aabb.tolist(), "n_train_images": len(self.data),
+                 "normalization": self.data.meta.get("normalization")}
+        with atomic_write(self.run_dir / "scene.json") as tmp:
+            tmp.write_text(json.dumps(scene, indent=1))
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.checkpoint_state())
         with atomic_write(self.run_dir / "history.json") as tmp:
             tmp.write_text(json.dumps(self.history, indent=1))
@@ -164,30 +189,65 @@ class Trainer:
                                 title=f"{self.config.model}{' + HSM' if self.miner else ''}: validation PSNR")
 
     # ------------------------------------------------------------------ one step
-    def make_batch(self, n_rays: int) -> StepBatch:
-        n_img, h, w = len(self.data), self.data.cameras.height, self.data.cameras.width
-        flat = torch.randint(0, n_img * h * w, (n_rays,), device=self.device, generator=self.generator)
-        cam = flat // (h * w)
-        pix = flat % (h * w)
-        rays = pixel_rays(self.cameras, cam, pix % w, pix // w)
-        colour = self.pixels[flat].float() / 255.0
-        if colour.shape[-1] == 4:
-            if self.config.train.background == "random":
-                bg = torch.rand(n_rays, 3, device=self.device, generator=self.generator)
-            else:
-                bg = background_color(self.config.train.background, self.device).expand(n_rays, 3)
-            target = colour[:, :3] * colour[:, 3:] + bg * (1 - colour[:, 3:])
+    def _draw_pixels(self, group: ImageGroup, n_rays: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(flat pixel index, camera, column, row)`` of ``n_rays`` random pixels, or of
+        ``n_rays // P^2`` random ``P x P`` patches (row-major within each patch)."""
+        cams, gen, dev = group.cameras, self.generator, self.device
+        n_img, h, w = len(cams), cams.height, cams.width
+        if self.loss.needs_patches:
+            p = min(self.config.train.patch_size, h, w)
+            n_patches = max(n_rays // (p * p), 1)
+            cam = torch.randint(0, n_img, (n_patches,), device=dev, generator=gen)
+            top = torch.randint(0, h - p + 1, (n_patches,), device=dev, generator=gen)
+            left = torch.randint(0, w - p + 1, (n_patches,), device=dev, generator=gen)
+            dj, di = torch.meshgrid(torch.arange(p, device=dev), torch.arange(p, device=dev), indexing="ij")
+            row = (top[:, None] + dj.reshape(1, -1)).reshape(-1)
+            col = (left[:, None] + di.reshape(1, -1)).reshape(-1)
+            cam = cam.repeat_interleave(p * p)
         else:
-            bg, target = self.eval_bg.expand(n_rays, 3), colour
-        early = self.config.train.early_stop and self.miner is None
+            flat = torch.randint(0, n_img * h * w, (n_rays,), device=dev, generator=gen)
+            cam, pix = flat // (h * w), flat % (h * w)
+            row, col = pix // w, pix % w
+        return cam * h * w + row * w + col, cam, col, row
+
+    def make_batch(self, n_rays: int) -> StepBatch:
+        cfg = self.config.train
+        parts = [self._draw_pixels(g, max(n_rays // len(self.groups), 1)) for g in self.groups]
+        rays = [pixel_rays(g.cameras, cam, col, row) for g, (_, cam, col, row) in zip(self.groups, parts)]
+        if len(rays) > 1:
+            from radfield.cameras import Rays
+            rays = Rays(*(torch.cat([getattr(r, k) for r in rays]) for k in
+                          ("origins", "directions", "z_per_t", "radii", "camera_indices")))
+        else:
+            rays = rays[0]
+        colour = torch.cat([g.pixels[flat] for g, (flat, *_) in zip(self.groups, parts)]).float() / 255.0
+        n = colour.shape[0]
+        if self.model.background is not None:
+            bg = self.model.background(rays.directions)
+        elif cfg.background == "random" and self.has_alpha:
+            bg = torch.rand(n, 3, device=self.device, generator=self.generator)
+        elif cfg.background in ("white", "black"):
+            bg = background_color(cfg.background, self.device).expand(n, 3)
+        else:  # random on opaque data, or last_sample: composite RGBA over the eval colour
+            bg = self.eval_bg.expand(n, 3)
+        if colour.shape[-1] == 4:
+            target = colour[:, :3] * colour[:, 3:] + bg.detach() * (1 - colour[:, 3:])
+        else:
+            target = colour
+        early = cfg.early_stop and self.miner is None
         samples = self.model.sample(rays, training=True, generator=self.generator, early_stop=early)
-        return StepBatch(rays, samples, target, bg)
+        return StepBatch(rays, samples, target, bg, self.model.field_inputs(rays, samples),
+                         self.model.opaque_last,
+                         min(cfg.patch_size, self.data.cameras.height, self.data.cameras.width)
+                         if self.loss.needs_patches else None)
 
     def lr_factor(self) -> float:
         cfg = self.config.train
         progress = self.state.step / cfg.max_steps
         if cfg.max_time:
             progress = max(progress, self.state.train_time / cfg.max_time)
+        if cfg.lr_schedule == "log_linear":
+            return log_linear_lr_at(progress, self.state.step, cfg.lr, cfg.lr_final, cfg.warmup_steps) / cfg.lr
         return learning_rate_factor(progress, self.state.step, cfg.warmup_steps, cfg.lr_milestones,
                                     cfg.lr_gamma)
 
@@ -284,7 +344,8 @@ class Trainer:
             w.add_scalar("train/psnr", train_psnr, s)
             w.add_scalar("train/samples_per_s", result.n_samples / dt, s)
             w.add_scalar("train/rays", self.state.n_rays, s)
-            w.add_scalar("train/occupancy", self.model.grid.occupancy_fraction(), s)
+            if hasattr(self.model, "grid"):
+                w.add_scalar("train/occupancy", self.model.grid.occupancy_fraction(), s)
             for k, v in result.timings.items():
                 w.add_scalar(f"time/{k}", v, s)
             if self.miner is not None:

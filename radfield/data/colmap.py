@@ -1,0 +1,688 @@
+"""Reader for COLMAP sparse reconstructions (``PATH/images`` + ``PATH/sparse``).
+
+Layout: ``PATH/sparse/N/{cameras,images,points3D}.{bin,txt}`` (one folder per model, as COLMAP's
+mapper writes them) or ``PATH/sparse/{cameras,...}`` directly (model name ``"."``). When a
+model folder holds both formats the binary files are read. Both formats are parsed here with
+``struct`` / numpy; pycolmap is not needed. With several models the one with the most registered
+images is read (ties: the smaller name), unless ``model`` names one; ``meta["colmap_model"]``
+records the choice.
+
+Conventions:
+
+* COLMAP stores world-to-camera ``x_cam = R(q) x_world + t`` with ``q = (qw, qx, qy, qz)`` and
+  OpenCV camera axes (x right, y down, z forward). The camera centre is ``C = -R^T t`` and the
+  OpenGL camera-to-world matrix radfield uses is ``[R^T e_x, -R^T e_y, -R^T e_z, C]`` (the y and
+  z camera axes flipped).
+* Pixel ``(i, j)``'s centre is ``(i + 0.5, j + 0.5)`` in COLMAP as in radfield; no shift.
+* Camera models: SIMPLE_PINHOLE ``f cx cy``, PINHOLE ``fx fy cx cy``, SIMPLE_RADIAL
+  ``f cx cy k``, RADIAL ``f cx cy k1 k2``, OPENCV ``fx fy cx cy k1 k2 p1 p2``. Images of
+  distorted models are undistorted at load time onto the pinhole camera with the same
+  ``fx fy cx cy`` (see :func:`undistort_image`); output pixels whose source lies outside the
+  input image are black (0, alpha 0 for RGBA), and bilinear sampling blends the last input
+  pixel with that black over half a pixel along the border.
+* Images are sorted by name; image ``k`` of that order is in split ``"test"`` (and ``"val"``, the
+  same images: mip-NeRF 360 protocol) when ``k % holdout_every == 0``, in ``"train"`` otherwise;
+  ``"all"`` is every image.
+* ``downscale = f``: ``PATH/images_f`` is read when it exists (its sizes must be within 1 px of
+  ``W / f, H / f``; intrinsics are scaled by the actual size ratio), else the full images are
+  undistorted, then area-averaged over ``f x f`` blocks (:func:`blender.downscale_image`) and the
+  intrinsics divided by ``f``.
+* Scene normalisation ``x_scene = (x_world - center) * scale`` (:func:`normalization_from_cameras`
+  by default, or :func:`normalization_from_points`) is computed from ALL registered images / all
+  points, so every split shares it; it is applied to the camera centres (rotations unchanged) and
+  stored in ``meta["normalization"] = {"center": [x, y, z], "scale": s}``.
+* ``aabb``: per-axis 2nd..98th percentile box of the normalised sparse points, scaled by 1.1
+  about its centre (half-sizes at least 0.01); ``[-1, 1]^3`` when there are no points.
+  ``meta["unbounded"] = True``: the box is a region of interest, the scene extends beyond it.
+* ``meta["near"] = 0.5 * p5``, ``meta["far"] = 2 * p99`` where ``p5, p99`` are percentiles of the
+  planar depths (normalised units) of every (image, observed point) pair; without observations,
+  of every point in front of every camera; without points, ``0.01`` and ``100``. Hints only.
+
+Bad input raises :class:`radfield.errors.RadfieldError` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from radfield.cameras import Cameras
+from radfield.data.blender import NGP_HOLDOUT_EVERY, _one_line, downscale_image, read_image
+from radfield.data.scene import SceneData
+from radfield.errors import MissingSplitError, RadfieldError
+
+# COLMAP model id -> (name, number of parameters); every model so that any file can be parsed.
+CAMERA_MODELS: dict[int, tuple[str, int]] = {
+    0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
+    4: ("OPENCV", 8), 5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5),
+    8: ("SIMPLE_RADIAL_FISHEYE", 4), 9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12),
+    11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16),
+}
+_PARAM_COUNT = {name: n for name, n in CAMERA_MODELS.values()}
+SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+_FILES = ("cameras", "images", "points3D")
+NORMALIZE_METHODS = ("cameras", "points")
+NO_POINTS_NEAR_FAR = (0.01, 100.0)
+
+
+# ---------------------------------------------------------------------------- parsed model
+
+
+@dataclass
+class ColmapCamera:
+    """One COLMAP camera: ``params`` in COLMAP's order for ``model`` (see module doc)."""
+
+    camera_id: int
+    model: str
+    width: int
+    height: int
+    params: np.ndarray
+
+
+@dataclass
+class ColmapImage:
+    """One registered image: world-to-camera ``qvec (4,)`` (w, x, y, z), ``tvec (3,)``, and the
+    ids of the 3D points it observes, ``point3d_ids (n_obs,)`` int64 (-1 entries removed)."""
+
+    image_id: int
+    qvec: np.ndarray
+    tvec: np.ndarray
+    camera_id: int
+    name: str
+    point3d_ids: np.ndarray
+
+
+@dataclass
+class ColmapModel:
+    """A parsed sparse model: ``points (n, 3)`` float64 world xyz, ``colors (n, 3)`` uint8,
+    ``point_ids (n,)`` int64."""
+
+    cameras: dict[int, ColmapCamera]
+    images: dict[int, ColmapImage]
+    points: np.ndarray
+    colors: np.ndarray
+    point_ids: np.ndarray
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class _Bytes:
+    """A cursor over a binary file whose every short read is a one-line RadfieldError."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        try:
+            self.data = file.read_bytes()
+        except OSError as e:
+            raise RadfieldError(f"{file}: cannot read ({_one_line(e)})") from None
+        self.pos = 0
+
+    def corrupt(self, why: str) -> RadfieldError:
+        return RadfieldError(f"{self.file}: truncated or corrupt COLMAP binary file ({why} "
+                             f"at byte {self.pos})")
+
+    def unpack(self, fmt: str) -> tuple:
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.data):
+            raise self.corrupt("unexpected end of file")
+        out = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += size
+        return out
+
+    def array(self, dtype: np.dtype, count: int) -> np.ndarray:
+        size = np.dtype(dtype).itemsize * count
+        if count < 0 or self.pos + size > len(self.data):
+            raise self.corrupt(f"{count} records do not fit")
+        out = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.pos)
+        self.pos += size
+        return out
+
+    def string(self) -> str:
+        end = self.data.find(b"\x00", self.pos)
+        if end < 0:
+            raise self.corrupt("unterminated image name")
+        raw, self.pos = self.data[self.pos:end], end + 1
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.corrupt("image name is not UTF-8") from None
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise self.corrupt(f"{len(self.data) - self.pos} trailing bytes")
+
+
+def read_cameras_bin(file: Path) -> dict[int, ColmapCamera]:
+    """``cameras.bin``: uint64 count, then per camera ``uint32 id, int32 model, uint64 width,
+    uint64 height, float64 params[n(model)]``."""
+    b = _Bytes(file)
+    cameras = {}
+    for _ in range(b.unpack("<Q")[0]):
+        camera_id, model_id, width, height = b.unpack("<IiQQ")
+        if model_id not in CAMERA_MODELS:
+            raise b.corrupt(f"unknown camera model id {model_id}")
+        name, n_params = CAMERA_MODELS[model_id]
+        params = b.array(np.dtype("<f8"), n_params).astype(np.float64)
+        cameras[camera_id] = ColmapCamera(camera_id, name, int(width), int(height), params)
+    b.done()
+    return cameras
+
+
+_POINT2D = np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")])
+
+
+def read_images_bin(file: Path) -> dict[int, ColmapImage]:
+    """``images.bin``: uint64 count, then per image ``uint32 id, float64 qvec[4], float64
+    tvec[3], uint32 camera_id, name\\0, uint64 n, (float64 x, float64 y, int64 point3D_id)[n]``."""
+    b = _Bytes(file)
+    images = {}
+    for _ in range(b.unpack("<Q")[0]):
+        values = b.unpack("<I7dI")
+        name = b.string()
+        obs = b.array(_POINT2D, b.unpack("<Q")[0])["id"]
+        images[values[0]] = ColmapImage(values[0], np.array(values[1:5]), np.array(values[5:8]),
+                                        values[8], name, obs[obs >= 0].astype(np.int64))
+    b.done()
+    return images
+
+
+def read_points3d_bin(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``points3D.bin``: uint64 count, then per point ``uint64 id, float64 xyz[3], uint8 rgb[3],
+    float64 error, uint64 n, (uint32 image_id, uint32 point2D_idx)[n]``.
+    Returns ``(xyz (n, 3) float64, rgb (n, 3) uint8, ids (n,) int64)``."""
+    b = _Bytes(file)
+    n = b.unpack("<Q")[0]
+    if n * 51 > len(b.data):
+        raise b.corrupt(f"{n} points do not fit")
+    xyz, rgb, ids = np.zeros((n, 3)), np.zeros((n, 3), np.uint8), np.zeros(n, np.int64)
+    for k in range(n):
+        values = b.unpack("<Q3d3BdQ")
+        ids[k], xyz[k], rgb[k] = values[0], values[1:4], values[4:7]
+        b.array(np.dtype("<u4"), 2 * values[8])  # the track, not needed here
+    b.done()
+    return xyz, rgb, ids
+
+
+def _text_lines(file: Path) -> list[tuple[int, str]]:
+    """``(line number, text)`` of a COLMAP text file, comments dropped, blank lines kept."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RadfieldError(f"{file}: cannot read ({_one_line(e)})") from None
+    return [(n + 1, line.strip()) for n, line in enumerate(text.splitlines())
+            if not line.lstrip().startswith("#")]
+
+
+def read_cameras_txt(file: Path) -> dict[int, ColmapCamera]:
+    """``cameras.txt``: one line per camera, ``CAMERA_ID MODEL WIDTH HEIGHT PARAMS[]``."""
+    cameras = {}
+    for n, line in _text_lines(file):
+        if not line:
+            continue
+        f = line.split()
+        try:
+            model = f[1]
+            if model not in _PARAM_COUNT:
+                raise RadfieldError(f"{file}: line {n}: unknown camera model {model}")
+            params = np.array([float(x) for x in f[4:]])
+            if len(params) != _PARAM_COUNT[model]:
+                raise RadfieldError(f"{file}: line {n}: {model} needs {_PARAM_COUNT[model]} "
+                                    f"parameters, got {len(params)}")
+            cameras[int(f[0])] = ColmapCamera(int(f[0]), model, int(f[2]), int(f[3]), params)
+        except (IndexError, ValueError):
+            raise RadfieldError(f"{file}: line {n}: malformed camera line") from None
+    return cameras
+
+
+def read_images_txt(file: Path) -> dict[int, ColmapImage]:
+    """``images.txt``: two lines per image, ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME``
+    then ``X Y POINT3D_ID`` triples (the second line may be empty)."""
+    lines = _text_lines(file)
+    images, k = {}, 0
+    while k < len(lines):
+        n, line = lines[k]
+        if not line:
+            k += 1
+            continue
+        points_line = lines[k + 1][1] if k + 1 < len(lines) else ""
+        k += 2
+        f = line.split(maxsplit=9)
+        try:
+            if len(f) != 10:
+                raise ValueError
+            obs = np.array([int(x) for x in points_line.split()[2::3]], dtype=np.int64)
+            if len(points_line.split()) % 3:
+                raise ValueError
+            images[int(f[0])] = ColmapImage(int(f[0]), np.array([float(x) for x in f[1:5]]),
+                                            np.array([float(x) for x in f[5:8]]), int(f[8]),
+                                            f[9], obs[obs >= 0])
+        except ValueError:
+            raise RadfieldError(f"{file}: line {n}: malformed image entry") from None
+    return images
+
+
+def read_points3d_txt(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``points3D.txt``: ``POINT3D_ID X Y Z R G B ERROR TRACK[]`` per line."""
+    xyz, rgb, ids = [], [], []
+    for n, line in _text_lines(file):
+        if not line:
+            continue
+        f = line.split()
+        try:
+            ids.append(int(f[0]))
+            xyz.append([float(x) for x in f[1:4]])
+            rgb.append([int(x) for x in f[4:7]])
+            if len(xyz[-1]) != 3 or len(rgb[-1]) != 3:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise RadfieldError(f"{file}: line {n}: malformed point line") from None
+    return (np.array(xyz, np.float64).reshape(-1, 3), np.array(rgb, np.uint8).reshape(-1, 3),
+            np.array(ids, np.int64))
+
+
+def _model_files(folder: Path) -> dict[str, Path] | None:
+    """The three files of the model in ``folder`` (binary preferred), None if it has none."""
+    for ext in ("bin", "txt"):
+        if (folder / f"cameras.{ext}").is_file():
+            files = {name: folder / f"{name}.{ext}" for name in _FILES}
+            for file in files.values():
+                if not file.is_file():
+                    raise RadfieldError(f"{file}: missing (the model has {folder}/cameras.{ext})")
+            return files
+    return None
+
+
+def read_model(folder: Path) -> ColmapModel:
+    """Parse the sparse model in ``folder`` (``cameras``, ``images``, ``points3D``)."""
+    files = _model_files(folder)
+    if files is None:
+        raise RadfieldError(f"{folder}: no COLMAP model (cameras.bin or cameras.txt)")
+    binary = files["cameras"].suffix == ".bin"
+    cameras = (read_cameras_bin if binary else read_cameras_txt)(files["cameras"])
+    images = (read_images_bin if binary else read_images_txt)(files["images"])
+    xyz, rgb, ids = (read_points3d_bin if binary else read_points3d_txt)(files["points3D"])
+    return ColmapModel(cameras, images, xyz, rgb, ids, files)
+
+
+def _count_images(files: dict[str, Path]) -> int:
+    file = files["images"]
+    if file.suffix == ".bin":
+        return _Bytes(file).unpack("<Q")[0]
+    return len(read_images_txt(file))
+
+
+def choose_model(path: Path, model: str | None) -> tuple[str, Path]:
+    """``(name, folder)`` of the sparse model to read: ``model`` if given, else the one with the
+    most registered images. ``PATH/sparse`` itself is the model named ``"."``."""
+    sparse = path / "sparse"
+    if not sparse.is_dir():
+        raise RadfieldError(f"{sparse}: no sparse/ folder (COLMAP layout: "
+                            "PATH/sparse/0/cameras.bin, images.bin, points3D.bin)")
+    candidates = {".": sparse} if _model_files(sparse) else {}
+    candidates.update({d.name: d for d in sorted(sparse.iterdir())
+                       if d.is_dir() and _model_files(d) is not None})
+    if not candidates:
+        raise RadfieldError(f"{sparse}: no COLMAP model (no cameras.bin or cameras.txt in it "
+                            "or in a subfolder)")
+    if model is not None:
+        if str(model) not in candidates:
+            raise RadfieldError(f"{sparse}: no model '{model}' (found: "
+                                f"{', '.join(candidates)})")
+        return str(model), candidates[str(model)]
+    counts = {name: _count_images(_model_files(d)) for name, d in candidates.items()}
+    best = max(sorted(counts), key=counts.__getitem__)  # ties: the first name
+    return best, candidates[best]
+
+
+# ---------------------------------------------------------------------------- poses
+
+
+def qvec_to_rotation(qvec: Tensor) -> Tensor:
+    """``(..., 3, 3)`` rotation of unit quaternions ``(..., 4)`` = ``(w, x, y, z)`` (normalised
+    first), the Hamilton convention COLMAP uses.
+
+    Example: ``q = (cos 45°, 0, 0, sin 45°)`` (90° about z) maps ``e_x`` to ``e_y``:
+    ``R = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]``.
+    """
+    w, x, y, z = (qvec / qvec.norm(dim=-1, keepdim=True)).unbind(-1)
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ]
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+
+def colmap_to_c2w(qvec: Tensor, tvec: Tensor) -> Tensor:
+    """``(n, 3, 4)`` OpenGL camera-to-world of COLMAP world-to-camera ``qvec (n, 4)``,
+    ``tvec (n, 3)`` (OpenCV axes): ``[R^T e_x, -R^T e_y, -R^T e_z, -R^T t]``.
+
+    Example: ``q = (1, 0, 0, 0), t = (0, 0, 2)`` (identity rotation, world origin 2 in front):
+    centre ``(0, 0, -2)``, ``c2w = [[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, -2]]``.
+    """
+    rot_t = qvec_to_rotation(qvec).transpose(-1, -2)  # camera-to-world rotation, OpenCV axes
+    center = -(rot_t @ tvec.unsqueeze(-1))
+    flip = torch.tensor([1.0, -1.0, -1.0], dtype=rot_t.dtype)
+    return torch.cat([rot_t * flip, center], dim=-1)
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+
+def normalization_from_cameras(centers: Tensor) -> dict:
+    """``{"center": [x, y, z], "scale": s}`` with ``center`` the mean of the camera centres
+    ``(n_cams, 3)`` and ``s = 1 / max |c - center|`` (1 for a single camera), so that
+    ``x_scene = (x_world - center) * s`` puts every camera within the unit sphere, the farthest
+    on it. Example: centres ``(0, 0, 0), (4, 0, 0)`` -> center ``(2, 0, 0)``, scale ``0.5``.
+    """
+    c = centers.double()
+    center = c.mean(dim=0)
+    radius = float((c - center).norm(dim=-1).max())
+    return {"center": center.tolist(), "scale": 1.0 / radius if radius > 0 else 1.0}
+
+
+def normalization_from_points(points: Tensor) -> dict:
+    """``{"center": [x, y, z], "scale": s}`` with ``center`` the per-axis median of the points
+    ``(n_points, 3)`` and ``s = 1 / p95(|p - center|)`` (95th percentile, linear interpolation;
+    1 if that is 0). Example: points ``(0,0,0), (1,0,0), (3,0,0)`` -> center ``(1, 0, 0)``,
+    distances ``1, 0, 2``, p95 = ``1.9``, scale ``1 / 1.9``.
+    """
+    p = points.double()
+    center = torch.quantile(p, 0.5, dim=0)
+    radius = float(np.percentile((p - center).norm(dim=-1).numpy(), 95))
+    return {"center": center.tolist(), "scale": 1.0 / radius if radius > 0 else 1.0}
+
+
+def apply_normalization(c2w: Tensor, normalization: dict) -> Tensor:
+    """``(n, 3, 4)`` poses with centres mapped by ``(c - center) * scale``; rotations kept."""
+    center = torch.tensor(normalization["center"], dtype=c2w.dtype)
+    out = c2w.clone()
+    out[:, :, 3] = (c2w[:, :, 3] - center) * normalization["scale"]
+    return out
+
+
+def points_aabb(points: Tensor) -> Tensor:
+    """``(6,)`` region of interest of normalised points ``(n_points, 3)``: the per-axis 2nd..98th
+    percentile box scaled by 1.1 about its centre, half-sizes at least 0.01; ``[-1, 1]^3`` for no
+    points. Example: x values 0..100 (101 points) -> percentiles 2 and 98 -> box ``[1.6, 98.4]``.
+    """
+    if points.shape[0] == 0:
+        return torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+    p = points.double().numpy()
+    lo, hi = np.percentile(p, 2, axis=0), np.percentile(p, 98, axis=0)
+    mid, half = (lo + hi) / 2, np.maximum((hi - lo) / 2 * 1.1, 0.01)
+    return torch.tensor(np.concatenate([mid - half, mid + half]), dtype=torch.float32)
+
+
+def near_far_from_depths(depths: Tensor) -> tuple[float, float]:
+    """``(0.5 * p5, 2 * p99)`` of positive depths ``(n,)``; ``(0.01, 100)`` when there are none.
+    Example: depths 1..100 -> p5 = 5.95, p99 = 99.01 -> ``(2.975, 198.02)``."""
+    d = depths[depths > 0].double().numpy()
+    if d.size == 0:
+        return NO_POINTS_NEAR_FAR
+    return 0.5 * float(np.percentile(d, 5)), 2.0 * float(np.percentile(d, 99))
+
+
+def _point_depths(model: ColmapModel, image_ids: list[int], rot: np.ndarray) -> np.ndarray:
+    """World-unit planar depths of the observed points of every image (all points in front
+    of every camera when no image lists observations)."""
+    row_of = {int(i): k for k, i in enumerate(model.point_ids)}
+    observed = [np.array([row_of[i] for i in model.images[n].point3d_ids.tolist() if i in row_of],
+                         dtype=np.int64) for n in image_ids]
+    use_all = not any(len(o) for o in observed)
+    depths = []
+    for k, n in enumerate(image_ids):
+        pts = model.points if use_all else model.points[observed[k]]
+        z = pts @ rot[k][2] + model.images[n].tvec[2]
+        depths.append(z[z > 0] if use_all else z)
+    return np.concatenate(depths) if depths else np.zeros(0)
+
+
+# ---------------------------------------------------------------------------- undistortion
+
+
+def distort(model: str, params: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """COLMAP's forward lens distortion of normalised coordinates ``x, y`` (any shape), with
+    ``r^2 = x^2 + y^2``, ``radial = 1 + k1 r^2 + k2 r^4`` (``k2 = 0`` for SIMPLE_RADIAL,
+    ``k1 = k2 = 0`` for pinhole models):
+
+    ``xd = x radial + 2 p1 x y + p2 (r^2 + 2 x^2)``, ``yd = y radial + p1 (r^2 + 2 y^2) + 2 p2 x y``
+    (``p1 = p2 = 0`` except for OPENCV). ``params`` are the model's COLMAP parameters.
+
+    Example: SIMPLE_RADIAL with ``k = 0.1`` at ``(0.5, 0)``: ``r^2 = 0.25``, radial ``1.025``,
+    ``xd = 0.5125, yd = 0``.
+    """
+    k1 = k2 = p1 = p2 = 0.0
+    if model == "SIMPLE_RADIAL":
+        k1 = params[3]
+    elif model == "RADIAL":
+        k1, k2 = params[3], params[4]
+    elif model == "OPENCV":
+        k1, k2, p1, p2 = params[4], params[5], params[6], params[7]
+    elif model not in ("SIMPLE_PINHOLE", "PINHOLE"):
+        raise ValueError(f"unsupported camera model {model}")
+    r2 = x * x + y * y
+    radial = 1 + k1 * r2 + k2 * r2 * r2
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    return xd, yd
+
+
+def undistortion_grid(model: str, params: Tensor, intrinsics: tuple[float, float, float, float],
+                      width: int, height: int) -> Tensor:
+    """``(1, height, width, 2)`` ``grid_sample`` grid (``align_corners=False``) that resamples a
+    distorted image onto the pinhole camera with the same ``intrinsics = (fx, fy, cx, cy)``.
+
+    For each output pixel centre ``(u, v)``: ``x = (u - cx) / fx, y = (v - cy) / fy``,
+    ``(xd, yd) = distort(x, y)``, source ``(us, vs) = (fx xd + cx, fy yd + cy)``, grid
+    ``(2 us / width - 1, 2 vs / height - 1)``. Example: a pixel whose source is the image centre
+    ``(width / 2, height / 2)`` gets grid value ``(0, 0)``.
+    """
+    fx, fy, cx, cy = intrinsics
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
+                          torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
+    xd, yd = distort(model, params.double(), (u - cx) / fx, (v - cy) / fy)
+    grid = torch.stack([2 * (fx * xd + cx) / width - 1, 2 * (fy * yd + cy) / height - 1], dim=-1)
+    return grid.unsqueeze(0).float()
+
+
+def undistort_image(image: Tensor, model: str, params: Tensor,
+                    intrinsics: tuple[float, float, float, float],
+                    grid: Tensor | None = None) -> Tensor:
+    """Resample a distorted ``(H, W, C)`` uint8 image onto the pinhole camera with the same
+    ``intrinsics = (fx, fy, cx, cy)`` (in this image's pixels): bilinear samples at the
+    :func:`undistortion_grid` positions (``grid`` may be passed precomputed), zeros outside the
+    input (such pixels come out black / transparent). Returns ``(H, W, C)`` uint8, rounded.
+    Pinhole models return ``image`` unchanged.
+    """
+    if model in ("SIMPLE_PINHOLE", "PINHOLE"):
+        return image
+    height, width = image.shape[:2]
+    if grid is None:
+        grid = undistortion_grid(model, params, intrinsics, width, height)
+    src = image.permute(2, 0, 1).unsqueeze(0).float()
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+
+
+def _pinhole(camera: ColmapCamera) -> tuple[float, float, float, float]:
+    p = camera.params
+    if camera.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
+        return float(p[0]), float(p[0]), float(p[1]), float(p[2])
+    return float(p[0]), float(p[1]), float(p[2]), float(p[3])
+
+
+# ---------------------------------------------------------------------------- splits and images
+
+
+def holdout_split(n: int, split: str, holdout_every: int, where: str) -> list[int]:
+    """Indices (into the name-sorted images) of ``split``: "test" / "val" are ``k % every ==
+    0``, "train" the rest, "all" everything. Example: ``n = 10, every = 8``: test ``[0, 8]``."""
+    if split not in ("train", "val", "test", "all"):
+        raise RadfieldError(f"{where}: unknown split '{split}' (expected train, val, test or all)")
+    if split == "all":
+        return list(range(n))
+    held_out = split != "train"
+    chosen = [k for k in range(n) if (k % holdout_every == 0) == held_out]
+    if not chosen:
+        raise MissingSplitError(f"{where}: split '{split}' is empty ({n} images, every "
+                                f"{holdout_every}th is held out for test/val)")
+    return chosen
+
+
+def check_options(downscale: int, holdout_every: int) -> None:
+    if not isinstance(downscale, int) or isinstance(downscale, bool) or downscale < 1:
+        raise RadfieldError(f"downscale: must be a positive integer, got {downscale!r}")
+    if not isinstance(holdout_every, int) or isinstance(holdout_every, bool) or holdout_every < 1:
+        raise RadfieldError(f"holdout_every: must be a positive integer, got {holdout_every!r}")
+
+
+def image_folder(path: Path, downscale: int) -> tuple[Path, bool]:
+    """``(folder, prescaled)``: ``PATH/images_f`` when it exists for ``downscale = f > 1``."""
+    if downscale > 1 and (path / f"images_{downscale}").is_dir():
+        return path / f"images_{downscale}", True
+    return path / "images", False
+
+
+def check_prescaled_size(file: Path, width: int, height: int, full_w: int, full_h: int,
+                         factor: int) -> None:
+    """An ``images_f`` image must be within 1 px of ``(full_w / f, full_h / f)``."""
+    if abs(width - full_w / factor) > 1 or abs(height - full_h / factor) > 1:
+        raise RadfieldError(f"{file}: size {width}x{height} does not match {full_w}x{full_h} "
+                            f"/ {factor}")
+
+
+def _channels_alike(images: list[np.ndarray]) -> list[np.ndarray]:
+    channels = 4 if any(im.shape[-1] == 4 for im in images) else 3
+    return [im if im.shape[-1] == channels else
+            np.concatenate([im, np.full(im.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+            for im in images]
+
+
+# ---------------------------------------------------------------------------- the loader
+
+
+def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
+                model: str | None = None, holdout_every: int = NGP_HOLDOUT_EVERY,
+                normalize: str = "cameras") -> SceneData:
+    """Read one split of a COLMAP project (see module doc).
+
+    Args:
+        path: the project folder holding ``images/`` and ``sparse/``.
+        split: "train", "val" (= "test"), "test" or "all".
+        downscale: integer factor ``f``; ``images_f/`` is used when present.
+        model: name of the model folder under ``sparse/`` (e.g. "1"); default: most images.
+        holdout_every: every ``holdout_every``-th name-sorted image is a test image.
+        normalize: "cameras" (:func:`normalization_from_cameras`) or "points"
+            (:func:`normalization_from_points`).
+
+    Returns a :class:`SceneData`: ``images (n, H/f, W/f, 3 or 4)`` uint8 (undistorted),
+    ``cameras`` (pinhole, ``c2w (n, 3, 4)`` OpenGL axes, normalised), ``names`` (image paths),
+    ``aabb (6,)``, and ``meta`` with ``format``, ``colmap_model``, ``sparse``, ``camera_model``,
+    ``normalization``, ``unbounded``, ``near``, ``far``, ``points (n_points, 3)`` float32
+    (normalised) and ``point_colors (n_points, 3)`` uint8.
+    """
+    path = Path(path)
+    check_options(downscale, holdout_every)
+    if normalize not in NORMALIZE_METHODS:
+        raise RadfieldError(f"normalize: unknown method {normalize!r} "
+                            f"(choose from: {', '.join(NORMALIZE_METHODS)})")
+    name, folder = choose_model(path, model)
+    sfm = read_model(folder)
+    images_file = sfm.files["images"]
+    if not sfm.images:
+        raise RadfieldError(f"{images_file}: no registered images")
+    ordered = sorted(sfm.images, key=lambda i: sfm.images[i].name)
+    used = {sfm.images[i].camera_id for i in ordered}
+    for cid in sorted(used):
+        if cid not in sfm.cameras:
+            raise RadfieldError(f"{images_file}: camera {cid} is not in {sfm.files['cameras']}")
+        if sfm.cameras[cid].model not in SUPPORTED_MODELS:
+            raise RadfieldError(f"{sfm.files['cameras']}: unsupported camera model "
+                                f"{sfm.cameras[cid].model} (camera {cid}; supported: "
+                                f"{', '.join(SUPPORTED_MODELS)})")
+    sizes = {(sfm.cameras[c].width, sfm.cameras[c].height) for c in used}
+    if len(sizes) > 1:
+        raise RadfieldError(f"{sfm.files['cameras']}: cameras have different image sizes "
+                            f"({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); one size needed")
+    full_w, full_h = sizes.pop()
+
+    folder_images, prescaled = image_folder(path, downscale)
+    missing = [sfm.images[i].name for i in ordered
+               if not (folder_images / sfm.images[i].name).is_file()]
+    if missing:
+        raise RadfieldError(f"{images_file}: {len(missing)} of {len(ordered)} listed images "
+                            f"missing from {folder_images} (first: {missing[0]})")
+
+    # Poses and normalisation, from all registered images.
+    qvec = torch.tensor(np.stack([sfm.images[i].qvec for i in ordered]), dtype=torch.float64)
+    tvec = torch.tensor(np.stack([sfm.images[i].tvec for i in ordered]), dtype=torch.float64)
+    c2w_world = colmap_to_c2w(qvec, tvec)
+    points_world = torch.from_numpy(sfm.points)
+    if normalize == "points":
+        if sfm.points.shape[0] == 0:
+            raise RadfieldError(f"{sfm.files['points3D']}: no points for normalize='points'")
+        norm = normalization_from_points(points_world)
+    else:
+        norm = normalization_from_cameras(c2w_world[:, :, 3])
+    c2w_all = apply_normalization(c2w_world, norm)
+    points = (points_world - torch.tensor(norm["center"], dtype=torch.float64)) * norm["scale"]
+    rot = qvec_to_rotation(qvec).numpy()
+    depths = torch.from_numpy(_point_depths(sfm, ordered, rot) * norm["scale"])
+    near, far = near_far_from_depths(depths)
+
+    chosen = holdout_split(len(ordered), split, holdout_every, str(images_file))
+    images, intrinsics, names = [], [], []
+    out_size, grids = None, {}
+    for k in chosen:
+        entry = sfm.images[ordered[k]]
+        camera = sfm.cameras[entry.camera_id]
+        file = folder_images / entry.name
+        img = read_image(file)
+        height, width = img.shape[:2]
+        fx, fy, cx, cy = _pinhole(camera)
+        if prescaled:
+            check_prescaled_size(file, width, height, full_w, full_h, downscale)
+            sx, sy = width / full_w, height / full_h
+            fx, fy, cx, cy = fx * sx, fy * sy, cx * sx, cy * sy
+        elif (width, height) != (full_w, full_h):
+            raise RadfieldError(f"{file}: size {width}x{height} differs from the COLMAP camera's "
+                                f"{full_w}x{full_h}")
+        if camera.model not in ("SIMPLE_PINHOLE", "PINHOLE"):
+            key = (entry.camera_id, width, height)
+            if key not in grids:  # one grid per camera and size
+                grids[key] = undistortion_grid(camera.model, torch.from_numpy(camera.params),
+                                               (fx, fy, cx, cy), width, height)
+            img = undistort_image(torch.from_numpy(img), camera.model,
+                                  torch.from_numpy(camera.params), (fx, fy, cx, cy),
+                                  grids[key]).numpy()
+        if not prescaled and downscale > 1:
+            img = downscale_image(img, downscale)
+            fx, fy, cx, cy = fx / downscale, fy / downscale, cx / downscale, cy / downscale
+        if out_size is None:
+            out_size = img.shape[1], img.shape[0]
+        elif (img.shape[1], img.shape[0]) != out_size:
+            raise RadfieldError(f"{file}: size {img.shape[1]}x{img.shape[0]} differs from "
+                                f"{out_size[0]}x{out_size[1]} of the other images")
+        images.append(img)
+        intrinsics.append((fx, fy, cx, cy))
+        names.append(str(file))
+
+    k = torch.tensor(intrinsics, dtype=torch.float32)
+    cameras = Cameras(c2w_all[chosen].float(), k[:, 0], k[:, 1], k[:, 2], k[:, 3],
+                      out_size[0], out_size[1])
+    models = sorted({sfm.cameras[c].model for c in used})
+    meta = {
+        "format": "colmap", "colmap_model": name, "sparse": str(folder),
+        "camera_model": models[0] if len(models) == 1 else models,
+        "normalization": norm, "unbounded": True, "near": near, "far": far,
+        "holdout_every": holdout_every, "points": points.float(),
+        "point_colors": torch.from_numpy(sfm.colors.copy()),
+    }
+    return SceneData(images=torch.from_numpy(np.stack(_channels_alike(images))), cameras=cameras,
+                     names=names, aabb=points_aabb(points), meta=meta)

@@ -1,0 +1,125 @@
+"""The NeRF family: stratified coarse samples, inverse-CDF fine samples, MLP fields.
+
+* ``nerf``: separate coarse and fine NeRF networks; the fine level evaluates the coarse and the
+  resampled bins together (64 + 128 by default).
+* ``tiny``: one small network, one level of stratified samples.
+* ``mipnerf``: one network on integrated positional encodings of conical frustums (or
+  cylinders), queried for the coarse and the fine level (128 + 128, fine = resampled only).
+* ``nerfae``: the NeRF auto-encoder field, one network queried twice.
+
+Rays are sampled between their entry and exit of the scene box (``aabb``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from radfield.cameras import Rays
+from radfield.config import HierarchicalConfig, RunConfig, TrainConfig
+from radfield.errors import RadfieldError
+from radfield.fields.nerf import MipNeRFField, NeRFAEField, NeRFField
+from radfield.models.base import Model
+from radfield.rendering.volume import render
+from radfield.samplers.frustums import conical_frustum_to_gaussian, cylinder_to_gaussian
+from radfield.samplers.occupancy import ray_aabb_intersect
+from radfield.samplers.proposal import sample_pdf, uniform_bins
+from radfield.samplers.samples import Level, Samples, packed_from_bins
+
+FRUSTUM_SHAPES = {"cone": conical_frustum_to_gaussian, "cylinder": cylinder_to_gaussian}
+
+
+def box_near_far(rays: Rays, aabb: Tensor, min_near: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """``(near, far)`` ``(n_rays,)``: where each ray enters and leaves the box (from
+    ``min_near`` when the origin is inside); a ray that misses gets ``near = far``."""
+    near, far = ray_aabb_intersect(rays.origins, rays.directions, aabb)
+    near = near.clamp(min=min_near)
+    far = torch.maximum(far, near)
+    return near, far
+
+
+class HierarchicalModel(Model):
+    """Coarse-to-fine sampling (:class:`HierarchicalConfig`) around a coarse and a fine field
+    (the same module when the model shares one network)."""
+
+    sampler: HierarchicalConfig
+
+    def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
+               early_stop: bool = True) -> Samples:
+        cfg = self.sampler
+        near, far = box_near_far(rays, self.aabb)
+        t, _ = uniform_bins(near, far, cfg.n_coarse, "linear", jitter=training, generator=generator)
+        if cfg.n_fine == 0:
+            return packed_from_bins(t)
+        coarse = packed_from_bins(t)
+        with torch.set_grad_enabled(training and torch.is_grad_enabled()):
+            raw = self.coarse_field.raw(*self.field_inputs(rays, coarse))
+            sigma, rgb = self.coarse_field.activate(raw.float())
+            out = render(sigma, rgb, coarse.t_starts, coarse.t_ends, coarse.ray_indices, len(rays),
+                         None, self.opaque_last)
+        w = out.weights.view(len(rays), -1)
+        t_fine = sample_pdf(t, w, cfg.n_fine, cfg.padding, jitter=training, generator=generator)
+        if cfg.union:
+            t_fine = torch.sort(torch.cat([t, t_fine[:, 1:-1]], dim=-1), dim=-1).values
+        levels = [Level(t, w, out.rgb, out.opacity, cfg.coarse_weight)] if training else []
+        return packed_from_bins(t_fine, levels=levels)
+
+    def param_groups(self, train: TrainConfig) -> list[dict]:
+        return self.mlp_param_groups([self.field, self.coarse_field] if self.coarse_field is not self.field
+                                     else [self.field], train)
+
+
+class NeRFModel(HierarchicalModel):
+    """Vanilla NeRF (``config.nerf``) or TinyNeRF (``config.tiny``)."""
+
+    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0, tiny: bool = False):
+        super().__init__(config, aabb)
+        cfg = config.tiny if tiny else config.nerf
+        self.sampler = cfg.sampler
+
+        def make() -> NeRFField:
+            return NeRFField(aabb, cfg.encoding, cfg.depth, cfg.width, cfg.skip, cfg.direction_freqs,
+                             cfg.density_activation)
+
+        self.field = make()
+        self.coarse_field = make() if cfg.separate_coarse and cfg.sampler.n_fine > 0 else self.field
+
+
+class TinyNeRFModel(NeRFModel):
+    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0):
+        super().__init__(config, aabb, n_images, tiny=True)
+
+
+class MipNeRFModel(HierarchicalModel):
+    """mip-NeRF: field inputs are the Gaussians of the samples' conical frustums (or cylinders)."""
+
+    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0):
+        super().__init__(config, aabb)
+        cfg = config.mipnerf
+        if cfg.shape not in FRUSTUM_SHAPES:
+            raise RadfieldError(f"mipnerf.shape: unknown shape {cfg.shape!r} "
+                                f"(choose from: {', '.join(FRUSTUM_SHAPES)})")
+        self.sampler = cfg.sampler
+        self.to_gaussian = FRUSTUM_SHAPES[cfg.shape]
+        self.field = MipNeRFField(aabb, cfg.min_deg, cfg.max_deg, cfg.depth, cfg.width, cfg.skip,
+                                  cfg.direction_freqs)
+        self.coarse_field = self.field
+
+    def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
+        """``(mean (n_samples, 3), diagonal variance (n_samples, 3), directions (n_samples, 3))``."""
+        if rays.radii is None:
+            raise RadfieldError("mipnerf needs rays with pixel radii (rays from radfield.cameras)")
+        ri = samples.ray_indices
+        d = rays.directions[ri]
+        offset, var = self.to_gaussian(d, samples.t_starts, samples.t_ends, rays.radii[ri])
+        return rays.origins[ri] + offset, var, d
+
+
+class NeRFAEModel(HierarchicalModel):
+    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0):
+        super().__init__(config, aabb)
+        cfg = config.nerfae
+        self.sampler = cfg.sampler
+        self.field = NeRFAEField(aabb, cfg.encoding, cfg.latent, cfg.encoder_depth, cfg.width,
+                                 cfg.direction_freqs, cfg.normalize_latent, cfg.latent_penalty)
+        self.coarse_field = self.field

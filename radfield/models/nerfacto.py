@@ -1,0 +1,74 @@
+"""nerfacto-style proposal sampling for unbounded scenes (``shared/specs/proposal-sampling.md``).
+
+Sampling chain per ray, in the normalised coordinate ``s`` of the spacing function between
+``near`` and ``far``: 256 bins uniform in ``s`` -> proposal network 1 -> weights -> 96 bins by
+inverse-CDF resampling -> proposal network 2 -> weights -> 48 bins -> the main field. Resampled
+bins are detached; each proposal level is kept (weights with their graph) for the interlevel loss,
+and the distortion loss is computed in ``s``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from radfield.cameras import Rays
+from radfield.config import RunConfig, TrainConfig
+from radfield.fields.nerfacto import NerfactoField, ProposalDensityField
+from radfield.models.base import Model
+from radfield.rendering.volume import render_weights
+from radfield.samplers.proposal import s_to_t, sample_pdf, uniform_bins
+from radfield.samplers.samples import Level, Samples, packed_from_bins
+
+
+class NerfactoModel(Model):
+    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0):
+        super().__init__(config, aabb)
+        cfg = self.config = config.nerfacto
+        self.field = NerfactoField(aabb, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
+                                   n_images, cfg.contraction)
+        self.proposals = nn.ModuleList(
+            ProposalDensityField(aabb, res, cfg.proposal_hidden, cfg.contraction) for res in cfg.proposal_grids)
+        if len(cfg.proposal_grids) != len(cfg.proposal_samples):
+            from radfield.errors import RadfieldError
+            raise RadfieldError("nerfacto: proposal_grids and proposal_samples need one entry per proposal level")
+
+    def near_far(self, rays: Rays) -> tuple[Tensor, Tensor]:
+        radius = self.field.contraction.radius
+        ones = torch.ones(len(rays), device=rays.origins.device)
+        return ones * (self.config.near * radius), ones * (self.config.far * radius)
+
+    def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
+               early_stop: bool = True) -> Samples:
+        cfg, n_rays = self.config, len(rays)
+        near, far = self.near_far(rays)
+        t, s = uniform_bins(near, far, cfg.proposal_samples[0], cfg.spacing, jitter=training,
+                            generator=generator)
+        levels = []
+        n_next = list(cfg.proposal_samples[1:]) + [cfg.n_samples]
+        for proposal, n in zip(self.proposals, n_next):
+            bins = packed_from_bins(t)
+            with torch.set_grad_enabled(training and torch.is_grad_enabled()):
+                sigma = proposal.density(bins.positions(rays))
+                w = render_weights(sigma, bins.t_starts, bins.t_ends, bins.ray_indices, n_rays)[0]
+            w = w.view(n_rays, -1)
+            levels.append(Level(s, w, weight=cfg.interlevel_weight))
+            s = sample_pdf(s, w, n, jitter=training, generator=generator)
+            t = s_to_t(s, near, far, cfg.spacing)
+        return packed_from_bins(t, s, levels if training else [])
+
+    def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
+        """``(positions, directions, image index)`` per sample (index -1: mean appearance)."""
+        ri = samples.ray_indices
+        if rays.camera_indices is None:
+            index = torch.full_like(ri, -1)
+        else:
+            index = rays.camera_indices[ri]
+        return samples.positions(rays), rays.directions[ri], index
+
+    def param_groups(self, train: TrainConfig) -> list[dict]:
+        grids = list(self.field.grid.parameters()) + [p for prop in self.proposals for p in prop.grid.parameters()]
+        mlps = [self.field.density_mlp, self.field.color_mlp, self.field.appearance] + \
+               [prop.mlp for prop in self.proposals]
+        groups = [{"params": grids, "lr": train.lr, "weight_decay": 0.0}]
+        return groups + self.mlp_param_groups(mlps, train)
