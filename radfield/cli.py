@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                        + ". Presets: " + ", ".join(PRESETS) + " (a preset sets its model).")
     p.add_argument("data", help="dataset folder: Blender transforms_{split}.json, Instant-NGP transforms.json, "
                    "COLMAP (images/ + sparse/), LLFF (poses_bounds.npy) or a multi-scale dataset")
-    p.add_argument("--model", default=None, help=f"model: {', '.join(MODELS)} (default ngp)")
+    p.add_argument("--model", default=None, help=f"model: {', '.join(MODELS)} (default: ngp, or the preset's)")
     p.add_argument("--preset", default=None, help=f"named preset: {', '.join(PRESETS)} (default: the model's name)")
     p.add_argument("--loss", default=None, help="photometric loss, e.g. l2, l1+0.2*ssim (l2, l1, rmse, "
                    "charbonnier, ssim, fft)")

@@ -249,8 +249,10 @@ PRESETS: dict[str, dict] = {
     "ngp-small": {"ngp.grid.log2_table_size": 17, "ngp.grid.max_resolution": 512,
                   "train.target_samples": 1 << 15},
     "nerfacto": {**_NERFACTO, "train.warmup_steps": 512, "train.target_samples": 1 << 15},
+    # nerfacto sized for a CPU: 128 -> 64 -> 32 samples, smaller tables.
     "nerfacto-small": {**_NERFACTO, "train.warmup_steps": 256, "train.target_samples": 1 << 14,
-                       "nerfacto.grid.log2_table_size": 17, "nerfacto.grid.max_resolution": 1024},
+                       "nerfacto.grid.log2_table_size": 17, "nerfacto.grid.max_resolution": 1024,
+                       "nerfacto.proposal_samples": (128, 64), "nerfacto.n_samples": 32},
     # Vanilla NeRF as in the paper: lr 5e-4 decaying to 5e-5.
     "nerf": {"model": "nerf", **_MLP_TRAINING, "train.lr": 5e-4, "train.lr_final": 5e-5,
              "train.warmup_steps": 0, "train.target_samples": 1 << 16},

@@ -82,6 +82,8 @@ HELP_OPTIONS = {
     "eval": ["run_dir", "--split", "--device", "--no-renders"],
     "render": ["run_dir", "--path", "--out", "--frames", "--fps", "--device"],
     "demo": ["--out", "--max-time", "--device", "--hsm"],
+    "process": ["images", "video", "--out", "--frames", "--matcher", "--overwrite"],
+    "multiscale": ["source", "--out", "--overwrite"],
 }
 
 
@@ -362,6 +364,16 @@ def test_train_unknown_model(scene, tmp_path, capsys):
                             "--no-progress", "--device", "cpu"], capsys)
     assert_clean_error(rc, out, err, ["--model", "'bogus'", "ngp"])
     assert not run.exists()
+
+
+def test_process_and_multiscale_bad_input(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    rc, out, err = run_cli(["process", "images", missing, "--out", tmp_path / "ds"], capsys)
+    assert_clean_error(rc, out, err, [str(missing)])
+    assert not (tmp_path / "ds" / "sparse").exists()
+    rc, out, err = run_cli(["multiscale", missing, "--out", tmp_path / "ms"], capsys)
+    assert_clean_error(rc, out, err, [str(missing)])
+    assert not (tmp_path / "ms").exists()
 
 
 def test_eval_without_checkpoint(tmp_path, capsys):

@@ -567,6 +567,24 @@ def _channels_alike(images: list[np.ndarray]) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------- the loader
 
 
+def downscale_in_memory(img: np.ndarray, intrinsics: tuple[float, float, float, float], downscale: int,
+                        prescaled: bool) -> tuple[np.ndarray, float, float, float, float]:
+    """Area-average ``img`` by ``downscale`` (unless it came from an ``images_N`` folder) and
+    scale the intrinsics ``(fx, fy, cx, cy)`` with it."""
+    fx, fy, cx, cy = intrinsics
+    if prescaled or downscale == 1:
+        return img, fx, fy, cx, cy
+    return downscale_image(img, downscale), fx / downscale, fy / downscale, cx / downscale, cy / downscale
+
+
+def check_same_size(img: np.ndarray, file: Path, size: tuple[int, int] | None) -> tuple[int, int]:
+    """The common ``(width, height)`` of a split's images; a clear error for one that differs."""
+    if size is not None and (img.shape[1], img.shape[0]) != size:
+        raise RadfieldError(f"{file}: size {img.shape[1]}x{img.shape[0]} differs from "
+                            f"{size[0]}x{size[1]} of the other images")
+    return img.shape[1], img.shape[0]
+
+
 def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
                 model: str | None = None, holdout_every: int = NGP_HOLDOUT_EVERY,
                 normalize: str = "cameras") -> SceneData:
@@ -661,14 +679,8 @@ def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
             img = undistort_image(torch.from_numpy(img), camera.model,
                                   torch.from_numpy(camera.params), (fx, fy, cx, cy),
                                   grids[key]).numpy()
-        if not prescaled and downscale > 1:
-            img = downscale_image(img, downscale)
-            fx, fy, cx, cy = fx / downscale, fy / downscale, cx / downscale, cy / downscale
-        if out_size is None:
-            out_size = img.shape[1], img.shape[0]
-        elif (img.shape[1], img.shape[0]) != out_size:
-            raise RadfieldError(f"{file}: size {img.shape[1]}x{img.shape[0]} differs from "
-                                f"{out_size[0]}x{out_size[1]} of the other images")
+        img, fx, fy, cx, cy = downscale_in_memory(img, (fx, fy, cx, cy), downscale, prescaled)
+        out_size = check_same_size(img, file, out_size)
         images.append(img)
         intrinsics.append((fx, fy, cx, cy))
         names.append(str(file))

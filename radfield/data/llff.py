@@ -35,10 +35,10 @@ import torch
 from torch import Tensor
 
 from radfield.cameras import Cameras
-from radfield.data.blender import NGP_HOLDOUT_EVERY, _one_line, downscale_image, read_image
+from radfield.data.blender import NGP_HOLDOUT_EVERY, _one_line, read_image
 from radfield.data.colmap import (_channels_alike, apply_normalization, check_options,
-                                  check_prescaled_size, holdout_split, image_folder,
-                                  normalization_from_cameras)
+                                  check_prescaled_size, check_same_size, downscale_in_memory,
+                                  holdout_split, image_folder, normalization_from_cameras)
 from radfield.data.scene import SceneData
 from radfield.errors import RadfieldError
 
@@ -115,15 +115,9 @@ def load_llff(path: str | Path, split: str = "train", downscale: int = 1,
         h, w, focal = (float(x) for x in poses[k, :, 4])
         if prescaled:
             check_prescaled_size(files[k], width, height, round(w), round(h), downscale)
-        fx, fy, cx, cy = focal * width / w, focal * height / h, width / 2, height / 2
-        if not prescaled and downscale > 1:
-            img = downscale_image(img, downscale)
-            fx, fy, cx, cy = fx / downscale, fy / downscale, cx / downscale, cy / downscale
-        if out_size is None:
-            out_size = img.shape[1], img.shape[0]
-        elif (img.shape[1], img.shape[0]) != out_size:
-            raise RadfieldError(f"{files[k]}: size {img.shape[1]}x{img.shape[0]} differs from "
-                                f"{out_size[0]}x{out_size[1]} of the other images")
+        intr = (focal * width / w, focal * height / h, width / 2, height / 2)
+        img, fx, fy, cx, cy = downscale_in_memory(img, intr, downscale, prescaled)
+        out_size = check_same_size(img, files[k], out_size)
         images.append(img)
         intrinsics.append((fx, fy, cx, cy))
 

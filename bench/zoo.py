@@ -1,0 +1,129 @@
+"""Equal-budget comparisons of models, with and without hard sample mining.
+
+    python bench/zoo.py zoo        # tabletop (downscale 2): every model, baseline and --hsm
+    python bench/zoo.py multiscale # multi-scale tabletop: mip-NeRF vs NeRF, PSNR per scale
+    python bench/zoo.py captures   # garden-colmap (SfM poses) and garden (exact poses): nerfacto, ngp
+
+Options: --budget SECONDS per run, --only NAME[,NAME] to run a subset. Each run trains in its own
+process (``python bench/zoo.py one ...``) for a wall-clock budget (validation excluded), records
+the median step time, then scores the test split (every ``--test-every``-th image). Results go to
+``bench/out/<suite>.json`` and a markdown table is printed for ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
+OUT = ROOT / "bench" / "out"
+DATA = ROOT.parent / "shared" / "data"
+
+# name -> (preset, dataset, downscale, hsm)
+SUITES: dict[str, dict[str, tuple[str, str, int, bool]]] = {
+    "zoo": {f"{p}{'+hsm' if h else ''}": (p, "tabletop", 2, h)
+            for p in ("ngp-small", "nerfacto-small", "nerf-small", "mipnerf-small", "tiny", "nerfae")
+            for h in (False, True)},
+    "multiscale": {"mipnerf-small": ("mipnerf-small", "MULTISCALE", 1, False),
+                   "nerf-small": ("nerf-small", "MULTISCALE", 1, False)},
+    "captures": {f"{p}@{d}": (p, d, 2, False) for d in ("garden-colmap", "garden")
+                 for p in ("nerfacto-small", "ngp-small")},
+}
+
+
+def dataset_path(name: str) -> Path:
+    if name == "MULTISCALE":
+        out = OUT / "tabletop-multiscale"
+        if not (out / "multiscale.json").is_file():
+            from radfield.data.multiscale import make_multiscale
+            make_multiscale(DATA / "tabletop", out, progress=False, overwrite=True)
+        return out
+    return DATA / name
+
+
+def run_one(name: str, preset: str, data: str, downscale: int, hsm: bool, budget: float,
+            test_every: int) -> dict:
+    from radfield.config import PRESETS, RunConfig, apply_overrides
+    from radfield.evaluation.evaluate import evaluate_run
+    from radfield.training.trainer import Trainer
+
+    config = apply_overrides(RunConfig(), PRESETS[preset])
+    config.data.path = str(dataset_path(data).resolve())
+    config.data.downscale = downscale
+    config.train.max_time = budget
+    config.train.max_steps = 10 ** 9
+    config.train.eval_every = budget  # validation renders are slow on a CPU: only at the end
+    config.train.val_images = 1
+    config.train.hsm.enabled = hsm
+    run_dir = OUT / "runs" / name.replace("@", "_").replace("+", "_")
+    if run_dir.exists():
+        import shutil
+        shutil.rmtree(run_dir)
+    steps: list[dict] = []
+    trainer = Trainer(config, run_dir, progress=False, log_tensorboard=False)
+    t0 = time.time()
+    history = trainer.train(on_step=lambda tr, r, dt: steps.append(
+        {"t": dt, "n": r.n_samples, "b": r.n_backward}))
+    wall = time.time() - t0
+    t1 = time.time()
+    metrics = evaluate_run(run_dir, "test", save_renders=False, progress=False, every=test_every)
+    return {"name": name, "preset": preset, "model": config.model, "data": data, "downscale": downscale,
+            "hsm": hsm, "budget_s": budget, "steps": len(steps), "train_wall_s": wall,
+            "eval_s": time.time() - t1, "median_step_s": statistics.median(s["t"] for s in steps),
+            "median_samples": statistics.median(s["n"] for s in steps),
+            "median_kept_fraction": statistics.median(s["b"] / max(s["n"], 1) for s in steps),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "history": history, "test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"],
+            "test_n": metrics["n_images"], "per_scale": metrics.get("per_scale")}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| run | model | data | steps | median step (s) | kept b/B | test PSNR | test SSIM | test images |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['name']} | {r['model']} | {r['data']} x1/{r['downscale']} | {r['steps']} | "
+                     f"{r['median_step_s']:.3f} | {r['median_kept_fraction']:.2f} | {r['test_psnr']:.2f} | "
+                     f"{r['test_ssim']:.4f} | {r['test_n']} |")
+        for scale, m in (r.get("per_scale") or {}).items():
+            lines.append(f"| {r['name']} scale 1/{scale} | | | | | | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['n_images']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("suite", choices=[*SUITES, "one"])
+    ap.add_argument("--budget", type=float, default=90.0)
+    ap.add_argument("--test-every", type=int, default=5)
+    ap.add_argument("--only", default=None)
+    ap.add_argument("--name", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.suite == "one":
+        suite = next(s for s in SUITES.values() if args.name in s)
+        print(json.dumps(run_one(args.name, *suite[args.name], args.budget, args.test_every)))
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    names = list(SUITES[args.suite]) if args.only is None else args.only.split(",")
+    results = []
+    for name in names:
+        proc = subprocess.run([sys.executable, __file__, "one", "--name", name, "--budget", str(args.budget),
+                               "--test-every", str(args.test_every)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{name}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        r = results[-1]
+        print(f"{name}: {r['steps']} steps, test PSNR {r['test_psnr']:.2f}", file=sys.stderr, flush=True)
+        (OUT / f"{args.suite}.json").write_text(json.dumps(
+            {"date": time.strftime("%Y-%m-%d %H:%M"), "budget_s": args.budget, "results": results}, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
