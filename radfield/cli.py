@@ -144,12 +144,13 @@ def run_config_from_args(args) -> RunConfig:
                  "train.loss": args.loss, "train.background": args.background,
                  "data.colmap_model": args.colmap_model}
     apply_overrides(config, {k: v for k, v in overrides.items() if v is not None})
+    if args.hsm:
+        config.train.hsm.enabled = True
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise RadfieldError(f"--set {item!r}: expected KEY=VALUE")
         apply_overrides(config, {key.strip(): _parse_value(value.strip())})
-    config.train.hsm.enabled = args.hsm
     return config
 
 

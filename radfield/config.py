@@ -155,7 +155,9 @@ class NeRFAEConfig:
     features; colour from (z, features, view direction)."""
 
     encoding: EncodingConfig = dc_field(default_factory=lambda: EncodingConfig(
-        name="fourier", n_features=128, scale=4.0))
+        name="fourier", n_features=128, scale=1.0))
+    """Fourier features of the box-normalised position (scale 1: 20 dB after 200 steps on the
+    built-in scene where scale 4 reached 11 dB, measured)."""
     latent: int = 32
     encoder_depth: int = 3
     width: int = 128
@@ -180,6 +182,10 @@ class NerfactoConfig:
     """Per-training-image appearance embedding (0 = off); test images use the mean embedding."""
     contraction: str = "inf"
     """Scene contraction norm: ``inf`` (nerfacto) or ``l2`` (mip-NeRF 360)."""
+    bounded: bool | None = None
+    """Sample only inside the scene box, uniformly (object scenes with a transparent
+    background), instead of ``[near, far]`` with the spacing function (unbounded captures).
+    None: decided when training starts (True for RGBA data) and recorded in config.json."""
     spacing: str = "unbounded"
     near: float = 0.05
     far: float = 1000.0

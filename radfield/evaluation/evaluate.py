@@ -40,7 +40,10 @@ def _score_images(model, data: SceneData, bg, lpips, out_dir: Path, save_renders
         gt = data.composited(i, bg.cpu())
         name = Path(data.names[i]).stem + suffix
         rows.append({"name": name, "psnr": psnr(r.rgb, gt), "psnr_uint8": psnr_uint8(r.rgb, gt),
-                     "ssim": ssim(r.rgb, gt), "lpips": lpips(r.rgb, gt) if lpips else None})
+                     # SSIM's 11 x 11 window needs images at least that large (small scales of
+                     # a multi-scale dataset may not be): None there.
+                     "ssim": ssim(r.rgb, gt) if min(gt.shape[:2]) >= 11 else None,
+                     "lpips": lpips(r.rgb, gt) if lpips else None})
         if save_renders:
             save_png(out_dir / f"{name}_rgb.png", r.rgb)
             save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
@@ -49,9 +52,9 @@ def _score_images(model, data: SceneData, bg, lpips, out_dir: Path, save_renders
 
 
 def _means(rows: list[dict]) -> dict:
-    def mean(key):
-        vals = [row[key] for row in rows]
-        return None if not vals or any(v is None for v in vals) else float(sum(vals) / len(vals))
+    def mean(key):  # over the images that have the metric; None when none has it
+        vals = [row[key] for row in rows if row[key] is not None]
+        return float(sum(vals) / len(vals)) if vals else None
 
     return {"n_images": len(rows), "psnr": mean("psnr"), "psnr_uint8": mean("psnr_uint8"),
             "ssim": mean("ssim"), "lpips": mean("lpips")}

@@ -78,6 +78,10 @@ class NeRFField(nn.Module):
         self.position_encoding = self._position_encoding(encoding)
         self.trunk = SkipMLP(self.position_encoding.n_out, depth, width, skip)
         self.sigma_head = nn.Linear(width, 1)
+        # A small positive density bias at initialisation: with ReLU densities, a narrow network
+        # can otherwise start with raw density < 0 over the whole box and never get a gradient
+        # (measured: width 32-64 networks rendering a blank image for some seeds).
+        nn.init.constant_(self.sigma_head.bias, 0.1)
         self.direction_encoding = PositionalEncoding(3, direction_freqs) if direction_freqs > 0 else None
         if self.direction_encoding is None:
             self.color_head = nn.Linear(width, 3)

@@ -22,20 +22,11 @@ from radfield.fields.nerf import MipNeRFField, NeRFAEField, NeRFField
 from radfield.models.base import Model
 from radfield.rendering.volume import render
 from radfield.samplers.frustums import conical_frustum_to_gaussian, cylinder_to_gaussian
-from radfield.samplers.occupancy import ray_aabb_intersect
+from radfield.samplers.occupancy import box_near_far
 from radfield.samplers.proposal import sample_pdf, uniform_bins
 from radfield.samplers.samples import Level, Samples, packed_from_bins
 
 FRUSTUM_SHAPES = {"cone": conical_frustum_to_gaussian, "cylinder": cylinder_to_gaussian}
-
-
-def box_near_far(rays: Rays, aabb: Tensor, min_near: float = 1e-3) -> tuple[Tensor, Tensor]:
-    """``(near, far)`` ``(n_rays,)``: where each ray enters and leaves the box (from
-    ``min_near`` when the origin is inside); a ray that misses gets ``near = far``."""
-    near, far = ray_aabb_intersect(rays.origins, rays.directions, aabb)
-    near = near.clamp(min=min_near)
-    far = torch.maximum(far, near)
-    return near, far
 
 
 class HierarchicalModel(Model):

@@ -17,6 +17,7 @@ from radfield.config import RunConfig, TrainConfig
 from radfield.fields.nerfacto import NerfactoField, ProposalDensityField
 from radfield.models.base import Model
 from radfield.rendering.volume import render_weights
+from radfield.samplers.occupancy import box_near_far
 from radfield.samplers.proposal import s_to_t, sample_pdf, uniform_bins
 from radfield.samplers.samples import Level, Samples, packed_from_bins
 
@@ -33,16 +34,23 @@ class NerfactoModel(Model):
             from radfield.errors import RadfieldError
             raise RadfieldError("nerfacto: proposal_grids and proposal_samples need one entry per proposal level")
 
+    @property
+    def spacing(self) -> str:
+        return "linear" if self.config.bounded else self.config.spacing
+
     def near_far(self, rays: Rays) -> tuple[Tensor, Tensor]:
+        """The scene box's entry and exit (bounded), else ``near`` and ``far`` scene radii."""
+        if self.config.bounded:
+            return box_near_far(rays, self.aabb)
         radius = self.field.contraction.radius
         ones = torch.ones(len(rays), device=rays.origins.device)
         return ones * (self.config.near * radius), ones * (self.config.far * radius)
 
     def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:
-        cfg, n_rays = self.config, len(rays)
+        cfg, n_rays, spacing = self.config, len(rays), self.spacing
         near, far = self.near_far(rays)
-        t, s = uniform_bins(near, far, cfg.proposal_samples[0], cfg.spacing, jitter=training,
+        t, s = uniform_bins(near, far, cfg.proposal_samples[0], spacing, jitter=training,
                             generator=generator)
         levels = []
         n_next = list(cfg.proposal_samples[1:]) + [cfg.n_samples]
@@ -54,7 +62,7 @@ class NerfactoModel(Model):
             w = w.view(n_rays, -1)
             levels.append(Level(s, w, weight=cfg.interlevel_weight))
             s = sample_pdf(s, w, n, jitter=training, generator=generator)
-            t = s_to_t(s, near, far, cfg.spacing)
+            t = s_to_t(s, near, far, spacing)
         return packed_from_bins(t, s, levels if training else [])
 
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:

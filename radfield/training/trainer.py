@@ -116,6 +116,8 @@ class Trainer:
         self.val = self._load_validation()
         self.eval_bg = background_color(config.data.eval_background, self.device)
 
+        if config.model == "nerfacto" and config.nerfacto.bounded is None:
+            config.nerfacto.bounded = self.data.has_alpha  # object scene: sample inside the box
         torch.manual_seed(cfg.seed)
         self.model = build_model(config, self.data.aabb.to(self.device), len(self.data)).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.param_groups(cfg), lr=cfg.lr, betas=cfg.betas,
