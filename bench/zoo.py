@@ -103,16 +103,18 @@ def main() -> None:
     ap.add_argument("--test-every", type=int, default=5)
     ap.add_argument("--only", default=None)
     ap.add_argument("--name", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--of", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.suite == "one":
-        suite = next(s for s in SUITES.values() if args.name in s)
+        suite = SUITES[args.of] if args.of else next(s for s in SUITES.values() if args.name in s)
         print(json.dumps(run_one(args.name, *suite[args.name], args.budget, args.test_every)))
         return
     OUT.mkdir(parents=True, exist_ok=True)
     names = list(SUITES[args.suite]) if args.only is None else args.only.split(",")
     results = []
     for name in names:
-        proc = subprocess.run([sys.executable, __file__, "one", "--name", name, "--budget", str(args.budget),
+        proc = subprocess.run([sys.executable, __file__, "one", "--of", args.suite, "--name", name,
+                               "--budget", str(args.budget),
                                "--test-every", str(args.test_every)], capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)

@@ -13,7 +13,7 @@ Rays are sampled between their entry and exit of the scene box (``aabb``).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from radfield.cameras import Rays
 from radfield.config import HierarchicalConfig, RunConfig, TrainConfig
@@ -56,8 +56,8 @@ class HierarchicalModel(Model):
         return packed_from_bins(t_fine, levels=levels)
 
     def param_groups(self, train: TrainConfig) -> list[dict]:
-        return self.mlp_param_groups([self.field, self.coarse_field] if self.coarse_field is not self.field
-                                     else [self.field], train)
+        separate = self.coarse_field is not self.field
+        return self.mlp_param_groups([self.field, self.coarse_field] if separate else [self.field], train)
 
 
 class NeRFModel(HierarchicalModel):
