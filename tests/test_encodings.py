@@ -398,3 +398,24 @@ def test_registry_builds_every_encoding():
         assert name in str(err.value)
     with pytest.raises(RadfieldError):
         build_encoding(EncodingConfig("sh"), 2)
+
+
+@pytest.mark.parametrize("name", ["positional", "fourier", "learned_fourier", "siren", "hashgrid"])
+def test_every_position_encoding_plugs_into_the_nerf_field(name):
+    """Each registry encoding builds inside NeRFField and sees box-normalised points: the field
+    output at a point equals the MLP applied to the encoding of (x - centre) / half_size."""
+    from radfield.fields.nerf import NeRFField
+
+    aabb = torch.tensor([-2.0, -1.0, 0.0, 2.0, 3.0, 4.0])  # centre (0, 1, 2), half size 2
+    cfg = EncodingConfig(name=name, n_freqs=4, n_features=16, hashgrid=HashGridConfig(
+        n_levels=4, log2_table_size=10, max_resolution=32))
+    field = NeRFField(aabb, cfg, depth=2, width=32, skip=-1, direction_freqs=2)
+    x = torch.tensor([[-2.0, -1.0, 0.0], [2.0, 3.0, 4.0], [0.5, 1.5, 2.5]])
+    d = torch.nn.functional.normalize(torch.ones(3, 3), dim=-1)
+    raw = field.raw(x, d)
+    assert raw.shape == (3, 4) and torch.isfinite(raw).all()
+    x_n = (x - torch.tensor([0.0, 1.0, 2.0])) / 2.0
+    assert torch.allclose(field.encode(x), field.position_encoding(x_n), atol=1e-6)
+    if name == "hashgrid":  # the box corners land on the grid's corners, not outside it
+        assert torch.allclose(field.position_encoding.normalise(x_n[:2]),
+                              torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))

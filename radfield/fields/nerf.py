@@ -11,6 +11,8 @@ encodings see the same range whatever the dataset's units.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -92,6 +94,8 @@ class NeRFField(nn.Module):
                 nn.Linear(width // 2, 3))
 
     def _position_encoding(self, encoding: EncodingConfig) -> nn.Module:
+        if encoding.name == "hashgrid":  # the field hands it box-normalised points in [-1, 1]^3
+            encoding = dataclasses.replace(encoding, aabb=(-1.0, -1.0, -1.0, 1.0, 1.0, 1.0))
         return build_encoding(encoding, 3)
 
     def encode(self, x: Tensor) -> Tensor:
