@@ -85,6 +85,8 @@ class Rays:
             (mip-NeRF's ``2 / sqrt(12)`` times the pixel pitch) at distance ``t`` is ``t * radii``.
         camera_indices: optional ``(n_rays,)`` long, the camera (image) each ray comes from, for
             per-image appearance embeddings; ``-1`` for a camera outside the training set.
+        appearance: optional ``(n_rays, k)`` appearance code that replaces the camera's learned
+            embedding (evaluation protocols that fit a code to a held-out image).
     """
 
     origins: Tensor
@@ -92,6 +94,7 @@ class Rays:
     z_per_t: Tensor
     radii: Tensor | None = None
     camera_indices: Tensor | None = None
+    appearance: Tensor | None = None
 
     def __len__(self) -> int:
         return self.origins.shape[0]
@@ -99,7 +102,7 @@ class Rays:
     def __getitem__(self, sl) -> "Rays":
         pick = lambda x: None if x is None else x[sl]  # noqa: E731
         return Rays(self.origins[sl], self.directions[sl], self.z_per_t[sl], pick(self.radii),
-                    pick(self.camera_indices))
+                    pick(self.camera_indices), pick(self.appearance))
 
 
 def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Rays:

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-renders", action="store_true", help="do not save rgb/depth/opacity PNGs")
     p.add_argument("--every", type=_positive_int, default=1, help="score every N-th image only")
+    p.add_argument("--appearance", default="mean", choices=["mean", "fit-left"],
+                   help="held-out views of models with appearance embeddings: the mean embedding, or "
+                   "a code fitted on the left half of each image with the right half scored")
 
     p = sub.add_parser("render", help="render a camera-path video (MP4) of a trained run", formatter_class=fmt)
     p.add_argument("run_dir")
@@ -179,7 +182,7 @@ def cmd_eval(args) -> int:
     from radfield.evaluation.evaluate import evaluate_run, format_table
 
     metrics = evaluate_run(args.run_dir, args.split, _device(args.device), save_renders=not args.no_renders,
-                           every=args.every)
+                           every=args.every, appearance=args.appearance)
     print(format_table(metrics))
     if metrics["lpips"] is None:
         print("LPIPS: unavailable (weights not present locally)")

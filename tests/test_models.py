@@ -34,6 +34,7 @@ from radfield.data.synthetic import make_scene
 from radfield.errors import RadfieldError
 from radfield.evaluation.evaluate import evaluate_run, load_run
 from radfield.evaluation.metrics import psnr
+from radfield.rendering.images import render_image
 from radfield.losses import l2
 from radfield.losses.interlevel import interlevel_loss
 from radfield.models import build_model
@@ -579,3 +580,39 @@ def test_cli_bad_options_exit_2_with_one_line(scene, tmp_path, capsys, args, wor
     assert len(lines) == 1 and lines[0].startswith("radfield: error:"), err
     assert all(w in lines[0] for w in words), lines[0]
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- 12. appearance protocol
+
+
+def test_fit_left_appearance_protocol(scene, tmp_path, monkeypatch):
+    """nerfacto's held-out-appearance protocol: the code fitted on an image's left half lowers
+    the left-half error below the mean embedding's, and eval scores the right half only."""
+    from radfield.evaluation.evaluate import evaluate_run, fit_appearance_left, load_run
+    from radfield.rendering.backgrounds import background_color
+
+    overrides = {**TRAIN_RUNS["nerfacto-small"][1], "nerfacto.appearance_dim": 4}
+    make_trainer(make_config(scene, "nerfacto-small", overrides, steps=40), tmp_path / "run").train()
+    _, model = load_run(tmp_path / "run")
+    test = load_scene(scene, "test")
+    bg = background_color("white", "cpu")
+    gt = test.composited(0, bg)
+    half = gt.shape[1] // 2
+
+    def left_mse(code):
+        r = render_image(model, test.cameras, 0, bg, appearance_code=code)
+        return float(((r.rgb[:, :half] - gt[:, :half]) ** 2).mean())
+
+    mean_code = model.field.appearance.weight.detach().mean(0)
+    fitted = fit_appearance_left(model, test.cameras, 0, gt, bg, steps=30, rays_per_step=256, lr=5e-2)
+    assert not torch.equal(fitted, mean_code)
+    assert left_mse(fitted) < left_mse(mean_code)
+    fit = {"steps": 20, "rays_per_step": 256, "lr": 5e-2}
+    monkeypatch.setattr("radfield.evaluation.evaluate.FIT_OPTIONS", fit)
+    metrics = evaluate_run(tmp_path / "run", "test", save_renders=False, progress=False, every=N_TEST,
+                           appearance="fit-left")
+    assert metrics["appearance"].startswith("code fitted on the left half")
+    # the right half of image 0 is what was scored
+    code = fit_appearance_left(model, test.cameras, 0, gt, bg, **fit)
+    r = render_image(model, test.cameras, 0, bg, appearance_code=code)
+    assert metrics["per_image"][0]["psnr"] == pytest.approx(psnr(r.rgb[:, half:], gt[:, half:]), abs=1e-4)

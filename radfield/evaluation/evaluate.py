@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from radfield.config import RunConfig, run_config_from_dict
 from radfield.data import SceneData, load_scene_groups
@@ -14,7 +15,10 @@ from radfield.evaluation.metrics import lpips_fn, psnr, psnr_uint8, ssim
 from radfield.evaluation.plots import colorize_depth
 from radfield.io import atomic_write, save_png
 from radfield.models import build_model
+from radfield.cameras import pixel_rays
+from radfield.errors import RadfieldError
 from radfield.rendering.images import render_image
+from radfield.rendering.volume import render
 from radfield.training.checkpoint import load_checkpoint
 from radfield.rendering.backgrounds import background_color
 
@@ -31,13 +35,55 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, torch
     return config, model.eval()
 
 
+APPEARANCE_PROTOCOLS = ("mean", "fit-left")
+FIT_OPTIONS = {"steps": 100, "rays_per_step": 2048, "lr": 1e-2}
+"""Options of :func:`fit_appearance_left` under ``appearance="fit-left"``."""
+
+
+def fit_appearance_left(model, cameras, index: int, target: Tensor, background: Tensor,
+                        steps: int = 100, rays_per_step: int = 2048, lr: float = 1e-2, seed: int = 0) -> Tensor:
+    """The held-out-appearance protocol of NeRF-W / nerfacto evaluations: starting from the mean
+    embedding, fit an appearance code to the **left half** of image ``index`` (Adam on the L2
+    loss of random left-half pixels; the network is frozen). Returns the code ``(k,)``; score
+    the right half only."""
+    h, w = cameras.height, cameras.width
+    dev = background.device
+    field = model.field
+    code = field.appearance.weight.detach().mean(0).clone().requires_grad_()
+    opt = torch.optim.Adam([code], lr=lr)
+    gen = torch.Generator(dev).manual_seed(seed)
+    target = target.to(dev)
+    for _ in range(steps):
+        col = torch.randint(0, w // 2, (rays_per_step,), device=dev, generator=gen)
+        row = torch.randint(0, h, (rays_per_step,), device=dev, generator=gen)
+        rays = pixel_rays(cameras, torch.full_like(col, index), col, row)
+        rays.appearance = code.expand(rays_per_step, -1)
+        with torch.no_grad():
+            samples = model.sample(rays, training=False)
+        sigma, rgb = field.activate(field.raw(*model.field_inputs(rays, samples)).float())
+        out = render(sigma, rgb, samples.t_starts, samples.t_ends, samples.ray_indices, len(rays),
+                     background, model.opaque_last)
+        loss = ((out.rgb - target[row, col]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return code.detach()
+
+
 def _score_images(model, data: SceneData, bg, lpips, out_dir: Path, save_renders: bool, indices,
-                  suffix: str = "") -> list[dict]:
+                  suffix: str = "", appearance: str = "mean") -> list[dict]:
     cams = data.cameras.to(bg.device)
     rows = []
     for i in indices:
-        r = render_image(model, cams, i, bg)
         gt = data.composited(i, bg.cpu())
+        if appearance == "fit-left":
+            code = fit_appearance_left(model, cams, i, gt, bg, **FIT_OPTIONS)
+            r = render_image(model, cams, i, bg, appearance_code=code)
+            half = gt.shape[1] // 2
+            r = type(r)(r.rgb[:, half:], r.depth[:, half:], r.opacity[:, half:])
+            gt = gt[:, half:]
+        else:
+            r = render_image(model, cams, i, bg)
         name = Path(data.names[i]).stem + suffix
         rows.append({"name": name, "psnr": psnr(r.rgb, gt), "psnr_uint8": psnr_uint8(r.rgb, gt),
                      # SSIM's 11 x 11 window needs images at least that large (small scales of
@@ -61,7 +107,8 @@ def _means(rows: list[dict]) -> dict:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
-                 save_renders: bool = True, progress: bool = True, every: int = 1) -> dict:
+                 save_renders: bool = True, progress: bool = True, every: int = 1,
+                 appearance: str = "mean") -> dict:
     """Render ``split``, compute PSNR / PSNR(uint8) / SSIM / LPIPS per image and their means,
     write ``RUN_DIR/metrics.json`` (and ``metrics_<split>.json``) and the renders to
     ``RUN_DIR/renders/<split>/``. LPIPS is None when its weights are not available locally.
@@ -69,7 +116,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
 
     Multi-scale datasets are scored per scale (``per_scale``); the top-level means are over all
     scales' images, mip-NeRF's "average" column. Models with per-image appearance embeddings
-    render held-out views with the mean embedding (``appearance``: ``"mean embedding"``)."""
+    render held-out views with the mean embedding (``appearance="mean"``), or fit a code to the
+    left half of each image and score the right half (``"fit-left"``,
+    :func:`fit_appearance_left`); ``metrics.json`` records which."""
+    if appearance not in APPEARANCE_PROTOCOLS:
+        raise RadfieldError(f"unknown appearance protocol {appearance!r} "
+                            f"(choose from: {', '.join(APPEARANCE_PROTOCOLS)})")
     run_dir = Path(run_dir)
     config, model = load_run(run_dir, device)
     groups = load_scene_groups(config.data.path, split, config.data.downscale,
@@ -78,6 +130,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     lpips = lpips_fn(device=device)
     out_dir = run_dir / "renders" / split
     jobs = [(g, i) for g in groups for i in range(0, len(g), every)]
+    has_appearance = getattr(model.field, "appearance_dim", 0) > 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -87,7 +140,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
         suffix = f"_x{g.meta['scale']}" if len(groups) > 1 else ""
         rows = []
         for i in range(0, len(g), every):
-            rows += _score_images(model, g, bg, lpips, out_dir, save_renders, [i], suffix)
+            rows += _score_images(model, g, bg, lpips, out_dir, save_renders, [i], suffix,
+                                  appearance if has_appearance else "mean")
             if bar is not None:
                 bar.update(1)
         per_image += rows
@@ -95,11 +149,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
             per_scale[str(g.meta["scale"])] = _means(rows)
     if bar is not None:
         bar.close()
-    has_appearance = getattr(model.field, "appearance_dim", 0) > 0
     metrics = {"split": split, **_means(per_image),
                "lpips_note": None if lpips else "unavailable: LPIPS weights not present locally",
                "eval_background": config.data.eval_background, "every": every,
-               "appearance": "mean embedding" if has_appearance else None,
+               "appearance": ({"mean": "mean embedding",
+                               "fit-left": "code fitted on the left half, right half scored"}[appearance]
+                              if has_appearance else None),
                "per_scale": per_scale or None, "per_image": per_image}
     for name in ("metrics.json", f"metrics_{split}.json"):
         with atomic_write(run_dir / name) as tmp:

@@ -6,8 +6,9 @@ Unbounded scenes are *contracted* before encoding: world points are mapped to sc
 grids see as ``[0, 1]^3``.
 
 * :class:`NerfactoField`: hash grid -> density MLP (1 x 64) -> (raw density, 15 features);
-  colour MLP (2 x 64) on (SH(d), features, appearance embedding of the image). ``raw(x, d,
-  image_index)``; ``image_index = -1`` uses the mean embedding (test views).
+  colour MLP (2 x 64) on (SH(d), features, appearance code). ``raw(x, d, appearance)`` takes
+  the code per sample: the image's embedding (:meth:`NerfactoField.appearance_code`; index -1,
+  a held-out view, gets the mean embedding) or a code fitted by an evaluation protocol.
 * :class:`ProposalDensityField`: a small hash grid (5 levels, 2^17 entries) and a 16-wide MLP,
   density only.
 """
@@ -70,11 +71,13 @@ class NerfactoField(nn.Module):
         mean = self.appearance.weight.mean(0).expand_as(codes)
         return torch.where((image_index < 0)[:, None], mean, codes)
 
-    def raw(self, x: Tensor, d: Tensor, image_index: Tensor) -> Tensor:
+    def raw(self, x: Tensor, d: Tensor, appearance: Tensor) -> Tensor:
+        """``x, d (n, 3)``, ``appearance (n, appearance_dim)`` codes (see
+        :meth:`appearance_code`) -> ``(n, 4)``."""
         h = self.density_mlp(self.grid(self.contraction(x)))
         parts = [sh_encode(d), h[:, 1:]]
         if self.appearance_dim:
-            parts.append(self.appearance_code(image_index))
+            parts.append(appearance)
         c = self.color_mlp(torch.cat(parts, dim=-1))
         return torch.cat([h[:, :1], c], dim=-1)
 

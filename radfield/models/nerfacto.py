@@ -66,13 +66,16 @@ class NerfactoModel(Model):
         return packed_from_bins(t, s, levels if training else [])
 
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
-        """``(positions, directions, image index)`` per sample (index -1: mean appearance)."""
+        """``(positions, directions, appearance code)`` per sample: the rays' own codes when they
+        carry them, else their image's embedding (the mean one for rays without an image)."""
         ri = samples.ray_indices
-        if rays.camera_indices is None:
-            index = torch.full_like(ri, -1)
+        if rays.appearance is not None:
+            codes = rays.appearance
         else:
-            index = rays.camera_indices[ri]
-        return samples.positions(rays), rays.directions[ri], index
+            index = rays.camera_indices if rays.camera_indices is not None else torch.full(
+                (len(rays),), -1, dtype=torch.long, device=rays.origins.device)
+            codes = self.field.appearance_code(index)
+        return samples.positions(rays), rays.directions[ri], codes[ri]
 
     def param_groups(self, train: TrainConfig) -> list[dict]:
         grids = list(self.field.grid.parameters()) + [p for prop in self.proposals for p in prop.grid.parameters()]

@@ -41,12 +41,16 @@ def render_rays(model, rays: Rays, background: Tensor, chunk: int = 1 << 13) -> 
 
 
 def render_image(model, cameras: Cameras, index: int, background: Tensor,
-                 chunk: int = 1 << 13, appearance_index: int | None = None) -> ImageRender:
-    """Render camera ``index``. ``appearance_index``: the training image whose appearance
-    embedding to use (models that have them); None = the mean embedding (held-out views)."""
+                 chunk: int = 1 << 13, appearance_index: int | None = None,
+                 appearance_code: Tensor | None = None) -> ImageRender:
+    """Render camera ``index``. For models with appearance embeddings: ``appearance_index``, the
+    training image whose embedding to use, or ``appearance_code`` ``(k,)``, a code of one's own;
+    neither = the mean embedding (held-out views)."""
     rays = image_rays(cameras, index)
     rays.camera_indices = None if appearance_index is None else torch.full_like(
         rays.camera_indices, appearance_index)
+    if appearance_code is not None:
+        rays.appearance = appearance_code.detach().expand(len(rays), -1)
     rgb, ray_depth, opacity = render_rays(model, rays, background, chunk)
     planar = torch.where(opacity > 1e-3, ray_depth / opacity.clamp(min=1e-3) * rays.z_per_t,
                          torch.zeros_like(ray_depth))
