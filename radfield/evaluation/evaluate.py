@@ -70,31 +70,29 @@ def fit_appearance_left(model, cameras, index: int, target: Tensor, background: 
     return code.detach()
 
 
-def _score_images(model, data: SceneData, bg, lpips, out_dir: Path, save_renders: bool, indices,
-                  suffix: str = "", appearance: str = "mean") -> list[dict]:
+def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_renders: bool,
+                 suffix: str = "", appearance: str = "mean") -> dict:
     cams = data.cameras.to(bg.device)
-    rows = []
-    for i in indices:
-        gt = data.composited(i, bg.cpu())
-        if appearance == "fit-left":
-            code = fit_appearance_left(model, cams, i, gt, bg, **FIT_OPTIONS)
-            r = render_image(model, cams, i, bg, appearance_code=code)
-            half = gt.shape[1] // 2
-            r = type(r)(r.rgb[:, half:], r.depth[:, half:], r.opacity[:, half:])
-            gt = gt[:, half:]
-        else:
-            r = render_image(model, cams, i, bg)
-        name = Path(data.names[i]).stem + suffix
-        rows.append({"name": name, "psnr": psnr(r.rgb, gt), "psnr_uint8": psnr_uint8(r.rgb, gt),
-                     # SSIM's 11 x 11 window needs images at least that large (small scales of
-                     # a multi-scale dataset may not be): None there.
-                     "ssim": ssim(r.rgb, gt) if min(gt.shape[:2]) >= 11 else None,
-                     "lpips": lpips(r.rgb, gt) if lpips else None})
-        if save_renders:
-            save_png(out_dir / f"{name}_rgb.png", r.rgb)
-            save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
-            save_png(out_dir / f"{name}_opacity.png", r.opacity)
-    return rows
+    gt = data.composited(i, bg.cpu())
+    if appearance == "fit-left":
+        code = fit_appearance_left(model, cams, i, gt, bg, **FIT_OPTIONS)
+        r = render_image(model, cams, i, bg, appearance_code=code)
+        half = gt.shape[1] // 2
+        r = type(r)(r.rgb[:, half:], r.depth[:, half:], r.opacity[:, half:])
+        gt = gt[:, half:]
+    else:
+        r = render_image(model, cams, i, bg)
+    name = Path(data.names[i]).stem + suffix
+    row = {"name": name, "psnr": psnr(r.rgb, gt), "psnr_uint8": psnr_uint8(r.rgb, gt),
+           # SSIM's 11 x 11 window needs images at least that large (small scales of a
+           # multi-scale dataset may not be): None there.
+           "ssim": ssim(r.rgb, gt) if min(gt.shape[:2]) >= 11 else None,
+           "lpips": lpips(r.rgb, gt) if lpips else None}
+    if save_renders:
+        save_png(out_dir / f"{name}_rgb.png", r.rgb)
+        save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
+        save_png(out_dir / f"{name}_opacity.png", r.opacity)
+    return row
 
 
 def _means(rows: list[dict]) -> dict:
@@ -140,8 +138,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
         suffix = f"_x{g.meta['scale']}" if len(groups) > 1 else ""
         rows = []
         for i in range(0, len(g), every):
-            rows += _score_images(model, g, bg, lpips, out_dir, save_renders, [i], suffix,
-                                  appearance if has_appearance else "mean")
+            rows.append(_score_image(model, g, i, bg, lpips, out_dir, save_renders, suffix,
+                                     appearance if has_appearance else "mean"))
             if bar is not None:
                 bar.update(1)
         per_image += rows

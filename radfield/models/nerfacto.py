@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from radfield.cameras import Rays
 from radfield.config import RunConfig, TrainConfig
+from radfield.errors import RadfieldError
 from radfield.fields.nerfacto import NerfactoField, ProposalDensityField
 from radfield.models.base import Model
 from radfield.rendering.volume import render_weights
@@ -26,13 +27,12 @@ class NerfactoModel(Model):
     def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0):
         super().__init__(config, aabb)
         cfg = self.config = config.nerfacto
+        if len(cfg.proposal_grids) != len(cfg.proposal_samples):
+            raise RadfieldError("nerfacto: proposal_grids and proposal_samples need one entry per proposal level")
         self.field = NerfactoField(aabb, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
                                    n_images, cfg.contraction)
         self.proposals = nn.ModuleList(
             ProposalDensityField(aabb, res, cfg.proposal_hidden, cfg.contraction) for res in cfg.proposal_grids)
-        if len(cfg.proposal_grids) != len(cfg.proposal_samples):
-            from radfield.errors import RadfieldError
-            raise RadfieldError("nerfacto: proposal_grids and proposal_samples need one entry per proposal level")
 
     @property
     def spacing(self) -> str:
