@@ -18,7 +18,7 @@ intrinsics, which is what pose refinement and pose-distribution learning need.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -32,6 +32,8 @@ class Cameras:
         c2w: ``(n_cams, 3, 4)`` camera-to-world matrices, OpenGL axes.
         fx, fy, cx, cy: ``(n_cams,)`` intrinsics in pixels.
         width, height: image size in pixels.
+        attrs: optional per-camera tensors, each ``(n_cams, ...)`` (e.g. ``times`` of a dynamic
+            scene); every ray of a camera carries its camera's values (:func:`generate_rays`).
     """
 
     c2w: Tensor
@@ -41,6 +43,7 @@ class Cameras:
     cy: Tensor
     width: int
     height: int
+    attrs: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -49,23 +52,30 @@ class Cameras:
     def device(self) -> torch.device:
         return self.c2w.device
 
+    def _replace(self, fn, width: int | None = None, height: int | None = None) -> "Cameras":
+        """Every per-camera tensor mapped by ``fn`` (intrinsics, poses and attributes alike)."""
+        return Cameras(fn(self.c2w), fn(self.fx), fn(self.fy), fn(self.cx), fn(self.cy),
+                       width or self.width, height or self.height,
+                       {k: fn(v) for k, v in self.attrs.items()})
+
     def to(self, device: torch.device | str) -> "Cameras":
-        return Cameras(
-            self.c2w.to(device), self.fx.to(device), self.fy.to(device), self.cx.to(device),
-            self.cy.to(device), self.width, self.height,
-        )
+        return self._replace(lambda x: x.to(device))
 
     def __getitem__(self, idx) -> "Cameras":
         idx = torch.as_tensor(idx).reshape(-1)
-        return Cameras(self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
-                       self.width, self.height)
+        return self._replace(lambda x: x[idx.to(x.device)])
+
+    def with_attrs(self, **attrs: Tensor | None) -> "Cameras":
+        """A copy with per-camera attributes added or replaced (``None`` removes one)."""
+        merged = {**self.attrs, **attrs}
+        return replace(self, attrs={k: v for k, v in merged.items() if v is not None})
 
     def downscaled(self, factor: int) -> "Cameras":
         """Cameras for images shrunk by an integer ``factor`` (pixel areas averaged)."""
         if factor == 1:
             return self
         return Cameras(self.c2w, self.fx / factor, self.fy / factor, self.cx / factor,
-                       self.cy / factor, self.width // factor, self.height // factor)
+                       self.cy / factor, self.width // factor, self.height // factor, dict(self.attrs))
 
     @property
     def centers(self) -> Tensor:
@@ -75,34 +85,74 @@ class Cameras:
 
 @dataclass
 class Rays:
-    """A batch of rays.
+    """A batch of rays, with any number of optional per-ray attributes.
 
     Attributes:
         origins: ``(n_rays, 3)``.
         directions: ``(n_rays, 3)``, unit length.
         z_per_t: ``(n_rays,)``, planar camera depth per unit of ray distance.
-        radii: optional ``(n_rays,)`` cone radius per unit of ray distance: the pixel footprint
-            (mip-NeRF's ``2 / sqrt(12)`` times the pixel pitch) at distance ``t`` is ``t * radii``.
-        camera_indices: optional ``(n_rays,)`` long, the camera (image) each ray comes from, for
-            per-image appearance embeddings; ``-1`` for a camera outside the training set.
-        appearance: optional ``(n_rays, k)`` appearance code that replaces the camera's learned
-            embedding (evaluation protocols that fit a code to a held-out image).
+        attrs: optional per-ray tensors, each ``(n_rays, ...)``. Selection (``rays[idx]``),
+            :meth:`cat`, chunking and :meth:`to` carry all of them without naming them.
+            The ones radfield itself writes and reads:
+
+            * ``radii`` ``(n_rays,)``: cone radius per unit of ray distance; the pixel footprint
+              (mip-NeRF's ``2 / sqrt(12)`` times the pixel pitch) at distance ``t`` is
+              ``t * radii`` (:func:`generate_rays`);
+            * ``camera_index`` ``(n_rays,)`` long: the ray's camera in its camera set
+              (:func:`generate_rays`);
+            * ``train_index`` ``(n_rays,)`` long: the training image a ray comes from (training
+              batches; per-image state such as appearance embeddings); absent for other views,
+              which then get the model's default (e.g. the mean embedding);
+            * ``times`` ``(n_rays,)``: the time of a dynamic scene (from the camera's ``times``);
+            * ``appearance`` ``(n_rays, k)``: an appearance code that replaces the embedding of
+              ``train_index`` (evaluation protocols that fit a code to a held-out image).
     """
 
     origins: Tensor
     directions: Tensor
     z_per_t: Tensor
-    radii: Tensor | None = None
-    camera_indices: Tensor | None = None
-    appearance: Tensor | None = None
+    attrs: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.origins.shape[0]
 
+    def get(self, name: str) -> Tensor | None:
+        """The per-ray attribute ``name``, or None when the rays do not carry it."""
+        return self.attrs.get(name)
+
+    def with_attrs(self, **attrs: Tensor | None) -> "Rays":
+        """A copy with attributes added or replaced (``None`` removes one)."""
+        merged = {**self.attrs, **attrs}
+        return Rays(self.origins, self.directions, self.z_per_t,
+                    {k: v for k, v in merged.items() if v is not None})
+
+    def _map(self, fn) -> "Rays":
+        return Rays(fn(self.origins), fn(self.directions), fn(self.z_per_t),
+                    {k: fn(v) for k, v in self.attrs.items()})
+
     def __getitem__(self, sl) -> "Rays":
-        pick = lambda x: None if x is None else x[sl]  # noqa: E731
-        return Rays(self.origins[sl], self.directions[sl], self.z_per_t[sl], pick(self.radii),
-                    pick(self.camera_indices), pick(self.appearance))
+        return self._map(lambda x: x[sl])
+
+    def to(self, device: torch.device | str) -> "Rays":
+        return self._map(lambda x: x.to(device))
+
+    def chunks(self, size: int):
+        """Consecutive slices of at most ``size`` rays."""
+        for i in range(0, len(self), size):
+            yield self[i:i + size]
+
+    @staticmethod
+    def cat(parts: "list[Rays]") -> "Rays":
+        """Concatenate ray batches; they must carry the same attributes."""
+        if len(parts) == 1:
+            return parts[0]
+        names = set(parts[0].attrs)
+        if any(set(p.attrs) != names for p in parts):
+            raise ValueError("Rays.cat: the batches carry different attributes: "
+                             + " vs ".join(str(sorted(p.attrs)) for p in parts))
+        return Rays(torch.cat([p.origins for p in parts]), torch.cat([p.directions for p in parts]),
+                    torch.cat([p.z_per_t for p in parts]),
+                    {k: torch.cat([p.attrs[k] for p in parts]) for k in sorted(names)})
 
 
 def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Rays:
@@ -113,6 +163,9 @@ def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Ra
         cam_idx: ``(n_rays,)`` long, which camera each ray belongs to.
         u, v: ``(n_rays,)`` float image coordinates; pixel ``(i, j)``'s centre is
             ``(i + 0.5, j + 0.5)``.
+
+    The rays carry ``radii`` (pixel footprint), ``camera_index`` (``cam_idx``) and every
+    per-camera attribute of ``cameras`` (e.g. ``times``) as per-ray attributes.
 
     Example: a camera at the origin looking down -z with ``fx = fy = 100, cx = cy = 50``; the
     ray through ``u = 150, v = 50`` has ``d_cam = (1, 0, -1)``, unit direction
@@ -134,7 +187,9 @@ def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Ra
     # of the disc with the pixel's variance), per unit of planar depth -> per unit ray distance.
     f = torch.sqrt(cameras.fx[cam_idx] * cameras.fy[cam_idx])
     radii = z_per_t / f * (2.0 / 12 ** 0.5)
-    return Rays(c2w[:, :3, 3], d_world / norm, z_per_t, radii, cam_idx)
+    attrs = {"radii": radii, "camera_index": cam_idx,
+             **{k: v[cam_idx] for k, v in cameras.attrs.items()}}
+    return Rays(c2w[:, :3, 3], d_world / norm, z_per_t, attrs)
 
 
 def pixel_rays(cameras: Cameras, cam_idx: Tensor, i: Tensor, j: Tensor) -> Rays:

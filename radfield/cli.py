@@ -11,8 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from radfield.config import MODELS, PRESETS, RunConfig, apply_overrides
+from radfield.config import PRESETS, RunConfig, apply_overrides
 from radfield.errors import RadfieldError
+from radfield.models import REGISTRY
+
+MODELS = tuple(REGISTRY)
 
 
 def _device(name: str) -> str:
@@ -21,6 +24,19 @@ def _device(name: str) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help where there is a default worth stating (not
+    None, not a switch's False) and the help does not state it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or not action.option_strings or default is None or default is False
+                or default == argparse.SUPPRESS or "default" in text):
+            return text
+        return text + " (default: %(default)s)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,12 +56,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="radfield", description="Train, evaluate and render neural radiance fields.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
 
     p = sub.add_parser("train", help="train a radiance field on a posed-image dataset", formatter_class=fmt,
                        description="Train a radiance field. Models: " + ", ".join(MODELS)
@@ -63,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--downscale", type=_positive_int, default=1, help="integer image downscale factor")
     p.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<model>)")
     p.add_argument("--max-steps", type=_positive_int, default=None, help="step limit (default 20000)")
-    p.add_argument("--max-time", type=float, default=None, help="wall-clock training limit in seconds")
+    p.add_argument("--max-time", type=_positive_float, default=None,
+                   help="training-time limit in seconds: time in training steps, validation and "
+                   "checkpoint writing excluded (default: none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--hsm", action="store_true", help="hard sample mining (two-pass step, see README)")
@@ -96,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate the built-in scene, train, evaluate and render it",
                        formatter_class=fmt)
     p.add_argument("--out", default="radfield-demo", help="output folder")
-    p.add_argument("--max-time", type=float, default=120.0, help="training seconds")
+    p.add_argument("--max-time", type=_positive_float, default=120.0,
+                   help="training seconds (validation excluded)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--hsm", action="store_true")
 
@@ -162,7 +191,7 @@ def cmd_train(args) -> int:
 
     config = run_config_from_args(args)
     out = Path(args.out or f"runs/{Path(args.data).resolve().name}-{config.model}")
-    if not args.resume and (out / "checkpoint.pt").exists():
+    if not args.resume and ((out / "checkpoint.pt").exists() or (out / "config.json").exists()):
         raise RadfieldError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
     limits = {"train.max_steps": args.max_steps, "train.max_time": args.max_time}
     trainer = Trainer(config, out, device=_device(args.device), resume=args.resume,
@@ -262,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     except RadfieldError as exc:
         print(f"radfield: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("radfield: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

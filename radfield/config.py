@@ -8,6 +8,7 @@ overrides a default silently.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field as dc_field
 
@@ -16,6 +17,46 @@ from radfield.fields.encodings import EncodingConfig
 from radfield.fields.hashgrid import HashGridConfig
 from radfield.fields.ngp import NGPFieldConfig
 from radfield.samplers.occupancy import OccupancyGridConfig
+
+LR_SCHEDULES = ("step", "log_linear")
+
+
+@dataclass
+class OptimConfig:
+    """A model's training recipe: optimiser, learning-rate schedule and sample budget. Every model
+    section of :class:`RunConfig` has one (``nerf.optim.lr``, ...), so each model trains with its
+    own defaults whether it is built from the command line or from Python."""
+
+    lr: float = 1e-2
+    """Base learning rate; a model's parameter groups may scale it (their own ``lr``), and the
+    schedule multiplies every group's rate by the same factor."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-15
+    weight_decay: float = 1e-6
+    """L2 on the MLP weights only (Instant-NGP)."""
+    schedule: str = "step"
+    """``step``: warm-up then ``lr *= gamma`` at each milestone; ``log_linear``: mip-NeRF 360's
+    sine warm-up then log-linear decay from ``lr`` to ``lr_final``."""
+    warmup_steps: int = 100
+    milestones: tuple[float, ...] = (0.5, 0.75, 0.9)
+    """Fractions of the run (of max_steps or max_time, whichever is nearer) where lr *= gamma."""
+    gamma: float = 0.33
+    lr_final: float = 1e-4
+    """``log_linear``: the learning rate at the end of the run."""
+    target_samples: int = 1 << 16
+    """Adaptive ray count: rays per step are adjusted so a step has about this many samples."""
+    early_stop: bool = True
+    """Prune samples behind transmittance 1e-4 with a no-grad density pass (samplers that can;
+    off under --hsm, whose first pass sees those samples anyway)."""
+    distortion_weight: float = 0.0
+    """Weight of the mip-NeRF 360 distortion loss on the sample weights (0 = off)."""
+
+
+def mlp_optim(**overrides) -> OptimConfig:
+    """Adam as the MLP papers use it (eps 1e-8, no weight decay), log-linear decay, every sample
+    kept; ``overrides`` set the rest."""
+    return OptimConfig(**{"schedule": "log_linear", "eps": 1e-8, "weight_decay": 0.0,
+                          "early_stop": False, **overrides})
 
 
 @dataclass
@@ -33,23 +74,12 @@ class HSMConfig:
 
 @dataclass
 class TrainConfig:
+    """What a run does, whatever the model (the model's own recipe is its section's ``optim``)."""
+
     max_steps: int = 20000
     max_time: float | None = None
-    """Wall-clock training budget in seconds (validation time excluded); None = no limit."""
-    lr: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.99)
-    eps: float = 1e-15
-    weight_decay: float = 1e-6
-    """L2 on the MLP weights only (Instant-NGP)."""
-    lr_schedule: str = "step"
-    """``step``: warm-up then ``lr *= lr_gamma`` at each milestone; ``log_linear``: mip-NeRF 360's
-    sine warm-up then log-linear decay from ``lr`` to ``lr_final``."""
-    warmup_steps: int = 100
-    lr_milestones: tuple[float, ...] = (0.5, 0.75, 0.9)
-    """Fractions of the run (of max_steps or max_time, whichever is nearer) where lr *= lr_gamma."""
-    lr_gamma: float = 0.33
-    lr_final: float = 1e-4
-    """``log_linear``: the learning rate at the end of the run."""
+    """Training-time budget in seconds: the time spent in training steps, validation and
+    checkpoint writing excluded; None = no limit."""
     loss: str = "l2"
     """Photometric loss spec, e.g. ``l2``, ``l1+0.2*ssim`` (names: l2, l1, rmse, charbonnier,
     ssim, fft; ssim and fft train on square patches of ``patch_size``)."""
@@ -61,22 +91,19 @@ class TrainConfig:
     """Apply ``x^(1/gamma)`` to both colours before the loss (after tone mapping)."""
     patch_size: int = 16
     """Side of the square pixel patches drawn when the loss needs patches."""
-    distortion_weight: float = 0.0
-    """Weight of the mip-NeRF 360 distortion loss on the sample weights (0 = off)."""
-    target_samples: int = 1 << 16
-    """Adaptive ray count: rays per step are adjusted so a step has about this many samples."""
     init_rays: int = 1024
     max_rays: int = 1 << 15
     background: str = "random"
     """random (per ray, RGBA data), white, black, learned (an MLP on the direction) or
     last_sample (the last interval is opaque); see :mod:`radfield.rendering.backgrounds`."""
-    early_stop: bool = True
-    """Prune samples behind transmittance 1e-4 with a no-grad density pass (off under --hsm,
-    whose first pass sees those samples anyway)."""
     eval_every: float = 30.0
     """Seconds of training between validation renders."""
     val_images: int = 2
     checkpoint_every: int = 2000
+    """Steps between checkpoints ..."""
+    checkpoint_every_s: float = 60.0
+    """... or seconds of wall-clock time since the last one, whichever comes first (a killed run
+    loses at most this much)."""
     seed: int = 0
     mixed_precision: bool = True
     """float16 autocast and gradient scaling on CUDA (ignored on the CPU)."""
@@ -130,6 +157,9 @@ class NeRFConfig:
     sampler: HierarchicalConfig = dc_field(default_factory=HierarchicalConfig)
     separate_coarse: bool = True
     """A second network for the coarse level (NeRF); False queries the same one twice."""
+    optim: OptimConfig = dc_field(default_factory=lambda: mlp_optim(
+        lr=5e-4, lr_final=5e-5, warmup_steps=0, target_samples=1 << 16))
+    """Vanilla NeRF's: lr 5e-4 decaying to 5e-5."""
 
 
 @dataclass
@@ -147,6 +177,9 @@ class MipNeRFConfig:
     skip: int = 4
     sampler: HierarchicalConfig = dc_field(default_factory=lambda: HierarchicalConfig(
         n_coarse=128, n_fine=128, union=False, padding=0.01, coarse_weight=0.1))
+    optim: OptimConfig = dc_field(default_factory=lambda: mlp_optim(
+        lr=5e-4, lr_final=5e-6, warmup_steps=512, target_samples=1 << 16))
+    """mip-NeRF's: lr 5e-4 -> 5e-6 with a 512-step warm-up."""
 
 
 @dataclass
@@ -168,6 +201,8 @@ class NeRFAEConfig:
     """Weight of mean ||z||^2 in the training loss (0 = off)."""
     sampler: HierarchicalConfig = dc_field(default_factory=lambda: HierarchicalConfig(
         n_coarse=64, n_fine=64, union=True, padding=0.01))
+    optim: OptimConfig = dc_field(default_factory=lambda: mlp_optim(
+        lr=1e-3, lr_final=5e-5, warmup_steps=0, target_samples=1 << 14))
 
 
 @dataclass
@@ -196,22 +231,51 @@ class NerfactoConfig:
     """Maximum resolution of each proposal network's hash grid (5 levels, 2^17 entries)."""
     proposal_hidden: int = 16
     interlevel_weight: float = 1.0
+    optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
+        schedule="log_linear", lr_final=1e-4, warmup_steps=512, target_samples=1 << 15,
+        early_stop=False, distortion_weight=0.002))
+    """nerfacto's: log-linear decay 1e-2 -> 1e-4, distortion loss 0.002 (in s), no pruning."""
+
+
+@dataclass
+class NGPConfig(NGPFieldConfig):
+    """Instant-NGP: the hash-grid field (``grid``, ``hidden``, ...) sampled through an occupancy
+    grid (``occupancy``); Instant-NGP's Adam (eps 1e-15, weight decay 1e-6 on the MLPs)."""
+
+    occupancy: OccupancyGridConfig = dc_field(default_factory=OccupancyGridConfig)
+    optim: OptimConfig = dc_field(default_factory=OptimConfig)
 
 
 @dataclass
 class RunConfig:
+    """Everything a run does. ``model`` names the model (a key of
+    :data:`radfield.models.REGISTRY`); its settings, training recipe included, are the section of
+    the same name."""
+
     model: str = "ngp"
     data: DataConfig = dc_field(default_factory=DataConfig)
-    ngp: NGPFieldConfig = dc_field(default_factory=NGPFieldConfig)
-    grid: OccupancyGridConfig = dc_field(default_factory=OccupancyGridConfig)
+    ngp: NGPConfig = dc_field(default_factory=NGPConfig)
     nerf: NeRFConfig = dc_field(default_factory=NeRFConfig)
     tiny: NeRFConfig = dc_field(default_factory=lambda: NeRFConfig(
         encoding=_positional(6), direction_freqs=0, depth=4, width=128, skip=-1, separate_coarse=False,
-        sampler=HierarchicalConfig(n_coarse=64, n_fine=0)))
+        sampler=HierarchicalConfig(n_coarse=64, n_fine=0),
+        optim=mlp_optim(lr=1e-3, lr_final=5e-5, warmup_steps=0, target_samples=1 << 14)))
     mipnerf: MipNeRFConfig = dc_field(default_factory=MipNeRFConfig)
     nerfae: NeRFAEConfig = dc_field(default_factory=NeRFAEConfig)
     nerfacto: NerfactoConfig = dc_field(default_factory=NerfactoConfig)
     train: TrainConfig = dc_field(default_factory=TrainConfig)
+
+    @property
+    def section(self):
+        """The model's own section (``self.ngp`` for ``model="ngp"``, ...)."""
+        if not hasattr(self, self.model) or not hasattr(getattr(self, self.model), "optim"):
+            raise RadfieldError(f"model {self.model!r} has no configuration section")
+        return getattr(self, self.model)
+
+    @property
+    def optim(self) -> OptimConfig:
+        """The model's training recipe, ``self.section.optim``."""
+        return self.section.optim
 
 
 def _from_dict(cls, data: dict):
@@ -230,8 +294,6 @@ def _from_dict(cls, data: dict):
 
 
 def run_config_from_dict(data: dict) -> RunConfig:
-    if "field" in data and "ngp" not in data:  # runs written before the model zoo
-        data = {**data, "ngp": data["field"]}
     return _from_dict(RunConfig, data)
 
 
@@ -239,59 +301,98 @@ def run_config_to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-MODELS = ("ngp", "nerfacto", "nerf", "mipnerf", "tiny", "nerfae")
-
-# Adam as the MLP papers use it (eps 1e-8, no weight decay), log-linear decay, every sample kept.
-_MLP_TRAINING = {"train.lr_schedule": "log_linear", "train.eps": 1e-8, "train.weight_decay": 0.0,
-                 "train.early_stop": False}
-# nerfacto: log-linear decay 1e-2 -> 1e-4, distortion loss 0.002 (in s), no sample pruning.
-_NERFACTO = {"model": "nerfacto", "train.lr_schedule": "log_linear", "train.lr_final": 1e-4,
-             "train.distortion_weight": 0.002, "train.early_stop": False}
-
 PRESETS: dict[str, dict] = {
-    # Instant-NGP as in the paper: tables of 2^19 per level, 64^3 occupancy grid.
-    "ngp": {},
-    # A small, fast configuration for CPU demos and tests.
-    "ngp-small": {"ngp.grid.log2_table_size": 17, "ngp.grid.max_resolution": 512,
-                  "train.target_samples": 1 << 15},
-    "nerfacto": {**_NERFACTO, "train.warmup_steps": 512, "train.target_samples": 1 << 15},
-    # nerfacto sized for a CPU: 128 -> 64 -> 32 samples, smaller tables.
-    "nerfacto-small": {**_NERFACTO, "train.warmup_steps": 256, "train.target_samples": 1 << 14,
+    # One preset per model, named after it, setting the model alone: the defaults of its section
+    # are the method as published (RunConfig(model=M) trains exactly as --model M).
+    "ngp": {"model": "ngp"},
+    "nerfacto": {"model": "nerfacto"},
+    "nerf": {"model": "nerf"},
+    "mipnerf": {"model": "mipnerf"},
+    "tiny": {"model": "tiny"},
+    "nerfae": {"model": "nerfae"},
+    # Sized for a CPU.
+    "ngp-small": {"model": "ngp", "ngp.grid.log2_table_size": 17, "ngp.grid.max_resolution": 512,
+                  "ngp.optim.target_samples": 1 << 15},
+    # nerfacto: 128 -> 64 -> 32 samples, smaller tables.
+    "nerfacto-small": {"model": "nerfacto", "nerfacto.optim.warmup_steps": 256,
+                       "nerfacto.optim.target_samples": 1 << 14,
                        "nerfacto.grid.log2_table_size": 17, "nerfacto.grid.max_resolution": 1024,
                        "nerfacto.proposal_samples": (128, 64), "nerfacto.n_samples": 32},
-    # Vanilla NeRF as in the paper: lr 5e-4 decaying to 5e-5.
-    "nerf": {"model": "nerf", **_MLP_TRAINING, "train.lr": 5e-4, "train.lr_final": 5e-5,
-             "train.warmup_steps": 0, "train.target_samples": 1 << 16},
-    # NeRF sized for a CPU: 4 x 128 networks, 32 + 64 samples.
-    "nerf-small": {"model": "nerf", **_MLP_TRAINING, "train.lr": 1e-3, "train.lr_final": 5e-5,
-                   "train.warmup_steps": 0, "train.target_samples": 1 << 14,
+    # NeRF: 4 x 128 networks, 32 + 64 samples.
+    "nerf-small": {"model": "nerf", "nerf.optim.lr": 1e-3, "nerf.optim.target_samples": 1 << 14,
                    "nerf.depth": 4, "nerf.width": 128, "nerf.skip": 2,
                    "nerf.sampler.n_coarse": 32, "nerf.sampler.n_fine": 64},
-    # mip-NeRF as in the paper: lr 5e-4 -> 5e-6 with a 512-step warm-up.
-    "mipnerf": {"model": "mipnerf", **_MLP_TRAINING, "train.lr": 5e-4, "train.lr_final": 5e-6,
-                "train.warmup_steps": 512, "train.target_samples": 1 << 16},
-    "mipnerf-small": {"model": "mipnerf", **_MLP_TRAINING, "train.lr": 1e-3, "train.lr_final": 5e-5,
-                      "train.warmup_steps": 100, "train.target_samples": 1 << 14,
+    "mipnerf-small": {"model": "mipnerf", "mipnerf.optim.lr": 1e-3, "mipnerf.optim.lr_final": 5e-5,
+                      "mipnerf.optim.warmup_steps": 100, "mipnerf.optim.target_samples": 1 << 14,
                       "mipnerf.depth": 4, "mipnerf.width": 128, "mipnerf.skip": 2,
                       "mipnerf.sampler.n_coarse": 48, "mipnerf.sampler.n_fine": 48},
-    # TinyNeRF (its network lives in RunConfig.tiny: 4 x 128, 64 uniform samples, no view
-    # dependence).
-    "tiny": {"model": "tiny", **_MLP_TRAINING, "train.lr": 1e-3, "train.lr_final": 5e-5,
-             "train.warmup_steps": 0, "train.target_samples": 1 << 14},
-    "nerfae": {"model": "nerfae", **_MLP_TRAINING, "train.lr": 1e-3, "train.lr_final": 5e-5,
-               "train.warmup_steps": 0, "train.target_samples": 1 << 14},
 }
-"""Named presets: dotted overrides of the defaults above, one per method. ``--model M`` alone
-uses preset ``M``; a preset may set ``model`` itself."""
+"""Named presets: dotted overrides of the defaults above. ``--model M`` alone uses preset ``M``,
+which sets only ``model``; every preset sets its model."""
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_value(dotted: str, value, hint):
+    """``value`` as a field of type ``hint`` takes it (ints widen to floats, lists become
+    tuples), else a RadfieldError naming the option, the type and the value."""
+    def bad():
+        return RadfieldError(f"option {dotted!r}: expected {_type_name(hint)}, got {value!r}")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return check_value(dotted, value, arg)
+            except RadfieldError:
+                continue
+        raise bad()
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(check_value(dotted, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise bad()
+        return tuple(check_value(dotted, v, a) for v, a in zip(value, args))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    raise bad()
 
 
 def apply_overrides(config: RunConfig, overrides: dict) -> RunConfig:
-    """Set dotted fields, e.g. ``{"train.lr": 1e-3}``; unknown names raise RadfieldError."""
+    """Set dotted fields, e.g. ``{"nerf.optim.lr": 1e-3}``. An unknown name, a whole section or a
+    value of the wrong type is a RadfieldError (one line, naming the option)."""
     for dotted, value in overrides.items():
         obj, *path, leaf = [config] + dotted.split(".")
-        for name in path:
-            obj = getattr(obj, name)
-        if not hasattr(obj, leaf):
-            raise RadfieldError(f"unknown option {dotted!r}")
-        setattr(obj, leaf, value)
+        for depth, name in enumerate(path + [leaf]):
+            if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
+                where = ".".join(path[:depth]) or "the configuration"
+                known = ", ".join(f.name for f in dataclasses.fields(obj)) if dataclasses.is_dataclass(obj) else ""
+                raise RadfieldError(f"unknown option {dotted!r}" + (f" ({where} has: {known})" if known else ""))
+            if name != leaf or depth < len(path):
+                obj = getattr(obj, name)
+        hint = typing.get_type_hints(type(obj))[leaf]
+        if dataclasses.is_dataclass(hint):
+            raise RadfieldError(f"option {dotted!r} is a section: set its fields "
+                                f"(e.g. {dotted}.{dataclasses.fields(hint)[0].name})")
+        setattr(obj, leaf, check_value(dotted, value, hint))
     return config

@@ -27,17 +27,17 @@ import torch
 
 from radfield.cameras import pixel_rays, project
 from radfield.cli import main
-from radfield.config import HSMConfig, PRESETS, RunConfig, apply_overrides
+from radfield.config import HSMConfig, RunConfig
 from radfield.data import load_scene
 from radfield.data.multiscale import make_multiscale
 from radfield.data.synthetic import make_scene
 from radfield.errors import RadfieldError
-from radfield.evaluation.evaluate import evaluate_run, load_run
+from radfield.evaluation.evaluate import evaluate_run
 from radfield.evaluation.metrics import psnr
 from radfield.rendering.images import render_image
 from radfield.losses import l2
 from radfield.losses.interlevel import interlevel_loss
-from radfield.models import build_model
+from radfield.models import SceneInfo, build_model
 from radfield.models.nerf import MipNeRFModel
 from radfield.rendering.backgrounds import LearnedBackground
 from radfield.rendering.volume import render, render_weights
@@ -46,20 +46,14 @@ from radfield.samplers.samples import Samples, packed_from_bins
 from radfield.training.schedules import log_linear_lr_at
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, loss_from_raw,
                                      photometric_objective)
+from radfield.training.checkpoint import load_run
 from radfield.training.trainer import Trainer
+from conftest import make_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_TRAIN, N_VAL, N_TEST, SIZE = 20, 1, 3, 32
 WHITE = torch.ones(3)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared, busy cores intra-op threading only slows these small
-    batches down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +65,6 @@ def scene(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def train_data(scene):
     return load_scene(scene, "train")
-
-
-def make_config(scene, preset: str, overrides: dict | None = None, steps: int = 5) -> RunConfig:
-    config = apply_overrides(RunConfig(), PRESETS[preset])
-    config.data.path = str(scene)
-    config.train.max_steps = steps
-    config.train.eval_every = 1e9
-    config.train.val_images = 1
-    config.train.init_rays = 64  # the first step would otherwise carry 1024 rays
-    return apply_overrides(config, overrides or {})
 
 
 def make_trainer(config: RunConfig, run_dir) -> Trainer:
@@ -140,13 +124,21 @@ def ray_batch(model, data, seed: int, n_rays: int = 32) -> StepBatch:
     bg = torch.rand(n_rays, 3, generator=g)
     target = rgba[:, :3] * rgba[:, 3:] + bg * (1 - rgba[:, 3:])
     samples = model.sample(rays, training=True, generator=g)
-    return StepBatch(rays, samples, target, bg, model.field_inputs(rays, samples))
+    return StepBatch(rays, samples, target, bg)
+
+
+def field_inputs(model, batch: StepBatch) -> tuple:
+    return model.field_inputs(batch.rays, batch.samples)
+
+
+def raw_of(model, batch: StepBatch):
+    return model.field.raw(*field_inputs(model, batch))
 
 
 def build(scene, train_data, preset, overrides, seed=0):
     config = make_config(scene, preset, overrides)
     torch.manual_seed(seed)
-    model = build_model(config, train_data.aabb, len(train_data))
+    model = build_model(config, SceneInfo.from_data(train_data))
     if config.model == "nerfacto":
         # Hash tables start near zero, so at initialisation the main field's weights follow the
         # proposals' and the interlevel loss is 0; rough tables make it (and its gradient) live.
@@ -159,23 +151,24 @@ def build(scene, train_data, preset, overrides, seed=0):
 
 # Each model shrunk to train in a few seconds (measured on 2 busy cores, train + eval):
 # fewer samples, narrower MLPs, a short warm-up and a higher learning rate for the short run.
-SHORT = {"train.target_samples": 2048}
+def optim(model: str, target_samples: int = 2048, **values) -> dict:
+    """Overrides of ``model``'s training recipe (``<model>.optim.<name>``)."""
+    return {f"{model}.optim.{k}": v for k, v in {"target_samples": target_samples, **values}.items()}
+
+
 TRAIN_RUNS = {
-    "ngp-small": (100, {**SHORT, "grid.resolution": 32, "train.warmup_steps": 10}),
+    "ngp-small": (100, {**optim("ngp", warmup_steps=10), "ngp.occupancy.resolution": 32}),
     # RGBA data: nerfacto samples inside the scene box (nerfacto.bounded is resolved to True).
-    "nerfacto-small": (150, {**SHORT, "train.warmup_steps": 10,
-                             "train.lr_final": 1e-3, "nerfacto.proposal_samples": (64, 32),
-                             "nerfacto.n_samples": 32}),
-    "nerf-small": (250, {**SHORT, "nerf.width": 64,
-                         "nerf.sampler.n_coarse": 16, "nerf.sampler.n_fine": 32,
-                         "train.lr": 5e-3, "train.lr_final": 5e-4}),
-    "mipnerf-small": (200, {**SHORT, "mipnerf.width": 64, "mipnerf.sampler.n_coarse": 24,
-                            "mipnerf.sampler.n_fine": 24, "train.warmup_steps": 20,
-                            "train.lr": 1e-2, "train.lr_final": 1e-3}),
-    "tiny": (200, {**SHORT, "tiny.sampler.n_coarse": 32, "train.lr": 5e-3, "train.lr_final": 5e-4}),
-    "nerfae": (200, {**SHORT, "nerfae.width": 64, "nerfae.sampler.n_coarse": 16,
-                     "nerfae.sampler.n_fine": 16,
-                     "train.lr": 5e-3, "train.lr_final": 5e-4}),
+    "nerfacto-small": (150, {**optim("nerfacto", warmup_steps=10, lr_final=1e-3),
+                             "nerfacto.proposal_samples": (64, 32), "nerfacto.n_samples": 32}),
+    "nerf-small": (250, {**optim("nerf", lr=5e-3, lr_final=5e-4), "nerf.width": 64,
+                         "nerf.sampler.n_coarse": 16, "nerf.sampler.n_fine": 32}),
+    "mipnerf-small": (200, {**optim("mipnerf", warmup_steps=20, lr=1e-2, lr_final=1e-3),
+                            "mipnerf.width": 64, "mipnerf.sampler.n_coarse": 24,
+                            "mipnerf.sampler.n_fine": 24}),
+    "tiny": (200, {**optim("tiny", lr=5e-3, lr_final=5e-4), "tiny.sampler.n_coarse": 32}),
+    "nerfae": (200, {**optim("nerfae", lr=5e-3, lr_final=5e-4), "nerfae.width": 64,
+                     "nerfae.sampler.n_coarse": 16, "nerfae.sampler.n_fine": 16}),
 }
 
 
@@ -211,7 +204,7 @@ FULL = HSMConfig(enabled=True, min_fraction=1.0, max_fraction=1.0)
 HIER = {
     "nerf": ("nerf-small", {"nerf.width": 32, "nerf.density_activation": "softplus",
                             "nerf.sampler.n_coarse": 8, "nerf.sampler.n_fine": 16}),
-    "nerfacto": ("nerfacto-small", {"nerfacto.far": 4.0, "nerfacto.grid.log2_table_size": 12,
+    "nerfacto": ("nerfacto-small", {"nerfacto.bounded": False, "nerfacto.far": 4.0, "nerfacto.grid.log2_table_size": 12,
                                     "nerfacto.grid.max_resolution": 128,
                                     "nerfacto.proposal_samples": (16, 12), "nerfacto.n_samples": 8}),
     "nerfae": ("nerfae", {"nerfae.width": 32, "nerfae.latent": 8, "nerfae.sampler.n_coarse": 8,
@@ -224,8 +217,8 @@ def baseline_and_hsm_grads(model, data, seed=3):
     ``b = B``, each on its own copy of the model and the same batch."""
     twin = copy.deepcopy(model)
     batch = ray_batch(model, data, seed)
-    base = baseline_step(model.field, batch, OBJECTIVE)
-    result = HardSampleMiner(FULL).step(twin.field, ray_batch(twin, data, seed), OBJECTIVE)
+    base = baseline_step(model, batch, OBJECTIVE)
+    result = HardSampleMiner(FULL).step(twin, ray_batch(twin, data, seed), OBJECTIVE)
     assert result.loss == pytest.approx(base.loss, rel=1e-6)
     assert result.n_samples == base.n_samples == len(batch.samples)
     return grads_of(model), grads_of(twin), result
@@ -254,8 +247,8 @@ def test_nerfae_latent_penalty_is_in_the_hsm_gradient(scene, train_data):
     batch = ray_batch(model, train_data, seed=5)
     # Its value: latent_penalty * mean |z|^2 over the batch's (final-level) samples.
     with torch.no_grad():
-        z = field.latent(batch.inputs[0])
-        loss, out = loss_from_raw(field, field.raw(*batch.inputs), batch, OBJECTIVE)
+        z = field.latent(field_inputs(model, batch)[0])
+        loss, out = loss_from_raw(model, raw_of(model, batch), batch, OBJECTIVE)
         objective = OBJECTIVE(out, batch)
     penalty = 0.5 * (z * z).sum(-1).mean()
     assert float(penalty) > 1e-3
@@ -268,7 +261,7 @@ def test_nerfae_latent_penalty_is_in_the_hsm_gradient(scene, train_data):
         torch.testing.assert_close(gh[k], gb[k], rtol=1e-4, atol=1e-7, msg=k)
     # ... and the penalty does move them (so the comparison above could fail without it).
     unpenalised = copy.deepcopy(model)
-    unpenalised.field.latent_penalty = 0.0
+    unpenalised.latent_penalty = 0.0
     g0, _, _ = baseline_and_hsm_grads(unpenalised, train_data)
     encoder = [k for k in gb if k.startswith("field.encoder")]
     assert max(float((gb[k] - g0[k]).abs().max() / g0[k].abs().max()) for k in encoder) > 1e-2
@@ -285,11 +278,10 @@ def test_coarse_level_loss_is_photometric_on_the_composited_coarse_render(scene,
     (level,) = batch.samples.levels
     n = batch.samples.n_rays
     with torch.no_grad():
-        loss, _ = loss_from_raw(model.field, model.field.raw(*batch.inputs), batch,
-                                photometric_objective(l2))
+        loss, _ = loss_from_raw(model, raw_of(model, batch), batch, photometric_objective(l2))
         # Fine level rendered densely from the fine network.
         s = batch.samples
-        sigma, rgb = model.field.activate(model.field.raw(*batch.inputs))
+        sigma, rgb = model.field.activate(raw_of(model, batch))
         fine, _, _ = dense_render(sigma, rgb, s.t_starts, s.t_ends, n, batch.background)
         # Coarse level: the coarse network on the level's bins, rendered without background.
         coarse = packed_from_bins(level.s)
@@ -315,8 +307,8 @@ def test_nerfacto_interlevel_term_and_where_its_gradient_goes(scene, train_data)
     batch = ray_batch(model, train_data, seed=11, n_rays=n)
     s = batch.samples
     with torch.no_grad():
-        loss, out = loss_from_raw(model.field, model.field.raw(*batch.inputs), batch, objective)
-        sigma, rgb = model.field.activate(model.field.raw(*batch.inputs))
+        loss, out = loss_from_raw(model, raw_of(model, batch), batch, objective)
+        sigma, rgb = model.field.activate(raw_of(model, batch))
         colour, _, w = dense_render(sigma, rgb, s.t_starts, s.t_ends, n, batch.background)
     torch.testing.assert_close(out.weights.view(n, -1), w, rtol=1e-4, atol=1e-6)
     photometric = ((colour - batch.target) ** 2).mean()
@@ -336,7 +328,7 @@ def test_nerfacto_interlevel_term_and_where_its_gradient_goes(scene, train_data)
     def step(interlevel_weight):
         m = copy.deepcopy(model)
         m.config.interlevel_weight = interlevel_weight
-        baseline_step(m.field, ray_batch(m, train_data, seed=13, n_rays=n), objective)
+        baseline_step(m, ray_batch(m, train_data, seed=13, n_rays=n), objective)
         return grads_of(m)
 
     g1, g0 = step(1.0), step(0.0)
@@ -348,7 +340,7 @@ def test_nerfacto_interlevel_term_and_where_its_gradient_goes(scene, train_data)
     only = copy.deepcopy(model)
     b = ray_batch(only, train_data, seed=13, n_rays=n)
     with torch.no_grad():
-        _, out = loss_from_raw(only.field, only.field.raw(*b.inputs), b, objective)
+        _, out = loss_from_raw(only, raw_of(only, b), b, objective)
     fs = torch.cat([b.samples.s_starts.view(n, -1), b.samples.s_ends.view(n, -1)[:, -1:]], dim=-1)
     sum(interlevel_loss(fs, out.weights.view(n, -1), lv.s, lv.weights) for lv in b.samples.levels).backward()
     g_inter = grads_of(only)
@@ -380,7 +372,7 @@ def test_opaque_last_weights_by_hand():
     torch.testing.assert_close(plain.rgb[0], torch.tensor([0.5, 0.25, 0.0]) + 0.25 * bg)
 
 
-TINY = {"tiny.width": 16, "tiny.sampler.n_coarse": 16, "train.target_samples": 1024}
+TINY = {"tiny.width": 16, "tiny.sampler.n_coarse": 16, "tiny.optim.target_samples": 1024}
 
 
 @pytest.mark.parametrize("hsm", [False, True], ids=["baseline", "hsm"])
@@ -402,10 +394,8 @@ def test_last_sample_background_through_the_trainer(scene, tmp_path):
                            tmp_path / "run")
     assert trainer.model.opaque_last and trainer.model.background is None
     batch = trainer.make_batch(64)
-    assert batch.opaque_last is True
     with torch.no_grad():
-        _, out = loss_from_raw(trainer.model.field, trainer.model.field.raw(*batch.inputs), batch,
-                               trainer.objective)
+        _, out = loss_from_raw(trainer.model, raw_of(trainer.model, batch), batch, trainer.objective)
     torch.testing.assert_close(out.opacity, torch.ones(64))
     result = trainer.train_step()
     assert math.isfinite(result.loss) and result.n_samples > 0
@@ -433,7 +423,7 @@ def test_mipnerf_thin_frustum_inputs(scene, train_data):
         inputs[shape] = model.field_inputs(rays, samples)
         assert model.field.raw(*inputs[shape]).shape == (n_rays * per_ray, 4)
 
-    d, radius, t = rays.directions[ri], rays.radii[ri], (t0 + t1) / 2
+    d, radius, t = rays.directions[ri], rays.get("radii")[ri], (t0 + t1) / 2
     mean, var, dirs = inputs["cone"]
     torch.testing.assert_close(mean, rays.origins[ri] + t[:, None] * d, rtol=0, atol=1e-4)
     torch.testing.assert_close(dirs, d)
@@ -466,7 +456,7 @@ def test_patch_batches_are_crops_of_the_training_images(scene, tmp_path):
     targets = batch.target.view(4, 8, 8, 3)
     for k in range(4):
         rays = batch.rays[k * 64:(k + 1) * 64]
-        (cam,) = rays.camera_indices.unique().tolist()
+        (cam,) = rays.get("camera_index").unique().tolist()
         # Recover each ray's pixel by projecting a point on it into its camera.
         uv, _ = project(data.cameras, cam, rays.origins + 3.0 * rays.directions)
         ij = (uv - 0.5).round()
@@ -485,9 +475,9 @@ def test_patch_batches_are_crops_of_the_training_images(scene, tmp_path):
 
 def test_log_linear_learning_rate_in_the_trainer(scene, tmp_path):
     lr, lr_final, warmup, steps = 2e-3, 1e-4, 5, 20
-    config = make_config(scene, "tiny", {**TINY, "train.lr": lr, "train.lr_final": lr_final,
-                                         "train.warmup_steps": warmup}, steps)
-    assert config.train.lr_schedule == "log_linear"
+    config = make_config(scene, "tiny", {**TINY, **optim("tiny", 1024, lr=lr, lr_final=lr_final,
+                                                             warmup_steps=warmup)}, steps)
+    assert config.optim.schedule == "log_linear"
     trainer = make_trainer(config, tmp_path / "run")
     for k in (3, 9):  # inside and after the warm-up
         trainer.train(stop=lambda step, k=k: step >= k)
@@ -511,7 +501,7 @@ def multiscale32(scene, tmp_path_factory):
 
 def _scale_of_rays(rays, fx_full: float) -> torch.Tensor:
     """The scale f of each ray from its pixel footprint: radii = z_per_t / (fx / f) * 2/sqrt(12)."""
-    return (rays.radii / rays.z_per_t * fx_full * math.sqrt(12) / 2).round().long()
+    return (rays.get("radii") / rays.z_per_t * fx_full * math.sqrt(12) / 2).round().long()
 
 
 def test_multiscale_groups_and_balanced_batches(multiscale32, tmp_path):
@@ -588,7 +578,7 @@ def test_cli_bad_options_exit_2_with_one_line(scene, tmp_path, capsys, args, wor
 def test_fit_left_appearance_protocol(scene, tmp_path, monkeypatch):
     """nerfacto's held-out-appearance protocol: the code fitted on an image's left half lowers
     the left-half error below the mean embedding's, and eval scores the right half only."""
-    from radfield.evaluation.evaluate import evaluate_run, fit_appearance_left, load_run
+    from radfield.evaluation.evaluate import evaluate_run, fit_appearance_left
     from radfield.rendering.backgrounds import background_color
 
     overrides = {**TRAIN_RUNS["nerfacto-small"][1], "nerfacto.appearance_dim": 4}

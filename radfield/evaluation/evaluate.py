@@ -9,31 +9,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from radfield.config import RunConfig, run_config_from_dict
+from radfield.cameras import pixel_rays
 from radfield.data import SceneData, load_scene_groups
+from radfield.errors import RadfieldError
 from radfield.evaluation.metrics import lpips_fn, psnr, psnr_uint8, ssim
 from radfield.evaluation.plots import colorize_depth
 from radfield.io import atomic_write, save_png
-from radfield.models import build_model
-from radfield.cameras import pixel_rays
-from radfield.errors import RadfieldError
+from radfield.rendering.backgrounds import background_color, ray_background
 from radfield.rendering.images import render_image
-from radfield.rendering.volume import render
-from radfield.training.checkpoint import load_checkpoint
-from radfield.rendering.backgrounds import background_color
-
-
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, torch.nn.Module]:
-    """The run's config and its trained model (in eval mode) from ``RUN_DIR/checkpoint.pt``."""
-    ck = load_checkpoint(Path(run_dir), map_location=device)
-    config = run_config_from_dict(json.loads(ck["config"]))
-    state = ck["model"]
-    aabb = state["aabb"] if "aabb" in state else state["field.aabb"]
-    n_images = state["field.appearance.weight"].shape[0] if "field.appearance.weight" in state else 0
-    model = build_model(config, aabb.to(device), n_images).to(device)
-    model.load_state_dict(ck["model"])
-    return config, model.eval()
-
+from radfield.rendering.pipeline import render_samples
+from radfield.training.checkpoint import load_run
 
 APPEARANCE_PROTOCOLS = ("mean", "fit-left")
 FIT_OPTIONS = {"steps": 100, "rays_per_step": 2048, "lr": 1e-2}
@@ -48,8 +33,7 @@ def fit_appearance_left(model, cameras, index: int, target: Tensor, background: 
     the right half only."""
     h, w = cameras.height, cameras.width
     dev = background.device
-    field = model.field
-    code = field.appearance.weight.detach().mean(0).clone().requires_grad_()
+    code = model.appearance_codes().detach().mean(0).clone().requires_grad_()
     opt = torch.optim.Adam([code], lr=lr)
     gen = torch.Generator(dev).manual_seed(seed)
     target = target.to(dev)
@@ -57,12 +41,10 @@ def fit_appearance_left(model, cameras, index: int, target: Tensor, background: 
         col = torch.randint(0, w // 2, (rays_per_step,), device=dev, generator=gen)
         row = torch.randint(0, h, (rays_per_step,), device=dev, generator=gen)
         rays = pixel_rays(cameras, torch.full_like(col, index), col, row)
-        rays.appearance = code.expand(rays_per_step, -1)
+        rays = rays.with_attrs(appearance=code.expand(rays_per_step, -1))
         with torch.no_grad():
             samples = model.sample(rays, training=False)
-        sigma, rgb = field.activate(field.raw(*model.field_inputs(rays, samples)).float())
-        out = render(sigma, rgb, samples.t_starts, samples.t_ends, samples.ray_indices, len(rays),
-                     background, model.opaque_last)
+        out = render_samples(model, rays, samples, ray_background(model, rays, background))
         loss = ((out.rgb - target[row, col]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
@@ -128,7 +110,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     lpips = lpips_fn(device=device)
     out_dir = run_dir / "renders" / split
     jobs = [(g, i) for g in groups for i in range(0, len(g), every)]
-    has_appearance = getattr(model.field, "appearance_dim", 0) > 0
+    has_appearance = model.appearance_codes() is not None
     bar = None
     if progress:
         from tqdm import tqdm

@@ -15,7 +15,9 @@ def orbit_path(train: SceneData, n_frames: int = 120) -> Cameras:
     (those of camera 0). The circle's axis is the training cameras' mean up vector (world z for
     Blender scenes, whatever structure-from-motion chose for captures); its radius and height
     above the centre are the training cameras' mean ones, so the orbit stays where the captured
-    views were, which is what an unbounded scene can be rendered from."""
+    views were, which is what an unbounded scene can be rendered from. When the training cameras
+    carry ``times`` (a dynamic scene), the path carries times too, sweeping their range, so the
+    video plays the scene's motion while it orbits."""
     cams = train.cameras
     centre = (train.aabb[:3] + train.aabb[3:]) / 2
     up = cams.c2w[:, :3, 1].mean(0)
@@ -32,5 +34,9 @@ def orbit_path(train: SceneData, n_frames: int = 120) -> Cameras:
         eye = centre + height * up + radius * (math.cos(a) * e1 + math.sin(a) * e2)
         c2w.append(look_at(eye, centre, up))
     ones = torch.ones(n_frames)
-    return Cameras(torch.stack(c2w), cams.fx[0] * ones, cams.fy[0] * ones, cams.cx[0] * ones,
+    path = Cameras(torch.stack(c2w), cams.fx[0] * ones, cams.fy[0] * ones, cams.cx[0] * ones,
                    cams.cy[0] * ones, cams.width, cams.height)
+    times = cams.attrs.get("times")
+    if times is not None:  # a dynamic scene: the orbit sweeps its time range once
+        path = path.with_attrs(times=torch.linspace(float(times.min()), float(times.max()), n_frames))
+    return path

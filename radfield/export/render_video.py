@@ -7,12 +7,12 @@ from pathlib import Path
 
 from radfield.data import load_scene_groups
 from radfield.errors import RadfieldError
-from radfield.evaluation.evaluate import load_run
 from radfield.export.camera_path import orbit_path
 from radfield.export.video import write_video
 from radfield.io import to_uint8
 from radfield.rendering.images import render_image
 from radfield.rendering.backgrounds import background_color
+from radfield.training.checkpoint import load_run
 
 PATHS = ("orbit", "test")
 

@@ -2,7 +2,7 @@
 
 All implement :class:`radfield.fields.base.RadianceField`: ``raw(*inputs) -> (n_samples, C)``
 pre-activation outputs, column 0 the density, columns 1:4 the colour (``C > 4`` carries extra
-per-sample quantities the field penalises, see :meth:`NeRFAEField.raw_penalty`).
+per-sample quantities a model penalises in its ``extra_losses``, see :class:`NeRFAEField`).
 
 Positions are first mapped from the scene box ``aabb`` to ``[-1, 1]^3``
 (``x_n = (x - centre) / half_size``, one ``half_size`` for all axes, the largest), so the
@@ -145,21 +145,19 @@ class NeRFAEField(nn.Module):
     ``z`` (optionally L2-normalised) -> density MLP -> (density, features); colour MLP on
     ``(z, features, encoded direction)``.
 
-    ``raw(x, d) -> (n, 5)``: density, colour, and ``|z|^2`` (column 4), which
-    :meth:`raw_penalty` turns into ``latent_penalty * mean |z|^2``. Carrying it in ``raw`` keeps
+    ``raw(x, d) -> (n, 5)``: density, colour, and ``|z|^2`` (column 4), which the model's
+    ``extra_losses`` turns into ``latent_penalty * mean |z|^2``. Carrying it in ``raw`` keeps
     the penalty inside the gradient hard sample mining computes per sample.
     """
 
     def __init__(self, aabb: Tensor, encoding: EncodingConfig, latent: int = 32, encoder_depth: int = 3,
-                 width: int = 128, direction_freqs: int = 4, normalize_latent: bool = False,
-                 latent_penalty: float = 1e-3):
+                 width: int = 128, direction_freqs: int = 4, normalize_latent: bool = False):
         super().__init__()
         self.normalise = BoxNormalisation(aabb)
         self.position_encoding = build_encoding(encoding, 3)
         self.encoder = nn.Sequential(SkipMLP(self.position_encoding.n_out, encoder_depth, width),
                                      nn.Linear(width, latent))
         self.normalize_latent = normalize_latent
-        self.latent_penalty = latent_penalty
         self.density_mlp = nn.Sequential(nn.Linear(latent, width), nn.ReLU(inplace=True),
                                          nn.Linear(width, 1 + width // 2))
         self.direction_encoding = PositionalEncoding(3, direction_freqs)
@@ -182,9 +180,3 @@ class NeRFAEField(nn.Module):
 
     def density(self, x: Tensor) -> Tensor:
         return F.softplus(self.density_mlp(self.latent(x))[:, 0] - 1.0)
-
-    def raw_penalty(self, raw: Tensor) -> Tensor:
-        """``latent_penalty * mean_i |z_i|^2`` over the batch's samples."""
-        if self.latent_penalty == 0 or raw.shape[0] == 0:
-            return raw.sum() * 0.0
-        return self.latent_penalty * raw[:, 4].mean()

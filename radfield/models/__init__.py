@@ -1,30 +1,41 @@
 """Models: a field plus the sampler that feeds it, built from a :class:`RunConfig`.
 
 The surface every model offers training, evaluation and export is described in
-:mod:`radfield.models.base`.
+:mod:`radfield.models.base`. A new model is its field (``radfield/fields/``), its model file
+here, its section of :class:`radfield.config.RunConfig` and one line in :data:`REGISTRY`.
 """
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from radfield.config import MODELS, RunConfig
+from radfield.config import RunConfig
 from radfield.errors import RadfieldError
-from radfield.models.base import Model
+from radfield.models.base import Model, SceneInfo
 from radfield.models.nerf import MipNeRFModel, NeRFAEModel, NeRFModel, TinyNeRFModel
 from radfield.models.nerfacto import NerfactoModel
 from radfield.models.ngp import NGPModel
 
-REGISTRY = {"ngp": NGPModel, "nerfacto": NerfactoModel, "nerf": NeRFModel, "mipnerf": MipNeRFModel,
-            "tiny": TinyNeRFModel, "nerfae": NeRFAEModel}
-assert tuple(REGISTRY) == MODELS
+REGISTRY: dict[str, type[Model]] = {
+    "ngp": NGPModel,
+    "nerfacto": NerfactoModel,
+    "nerf": NeRFModel,
+    "mipnerf": MipNeRFModel,
+    "tiny": TinyNeRFModel,
+    "nerfae": NeRFAEModel,
+}
+"""Model name (``--model``, ``RunConfig.model``, the name of its config section) -> class."""
 
-__all__ = ["Model", "build_model", "REGISTRY"]
+__all__ = ["Model", "SceneInfo", "build_model", "model_class", "REGISTRY"]
 
 
-def build_model(config: RunConfig, aabb: Tensor, n_images: int = 0) -> Model:
-    """The model ``config.model`` over the scene box ``aabb``; ``n_images`` training images (for
-    per-image appearance embeddings)."""
-    if config.model not in REGISTRY:
-        raise RadfieldError(f"unknown model {config.model!r} (choose from: {', '.join(MODELS)})")
-    return REGISTRY[config.model](config, aabb, n_images)
+def model_class(name: str) -> type[Model]:
+    if name not in REGISTRY:
+        raise RadfieldError(f"unknown model {name!r} (choose from: {', '.join(REGISTRY)})")
+    return REGISTRY[name]
+
+
+def build_model(config: RunConfig, scene: SceneInfo) -> Model:
+    """The model ``config.model`` for ``scene``: the model first resolves the options the data
+    decides (writing them into ``config``), then builds its networks."""
+    cls = model_class(config.model)
+    cls.configure(config, scene)
+    return cls(config, scene)

@@ -1,37 +1,100 @@
 """What every model offers training, evaluation and export (one surface for all of them).
 
-A model is a field plus the sampler that feeds it:
+A model is a field plus the sampler that feeds it, built for one scene:
 
-* ``field``: a :class:`radfield.fields.base.RadianceField` (the network the HSM step mines);
+* ``Model.configure(config, scene)`` (class method, before building): resolve the options the
+  data decides (e.g. nerfacto samples inside the box on RGBA data) and write them into
+  ``config``, so ``config.json`` records what ran;
+* ``Model(config, scene)``: the networks; ``scene`` (:class:`SceneInfo`) is all a model may know
+  of its data, and ``build_args()`` saves it in the checkpoint so a run rebuilds exactly;
 * ``sample(rays, training, generator, early_stop) -> Samples``: packed samples of the final
   level; hierarchical samplers put their earlier levels (with graphs, when training) in
   ``samples.levels`` for the training loss;
 * ``field_inputs(rays, samples) -> tuple``: the field's per-sample inputs, ``field.raw(*inputs)``;
+* ``extra_losses(rays, samples, raw) -> dict``: weighted training losses beyond the shared
+  objective, from the final level's pre-activation outputs ``raw`` (a per-sample penalty, which
+  hard sample mining then sees per sample) or from the field itself with a graph of their own
+  (an eikonal term on the field's spatial gradient, a smoothness term on a deformation; both
+  training steps back-propagate those in full);
 * ``update(step, generator)``: the sampler's periodic bookkeeping (e.g. an occupancy grid);
-* ``param_groups(train_config)``: optimiser parameter groups;
+* ``param_groups(optim)``: optimiser parameter groups (a group may carry its own ``lr``);
+* ``log_scalars() -> dict``: the model's own figures for the training log;
+* ``appearance_codes()``: per-image appearance codes (evaluation protocols fit held-out ones);
 * ``background``: a learned background module or None; ``opaque_last``: the "last sample"
-  background (the last interval of each ray is opaque);
-* buffer ``aabb`` ``(6,)``: the scene box the model was built for.
+  background (the last interval of each ray is opaque).
+
+Rendering is not a model method: :func:`radfield.rendering.pipeline.render_samples` is the one
+path from a model, rays and samples to pixels.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from radfield.cameras import Rays
-from radfield.config import RunConfig, TrainConfig
+from radfield.config import OptimConfig, RunConfig
 from radfield.rendering.backgrounds import LearnedBackground, check_background
 from radfield.samplers.samples import Samples
 
 
+@dataclass
+class SceneInfo:
+    """What a model is built for: the scene box, the training images and what the data holds.
+
+    Attributes:
+        aabb: ``(6,)`` scene box ``(xmin, ymin, zmin, xmax, ymax, zmax)``.
+        n_images: training images (per-image embeddings, pose corrections, ...).
+        has_alpha: the training images are RGBA (an object on a transparent background).
+        time_range: ``(t_min, t_max)`` of a dynamic scene's frames, or None.
+    """
+
+    aabb: Tensor
+    n_images: int = 0
+    has_alpha: bool = False
+    time_range: tuple[float, float] | None = None
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_data(cls, data) -> "SceneInfo":
+        """From a :class:`radfield.data.SceneData` (the training split)."""
+        times = data.cameras.attrs.get("times")
+        if times is None:
+            times = data.times
+        return cls(data.aabb.float().clone(), len(data), bool(data.has_alpha),
+                   None if times is None else (float(times.min()), float(times.max())))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["aabb"] = [float(v) for v in self.aabb.tolist()]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SceneInfo":
+        time_range = d.get("time_range")
+        return cls(torch.tensor(d["aabb"], dtype=torch.float32), int(d.get("n_images", 0)),
+                   bool(d.get("has_alpha", False)), None if time_range is None else tuple(time_range),
+                   dict(d.get("meta") or {}))
+
+
 class Model(nn.Module):
-    def __init__(self, config: RunConfig, aabb: Tensor):
+    def __init__(self, config: RunConfig, scene: SceneInfo):
         super().__init__()
         check_background(config.train.background)
-        self.register_buffer("aabb", aabb.float().clone())
+        self.scene = scene
+        self.register_buffer("aabb", scene.aabb.float().clone())
         self.background = LearnedBackground() if config.train.background == "learned" else None
         self.opaque_last = config.train.background == "last_sample"
+
+    @classmethod
+    def configure(cls, config: RunConfig, scene: SceneInfo) -> None:
+        """Resolve the options of ``config.<model>`` that depend on the data (default: none)."""
+
+    def build_args(self) -> dict:
+        """What rebuilds this model besides its config (saved in checkpoints)."""
+        return self.scene.to_dict()
 
     def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:
@@ -41,14 +104,26 @@ class Model(nn.Module):
         """``(positions (n_samples, 3), unit directions (n_samples, 3))``."""
         return samples.positions(rays), samples.directions(rays)
 
+    def extra_losses(self, rays: Rays, samples: Samples, raw: Tensor) -> dict[str, Tensor]:
+        """Weighted losses added to the training objective (default: none)."""
+        return {}
+
     def update(self, step: int, generator: torch.Generator | None = None) -> None:
         pass
 
-    def mlp_param_groups(self, modules: list[nn.Module], train: TrainConfig) -> list[dict]:
+    def appearance_codes(self) -> Tensor | None:
+        """``(n_images, k)`` per-training-image appearance codes, or None (no embeddings).
+        Rays with an ``appearance`` attribute use that code instead."""
+        return None
+
+    def log_scalars(self) -> dict[str, float]:
+        return {}
+
+    def mlp_param_groups(self, modules: list[nn.Module], optim: OptimConfig) -> list[dict]:
         params = [p for m in modules for p in m.parameters()]
         if self.background is not None:
             params += list(self.background.parameters())
-        return [{"params": params, "lr": train.lr, "weight_decay": train.weight_decay}]
+        return [{"params": params, "lr": optim.lr, "weight_decay": optim.weight_decay}]
 
-    def param_groups(self, train: TrainConfig) -> list[dict]:
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
         raise NotImplementedError

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 
 from radfield.cameras import Rays
-from radfield.config import HierarchicalConfig, RunConfig, TrainConfig
+from radfield.config import HierarchicalConfig, OptimConfig, RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.nerf import MipNeRFField, NeRFAEField, NeRFField
-from radfield.models.base import Model
-from radfield.rendering.volume import render
+from radfield.models.base import Model, SceneInfo
+from radfield.rendering.pipeline import render_samples
 from radfield.samplers.frustums import conical_frustum_to_gaussian, cylinder_to_gaussian
 from radfield.samplers.occupancy import box_near_far
 from radfield.samplers.proposal import sample_pdf, uniform_bins
@@ -44,10 +44,7 @@ class HierarchicalModel(Model):
             return packed_from_bins(t)
         coarse = packed_from_bins(t)
         with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            raw = self.coarse_field.raw(*self.field_inputs(rays, coarse))
-            sigma, rgb = self.coarse_field.activate(raw.float())
-            out = render(sigma, rgb, coarse.t_starts, coarse.t_ends, coarse.ray_indices, len(rays),
-                         None, self.opaque_last)
+            out = render_samples(self, rays, coarse, None, field=self.coarse_field)
         w = out.weights.view(len(rays), -1)
         t_fine = sample_pdf(t, w, cfg.n_fine, cfg.padding, jitter=training, generator=generator)
         if cfg.union:
@@ -55,17 +52,19 @@ class HierarchicalModel(Model):
         levels = [Level(t, w, out.rgb, out.opacity, cfg.coarse_weight)] if training else []
         return packed_from_bins(t_fine, levels=levels)
 
-    def param_groups(self, train: TrainConfig) -> list[dict]:
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
         separate = self.coarse_field is not self.field
-        return self.mlp_param_groups([self.field, self.coarse_field] if separate else [self.field], train)
+        return self.mlp_param_groups([self.field, self.coarse_field] if separate else [self.field], optim)
 
 
 class NeRFModel(HierarchicalModel):
     """Vanilla NeRF (``config.nerf``) or TinyNeRF (``config.tiny``)."""
 
-    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0, tiny: bool = False):
-        super().__init__(config, aabb)
-        cfg = config.tiny if tiny else config.nerf
+    section = "nerf"
+
+    def __init__(self, config: RunConfig, scene: SceneInfo):
+        super().__init__(config, scene)
+        cfg, aabb = getattr(config, self.section), self.aabb
         self.sampler = cfg.sampler
 
         def make() -> NeRFField:
@@ -77,16 +76,15 @@ class NeRFModel(HierarchicalModel):
 
 
 class TinyNeRFModel(NeRFModel):
-    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0):
-        super().__init__(config, aabb, n_images, tiny=True)
+    section = "tiny"
 
 
 class MipNeRFModel(HierarchicalModel):
     """mip-NeRF: field inputs are the Gaussians of the samples' conical frustums (or cylinders)."""
 
-    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0):
-        super().__init__(config, aabb)
-        cfg = config.mipnerf
+    def __init__(self, config: RunConfig, scene: SceneInfo):
+        super().__init__(config, scene)
+        cfg, aabb = config.mipnerf, self.aabb
         if cfg.shape not in FRUSTUM_SHAPES:
             raise RadfieldError(f"mipnerf.shape: unknown shape {cfg.shape!r} "
                                 f"(choose from: {', '.join(FRUSTUM_SHAPES)})")
@@ -98,19 +96,28 @@ class MipNeRFModel(HierarchicalModel):
 
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
         """``(mean (n_samples, 3), diagonal variance (n_samples, 3), directions (n_samples, 3))``."""
-        if rays.radii is None:
+        radii = rays.get("radii")
+        if radii is None:
             raise RadfieldError("mipnerf needs rays with pixel radii (rays from radfield.cameras)")
         ri = samples.ray_indices
         d = rays.directions[ri]
-        offset, var = self.to_gaussian(d, samples.t_starts, samples.t_ends, rays.radii[ri])
+        offset, var = self.to_gaussian(d, samples.t_starts, samples.t_ends, radii[ri])
         return rays.origins[ri] + offset, var, d
 
 
 class NeRFAEModel(HierarchicalModel):
-    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0):
-        super().__init__(config, aabb)
+    def __init__(self, config: RunConfig, scene: SceneInfo):
+        super().__init__(config, scene)
         cfg = config.nerfae
         self.sampler = cfg.sampler
-        self.field = NeRFAEField(aabb, cfg.encoding, cfg.latent, cfg.encoder_depth, cfg.width,
-                                 cfg.direction_freqs, cfg.normalize_latent, cfg.latent_penalty)
+        self.latent_penalty = cfg.latent_penalty
+        self.field = NeRFAEField(self.aabb, cfg.encoding, cfg.latent, cfg.encoder_depth, cfg.width,
+                                 cfg.direction_freqs, cfg.normalize_latent)
         self.coarse_field = self.field
+
+    def extra_losses(self, rays: Rays, samples: Samples, raw: Tensor) -> dict[str, Tensor]:
+        """``latent_penalty * mean_i |z_i|^2`` over the final level's samples, from ``raw``'s
+        column 4 (so hard sample mining sees the penalty per sample)."""
+        if self.latent_penalty == 0 or raw.shape[0] == 0:
+            return {}
+        return {"latent": self.latent_penalty * raw[:, 4].float().mean()}

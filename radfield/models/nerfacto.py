@@ -13,10 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from radfield.cameras import Rays
-from radfield.config import RunConfig, TrainConfig
+from radfield.config import OptimConfig, RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.nerfacto import NerfactoField, ProposalDensityField
-from radfield.models.base import Model
+from radfield.models.base import Model, SceneInfo
 from radfield.rendering.volume import render_weights
 from radfield.samplers.occupancy import box_near_far
 from radfield.samplers.proposal import s_to_t, sample_pdf, uniform_bins
@@ -24,13 +24,20 @@ from radfield.samplers.samples import Level, Samples, packed_from_bins
 
 
 class NerfactoModel(Model):
-    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0):
-        super().__init__(config, aabb)
+    @classmethod
+    def configure(cls, config: RunConfig, scene: SceneInfo) -> None:
+        """``bounded`` unset: sample inside the box on RGBA data (an object scene)."""
+        if config.nerfacto.bounded is None:
+            config.nerfacto.bounded = scene.has_alpha
+
+    def __init__(self, config: RunConfig, scene: SceneInfo):
+        super().__init__(config, scene)
         cfg = self.config = config.nerfacto
         if len(cfg.proposal_grids) != len(cfg.proposal_samples):
             raise RadfieldError("nerfacto: proposal_grids and proposal_samples need one entry per proposal level")
+        aabb = self.aabb
         self.field = NerfactoField(aabb, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
-                                   n_images, cfg.contraction)
+                                   scene.n_images, cfg.contraction)
         self.proposals = nn.ModuleList(
             ProposalDensityField(aabb, res, cfg.proposal_hidden, cfg.contraction) for res in cfg.proposal_grids)
 
@@ -66,20 +73,24 @@ class NerfactoModel(Model):
         return packed_from_bins(t, s, levels if training else [])
 
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
-        """``(positions, directions, appearance code)`` per sample: the rays' own codes when they
-        carry them, else their image's embedding (the mean one for rays without an image)."""
+        """``(positions, directions, appearance code)`` per sample: the rays' own ``appearance``
+        codes when they carry them, else the embedding of their ``train_index`` (the mean one
+        for rays of other views)."""
         ri = samples.ray_indices
-        if rays.appearance is not None:
-            codes = rays.appearance
-        else:
-            index = rays.camera_indices if rays.camera_indices is not None else torch.full(
-                (len(rays),), -1, dtype=torch.long, device=rays.origins.device)
+        codes = rays.get("appearance")
+        if codes is None:
+            index = rays.get("train_index")
+            if index is None:
+                index = torch.full((len(rays),), -1, dtype=torch.long, device=rays.origins.device)
             codes = self.field.appearance_code(index)
         return samples.positions(rays), rays.directions[ri], codes[ri]
 
-    def param_groups(self, train: TrainConfig) -> list[dict]:
+    def appearance_codes(self) -> Tensor | None:
+        return self.field.appearance.weight if self.field.appearance_dim else None
+
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
         grids = list(self.field.grid.parameters()) + [p for prop in self.proposals for p in prop.grid.parameters()]
         mlps = [self.field.density_mlp, self.field.color_mlp, self.field.appearance] + \
                [prop.mlp for prop in self.proposals]
-        groups = [{"params": grids, "lr": train.lr, "weight_decay": 0.0}]
-        return groups + self.mlp_param_groups(mlps, train)
+        groups = [{"params": grids, "lr": optim.lr, "weight_decay": 0.0}]
+        return groups + self.mlp_param_groups(mlps, optim)

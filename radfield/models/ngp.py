@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from radfield.cameras import Rays
-from radfield.config import RunConfig, TrainConfig
+from radfield.config import OptimConfig, RunConfig
 from radfield.fields.ngp import NGPField
-from radfield.models.base import Model
+from radfield.models.base import Model, SceneInfo
 from radfield.samplers.occupancy import OccupancyGrid
 from radfield.samplers.samples import Samples
 
 
 class NGPModel(Model):
-    def __init__(self, config: RunConfig, aabb: Tensor, n_images: int = 0):
-        super().__init__(config, aabb)
-        self.field = NGPField(aabb, config.ngp)
-        self.grid = OccupancyGrid(aabb, config.grid)
+    def __init__(self, config: RunConfig, scene: SceneInfo):
+        super().__init__(config, scene)
+        self.field = NGPField(self.aabb, config.ngp)
+        self.grid = OccupancyGrid(self.aabb, config.ngp.occupancy)
 
     def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:
@@ -28,9 +27,12 @@ class NGPModel(Model):
         if step % self.grid.config.update_every == 0:
             self.grid.update(self.field.density, generator=generator)
 
-    def param_groups(self, train: TrainConfig) -> list[dict]:
-        groups = self.field.param_groups(train.lr, train.weight_decay)
+    def log_scalars(self) -> dict[str, float]:
+        return {"occupancy": self.grid.occupancy_fraction()}
+
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
+        groups = self.field.param_groups(optim.lr, optim.weight_decay)
         if self.background is not None:
-            groups.append({"params": list(self.background.parameters()), "lr": train.lr,
-                           "weight_decay": train.weight_decay})
+            groups.append({"params": list(self.background.parameters()), "lr": optim.lr,
+                           "weight_decay": optim.weight_decay})
         return groups

@@ -29,6 +29,29 @@ def background_color(name: str, device) -> Tensor:
     return torch.tensor(CONSTANT_BACKGROUNDS[name], device=device)
 
 
+def ray_background(model, rays, colour: Tensor | None) -> Tensor | None:
+    """What the rays of ``model`` see behind their last sample: the model's learned background
+    on the ray directions when it has one, else ``colour`` (``(3,)``, ``(n_rays, 3)`` or None
+    for none). Every render path asks this function, so a learned background is used
+    everywhere or nowhere."""
+    if getattr(model, "background", None) is not None:
+        return model.background(rays.directions)
+    return colour
+
+
+def training_colour(kind: str, has_alpha: bool, n_rays: int, eval_colour: Tensor,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """The colour training targets are composited over for ``train.background = kind``: a random
+    colour per ray for ``random`` on RGBA data, the constant for ``white`` / ``black``, else the
+    evaluation colour (``random`` on opaque data, ``last_sample``, ``learned``, which
+    :func:`ray_background` then replaces with the model's own)."""
+    if kind == "random" and has_alpha:
+        return torch.rand(n_rays, 3, device=eval_colour.device, generator=generator)
+    if kind in CONSTANT_BACKGROUNDS:
+        return background_color(kind, eval_colour.device).expand(n_rays, 3)
+    return eval_colour.expand(n_rays, 3)
+
+
 def check_background(name: str) -> None:
     if name not in BACKGROUNDS:
         raise RadfieldError(f"unknown background {name!r} (choose from: {', '.join(BACKGROUNDS)})")

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from radfield.cameras import Cameras, Rays, image_rays
-from radfield.rendering.volume import render
+from radfield.rendering.backgrounds import ray_background
+from radfield.rendering.pipeline import render_samples
 
 
 @dataclass
@@ -22,35 +23,35 @@ class ImageRender:
 
 
 @torch.no_grad()
-def render_rays(model, rays: Rays, background: Tensor, chunk: int = 1 << 13) -> tuple[Tensor, Tensor, Tensor]:
+def render_rays(model, rays: Rays, background: Tensor | None, chunk: int = 1 << 13
+                ) -> tuple[Tensor, Tensor, Tensor]:
     """No-grad render of a ray batch in chunks: ``(rgb (n, 3), ray depth (n,), opacity (n,))``.
 
-    ``background`` ``(3,)`` is used unless the model has a learned background (or renders the
-    last sample opaque)."""
+    ``background`` ``(3,)`` is what the rays see behind the last sample unless the model has its
+    own (:func:`~radfield.rendering.backgrounds.ray_background`)."""
     rgbs, depths, opacities = [], [], []
-    for i in range(0, len(rays), chunk):
-        r = rays[i:i + chunk]
-        s = model.sample(r, training=False)
-        sigma, rgb = model.field.activate(model.field.raw(*model.field_inputs(r, s)).float())
-        bg = background if model.background is None else model.background(r.directions)
-        out = render(sigma, rgb, s.t_starts, s.t_ends, s.ray_indices, len(r), bg, model.opaque_last)
+    for r in rays.chunks(chunk):
+        samples = model.sample(r, training=False)
+        out = render_samples(model, r, samples, ray_background(model, r, background))
         rgbs.append(out.rgb)
         depths.append(out.depth)
         opacities.append(out.opacity)
     return torch.cat(rgbs), torch.cat(depths), torch.cat(opacities)
 
 
-def render_image(model, cameras: Cameras, index: int, background: Tensor,
+def render_image(model, cameras: Cameras, index: int, background: Tensor | None,
                  chunk: int = 1 << 13, appearance_index: int | None = None,
                  appearance_code: Tensor | None = None) -> ImageRender:
-    """Render camera ``index``. For models with appearance embeddings: ``appearance_index``, the
-    training image whose embedding to use, or ``appearance_code`` ``(k,)``, a code of one's own;
-    neither = the mean embedding (held-out views)."""
+    """Render camera ``index``; its rays carry the camera's attributes (e.g. its time).
+
+    For models with per-image state (appearance embeddings): ``appearance_index``, the training
+    image whose state to use (the rays' ``train_index``), or ``appearance_code`` ``(k,)``, a code
+    of one's own; neither = the model's default for other views (the mean embedding)."""
     rays = image_rays(cameras, index)
-    rays.camera_indices = None if appearance_index is None else torch.full_like(
-        rays.camera_indices, appearance_index)
+    if appearance_index is not None:
+        rays = rays.with_attrs(train_index=torch.full_like(rays.get("camera_index"), appearance_index))
     if appearance_code is not None:
-        rays.appearance = appearance_code.detach().expand(len(rays), -1)
+        rays = rays.with_attrs(appearance=appearance_code.detach().expand(len(rays), -1))
     rgb, ray_depth, opacity = render_rays(model, rays, background, chunk)
     planar = torch.where(opacity > 1e-3, ray_depth / opacity.clamp(min=1e-3) * rays.z_per_t,
                          torch.zeros_like(ray_depth))

@@ -1,10 +1,12 @@
 """The two training steps: the baseline step and the hard-sample-mining (HSM) step.
 
-Both take the same inputs and leave gradients in the parameters; the caller runs the optimiser.
-They share :func:`loss_from_raw`, the whole path from pre-activation field outputs to the scalar
-training loss (activations -> volume rendering -> background -> photometric loss -> regularisers),
-so ``--hsm`` optimises exactly the same objective as the baseline and only changes how much of it
-is back-propagated through the network (``shared/specs/hard-sample-mining.md``).
+Both take a model and a batch and leave gradients in the parameters; the caller runs the
+optimiser. They share :func:`loss_from_raw`, the whole path from pre-activation field outputs to
+the scalar training loss (the one render path,
+:func:`radfield.rendering.pipeline.render_samples`, then the objective and the model's
+``extra_losses``), so ``--hsm`` optimises exactly the same objective as the baseline and only
+changes how much of it is back-propagated through the network
+(``shared/specs/hard-sample-mining.md``).
 
 Hierarchical models (coarse + fine, proposal networks) sample their final level with earlier
 levels whose graphs are already built when the step starts (``batch.samples.levels``): their
@@ -25,10 +27,10 @@ from torch import Tensor
 
 from radfield.cameras import Rays
 from radfield.config import HSMConfig
-from radfield.fields.base import RadianceField
 from radfield.losses.interlevel import interlevel_loss
 from radfield.losses.regularisers import distortion
-from radfield.rendering.volume import RenderOutput, render
+from radfield.rendering.pipeline import render_samples
+from radfield.rendering.volume import RenderOutput
 from radfield.samplers.samples import Samples
 
 
@@ -40,12 +42,9 @@ class StepBatch:
     samples: Samples
     target: Tensor
     """``(n_rays, 3)``."""
-    background: Tensor
-    """``(n_rays, 3)`` or ``(3,)``; may carry a graph (a learned background)."""
-    inputs: tuple[Tensor, ...] = ()
-    """The field's per-sample inputs, each ``(n_samples, ...)``: ``field.raw(*inputs)``."""
-    opaque_last: bool = False
-    """Render with the last interval of each ray opaque ("last sample" background)."""
+    background: Tensor | None
+    """``(n_rays, 3)`` or ``(3,)`` (from :func:`radfield.rendering.backgrounds.ray_background`);
+    may carry a graph (a learned background)."""
     patch_size: int | None = None
     """Rays come as square patches of this size (row-major per patch) for patch losses."""
 
@@ -103,18 +102,14 @@ def photometric_objective(loss_fn: Callable[..., Tensor], distortion_weight: flo
     return objective
 
 
-def loss_from_raw(field_: RadianceField, raw: Tensor, batch: StepBatch, objective: Objective
+def loss_from_raw(model, raw: Tensor, batch: StepBatch, objective: Objective
                   ) -> tuple[Tensor, RenderOutput]:
-    """Activations, volume rendering and the training loss, from ``raw`` ``(n_samples, C)``
-    (plus the field's own per-sample penalty on ``raw``, if it has one)."""
-    sigma, rgb = field_.activate(raw.float())
-    s = batch.samples
-    out = render(sigma, rgb, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, batch.background,
-                 batch.opaque_last)
+    """The training loss from the final level's pre-activation outputs ``raw``
+    ``(n_samples, C)``: the one render path, the objective, and the model's ``extra_losses``."""
+    out = render_samples(model, batch.rays, batch.samples, batch.background, raw=raw)
     loss = objective(out, batch)
-    penalty = getattr(field_, "raw_penalty", None)
-    if penalty is not None:
-        loss = loss + penalty(raw.float())
+    for term in model.extra_losses(batch.rays, batch.samples, raw).values():
+        loss = loss + term
     return loss, out
 
 
@@ -122,13 +117,14 @@ def _mse(out: RenderOutput, batch: StepBatch) -> float:
     return ((out.rgb.detach() - batch.target) ** 2).mean().item()
 
 
-def baseline_step(field_: RadianceField, batch: StepBatch, objective: Objective,
+def baseline_step(model, batch: StepBatch, objective: Objective,
                   scale: Callable[[Tensor], Tensor] = lambda x: x, autocast=nullcontext) -> StepResult:
     """Forward all samples with the autograd graph, backward through all of them."""
     t0 = time.perf_counter()
+    inputs = model.field_inputs(batch.rays, batch.samples)
     with autocast():
-        raw = field_.raw(*batch.inputs)
-    loss, out = loss_from_raw(field_, raw, batch, objective)
+        raw = model.field.raw(*inputs)
+    loss, out = loss_from_raw(model, raw, batch, objective)
     t1 = time.perf_counter()
     scale(loss).backward()
     t2 = time.perf_counter()
@@ -169,18 +165,19 @@ class HardSampleMiner:
         lo, hi = self.config.min_fraction * n_samples, self.config.max_fraction * n_samples
         return int(min(max(n_samples / self.tau, lo), hi))
 
-    def step(self, field_: RadianceField, batch: StepBatch, objective: Objective,
+    def step(self, model, batch: StepBatch, objective: Objective,
              generator: torch.Generator | None = None, scale: Callable[[Tensor], Tensor] = lambda x: x,
              autocast=nullcontext) -> StepResult:
         t0 = time.perf_counter()
-        inputs = batch.inputs
+        field_ = model.field
+        inputs = model.field_inputs(batch.rays, batch.samples)
         n = len(batch.samples)
         device = batch.target.device
         with torch.no_grad(), autocast():
             raw_all = field_.raw(*inputs).float()
         t1 = time.perf_counter()
         raw_leaf = raw_all.requires_grad_()
-        loss, out = loss_from_raw(field_, raw_leaf, batch, objective)
+        loss, out = loss_from_raw(model, raw_leaf, batch, objective)
         # One backward through the tiny graph gives g = d loss / d raw in raw_leaf.grad and, in
         # the same pass, the full gradients of whatever else the loss depends on (earlier
         # sampling levels, a learned background).

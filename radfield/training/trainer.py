@@ -4,23 +4,32 @@ One step:
 
 1. draw ``n_rays`` random pixels over all training images (a seeded generator), or square
    patches of pixels when the loss needs them; multi-scale datasets give every scale the same
-   number of rays (mip-NeRF's area-weighted loss, in expectation);
+   number of rays (mip-NeRF's area-weighted loss, in expectation); the rays carry their
+   cameras' attributes and ``train_index``, the training image they come from;
 2. composite RGBA targets over the training background (random per ray by default: forces
    empty space to zero density);
 3. ``model.sample`` -> packed samples; ``baseline_step`` or the HSM step -> gradients;
-4. Adam step, learning-rate schedule, the model's periodic update (e.g. the occupancy grid);
-5. adapt ``n_rays`` so the next step has about ``target_samples`` samples.
+4. Adam step, learning-rate schedule (one factor for every parameter group's own rate), the
+   model's periodic update (e.g. the occupancy grid);
+5. adapt ``n_rays`` so the next step has about the model's ``optim.target_samples`` samples.
 
-Everything that decides the run's future (parameters, optimiser moments, occupancy grid, random
-generator, ray count, HSM tau, step, training time, history) goes into the checkpoint, so
-``--resume`` continues a step-limited run exactly.
+The trainer knows no model: what a model needs from the data, adds to the loss or reports to the
+log goes through its hooks (:mod:`radfield.models.base`).
+
+Everything that decides the run's future (parameters, optimiser moments, gradient scaler,
+occupancy grid, random generator, ray count, HSM tau, step, training time, history) goes into
+the checkpoint, so ``--resume`` continues a step-limited run exactly. Checkpoints are written
+every ``checkpoint_every`` steps or ``checkpoint_every_s`` seconds, whichever comes first, and
+when Ctrl-C or SIGTERM stops the run.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,23 +39,23 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from radfield.cameras import Cameras, pixel_rays
-from radfield.config import RunConfig, apply_overrides, run_config_from_dict, run_config_to_dict
+from radfield.cameras import Cameras, Rays, pixel_rays
+from radfield.config import (LR_SCHEDULES, RunConfig, apply_overrides, run_config_from_dict,
+                             run_config_to_dict)
 from radfield.data import SceneData, load_scene_groups
 from radfield.errors import MissingSplitError, RadfieldError
 from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
 from radfield.losses import PhotometricLoss
-from radfield.models import build_model
-from radfield.rendering.backgrounds import background_color
+from radfield.models import SceneInfo, build_model
+from radfield.rendering.backgrounds import background_color, ray_background, training_colour
 from radfield.rendering.images import render_image
-from radfield.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from radfield.training.checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint,
+                                          save_checkpoint)
 from radfield.training.schedules import log_linear_lr_at
 from radfield.training.steps import (HardSampleMiner, StepBatch, StepResult, baseline_step,
                                      photometric_objective)
-
-LR_SCHEDULES = ("step", "log_linear")
 
 
 def learning_rate_factor(progress: float, step: int, warmup_steps: int,
@@ -83,7 +92,9 @@ class Trainer:
 
     ``resume=True`` continues the run's checkpoint: its saved config wins and ``config`` is
     ignored, except for the dotted fields in ``overrides`` (e.g. ``{"train.max_steps": 40000}``).
-    Note that the learning-rate milestones are fractions of the run, so a new limit moves them.
+    A run directory that was started but holds no checkpoint yet (killed in its first minute)
+    starts afresh from its saved ``config.json``, with a note. Note that the learning-rate
+    milestones are fractions of the run, so a new limit moves them.
     """
 
     def __init__(self, config: RunConfig | None, run_dir: str | Path, device: str = "cpu",
@@ -95,33 +106,43 @@ class Trainer:
             raise RadfieldError("--device cuda: CUDA is not available on this machine")
         checkpoint = None
         if resume:
-            checkpoint = load_checkpoint(self.run_dir, map_location=self.device)
-            config = apply_overrides(run_config_from_dict(json.loads(checkpoint["config"])),
-                                     overrides or {})
+            if (self.run_dir / CHECKPOINT_NAME).exists() or not (self.run_dir / CONFIG_NAME).is_file():
+                checkpoint = load_checkpoint(self.run_dir, map_location=self.device)
+                saved = json.loads(checkpoint["config"])
+            else:
+                print(f"radfield: note: {self.run_dir} has no checkpoint yet; starting the run afresh "
+                      "from its config.json", file=sys.stderr)
+                try:
+                    saved = json.loads((self.run_dir / CONFIG_NAME).read_text())
+                except (OSError, ValueError) as exc:
+                    raise RadfieldError(f"{self.run_dir / CONFIG_NAME}: unreadable ({exc})") from None
+            config = apply_overrides(run_config_from_dict(saved), overrides or {})
         self.config = config
-        cfg = config.train
-        if cfg.lr_schedule not in LR_SCHEDULES:
-            raise RadfieldError(f"unknown learning-rate schedule {cfg.lr_schedule!r} "
-                                f"(choose from: {', '.join(LR_SCHEDULES)})")
+        cfg, optim = config.train, config.optim
+        if optim.schedule not in LR_SCHEDULES:
+            raise RadfieldError(f"{config.model}.optim.schedule: unknown learning-rate schedule "
+                                f"{optim.schedule!r} (choose from: {', '.join(LR_SCHEDULES)})")
+        if cfg.max_time is not None and not cfg.max_time > 0:
+            raise RadfieldError(f"--max-time: must be positive, got {cfg.max_time}")
         self.loss = PhotometricLoss.from_spec(cfg.loss, cfg.loss_colour_space, cfg.loss_tonemap, cfg.loss_gamma)
-        self.objective = photometric_objective(self.loss, cfg.distortion_weight)
+        self.objective = photometric_objective(self.loss, optim.distortion_weight)
         scales = load_scene_groups(config.data.path, "train", config.data.downscale,
                                    colmap_model=config.data.colmap_model)
         if len(scales) > 1 and self.loss.needs_patches:
             raise RadfieldError(f"{config.data.path}: patch losses are not supported on multi-scale data")
         self.data = scales[0]
-        self.groups = [ImageGroup(d.cameras.to(self.device),
+        self.groups = [ImageGroup(self._training_cameras(d).to(self.device),
                                   d.images.reshape(-1, d.images.shape[-1]).to(self.device)) for d in scales]
         self.has_alpha = self.data.has_alpha
         self.val = self._load_validation()
         self.eval_bg = background_color(config.data.eval_background, self.device)
 
-        if config.model == "nerfacto" and config.nerfacto.bounded is None:
-            config.nerfacto.bounded = self.data.has_alpha  # object scene: sample inside the box
         torch.manual_seed(cfg.seed)
-        self.model = build_model(config, self.data.aabb.to(self.device), len(self.data)).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.param_groups(cfg), lr=cfg.lr, betas=cfg.betas,
-                                          eps=cfg.eps, fused=True)
+        self.model = build_model(config, SceneInfo.from_data(self.data)).to(self.device)
+        groups = self.model.param_groups(optim)
+        for group in groups:  # the schedule scales each group's own rate
+            group["base_lr"] = group.get("lr", optim.lr)
+        self.optimizer = torch.optim.Adam(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
         self.amp = cfg.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
@@ -130,8 +151,19 @@ class Trainer:
         self.history: list[dict] = []
         if checkpoint is not None:
             self._restore(checkpoint)
+        else:
+            self._write_config()  # the run directory is a run from now on
         self.progress = progress
         self.writer = self._tensorboard() if log_tensorboard else None
+        self._stop_signal: str | None = None
+
+    @staticmethod
+    def _training_cameras(data: SceneData) -> Cameras:
+        """The split's cameras, each carrying ``train_index``, the training image it is."""
+        cams = data.cameras
+        if data.times is not None and "times" not in cams.attrs:
+            cams = cams.with_attrs(times=data.times.float())
+        return cams.with_attrs(train_index=torch.arange(len(cams)))
 
     # ------------------------------------------------------------------ setup helpers
     def _load_validation(self) -> SceneData | None:
@@ -154,6 +186,8 @@ class Trainer:
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
         self.generator.set_state(ck["generator"].cpu())
         s = ck["state"]
         self.state = TrainState(int(s["step"]), float(s["train_time"]), int(s["n_rays"]),
@@ -166,8 +200,10 @@ class Trainer:
         s = self.state
         return {
             "config": json.dumps(run_config_to_dict(self.config)),
+            "build": json.dumps(self.model.build_args()),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
             "state": {"step": s.step, "train_time": s.train_time, "n_rays": s.n_rays,
                       "last_eval_time": s.last_eval_time,
@@ -175,10 +211,13 @@ class Trainer:
             "history": json.dumps(self.history),
         }
 
-    def save(self) -> None:
+    def _write_config(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.run_dir / "config.json") as tmp:
+        with atomic_write(self.run_dir / CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps(run_config_to_dict(self.config), indent=2))
+
+    def save(self) -> None:
+        self._write_config()
         scene = {"aabb": self.data.aabb.tolist(), "n_train_images": len(self.data),
                  "normalization": self.data.meta.get("normalization")}
         with atomic_write(self.run_dir / "scene.json") as tmp:
@@ -189,6 +228,7 @@ class Trainer:
         if any("psnr" in h for h in self.history):
             plot_training_curve(self.history, self.run_dir / "training_curve.png",
                                 title=f"{self.config.model}{' + HSM' if self.miner else ''}: validation PSNR")
+        self._last_save = time.monotonic()
 
     # ------------------------------------------------------------------ one step
     def _draw_pixels(self, group: ImageGroup, n_rays: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -215,63 +255,50 @@ class Trainer:
     def make_batch(self, n_rays: int) -> StepBatch:
         cfg = self.config.train
         parts = [self._draw_pixels(g, max(n_rays // len(self.groups), 1)) for g in self.groups]
-        rays = [pixel_rays(g.cameras, cam, col, row) for g, (_, cam, col, row) in zip(self.groups, parts)]
-        if len(rays) > 1:
-            from radfield.cameras import Rays
-            rays = Rays(*(torch.cat([getattr(r, k) for r in rays]) for k in
-                          ("origins", "directions", "z_per_t", "radii", "camera_indices")))
-        else:
-            rays = rays[0]
+        rays = Rays.cat([pixel_rays(g.cameras, cam, col, row) for g, (_, cam, col, row) in zip(self.groups, parts)])
         colour = torch.cat([g.pixels[flat] for g, (flat, *_) in zip(self.groups, parts)]).float() / 255.0
-        n = colour.shape[0]
-        if self.model.background is not None:
-            bg = self.model.background(rays.directions)
-        elif cfg.background == "random" and self.has_alpha:
-            bg = torch.rand(n, 3, device=self.device, generator=self.generator)
-        elif cfg.background in ("white", "black"):
-            bg = background_color(cfg.background, self.device).expand(n, 3)
-        else:  # random on opaque data, or last_sample: composite RGBA over the eval colour
-            bg = self.eval_bg.expand(n, 3)
+        bg = ray_background(self.model, rays, training_colour(
+            cfg.background, self.has_alpha, colour.shape[0], self.eval_bg, self.generator))
         if colour.shape[-1] == 4:
             target = colour[:, :3] * colour[:, 3:] + bg.detach() * (1 - colour[:, 3:])
         else:
             target = colour
-        early = cfg.early_stop and self.miner is None
+        early = self.config.optim.early_stop and self.miner is None
         samples = self.model.sample(rays, training=True, generator=self.generator, early_stop=early)
-        return StepBatch(rays, samples, target, bg, self.model.field_inputs(rays, samples),
-                         self.model.opaque_last,
-                         min(cfg.patch_size, self.data.cameras.height, self.data.cameras.width)
-                         if self.loss.needs_patches else None)
+        patch = min(cfg.patch_size, self.data.cameras.height, self.data.cameras.width)
+        return StepBatch(rays, samples, target, bg, patch if self.loss.needs_patches else None)
 
     def lr_factor(self) -> float:
-        cfg = self.config.train
+        """The schedule's factor on every parameter group's base rate at the current step."""
+        cfg, optim = self.config.train, self.config.optim
         progress = self.state.step / cfg.max_steps
         if cfg.max_time:
             progress = max(progress, self.state.train_time / cfg.max_time)
-        if cfg.lr_schedule == "log_linear":
-            return log_linear_lr_at(progress, self.state.step, cfg.lr, cfg.lr_final, cfg.warmup_steps) / cfg.lr
-        return learning_rate_factor(progress, self.state.step, cfg.warmup_steps, cfg.lr_milestones,
-                                    cfg.lr_gamma)
+        if optim.schedule == "log_linear":
+            return log_linear_lr_at(progress, self.state.step, optim.lr, optim.lr_final,
+                                    optim.warmup_steps) / optim.lr
+        return learning_rate_factor(progress, self.state.step, optim.warmup_steps, optim.milestones,
+                                    optim.gamma)
 
     def train_step(self):
-        cfg = self.config.train
         self.model.update(self.state.step, self.generator)
         factor = self.lr_factor()
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * factor
+            group["lr"] = group["base_lr"] * factor
         batch = self.make_batch(self.state.n_rays)
         self.optimizer.zero_grad(set_to_none=True)
         autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if self.amp else nullcontext
         if self.miner is not None:
-            result = self.miner.step(self.model.field, batch, self.objective, self.generator,
+            result = self.miner.step(self.model, batch, self.objective, self.generator,
                                      self.scaler.scale, autocast)
         else:
-            result = baseline_step(self.model.field, batch, self.objective, self.scaler.scale, autocast)
+            result = baseline_step(self.model, batch, self.objective, self.scaler.scale, autocast)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        # Adaptive ray count: aim the next step at target_samples samples.
+        # Adaptive ray count: aim the next step at the model's target_samples samples.
         per_ray = max(result.n_samples, 1) / batch.samples.n_rays
-        self.state.n_rays = int(min(max(cfg.target_samples / per_ray, 64), cfg.max_rays))
+        target = self.config.optim.target_samples
+        self.state.n_rays = int(min(max(target / per_ray, 64), self.config.train.max_rays))
         return result
 
     # ------------------------------------------------------------------ validation
@@ -288,11 +315,24 @@ class Trainer:
         return sum(scores) / len(scores)
 
     # ------------------------------------------------------------------ the loop
+    def _request_stop(self, signum, frame) -> None:
+        """SIGINT / SIGTERM: finish the step under way, write a checkpoint and stop; a second
+        signal stops at once (the last checkpoint stays usable: checkpoints are atomic)."""
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt
+        self._stop_signal = signal.Signals(signum).name
+
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
     def train(self, stop: Callable[[int], bool] | None = None,
               on_step: Callable[["Trainer", StepResult, float], None] | None = None) -> list[dict]:
-        """Run until ``max_steps`` or ``max_time``. ``stop(step)`` returning True, or Ctrl-C,
-        ends the run early with a checkpoint written (``--resume`` continues it).
-        ``on_step(trainer, result, seconds)`` is called after every step (benchmarks use it)."""
+        """Run until ``max_steps`` or ``max_time``. ``stop(step)`` returning True, Ctrl-C or
+        SIGTERM (what job schedulers send before a time limit) end the run early with a
+        checkpoint written (``--resume`` continues it). ``on_step(trainer, result, seconds)`` is
+        called after every step (benchmarks use it)."""
         cfg = self.config.train
         bar = None
         if self.progress:
@@ -301,6 +341,9 @@ class Trainer:
             bar = tqdm(total=None if cfg.max_time else cfg.max_steps, initial=self.state.step,
                        unit="step", dynamic_ncols=True, file=sys.stderr)
         interrupted = False
+        self._stop_signal = None
+        self._last_save = time.monotonic()
+        previous = self._install_signal_handlers()
         try:
             while self.state.step < cfg.max_steps and not (cfg.max_time and self.state.train_time >= cfg.max_time):
                 t0 = time.perf_counter()
@@ -311,21 +354,28 @@ class Trainer:
                 self._log_step(result, dt, bar)
                 if on_step is not None:
                     on_step(self, result, dt)
-                if self.state.train_time - self.state.last_eval_time >= cfg.eval_every:
-                    self._evaluate_and_log()
-                if self.state.step % cfg.checkpoint_every == 0:
-                    self.save()
-                if stop is not None and stop(self.state.step):
+                if self._stop_signal is not None or (stop is not None and stop(self.state.step)):
                     interrupted = True
                     break
-        except KeyboardInterrupt:
-            interrupted = True
+                if self.state.train_time - self.state.last_eval_time >= cfg.eval_every:
+                    self._evaluate_and_log()
+                if (self.state.step % cfg.checkpoint_every == 0
+                        or time.monotonic() - self._last_save >= cfg.checkpoint_every_s):
+                    self.save()
+        except KeyboardInterrupt:  # a second signal: the mid-step state is not saved
+            print("\nradfield: stopped mid-step; the last checkpoint is kept", file=sys.stderr)
+            raise
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if bar is not None:
                 bar.close()
         if not interrupted and (not self.history or self.history[-1].get("step") != self.state.step):
             self._evaluate_and_log()
         self.save()
+        if self._stop_signal is not None:
+            print(f"[{self._stop_signal}] stopped at step {self.state.step}; checkpoint written "
+                  f"(--resume continues)", file=sys.stderr)
         if self.writer is not None:
             self.writer.close()
         return self.history
@@ -346,8 +396,8 @@ class Trainer:
             w.add_scalar("train/psnr", train_psnr, s)
             w.add_scalar("train/samples_per_s", result.n_samples / dt, s)
             w.add_scalar("train/rays", self.state.n_rays, s)
-            if hasattr(self.model, "grid"):
-                w.add_scalar("train/occupancy", self.model.grid.occupancy_fraction(), s)
+            for name, value in self.model.log_scalars().items():
+                w.add_scalar(f"model/{name}", value, s)
             for k, v in result.timings.items():
                 w.add_scalar(f"time/{k}", v, s)
             if self.miner is not None:
