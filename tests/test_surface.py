@@ -367,3 +367,17 @@ def test_non_positive_max_time_is_refused(scene, tmp_path, capsys, value):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--max-time" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_gradient_scaler_state_is_in_the_checkpoint(scene, tmp_path, monkeypatch):
+    """Resume under mixed precision is exact only if the loss scale comes back: an enabled
+    scaler (on the CPU here, as CUDA's would be) whose scale grows every step."""
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        lambda device, enabled: real("cpu", init_scale=256.0, growth_interval=1))
+    trainer = trainer_for(config_for(scene, "tiny", TINY, steps=3), tmp_path / "run")
+    trainer.train()
+    scale = trainer.scaler.get_scale()
+    assert scale == 256.0 * 2 ** 3  # grown once per step (no overflow in these steps)
+    resumed = Trainer(None, tmp_path / "run", resume=True, progress=False, log_tensorboard=False)
+    assert resumed.scaler.get_scale() == scale  # not the fresh 256
