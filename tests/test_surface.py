@@ -381,3 +381,24 @@ def test_gradient_scaler_state_is_in_the_checkpoint(scene, tmp_path, monkeypatch
     assert scale == 256.0 * 2 ** 3  # grown once per step (no overflow in these steps)
     resumed = Trainer(None, tmp_path / "run", resume=True, progress=False, log_tensorboard=False)
     assert resumed.scaler.get_scale() == scale  # not the fresh 256
+
+
+def test_training_pauses_and_calls_observers(scene, tmp_path):
+    """What a live viewer uses: `paused` holds the loop between steps (not counted as training
+    time), `callbacks` see every step."""
+    import threading
+    import time
+
+    trainer = trainer_for(config_for(scene, "tiny", TINY, steps=5), tmp_path / "run")
+    seen = []
+    trainer.callbacks.append(lambda tr, result, dt: seen.append(tr.state.step))
+    trainer.paused.set()
+    worker = threading.Thread(target=trainer.train)
+    worker.start()
+    time.sleep(0.5)
+    assert trainer.state.step == 0 and seen == []
+    trainer.paused.clear()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert seen == [1, 2, 3, 4, 5]
+    assert trainer.state.train_time < 0.5  # the pause is not training time

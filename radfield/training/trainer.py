@@ -156,6 +156,12 @@ class Trainer:
         self.progress = progress
         self.writer = self._tensorboard() if log_tensorboard else None
         self._stop_signal: str | None = None
+        # For observers in other threads (a live viewer): steps run holding `lock`, so a render
+        # between steps sees consistent parameters; while `paused` is set the loop waits (the
+        # wait is not training time); `callbacks` are called like `on_step` after every step.
+        self.lock = threading.RLock()
+        self.paused = threading.Event()
+        self.callbacks: list[Callable[["Trainer", StepResult, float], None]] = []
 
     @staticmethod
     def _training_cameras(data: SceneData) -> Cameras:
@@ -346,14 +352,17 @@ class Trainer:
         previous = self._install_signal_handlers()
         try:
             while self.state.step < cfg.max_steps and not (cfg.max_time and self.state.train_time >= cfg.max_time):
-                t0 = time.perf_counter()
-                result = self.train_step()
-                dt = time.perf_counter() - t0
+                while self.paused.is_set() and self._stop_signal is None:
+                    time.sleep(0.05)
+                with self.lock:
+                    t0 = time.perf_counter()
+                    result = self.train_step()
+                    dt = time.perf_counter() - t0
                 self.state.step += 1
                 self.state.train_time += dt
                 self._log_step(result, dt, bar)
-                if on_step is not None:
-                    on_step(self, result, dt)
+                for callback in ([on_step] if on_step is not None else []) + self.callbacks:
+                    callback(self, result, dt)
                 if self._stop_signal is not None or (stop is not None and stop(self.state.step)):
                     interrupted = True
                     break
