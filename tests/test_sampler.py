@@ -1,5 +1,5 @@
-"""Ray/box intersection, the occupancy-grid ray marcher and its update, against hand-computed
-distances, a brute-force float64 march and analytic density fields."""
+"""The occupancy-grid ray marcher and its update, against hand-computed distances, a
+brute-force float64 march and analytic density fields."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from radfield.cameras import Rays
 from radfield.rendering.volume import render
-from radfield.samplers.occupancy import OccupancyGrid, OccupancyGridConfig, ray_aabb_intersect
+from radfield.samplers.occupancy import OccupancyGrid, OccupancyGridConfig
 
 # An asymmetric box: x in [-1, 1], y in [-0.5, 1.5], z in [0, 1]; its diagonal is exactly 3.
 LO = np.array([-1.0, -0.5, 0.0])
@@ -24,43 +24,6 @@ def _rays(origins, directions) -> Rays:
     d = torch.as_tensor(np.asarray(directions, dtype=np.float32))
     d = d / d.norm(dim=-1, keepdim=True)
     return Rays(o, d, torch.ones(o.shape[0]))
-
-
-# ---------------------------------------------------------------------------- ray_aabb_intersect
-def test_ray_aabb_intersect_hand_computed():
-    s3 = math.sqrt(3.0)
-    cases = [
-        # origin, direction (unit), t_near, t_far
-        ((0.5, 0.5, -1.0), (0.0, 0.0, 1.0), 1.0, 2.0),  # +z, enters z = 0, leaves z = 1
-        ((4.0, 0.0, 0.5), (-1.0, 0.0, 0.0), 3.0, 5.0),  # -x, enters x = 1, leaves x = -1
-        # Diagonal (1,1,1)/sqrt3 from (-2, -1, -0.5): in units s = t / sqrt3 the slabs are
-        # x: [1, 3], y: [0.5, 2.5], z: [0.5, 1.5] -> s in [1, 1.5].
-        ((-2.0, -1.0, -0.5), (1 / s3, 1 / s3, 1 / s3), s3, 1.5 * s3),
-        # Inside, direction (0.6, -0.8, 0): x: [-5/3, 5/3], y: [-1.25, 1.25], z parallel -> [-1.25, 1.25].
-        ((0.0, 0.5, 0.5), (0.6, -0.8, 0.0), -1.25, 1.25),
-    ]
-    o = torch.tensor([c[0] for c in cases])
-    d = torch.tensor([c[1] for c in cases])
-    t_near, t_far = ray_aabb_intersect(o, d, AABB)
-    assert t_near.shape == t_far.shape == (len(cases),)
-    torch.testing.assert_close(t_near, torch.tensor([c[2] for c in cases]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(t_far, torch.tensor([c[3] for c in cases]), atol=1e-5, rtol=0)
-    assert t_near[3] < 0 < t_far[3]
-
-
-def test_ray_aabb_intersect_misses():
-    s2 = math.sqrt(0.5)
-    o = torch.tensor([[-2.0, 3.0, 0.5],   # (1,1,0)/sqrt2: x needs t in [1, 3] sqrt2, y in [-3.5, -1.5] sqrt2
-                      [2.0, 0.0, 0.5],    # along +z at x = 2: zero x component, outside the x slab
-                      [0.0, 2.0, 0.5],    # along +x at y = 2: zero y component, outside the y slab
-                      [3.0, 0.0, 0.5]])   # along +x, box behind the origin: t_near < t_far < 0
-    d = torch.tensor([[s2, s2, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    t_near, t_far = ray_aabb_intersect(o, d, AABB)
-    assert (t_near[:3] > t_far[:3]).all()
-    torch.testing.assert_close(t_near[0], torch.tensor(math.sqrt(2.0)), atol=1e-5, rtol=0)
-    torch.testing.assert_close(t_far[0], torch.tensor(-1.5 * math.sqrt(2.0)), atol=1e-5, rtol=0)
-    torch.testing.assert_close(t_near[3], torch.tensor(-4.0))
-    torch.testing.assert_close(t_far[3], torch.tensor(-2.0))
 
 
 # ------------------------------------------------------------------------- brute-force marching

@@ -19,30 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from radfield.cameras import Rays
+from radfield.geometry import ray_aabb_intersect
 from radfield.rendering.volume import render_weights
 from radfield.samplers.samples import Samples
 
-__all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples", "box_near_far", "ray_aabb_intersect"]
-
-
-def ray_aabb_intersect(origins: Tensor, directions: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
-    """Slab test. Returns ``(t_near, t_far)``, ``(n_rays,)``; rays missing the box get
-    ``t_near > t_far``. ``t_near`` may be negative when the origin is inside the box."""
-    inv_d = 1.0 / torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
-    t0 = (aabb[:3] - origins) * inv_d
-    t1 = (aabb[3:] - origins) * inv_d
-    t_near = torch.minimum(t0, t1).amax(dim=-1)
-    t_far = torch.maximum(t0, t1).amin(dim=-1)
-    return t_near, t_far
-
-
-def box_near_far(rays: Rays, aabb: Tensor, min_near: float = 1e-3) -> tuple[Tensor, Tensor]:
-    """``(near, far)`` ``(n_rays,)``: where each ray enters and leaves the box (from
-    ``min_near`` when the origin is inside); a ray that misses gets ``near = far``."""
-    near, far = ray_aabb_intersect(rays.origins, rays.directions, aabb)
-    near = near.clamp(min=min_near)
-    far = torch.maximum(far, near)
-    return near, far
+__all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples"]
 
 
 @dataclass
