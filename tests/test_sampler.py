@@ -241,6 +241,34 @@ def test_update_threshold_is_min_of_threshold_and_mean():
     assert not uniform.occupied.any()
 
 
+def test_update_keeps_the_max_of_repeated_draws_of_a_cell():
+    """After warm-up with a single occupied cell (0), both occupied draws land in cell 0; the
+    density function gives earlier points larger values (4, 3, 2, 1), so the max of cell 0's
+    draws is not its last. Expected grid by hand from the drawn points: decay, then the max."""
+    cfg = OccupancyGridConfig(resolution=2, warmup_steps=0, decay=0.5)
+    grid = OccupancyGrid(torch.tensor([0.0, 0.0, 0.0, 2.0, 2.0, 2.0]), cfg)  # cells of size 1
+    old = torch.tensor([0.8, 0.0, 0.0, 0.0, 0.0, 0.0, 6.0, 0.0])
+    grid.density.copy_(old)
+    grid.occupied.copy_(torch.arange(8) == 0)
+    drawn = []
+
+    def density_fn(x):
+        drawn.append(x.clone())
+        return torch.arange(x.shape[0], 0, -1, dtype=torch.float32)
+
+    grid.update(density_fn, generator=torch.Generator().manual_seed(0))
+    x = torch.cat(drawn)
+    assert x.shape == (4, 3)  # 8 // 4 random cells + 8 // 4 draws among the occupied ones
+    ijk = x.floor().long()
+    cells = (ijk[:, 0] * 2 + ijk[:, 1]) * 2 + ijk[:, 2]
+    assert cells[2:].tolist() == [0, 0]  # one cell drawn twice, with values 2 then 1
+    expected = (0.5 * old).tolist()
+    for c, value in zip(cells.tolist(), [4.0, 3.0, 2.0, 1.0]):
+        expected[c] = max(expected[c], value)
+    assert expected[0] >= 2.0
+    assert torch.equal(grid.density, torch.tensor(expected))
+
+
 def _cell_distance_bounds(res, lo, hi):
     """Nearest and farthest distance from the origin of every cell (flat x * R^2 + y * R + z)."""
     size = (hi - lo) / res

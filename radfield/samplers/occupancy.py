@@ -78,8 +78,12 @@ class OccupancyGrid(nn.Module):
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator | None = None,
                chunk: int = 1 << 17) -> None:
-        """One EMA update: ``density <- max(decay * density, density_fn(jittered cell point))``
-        on the visited cells, then re-threshold ``occupied``."""
+        """One EMA update, then re-threshold ``occupied``: every visited cell ``c`` gets
+
+        ``density_c <- max(decay * density_c, max_k density_fn(x_k))`` over all the jittered
+        points ``x_k`` drawn in ``c`` this update (a cell may be drawn more than once); the
+        others decay. Example: ``decay = 0.5``, ``density_c = 0.8``, two draws in ``c`` giving
+        2 and 1 -> ``density_c = max(0.4, 2, 1) = 2``."""
         cfg, res = self.config, self.config.resolution
         n_cells = res ** 3
         dev = self.density.device
@@ -98,7 +102,9 @@ class OccupancyGrid(nn.Module):
         x = self.aabb[:3] + u * (self.aabb[3:] - self.aabb[:3])
         new = torch.cat([density_fn(x[i:i + chunk]).float() for i in range(0, x.shape[0], chunk)])
         decayed = self.density * cfg.decay
-        decayed[cells] = torch.maximum(decayed[cells], new)  # repeated cells: one of them wins
+        # A cell drawn several times keeps the max of all its draws (an amax scatter; plain
+        # index assignment would keep an arbitrary one of them).
+        decayed.scatter_reduce_(0, cells, new, reduce="amax", include_self=True)
         self.density.copy_(decayed)
         opacity = self.density * self.step_size
         self.occupied.copy_(opacity > min(cfg.threshold, opacity.mean().item()))
