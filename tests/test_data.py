@@ -423,6 +423,17 @@ def _size_differs(root):
     return root, r"r_1.png: size 6x4 differs from 4x4 of .*r_0.png"
 
 
+def _json_size_differs(root):
+    edit_json(root, lambda m: m.update(w=4, h=4))
+    iio.imwrite(root / "train" / "r_1.png", rand_image(0, h=4, w=6))
+    return root, r"r_1.png: size 6x4 differs from 4x4 w x h in .*transforms_train.json"
+
+
+def _frame_sizes_differ(root):
+    edit_json(root, lambda m: (m.update(w=4, h=4), m["frames"][1].update(w=6)))
+    return root, r"frame 1 \(./train/r_1\): image size 6x4 differs from 4x4 of frame 0"
+
+
 def _nonfinite(root):
     nan = float("nan")
     edit_json(root, bad_matrix([[1, 0, 0, nan], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
@@ -459,7 +470,8 @@ def _empty_split(root):
 
 
 BAD_INPUTS = [_missing_folder, _invalid_json, _no_frames, _missing_key, _missing_image,
-              _unreadable_image, _grayscale, _size_differs, _nonfinite, _scaled, _reflection,
+              _unreadable_image, _grayscale, _size_differs, _json_size_differs,
+              _frame_sizes_differ, _nonfinite, _scaled, _reflection,
               _bad_last_row, _missing_depth, _empty_split]
 
 

@@ -277,12 +277,11 @@ def load_blender(path: str | Path, split: str = "train", downscale: int = 1) -> 
     for f in frames:
         img = read_image(f.image)
         height, width = img.shape[:2]
-        if f.json_size is not None and (width, height) != f.json_size:
-            raise RadfieldError(f"{f.where}: w x h = {f.json_size[0]}x{f.json_size[1]} in json "
-                                f"differs from image {width}x{height}")
-        if (width, height) != size:
+        if (width, height) != size:  # the cameras' size: from the json, else the first image
+            source = (f"w x h in {scene.meta['json']}" if frames[0].json_size is not None
+                      else f"of {frames[0].image}")
             raise RadfieldError(f"{f.image}: size {width}x{height} differs from "
-                                f"{size[0]}x{size[1]} of {frames[0].image}")
+                                f"{size[0]}x{size[1]} {source}")
         if has_depth:
             depth = (read_depth(resolve(folder, str(f.entry["depth_file_path"])), height, width)
                      if "depth_file_path" in f.entry else np.zeros((height, width), np.float32))
