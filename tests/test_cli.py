@@ -198,7 +198,8 @@ def test_render_test_path_video(evaluated_run, capsys):
         assert diffs[i] < 6.0 and diffs[i] == min(diffs), diffs
 
 
-def test_render_orbit_frames(trained_run, capsys):
+def test_render_orbit_frames(trained_run, capsys, no_image_decoding):
+    """The orbit is placed from the training cameras alone: no dataset image is decoded."""
     rc, stdout, _ = run_cli(["render", trained_run, "--path", "orbit", "--frames", "4",
                              "--device", "cpu"], capsys)
     assert rc == 0

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from radfield.cameras import project
-from radfield.data import load_scene
+from radfield.data import load_cameras, load_scene
 from radfield.data.colmap import (distort, load_colmap, normalization_from_cameras,
                                   normalization_from_points, qvec_to_rotation)
 from radfield.data.llff import load_llff
@@ -427,6 +427,51 @@ def test_garden_colmap():
     assert seconds < 10, f"loading took {seconds:.1f} s"
 
 
+# ---------------------------------------------------------------------------- cameras only
+
+
+@pytest.mark.parametrize("camera", [PINHOLE, ("SIMPLE_RADIAL", W, H, [18.0, 8.1, 6.2, 0.05])])
+@pytest.mark.parametrize("split,downscale", [("all", 1), ("test", 1), ("train", 2)])
+def test_colmap_load_cameras_equals_load_scene(tmp_path, camera, split, downscale,
+                                               no_image_decoding, monkeypatch,
+                                               assert_same_cameras):
+    make_project(tmp_path, n_cams=9, camera=camera, fmt="txt")
+    cams = load_cameras(tmp_path, split, downscale)
+    with pytest.raises(Exception):  # the patch does forbid decoding
+        load_scene(tmp_path, split, downscale)
+    monkeypatch.undo()
+    scene = load_scene(tmp_path, split, downscale)
+    assert_same_cameras(cams, scene)
+    assert (cams.cameras.width, cams.cameras.height) == (W // downscale, H // downscale)
+    torch.testing.assert_close(cams.cameras.fx, torch.full((len(cams),), 18.0 / downscale))
+
+
+def test_colmap_load_cameras_needs_no_images(tmp_path, assert_same_cameras):
+    gt = make_project(tmp_path, n_cams=4)
+    scene = load_scene(tmp_path, "train", colmap_model="0")
+    for name in gt["names"]:
+        (tmp_path / "images" / name).unlink()
+    assert_same_cameras(load_cameras(tmp_path, "train", colmap_model="0"), scene)
+    with pytest.raises(RadfieldError) as e:
+        load_scene(tmp_path, "train")
+    one_line_error(e, "4 of 4", "missing")
+
+
+def test_colmap_load_cameras_prescaled_reads_headers_only(tmp_path, no_image_decoding,
+                                                          monkeypatch, assert_same_cameras):
+    gt = make_project(tmp_path, n_cams=3)
+    (tmp_path / "images_2").mkdir()
+    for name in gt["names"]:  # 9 x 6 is within 1 px of 16 / 2 x 12 / 2: intrinsics scale by 9/16
+        iio.imwrite(tmp_path / "images_2" / name, np.zeros((6, 9, 3), np.uint8))
+    cams = load_cameras(tmp_path, "all", 2)
+    fx, fy, cx, cy = gt["params"]
+    assert (cams.cameras.width, cams.cameras.height) == (9, 6)
+    torch.testing.assert_close(cams.cameras.fx, torch.full((3,), fx * 9 / 16))
+    torch.testing.assert_close(cams.cameras.cy, torch.full((3,), cy * 6 / 12))
+    monkeypatch.undo()
+    assert_same_cameras(cams, load_scene(tmp_path, "all", 2))
+
+
 # ---------------------------------------------------------------------------- LLFF
 
 
@@ -494,3 +539,18 @@ def test_llff_downscale_and_errors(tmp_path):
     with pytest.raises(RadfieldError) as e:
         load_llff(tmp_path)
     one_line_error(e, "poses_bounds.npy", "N x 17")
+
+
+@pytest.mark.parametrize("split,downscale", [("all", 1), ("test", 1), ("train", 2)])
+def test_llff_load_cameras_equals_load_scene(tmp_path, split, downscale, no_image_decoding,
+                                             monkeypatch, assert_same_cameras):
+    gt = make_llff(tmp_path)
+    cams = load_cameras(tmp_path, split, downscale)
+    with pytest.raises(Exception):  # the patch does forbid decoding
+        load_scene(tmp_path, split, downscale)
+    monkeypatch.undo()
+    assert_same_cameras(cams, load_scene(tmp_path, split, downscale))
+    assert cams.meta["format"] == "llff"
+    assert (cams.cameras.width, cams.cameras.height) == (gt["w"] // downscale,
+                                                         gt["h"] // downscale)
+    torch.testing.assert_close(cams.cameras.fx, torch.full((len(cams),), gt["focal"] / downscale))

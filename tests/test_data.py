@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from radfield.cameras import image_rays, pixel_rays, project
-from radfield.data import SceneData, load_scene
+from radfield.data import SceneData, blender, load_cameras, load_scene
 from radfield.data.blender import load_blender
 from radfield.data.synthetic import (CAMERA_ANGLE_X, CHECKER_BOX, GLOSSY_SPHERE, TEXTURED_SPHERE,
                                      make_scene, trace)
@@ -320,6 +320,53 @@ def test_ngp_distortion_is_kept_in_meta(tmp_path):
     assert scene.meta["distortion"] == [{"k1": 0.1, "k2": 0.0, "p1": 0.0, "p2": -0.01}] * 2
 
 
+# ---------------------------------------------------------------------------- cameras only
+
+
+@pytest.mark.parametrize("split,downscale", [("train", 1), ("test", 1), ("train", 2)])
+def test_load_cameras_equals_load_scene_without_decoding(synthetic, split, downscale,
+                                                         no_image_decoding, monkeypatch,
+                                                         assert_same_cameras):
+    cams = load_cameras(synthetic, split, downscale)
+    monkeypatch.undo()  # decoding allowed again
+    scene = load_scene(synthetic, split, downscale)
+    assert_same_cameras(cams, scene)
+    size = 48 // downscale  # the synthetic views are 48 x 48
+    assert (cams.cameras.width, cams.cameras.height) == (size, size)
+    focal = 0.5 * 48 / math.tan(0.5 * CAMERA_ANGLE_X) / downscale
+    torch.testing.assert_close(cams.cameras.fx, torch.full((len(cams),), focal))
+
+
+def test_load_cameras_without_json_size_reads_one_header(tmp_path, no_image_decoding,
+                                                         monkeypatch, assert_same_cameras):
+    # write_blender's json has no w / h: the size comes from the first image's header
+    root = write_blender(tmp_path, [rand_image(0, h=6, w=4), rand_image(1, h=6, w=4)])
+    with pytest.raises(Exception):  # the patch does forbid decoding
+        load_scene(root)
+    headers = []
+    real = blender.read_image_size
+    monkeypatch.setattr(blender, "read_image_size", lambda f: headers.append(f) or real(f))
+    cams = load_cameras(root, downscale=2)
+    assert [Path(f).name for f in headers] == ["r_0.png"]
+    assert (cams.cameras.width, cams.cameras.height) == (2, 3)
+    torch.testing.assert_close(cams.cameras.cx, torch.full((2,), 1.0))
+    monkeypatch.undo()
+    assert_same_cameras(cams, load_scene(root, downscale=2))
+
+
+def test_load_cameras_ngp_times_and_distortion(tmp_path, assert_same_cameras):
+    frames = ngp_frames(10)
+    for k, f in enumerate(frames):
+        f["time"] = k / 9
+    root = write_ngp(tmp_path, frames, k1=0.1)
+    for split in ("train", "test"):
+        with pytest.warns(UserWarning, match="distortion"):
+            cams = load_cameras(root, split)
+        with pytest.warns(UserWarning, match="distortion"):
+            assert_same_cameras(cams, load_scene(root, split))
+    assert cams.times.tolist() == pytest.approx([0.0, 8 / 9])  # the test frames 0 and 8
+
+
 # ---------------------------------------------------------------------------- bad input
 
 
@@ -376,6 +423,17 @@ def _size_differs(root):
     return root, r"r_1.png: size 6x4 differs from 4x4 of .*r_0.png"
 
 
+def _json_size_differs(root):
+    edit_json(root, lambda m: m.update(w=4, h=4))
+    iio.imwrite(root / "train" / "r_1.png", rand_image(0, h=4, w=6))
+    return root, r"r_1.png: size 6x4 differs from 4x4 w x h in .*transforms_train.json"
+
+
+def _frame_sizes_differ(root):
+    edit_json(root, lambda m: (m.update(w=4, h=4), m["frames"][1].update(w=6)))
+    return root, r"frame 1 \(./train/r_1\): image size 6x4 differs from 4x4 of frame 0"
+
+
 def _nonfinite(root):
     nan = float("nan")
     edit_json(root, bad_matrix([[1, 0, 0, nan], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
@@ -412,7 +470,8 @@ def _empty_split(root):
 
 
 BAD_INPUTS = [_missing_folder, _invalid_json, _no_frames, _missing_key, _missing_image,
-              _unreadable_image, _grayscale, _size_differs, _nonfinite, _scaled, _reflection,
+              _unreadable_image, _grayscale, _size_differs, _json_size_differs,
+              _frame_sizes_differ, _nonfinite, _scaled, _reflection,
               _bad_last_row, _missing_depth, _empty_split]
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+from radfield.fields import hashgrid
 from radfield.fields.hashgrid import (
     HashGrid,
     HashGridConfig,
@@ -18,7 +21,9 @@ from radfield.fields.hashgrid import (
 )
 from radfield.fields.sh import SH_DIM, sh_encode
 
-needs_kernel = pytest.mark.skipif(not kernel_available(), reason="CPU kernel did not build")
+needs_kernel = pytest.mark.skipif(
+    not kernel_available(),
+    reason="CPU hash-grid kernel unavailable (no gcc, a failed build, or RADFIELD_NO_KERNEL=1)")
 
 
 def _brute_force_level(point, table, res):
@@ -119,6 +124,7 @@ def test_kernel_matches_reference_outputs_and_grads(log2_t):
     assert gx_ker[2, 0] == 0 and gx_ker[2, 2] == 0 and gx_ref[2, 0] == 0  # clamped coords
 
 
+@needs_kernel
 def test_module_forward_uses_kernel_and_falls_back(monkeypatch):
     grid = HashGrid(HashGridConfig(n_levels=4, log2_table_size=12, max_resolution=64))
     x = torch.rand(100, 3)
@@ -131,6 +137,96 @@ def test_module_forward_uses_kernel_and_falls_back(monkeypatch):
     out = grid(x)
     assert "HashGrid" not in type(out.grad_fn).__name__  # the reference's autograd graph
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------- building the kernel
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """An empty cache and no loaded library: the next use builds (or fails to build) anew."""
+    monkeypatch.setenv("RADFIELD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RADFIELD_NO_KERNEL", raising=False)
+    monkeypatch.setattr(hashgrid, "_lib", None)
+    monkeypatch.setattr(hashgrid, "_lib_failed", False)
+    return tmp_path
+
+
+def _falls_back_with_one_warning(match: str) -> None:
+    """HashGrid runs the reference (exactly) after one warning matching ``match``, then none."""
+    grid = HashGrid(HashGridConfig(n_levels=3, log2_table_size=10, max_resolution=32))
+    x = torch.rand(50, 3, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(RuntimeWarning, match=match) as record:
+        out = grid(x)
+    assert len([w for w in record if "kernel unavailable" in str(w.message)]) == 1
+    assert "HashGrid" not in type(out.grad_fn).__name__  # the reference's autograd graph
+    torch.testing.assert_close(out, hash_grid_reference(x, list(grid.tables), grid.resolutions),
+                               atol=0, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second use warns no more
+        torch.testing.assert_close(grid(x), out, atol=0, rtol=0)
+        assert not kernel_available()
+
+
+def test_no_gcc_on_path_falls_back_to_the_reference(fresh_build, monkeypatch):
+    empty = fresh_build / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    _falls_back_with_one_warning("gcc not found")
+    assert not (fresh_build / "cache").exists() or not any((fresh_build / "cache").iterdir())
+
+
+def test_failing_compiler_falls_back_to_the_reference(fresh_build, monkeypatch):
+    bin_dir = fresh_build / "bin"
+    bin_dir.mkdir()
+    gcc = bin_dir / "gcc"  # answers --version, fails to compile
+    gcc.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "gcc (fake) 0.1"; exit 0; fi\n'
+                   'echo "fake gcc: cannot compile" >&2\nexit 1\n')
+    gcc.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    _falls_back_with_one_warning("cannot compile")
+    assert [p.name for p in (fresh_build / "cache").iterdir()] == []  # no partial library left
+
+
+def test_compiler_timeout_falls_back_to_the_reference(fresh_build, monkeypatch):
+    timeouts = []
+
+    def slow_compile(cmd, **kwargs):  # gcc that answers --version and never finishes a build
+        timeouts.append(kwargs.get("timeout"))
+        if cmd[1:2] == ["--version"]:
+            return subprocess.CompletedProcess(cmd, 0, "gcc (fake) 0.1\n", "")
+        raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
+
+    monkeypatch.setattr(hashgrid.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(hashgrid.subprocess, "run", slow_compile)
+    _falls_back_with_one_warning("timed out after 180 s")
+    assert timeouts == [180, 180]  # both gcc calls have the time limit
+
+
+def test_cache_name_depends_on_the_cpu_and_the_compiler(fresh_build, monkeypatch):
+    monkeypatch.setattr(hashgrid, "_gcc_version", lambda: "gcc 13.2.0")
+    monkeypatch.setattr(hashgrid, "_cpu_identity", lambda: "x86_64\nflags=sse2 avx2")
+    avx2 = hashgrid._library_path()
+    assert hashgrid._library_path() == avx2  # deterministic
+    assert avx2.parent == fresh_build / "cache" and avx2.name.startswith("hashgrid_cpu_")
+    monkeypatch.setattr(hashgrid, "_cpu_identity", lambda: "x86_64\nflags=sse2 avx2 avx512f")
+    avx512 = hashgrid._library_path()
+    monkeypatch.setattr(hashgrid, "_gcc_version", lambda: "gcc 14.1.0")
+    other_gcc = hashgrid._library_path()
+    assert len({avx2.name, avx512.name, other_gcc.name}) == 3
+
+
+def test_cpu_identity_names_this_machine():
+    ident = hashgrid._cpu_identity()
+    assert ident.splitlines()[0] == hashgrid.platform.machine()
+    try:
+        cpuinfo = open("/proc/cpuinfo").read()
+    except OSError:
+        return
+    for key in ("model name", "flags"):
+        line = next((ln for ln in cpuinfo.splitlines() if ln.split(":")[0].strip() == key), None)
+        if line is not None:
+            assert f"{key}={' '.join(line.partition(':')[2].split())}" in ident.splitlines()
 
 
 def test_reference_input_gradient_vs_finite_differences():
@@ -156,7 +252,7 @@ def test_reference_input_gradient_vs_finite_differences():
 @pytest.mark.parametrize("use_kernel", [False, True])
 def test_boundary_and_outside_points_are_finite(use_kernel):
     if use_kernel and not kernel_available():
-        pytest.skip("CPU kernel did not build")
+        pytest.skip("CPU hash-grid kernel unavailable")
     grid = HashGrid(HashGridConfig(n_levels=4, log2_table_size=12, max_resolution=64,
                                    use_kernel=use_kernel))  # fmt: skip
     x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.5], [-3.0, 7.0, 0.5],

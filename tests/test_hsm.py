@@ -82,15 +82,68 @@ def test_hsm_without_pruning_matches_baseline_gradients():
             assert gb[name].abs().max() > 1e-6  # the comparison is not between zeros
 
 
-def test_hsm_keeps_only_b_samples_and_their_gradient():
+class PerSampleField(torch.nn.Module):
+    """A field with one parameter row per sample: ``raw_i = 3 tanh(W_i)``, ``W (n_samples, 4)``,
+    evaluated at sample indices. Row ``i`` of ``W.grad`` is nonzero iff sample ``i`` was
+    back-propagated, and then equals ``g_i * 3 (1 - tanh(W_i)^2)`` for the injected ``g_i``."""
+
+    def __init__(self, n_samples: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(torch.randn(n_samples, 4, generator=g))
+
+    def raw(self, index: torch.Tensor) -> torch.Tensor:
+        return 3.0 * torch.tanh(self.weight[index])
+
+    def activate(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.nn.functional.softplus(raw[:, 0]), torch.sigmoid(raw[:, 1:4])
+
+
+class PerSampleModel(torch.nn.Module):
+    """The smallest model around :class:`PerSampleField`: its inputs are the sample indices."""
+
+    background, opaque_last = None, False
+
+    def __init__(self, n_samples: int):
+        super().__init__()
+        self.field = PerSampleField(n_samples)
+
+    def field_inputs(self, rays, samples):
+        return (torch.arange(len(samples)),)
+
+    def extra_losses(self, rays, samples, raw):
+        return {}
+
+
+def test_hsm_back_propagates_exactly_the_b_drawn_samples():
     batch = random_batch(n_rays=64, per_ray=16)
-    field = small_field()
+    n = len(batch.samples)
+    model = PerSampleModel(n)
+    field = model.field
     miner = HardSampleMiner(HSMConfig(enabled=True, min_fraction=0.05, max_fraction=0.5))
     miner.tau = 4.0  # B / tau = B / 4 -> b = B // 4
-    result = miner.step(field, batch, OBJECTIVE, generator=torch.Generator().manual_seed(0))
-    n = len(batch.samples)
-    assert result.n_backward == int(min(max(n / miner.tau, 0.05 * n), 0.5 * n))
-    assert 0 < result.n_backward < n
+    result = miner.step(model, batch, OBJECTIVE, generator=torch.Generator().manual_seed(0))
+    b = result.n_backward
+    assert b == int(min(max(n / miner.tau, 0.05 * n), 0.5 * n)) and 0 < b < n
+
+    # g = d loss / d raw, through the activations and the render only (independent of the miner)
+    raw = field.raw(torch.arange(n)).detach().requires_grad_()
+    loss, _ = loss_from_raw(model, raw, batch, OBJECTIVE)
+    (g,) = torch.autograd.grad(loss, raw)
+    torch.testing.assert_close(result.hardness, g.norm(dim=-1), rtol=1e-6, atol=1e-12)
+
+    # the b samples drawn from p = hardness / sum(hardness) with the step's generator
+    p = result.hardness / result.hardness.sum()
+    idx = torch.multinomial(p, b, replacement=False,
+                            generator=torch.Generator().manual_seed(0)).sort().values
+    selected = torch.zeros(n, dtype=torch.bool)
+    selected[idx] = True
+    grad = field.weight.grad
+    assert torch.equal(grad.abs().sum(-1) > 0, selected)  # nonzero exactly on the drawn rows
+    assert (grad[~selected] == 0).all()  # the rest exactly zero
+    w = field.weight.detach()[idx]
+    expected = g[idx] * 3.0 * (1.0 - torch.tanh(w) ** 2)  # the chain rule through 3 tanh
+    torch.testing.assert_close(grad[idx], expected, rtol=1e-5, atol=1e-9)
 
 
 def test_dynamic_b_matches_hand_computation():

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from radfield.cameras import generate_rays, pixel_rays
-from radfield.data import multiscale
+from radfield.data import load_cameras, load_scene_groups, multiscale
 from radfield.data.blender import load_blender
 from radfield.data.multiscale import (is_multiscale, load_multiscale, loss_multipliers,
                                       make_multiscale)
@@ -172,6 +172,23 @@ def test_load_multiscale(src, ms):
     assert [len(s) for s in load_multiscale(ms, split="test")] == [2, 2, 2, 2]
     with pytest.raises(RadfieldError, match="not a multi-scale dataset"):
         load_multiscale(src)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_load_cameras_is_the_full_scale_without_decoding(src, ms, split, no_image_decoding,
+                                                         monkeypatch, assert_same_cameras):
+    cams = load_cameras(ms, split)
+    with pytest.raises(RadfieldError, match="not downscaled again"):
+        load_cameras(ms, split, downscale=2)
+    monkeypatch.undo()
+    full = load_scene_groups(ms, split)[0]
+    assert full.meta["scale"] == 1 and cams.meta["scale"] == 1
+    assert_same_cameras(cams, full)
+    # the full scale's cameras are the source's (written back as fl_x ... w h: equal in float32)
+    source = load_cameras(src, split)
+    assert (cams.cameras.width, cams.cameras.height) == (32, 32)
+    for key in ("c2w", "fx", "fy", "cx", "cy"):
+        assert torch.equal(getattr(cams.cameras, key), getattr(source.cameras, key)), key
 
 
 def test_loss_multipliers_equalise_images():

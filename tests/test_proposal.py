@@ -7,60 +7,9 @@ import pytest
 import torch
 
 from radfield.losses.interlevel import interlevel_loss, outer_measure
-from radfield.samplers.proposal import (SPACINGS, contract, s_to_t, sample_pdf, spacing_fn,
-                                        t_to_s, uniform_bins)
+from radfield.samplers.proposal import (SPACINGS, s_to_t, sample_pdf, spacing_fn, t_to_s,
+                                        uniform_bins)
 from radfield.training.schedules import log_linear_lr, log_linear_lr_at
-
-
-# --------------------------------------------------------------------------- contract
-
-def _contract_np(p, norm):
-    n = np.linalg.norm(p) if norm == "l2" else np.abs(p).max()
-    return p if n <= 1 else (2 - 1 / n) * p / n
-
-
-@pytest.mark.parametrize("norm", ["l2", "inf"])
-def test_contract_matches_formula_inside_and_outside(norm):
-    g = torch.Generator().manual_seed(0)
-    d = torch.randn(400, 3, generator=g, dtype=torch.float64)
-    x = d / d.norm(dim=-1, keepdim=True) * torch.rand(400, 1, generator=g, dtype=torch.float64) * 10
-    y = contract(x, norm).numpy()
-    ref = np.stack([_contract_np(p, norm) for p in x.numpy()])
-    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-14)
-    mags = np.linalg.norm(y, axis=-1) if norm == "l2" else np.abs(y).max(-1)
-    assert (mags < 2).all() and (mags > 1).sum() > 100  # many points really were outside
-    big = contract(torch.tensor([[1e10, -3e9, 0.0]], dtype=torch.float64), norm)
-    big_mag = big.norm() if norm == "l2" else big.abs().max()
-    assert 1.99 < big_mag.item() < 2
-
-
-def test_contract_hand_values():
-    x = torch.tensor([[3.0, 4.0, 0.0], [0.5, 0.0, 0.0]])
-    assert torch.allclose(contract(x, "l2"), torch.tensor([[1.08, 1.44, 0.0], [0.5, 0.0, 0.0]]))
-    assert torch.allclose(contract(torch.tensor([4.0, 2.0, 0.0]), "inf"), torch.tensor([1.75, 0.875, 0.0]))
-
-
-@pytest.mark.parametrize("norm", ["l2", "inf"])
-def test_contract_continuous_at_unit_norm_and_gradients(norm):
-    d = torch.tensor([0.3, -0.5, 0.2], dtype=torch.float64)
-    d = d / (d.norm() if norm == "l2" else d.abs().max())
-    inside, outside = contract(d * (1 - 1e-9), norm), contract(d * (1 + 1e-9), norm)
-    assert (inside - outside).abs().max() < 1e-8
-    # finite gradients at 0 and at huge |x|; identity Jacobian at 0
-    for x0, expect in [(torch.zeros(2, 3), torch.ones(2, 3)), (torch.full((2, 3), 1e10), None)]:
-        x = x0.clone().requires_grad_(True)
-        contract(x, norm).sum().backward()
-        assert torch.isfinite(x.grad).all()
-        if expect is not None:
-            assert torch.equal(x.grad, expect)
-    # Jacobian against finite differences, away from |x| = 1 and from ties in the max
-    x = torch.tensor([[0.2, -0.3, 0.1], [2.5, -1.0, 0.7], [-4.0, 3.0, 9.0]], dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda v: contract(v, norm), (x.requires_grad_(True),))
-
-
-def test_contract_rejects_unknown_norm():
-    with pytest.raises(ValueError):
-        contract(torch.zeros(3), "l1")
 
 
 # --------------------------------------------------------------------------- spacing

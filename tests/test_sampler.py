@@ -1,5 +1,5 @@
-"""Ray/box intersection, the occupancy-grid ray marcher and its update, against hand-computed
-distances, a brute-force float64 march and analytic density fields."""
+"""The occupancy-grid ray marcher and its update, against hand-computed distances, a
+brute-force float64 march and analytic density fields."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from radfield.cameras import Rays
 from radfield.rendering.volume import render
-from radfield.samplers.occupancy import OccupancyGrid, OccupancyGridConfig, ray_aabb_intersect
+from radfield.samplers.occupancy import OccupancyGrid, OccupancyGridConfig
 
 # An asymmetric box: x in [-1, 1], y in [-0.5, 1.5], z in [0, 1]; its diagonal is exactly 3.
 LO = np.array([-1.0, -0.5, 0.0])
@@ -24,43 +24,6 @@ def _rays(origins, directions) -> Rays:
     d = torch.as_tensor(np.asarray(directions, dtype=np.float32))
     d = d / d.norm(dim=-1, keepdim=True)
     return Rays(o, d, torch.ones(o.shape[0]))
-
-
-# ---------------------------------------------------------------------------- ray_aabb_intersect
-def test_ray_aabb_intersect_hand_computed():
-    s3 = math.sqrt(3.0)
-    cases = [
-        # origin, direction (unit), t_near, t_far
-        ((0.5, 0.5, -1.0), (0.0, 0.0, 1.0), 1.0, 2.0),  # +z, enters z = 0, leaves z = 1
-        ((4.0, 0.0, 0.5), (-1.0, 0.0, 0.0), 3.0, 5.0),  # -x, enters x = 1, leaves x = -1
-        # Diagonal (1,1,1)/sqrt3 from (-2, -1, -0.5): in units s = t / sqrt3 the slabs are
-        # x: [1, 3], y: [0.5, 2.5], z: [0.5, 1.5] -> s in [1, 1.5].
-        ((-2.0, -1.0, -0.5), (1 / s3, 1 / s3, 1 / s3), s3, 1.5 * s3),
-        # Inside, direction (0.6, -0.8, 0): x: [-5/3, 5/3], y: [-1.25, 1.25], z parallel -> [-1.25, 1.25].
-        ((0.0, 0.5, 0.5), (0.6, -0.8, 0.0), -1.25, 1.25),
-    ]
-    o = torch.tensor([c[0] for c in cases])
-    d = torch.tensor([c[1] for c in cases])
-    t_near, t_far = ray_aabb_intersect(o, d, AABB)
-    assert t_near.shape == t_far.shape == (len(cases),)
-    torch.testing.assert_close(t_near, torch.tensor([c[2] for c in cases]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(t_far, torch.tensor([c[3] for c in cases]), atol=1e-5, rtol=0)
-    assert t_near[3] < 0 < t_far[3]
-
-
-def test_ray_aabb_intersect_misses():
-    s2 = math.sqrt(0.5)
-    o = torch.tensor([[-2.0, 3.0, 0.5],   # (1,1,0)/sqrt2: x needs t in [1, 3] sqrt2, y in [-3.5, -1.5] sqrt2
-                      [2.0, 0.0, 0.5],    # along +z at x = 2: zero x component, outside the x slab
-                      [0.0, 2.0, 0.5],    # along +x at y = 2: zero y component, outside the y slab
-                      [3.0, 0.0, 0.5]])   # along +x, box behind the origin: t_near < t_far < 0
-    d = torch.tensor([[s2, s2, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    t_near, t_far = ray_aabb_intersect(o, d, AABB)
-    assert (t_near[:3] > t_far[:3]).all()
-    torch.testing.assert_close(t_near[0], torch.tensor(math.sqrt(2.0)), atol=1e-5, rtol=0)
-    torch.testing.assert_close(t_far[0], torch.tensor(-1.5 * math.sqrt(2.0)), atol=1e-5, rtol=0)
-    torch.testing.assert_close(t_near[3], torch.tensor(-4.0))
-    torch.testing.assert_close(t_far[3], torch.tensor(-2.0))
 
 
 # ------------------------------------------------------------------------- brute-force marching
@@ -276,6 +239,34 @@ def test_update_threshold_is_min_of_threshold_and_mean():
     uniform = OccupancyGrid(torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]), OccupancyGridConfig(resolution=4))
     uniform.update(lambda x: torch.ones(x.shape[0]))
     assert not uniform.occupied.any()
+
+
+def test_update_keeps_the_max_of_repeated_draws_of_a_cell():
+    """After warm-up with a single occupied cell (0), both occupied draws land in cell 0; the
+    density function gives earlier points larger values (4, 3, 2, 1), so the max of cell 0's
+    draws is not its last. Expected grid by hand from the drawn points: decay, then the max."""
+    cfg = OccupancyGridConfig(resolution=2, warmup_steps=0, decay=0.5)
+    grid = OccupancyGrid(torch.tensor([0.0, 0.0, 0.0, 2.0, 2.0, 2.0]), cfg)  # cells of size 1
+    old = torch.tensor([0.8, 0.0, 0.0, 0.0, 0.0, 0.0, 6.0, 0.0])
+    grid.density.copy_(old)
+    grid.occupied.copy_(torch.arange(8) == 0)
+    drawn = []
+
+    def density_fn(x):
+        drawn.append(x.clone())
+        return torch.arange(x.shape[0], 0, -1, dtype=torch.float32)
+
+    grid.update(density_fn, generator=torch.Generator().manual_seed(0))
+    x = torch.cat(drawn)
+    assert x.shape == (4, 3)  # 8 // 4 random cells + 8 // 4 draws among the occupied ones
+    ijk = x.floor().long()
+    cells = (ijk[:, 0] * 2 + ijk[:, 1]) * 2 + ijk[:, 2]
+    assert cells[2:].tolist() == [0, 0]  # one cell drawn twice, with values 2 then 1
+    expected = (0.5 * old).tolist()
+    for c, value in zip(cells.tolist(), [4.0, 3.0, 2.0, 1.0]):
+        expected[c] = max(expected[c], value)
+    assert expected[0] >= 2.0
+    assert torch.equal(grid.density, torch.tensor(expected))
 
 
 def _cell_distance_bounds(res, lo, hi):

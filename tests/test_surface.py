@@ -402,3 +402,38 @@ def test_training_pauses_and_calls_observers(scene, tmp_path):
     assert not worker.is_alive()
     assert seen == [1, 2, 3, 4, 5]
     assert trainer.state.train_time < 0.5  # the pause is not training time
+
+
+@pytest.fixture(scope="module")
+def timed_scene(tmp_path_factory):
+    """The built-in scene with a ``time`` per frame (the D-NeRF format): frame k of a split of
+    n frames at time k / (n - 1)."""
+    root = make_scene(tmp_path_factory.mktemp("timed"), n_train=N_TRAIN, n_val=1, n_test=3, size=SIZE)
+    for split in ("train", "val", "test"):
+        file = root / f"transforms_{split}.json"
+        meta = json.loads(file.read_text())
+        n = len(meta["frames"])
+        for k, frame in enumerate(meta["frames"]):
+            frame["time"] = k / max(n - 1, 1)
+        file.write_text(json.dumps(meta))
+    return root
+
+
+def test_times_travel_from_the_data_to_every_ray(timed_scene, tmp_path):
+    from radfield.data import load_cameras
+    from radfield.export.camera_path import orbit_path
+
+    test = load_scene(timed_scene, "test")
+    assert torch.equal(test.cameras.attrs["times"], torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.equal(load_cameras(timed_scene, "test").cameras.attrs["times"], test.cameras.attrs["times"])
+    rays = image_rays(test.cameras, 1)
+    assert torch.equal(rays.get("times"), torch.full((SIZE * SIZE,), 0.5))
+    # training batches: each ray has its image's time
+    trainer = trainer_for(config_for(timed_scene, "tiny", TINY), tmp_path / "run")
+    batch = trainer.make_batch(128)
+    expected = batch.rays.get("train_index").float() / (N_TRAIN - 1)
+    torch.testing.assert_close(batch.rays.get("times"), expected)
+    assert trainer.model.scene.time_range == (0.0, 1.0)
+    # an orbit of a dynamic scene sweeps its time range
+    path = orbit_path(load_cameras(timed_scene, "train"), 5)
+    torch.testing.assert_close(path.attrs["times"], torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))

@@ -1,17 +1,38 @@
 """Dataset readers. Every reader returns a :class:`SceneData` (one split, radfield's camera
-conventions); :func:`load_scene` picks the reader from what is on disk."""
+conventions); :func:`load_scene` picks the reader from what is on disk.
+
+:func:`load_cameras` gives the same split's cameras as a :class:`SceneCameras` without decoding
+an image; every reader is that plus the pixels (``load_scene = load_cameras + pixels``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from radfield.data.blender import load_blender
-from radfield.data.colmap import load_colmap
-from radfield.data.llff import load_llff
-from radfield.data.scene import SceneData
+from radfield.data.blender import blender_cameras, load_blender
+from radfield.data.colmap import colmap_cameras, load_colmap
+from radfield.data.llff import llff_cameras, load_llff
+from radfield.data.scene import SceneCameras, SceneData
 from radfield.errors import RadfieldError
 
-__all__ = ["SceneData", "load_scene", "load_scene_groups", "load_blender", "load_colmap", "load_llff"]
+__all__ = ["SceneData", "SceneCameras", "load_scene", "load_scene_groups", "load_cameras",
+           "load_blender", "load_colmap", "load_llff"]
+
+
+def _format(p: Path) -> str:
+    """``"blender"``, ``"colmap"`` or ``"llff"``: the format of the dataset at ``p``, tried in
+    that order (see :func:`load_scene`); RadfieldError when none fits."""
+    if not p.exists():
+        raise RadfieldError(f"{p}: no such file or folder")
+    is_json = p.is_file() and p.suffix == ".json"
+    if is_json or (p.is_dir() and any(p.glob("transforms*.json"))):
+        return "blender"
+    if p.is_dir() and (p / "sparse").is_dir():
+        return "colmap"
+    if p.is_dir() and (p / "poses_bounds.npy").is_file():
+        return "llff"
+    raise RadfieldError(f"{p}: unrecognised dataset format (expected transforms_<split>.json, "
+                        "transforms.json, a COLMAP sparse/ folder or poses_bounds.npy)")
 
 
 def load_scene(path: str | Path, split: str = "train", downscale: int = 1, *,
@@ -24,17 +45,39 @@ def load_scene(path: str | Path, split: str = "train", downscale: int = 1, *,
     most images); LLFF (``poses_bounds.npy``).
     """
     p = Path(path)
-    if not p.exists():
-        raise RadfieldError(f"{p}: no such file or folder")
-    is_json = p.is_file() and p.suffix == ".json"
-    if is_json or (p.is_dir() and any(p.glob("transforms*.json"))):
+    fmt = _format(p)
+    if fmt == "blender":
         return load_blender(p, split, downscale)
-    if p.is_dir() and (p / "sparse").is_dir():
+    if fmt == "colmap":
         return load_colmap(p, split, downscale, model=colmap_model)
-    if p.is_dir() and (p / "poses_bounds.npy").is_file():
-        return load_llff(p, split, downscale)
-    raise RadfieldError(f"{p}: unrecognised dataset format (expected transforms_<split>.json, "
-                        "transforms.json, a COLMAP sparse/ folder or poses_bounds.npy)")
+    return load_llff(p, split, downscale)
+
+
+def load_cameras(path: str | Path, split: str = "train", downscale: int = 1, *,
+                 colmap_model: str | None = None) -> SceneCameras:
+    """The cameras of ``split`` of the dataset at ``path``, without decoding any image.
+
+    Exactly the ``cameras``, ``names``, ``aabb``, ``meta`` and ``times`` that
+    :func:`load_scene` gives for the same arguments (same normalisation, same hold-out, same
+    downscale). For a multi-scale dataset (:mod:`radfield.data.multiscale`): the cameras of its
+    full-resolution scale (the smallest factor; that group of :func:`load_scene_groups`), with
+    ``meta["scale"]``; such a dataset is not downscaled again.
+    Image sizes come from the json's ``w`` / ``h`` (else the first image's header), the COLMAP
+    camera (or the ``images_f`` headers), or the LLFF image headers.
+    """
+    from radfield.data.multiscale import is_multiscale, multiscale_cameras
+
+    p = Path(path)
+    if p.exists() and is_multiscale(p):
+        if downscale != 1:
+            raise RadfieldError(f"{path}: a multi-scale dataset is not downscaled again (use --downscale 1)")
+        return multiscale_cameras(p, split)
+    fmt = _format(p)
+    if fmt == "blender":
+        return blender_cameras(p, split, downscale)
+    if fmt == "colmap":
+        return colmap_cameras(p, split, downscale, model=colmap_model)
+    return llff_cameras(p, split, downscale)
 
 
 def load_scene_groups(path: str | Path, split: str = "train", downscale: int = 1, *,

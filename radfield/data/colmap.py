@@ -25,8 +25,10 @@ Conventions:
   ``"all"`` is every image.
 * ``downscale = f``: ``PATH/images_f`` is read when it exists (its sizes must be within 1 px of
   ``W / f, H / f``; intrinsics are scaled by the actual size ratio), else the full images are
-  undistorted, then area-averaged over ``f x f`` blocks (:func:`blender.downscale_image`) and the
-  intrinsics divided by ``f``.
+  undistorted, then area-averaged over ``f x f`` blocks
+  (:func:`radfield.data.files.downscale_image`) and the intrinsics divided by ``f``.
+  :func:`colmap_cameras` gives the cameras without decoding an image (the sizes come from the
+  COLMAP cameras, or from the headers of the ``images_f`` files).
 * Scene normalisation ``x_scene = (x_world - center) * scale`` (:func:`normalization_from_cameras`
   by default, or :func:`normalization_from_points`) is computed from ALL registered images / all
   points, so every split shares it; it is applied to the camera centres (rotations unchanged) and
@@ -53,9 +55,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from radfield.cameras import Cameras
-from radfield.data.blender import NGP_HOLDOUT_EVERY, _one_line, downscale_image, read_image
-from radfield.data.scene import SceneData
-from radfield.errors import MissingSplitError, RadfieldError
+from radfield.data.files import (HOLDOUT_EVERY, check_options, check_prescaled_size,
+                                 check_same_size, downscale_image, downscale_intrinsics,
+                                 holdout_split, image_folder, one_line, read_image,
+                                 read_image_size)
+from radfield.data.scene import SceneCameras, SceneData
+from radfield.errors import RadfieldError
 
 # COLMAP model id -> (name, number of parameters); every model so that any file can be parsed.
 CAMERA_MODELS: dict[int, tuple[str, int]] = {
@@ -119,7 +124,7 @@ class _Bytes:
         try:
             self.data = file.read_bytes()
         except OSError as e:
-            raise RadfieldError(f"{file}: cannot read ({_one_line(e)})") from None
+            raise RadfieldError(f"{file}: cannot read ({one_line(e)})") from None
         self.pos = 0
 
     def corrupt(self, why: str) -> RadfieldError:
@@ -213,7 +218,7 @@ def _text_lines(file: Path) -> list[tuple[int, str]]:
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise RadfieldError(f"{file}: cannot read ({_one_line(e)})") from None
+        raise RadfieldError(f"{file}: cannot read ({one_line(e)})") from None
     return [(n + 1, line.strip()) for n, line in enumerate(text.splitlines())
             if not line.lstrip().startswith("#")]
 
@@ -517,94 +522,34 @@ def _pinhole(camera: ColmapCamera) -> tuple[float, float, float, float]:
     return float(p[0]), float(p[1]), float(p[2]), float(p[3])
 
 
-# ---------------------------------------------------------------------------- splits and images
+# ---------------------------------------------------------------------------- cameras
 
 
-def holdout_split(n: int, split: str, holdout_every: int, where: str) -> list[int]:
-    """Indices (into the name-sorted images) of ``split``: "test" / "val" are ``k % every ==
-    0``, "train" the rest, "all" everything. Example: ``n = 10, every = 8``: test ``[0, 8]``."""
-    if split not in ("train", "val", "test", "all"):
-        raise RadfieldError(f"{where}: unknown split '{split}' (expected train, val, test or all)")
-    if split == "all":
-        return list(range(n))
-    held_out = split != "train"
-    chosen = [k for k in range(n) if (k % holdout_every == 0) == held_out]
-    if not chosen:
-        raise MissingSplitError(f"{where}: split '{split}' is empty ({n} images, every "
-                                f"{holdout_every}th is held out for test/val)")
-    return chosen
+@dataclass
+class _View:
+    """One image of the split as its camera was read: where its pixels are and how to map them
+    onto the camera (the COLMAP camera, the pinhole intrinsics at the size the file is read)."""
+
+    file: Path
+    camera: ColmapCamera
+    intrinsics: tuple[float, float, float, float]
+    size: tuple[int, int]
+    """``(width, height)`` of the file as read (before any in-memory downscale)."""
 
 
-def check_options(downscale: int, holdout_every: int) -> None:
-    if not isinstance(downscale, int) or isinstance(downscale, bool) or downscale < 1:
-        raise RadfieldError(f"downscale: must be a positive integer, got {downscale!r}")
-    if not isinstance(holdout_every, int) or isinstance(holdout_every, bool) or holdout_every < 1:
-        raise RadfieldError(f"holdout_every: must be a positive integer, got {holdout_every!r}")
+def _check_images_present(sfm: ColmapModel, ordered: list[int], folder: Path) -> None:
+    missing = [sfm.images[i].name for i in ordered if not (folder / sfm.images[i].name).is_file()]
+    if missing:
+        raise RadfieldError(f"{sfm.files['images']}: {len(missing)} of {len(ordered)} listed "
+                            f"images missing from {folder} (first: {missing[0]})")
 
 
-def image_folder(path: Path, downscale: int) -> tuple[Path, bool]:
-    """``(folder, prescaled)``: ``PATH/images_f`` when it exists for ``downscale = f > 1``."""
-    if downscale > 1 and (path / f"images_{downscale}").is_dir():
-        return path / f"images_{downscale}", True
-    return path / "images", False
-
-
-def check_prescaled_size(file: Path, width: int, height: int, full_w: int, full_h: int,
-                         factor: int) -> None:
-    """An ``images_f`` image must be within 1 px of ``(full_w / f, full_h / f)``."""
-    if abs(width - full_w / factor) > 1 or abs(height - full_h / factor) > 1:
-        raise RadfieldError(f"{file}: size {width}x{height} does not match {full_w}x{full_h} "
-                            f"/ {factor}")
-
-
-def _channels_alike(images: list[np.ndarray]) -> list[np.ndarray]:
-    channels = 4 if any(im.shape[-1] == 4 for im in images) else 3
-    return [im if im.shape[-1] == channels else
-            np.concatenate([im, np.full(im.shape[:2] + (1,), 255, np.uint8)], axis=-1)
-            for im in images]
-
-
-# ---------------------------------------------------------------------------- the loader
-
-
-def downscale_in_memory(img: np.ndarray, intrinsics: tuple[float, float, float, float], downscale: int,
-                        prescaled: bool) -> tuple[np.ndarray, float, float, float, float]:
-    """Area-average ``img`` by ``downscale`` (unless it came from an ``images_N`` folder) and
-    scale the intrinsics ``(fx, fy, cx, cy)`` with it."""
-    fx, fy, cx, cy = intrinsics
-    if prescaled or downscale == 1:
-        return img, fx, fy, cx, cy
-    return downscale_image(img, downscale), fx / downscale, fy / downscale, cx / downscale, cy / downscale
-
-
-def check_same_size(img: np.ndarray, file: Path, size: tuple[int, int] | None) -> tuple[int, int]:
-    """The common ``(width, height)`` of a split's images; a clear error for one that differs."""
-    if size is not None and (img.shape[1], img.shape[0]) != size:
-        raise RadfieldError(f"{file}: size {img.shape[1]}x{img.shape[0]} differs from "
-                            f"{size[0]}x{size[1]} of the other images")
-    return img.shape[1], img.shape[0]
-
-
-def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
-                model: str | None = None, holdout_every: int = NGP_HOLDOUT_EVERY,
-                normalize: str = "cameras") -> SceneData:
-    """Read one split of a COLMAP project (see module doc).
-
-    Args:
-        path: the project folder holding ``images/`` and ``sparse/``.
-        split: "train", "val" (= "test"), "test" or "all".
-        downscale: integer factor ``f``; ``images_f/`` is used when present.
-        model: name of the model folder under ``sparse/`` (e.g. "1"); default: most images.
-        holdout_every: every ``holdout_every``-th name-sorted image is a test image.
-        normalize: "cameras" (:func:`normalization_from_cameras`) or "points"
-            (:func:`normalization_from_points`).
-
-    Returns a :class:`SceneData`: ``images (n, H/f, W/f, 3 or 4)`` uint8 (undistorted),
-    ``cameras`` (pinhole, ``c2w (n, 3, 4)`` OpenGL axes, normalised), ``names`` (image paths),
-    ``aabb (6,)``, and ``meta`` with ``format``, ``colmap_model``, ``sparse``, ``camera_model``,
-    ``normalization``, ``unbounded``, ``near``, ``far``, ``points (n_points, 3)`` float32
-    (normalised) and ``point_colors (n_points, 3)`` uint8.
-    """
+def _read_views(path: str | Path, split: str, downscale: int, model: str | None,
+                holdout_every: int, normalize: str, need_images: bool
+                ) -> tuple[SceneCameras, list[_View], bool]:
+    """The split's cameras, its views and whether the images are prescaled (``images_f``).
+    Decodes no image; reads image headers only for ``images_f`` (whose sizes set the
+    intrinsics). ``need_images``: fail unless every registered image is on disk."""
     path = Path(path)
     check_options(downscale, holdout_every)
     if normalize not in NORMALIZE_METHODS:
@@ -629,13 +574,9 @@ def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
         raise RadfieldError(f"{sfm.files['cameras']}: cameras have different image sizes "
                             f"({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); one size needed")
     full_w, full_h = sizes.pop()
-
     folder_images, prescaled = image_folder(path, downscale)
-    missing = [sfm.images[i].name for i in ordered
-               if not (folder_images / sfm.images[i].name).is_file()]
-    if missing:
-        raise RadfieldError(f"{images_file}: {len(missing)} of {len(ordered)} listed images "
-                            f"missing from {folder_images} (first: {missing[0]})")
+    if need_images or prescaled:
+        _check_images_present(sfm, ordered, folder_images)
 
     # Poses and normalisation, from all registered images.
     qvec = torch.tensor(np.stack([sfm.images[i].qvec for i in ordered]), dtype=torch.float64)
@@ -654,36 +595,27 @@ def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
     depths = torch.from_numpy(_point_depths(sfm, ordered, rot) * norm["scale"])
     near, far = near_far_from_depths(depths)
 
+    # Intrinsics and sizes: of the images_f file as it is, else of the camera divided by f.
     chosen = holdout_split(len(ordered), split, holdout_every, str(images_file))
-    images, intrinsics, names = [], [], []
-    out_size, grids = None, {}
+    views, intrinsics, out_size = [], [], None
     for k in chosen:
         entry = sfm.images[ordered[k]]
         camera = sfm.cameras[entry.camera_id]
         file = folder_images / entry.name
-        img = read_image(file)
-        height, width = img.shape[:2]
         fx, fy, cx, cy = _pinhole(camera)
         if prescaled:
+            width, height = read_image_size(file)
             check_prescaled_size(file, width, height, full_w, full_h, downscale)
             sx, sy = width / full_w, height / full_h
             fx, fy, cx, cy = fx * sx, fy * sy, cx * sx, cy * sy
-        elif (width, height) != (full_w, full_h):
-            raise RadfieldError(f"{file}: size {width}x{height} differs from the COLMAP camera's "
-                                f"{full_w}x{full_h}")
-        if camera.model not in ("SIMPLE_PINHOLE", "PINHOLE"):
-            key = (entry.camera_id, width, height)
-            if key not in grids:  # one grid per camera and size
-                grids[key] = undistortion_grid(camera.model, torch.from_numpy(camera.params),
-                                               (fx, fy, cx, cy), width, height)
-            img = undistort_image(torch.from_numpy(img), camera.model,
-                                  torch.from_numpy(camera.params), (fx, fy, cx, cy),
-                                  grids[key]).numpy()
-        img, fx, fy, cx, cy = downscale_in_memory(img, (fx, fy, cx, cy), downscale, prescaled)
-        out_size = check_same_size(img, file, out_size)
-        images.append(img)
-        intrinsics.append((fx, fy, cx, cy))
-        names.append(str(file))
+            out = (width, height)
+        else:
+            width, height = full_w, full_h
+            out = (width // downscale, height // downscale)
+        views.append(_View(file, camera, (fx, fy, cx, cy), (width, height)))
+        intrinsics.append((fx, fy, cx, cy) if prescaled else
+                          downscale_intrinsics((fx, fy, cx, cy), downscale))
+        out_size = check_same_size(out, file, out_size)
 
     k = torch.tensor(intrinsics, dtype=torch.float32)
     cameras = Cameras(c2w_all[chosen].float(), k[:, 0], k[:, 1], k[:, 2], k[:, 3],
@@ -696,5 +628,63 @@ def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
         "holdout_every": holdout_every, "points": points.float(),
         "point_colors": torch.from_numpy(sfm.colors.copy()),
     }
-    return SceneData(images=torch.from_numpy(np.stack(_channels_alike(images))), cameras=cameras,
-                     names=names, aabb=points_aabb(points), meta=meta)
+    scene = SceneCameras(cameras=cameras, names=[str(v.file) for v in views],
+                         aabb=points_aabb(points), meta=meta)
+    return scene, views, prescaled
+
+
+def colmap_cameras(path: str | Path, split: str = "train", downscale: int = 1,
+                   model: str | None = None, holdout_every: int = HOLDOUT_EVERY,
+                   normalize: str = "cameras") -> SceneCameras:
+    """The cameras of one split of a COLMAP project, without decoding an image: exactly the
+    ``cameras``, ``names``, ``aabb`` and ``meta`` of :func:`load_colmap` (same arguments).
+    Image sizes come from the COLMAP cameras, or from the file headers of ``images_f``."""
+    return _read_views(path, split, downscale, model, holdout_every, normalize,
+                       need_images=False)[0]
+
+
+# ---------------------------------------------------------------------------- the loader
+
+
+def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
+                model: str | None = None, holdout_every: int = HOLDOUT_EVERY,
+                normalize: str = "cameras") -> SceneData:
+    """Read one split of a COLMAP project (see module doc): :func:`colmap_cameras` plus the
+    pixels, undistorted and downscaled.
+
+    Args:
+        path: the project folder holding ``images/`` and ``sparse/``.
+        split: "train", "val" (= "test"), "test" or "all".
+        downscale: integer factor ``f``; ``images_f/`` is used when present.
+        model: name of the model folder under ``sparse/`` (e.g. "1"); default: most images.
+        holdout_every: every ``holdout_every``-th name-sorted image is a test image.
+        normalize: "cameras" (:func:`normalization_from_cameras`) or "points"
+            (:func:`normalization_from_points`).
+
+    Returns a :class:`SceneData`: ``images (n, H/f, W/f, 3 or 4)`` uint8 (undistorted),
+    ``cameras`` (pinhole, ``c2w (n, 3, 4)`` OpenGL axes, normalised), ``names`` (image paths),
+    ``aabb (6,)``, and ``meta`` with ``format``, ``colmap_model``, ``sparse``, ``camera_model``,
+    ``normalization``, ``unbounded``, ``near``, ``far``, ``points (n_points, 3)`` float32
+    (normalised) and ``point_colors (n_points, 3)`` uint8.
+    """
+    scene, views, prescaled = _read_views(path, split, downscale, model, holdout_every,
+                                          normalize, need_images=True)
+    images, grids = [], {}
+    for view in views:
+        img = read_image(view.file)
+        height, width = img.shape[:2]
+        if (width, height) != view.size:
+            what = "its header" if prescaled else "the COLMAP camera's"
+            raise RadfieldError(f"{view.file}: size {width}x{height} differs from {what} "
+                                f"{view.size[0]}x{view.size[1]}")
+        camera = view.camera
+        if camera.model not in ("SIMPLE_PINHOLE", "PINHOLE"):
+            key = (camera.camera_id, width, height)
+            if key not in grids:  # one grid per camera and size
+                grids[key] = undistortion_grid(camera.model, torch.from_numpy(camera.params),
+                                               view.intrinsics, width, height)
+            img = undistort_image(torch.from_numpy(img), camera.model,
+                                  torch.from_numpy(camera.params), view.intrinsics,
+                                  grids[key]).numpy()
+        images.append(img if prescaled else downscale_image(img, downscale))
+    return scene.with_images(images)

@@ -13,7 +13,8 @@ Conventions:
 * Intrinsics for an image of size ``W x H`` as read: ``fx = focal * W / w``,
   ``fy = focal * H / h``, ``cx = W / 2``, ``cy = H / 2`` (LLFF assumes a centred principal
   point). Without ``images_f``, ``downscale = f`` area-averages ``f x f`` blocks and divides the
-  intrinsics by ``f``.
+  intrinsics by ``f``. :func:`llff_cameras` takes ``W x H`` from the image file headers (the
+  files under ``images/`` need not have the size of ``hwf``), so it decodes no image.
 * Hold-out: name-sorted image ``k`` is in "test" and "val" (the same images) when
   ``k % holdout_every == 0``, in "train" otherwise; "all" is every image.
 * Normalisation as for COLMAP (:func:`radfield.data.colmap.normalization_from_cameras`, from all
@@ -35,11 +36,12 @@ import torch
 from torch import Tensor
 
 from radfield.cameras import Cameras
-from radfield.data.blender import NGP_HOLDOUT_EVERY, _one_line, read_image
-from radfield.data.colmap import (_channels_alike, apply_normalization, check_options,
-                                  check_prescaled_size, check_same_size, downscale_in_memory,
-                                  holdout_split, image_folder, normalization_from_cameras)
-from radfield.data.scene import SceneData
+from radfield.data.colmap import apply_normalization, normalization_from_cameras
+from radfield.data.files import (HOLDOUT_EVERY, check_options, check_prescaled_size,
+                                 check_same_size, downscale_image, downscale_intrinsics,
+                                 holdout_split, image_folder, one_line, read_image,
+                                 read_image_size)
+from radfield.data.scene import SceneCameras, SceneData
 from radfield.errors import RadfieldError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -61,7 +63,7 @@ def read_poses_bounds(file: Path) -> np.ndarray:
     try:
         data = np.load(file)
     except Exception as e:  # any reader failure is a bad-input error at this boundary
-        raise RadfieldError(f"{file}: cannot read ({_one_line(e)[:120]})") from None
+        raise RadfieldError(f"{file}: cannot read ({one_line(e)[:120]})") from None
     if data.ndim != 2 or data.shape[1] != 17 or data.shape[0] == 0:
         raise RadfieldError(f"{file}: expected an N x 17 array, got shape {data.shape}")
     try:
@@ -76,14 +78,10 @@ def read_poses_bounds(file: Path) -> np.ndarray:
     return data
 
 
-def load_llff(path: str | Path, split: str = "train", downscale: int = 1,
-              holdout_every: int = NGP_HOLDOUT_EVERY) -> SceneData:
-    """Read one split of an LLFF dataset (see module doc).
-
-    Returns a :class:`SceneData`: ``images (n, H, W, 3 or 4)`` uint8, ``cameras`` (``c2w (n, 3,
-    4)`` OpenGL axes, normalised), ``names`` (image paths), ``aabb (6,)`` and ``meta`` with
-    ``format``, ``normalization``, ``unbounded``, ``near``, ``far``, ``holdout_every``.
-    """
+def _read_views(path: str | Path, split: str, downscale: int, holdout_every: int
+                ) -> tuple[SceneCameras, list[tuple[int, int]], bool]:
+    """The split's cameras, the ``(width, height)`` of each of its files as read (from the
+    headers) and whether they are prescaled (``images_f``). Decodes no image."""
     path = Path(path)
     check_options(downscale, holdout_every)
     file = path / "poses_bounds.npy"
@@ -108,18 +106,21 @@ def load_llff(path: str | Path, split: str = "train", downscale: int = 1,
     aabb = torch.cat([centers.min(dim=0).values - margin, centers.max(dim=0).values + margin])
 
     chosen = holdout_split(len(files), split, holdout_every, str(file))
-    images, intrinsics, out_size = [], [], None
+    sizes, intrinsics, out_size = [], [], None
     for k in chosen:
-        img = read_image(files[k])
-        height, width = img.shape[:2]
+        width, height = read_image_size(files[k])
         h, w, focal = (float(x) for x in poses[k, :, 4])
         if prescaled:
             check_prescaled_size(files[k], width, height, round(w), round(h), downscale)
         intr = (focal * width / w, focal * height / h, width / 2, height / 2)
-        img, fx, fy, cx, cy = downscale_in_memory(img, intr, downscale, prescaled)
-        out_size = check_same_size(img, files[k], out_size)
-        images.append(img)
-        intrinsics.append((fx, fy, cx, cy))
+        if prescaled:
+            out = (width, height)
+        else:
+            intr, out = downscale_intrinsics(intr, downscale), (width // downscale,
+                                                                height // downscale)
+        out_size = check_same_size(out, files[k], out_size)
+        sizes.append((width, height))
+        intrinsics.append(intr)
 
     k = torch.tensor(intrinsics, dtype=torch.float32)
     cameras = Cameras(c2w_all[chosen].float(), k[:, 0], k[:, 1], k[:, 2], k[:, 3],
@@ -129,5 +130,33 @@ def load_llff(path: str | Path, split: str = "train", downscale: int = 1,
         "near": float(bounds[:, 0].min()) * scale, "far": float(bounds[:, 1].max()) * scale,
         "holdout_every": holdout_every,
     }
-    return SceneData(images=torch.from_numpy(np.stack(_channels_alike(images))), cameras=cameras,
-                     names=[str(files[k]) for k in chosen], aabb=aabb.float(), meta=meta)
+    scene = SceneCameras(cameras=cameras, names=[str(files[k]) for k in chosen],
+                         aabb=aabb.float(), meta=meta)
+    return scene, sizes, prescaled
+
+
+def llff_cameras(path: str | Path, split: str = "train", downscale: int = 1,
+                 holdout_every: int = HOLDOUT_EVERY) -> SceneCameras:
+    """The cameras of one split of an LLFF dataset, without decoding an image: exactly the
+    ``cameras``, ``names``, ``aabb`` and ``meta`` of :func:`load_llff` (image sizes from the
+    file headers)."""
+    return _read_views(path, split, downscale, holdout_every)[0]
+
+
+def load_llff(path: str | Path, split: str = "train", downscale: int = 1,
+              holdout_every: int = HOLDOUT_EVERY) -> SceneData:
+    """Read one split of an LLFF dataset (see module doc): :func:`llff_cameras` plus the pixels.
+
+    Returns a :class:`SceneData`: ``images (n, H, W, 3 or 4)`` uint8, ``cameras`` (``c2w (n, 3,
+    4)`` OpenGL axes, normalised), ``names`` (image paths), ``aabb (6,)`` and ``meta`` with
+    ``format``, ``normalization``, ``unbounded``, ``near``, ``far``, ``holdout_every``.
+    """
+    scene, sizes, prescaled = _read_views(path, split, downscale, holdout_every)
+    images = []
+    for name, size in zip(scene.names, sizes):
+        img = read_image(Path(name))
+        if (img.shape[1], img.shape[0]) != size:
+            raise RadfieldError(f"{name}: size {img.shape[1]}x{img.shape[0]} differs from its "
+                                f"header's {size[0]}x{size[1]}")
+        images.append(img if prescaled else downscale_image(img, downscale))
+    return scene.with_images(images)

@@ -17,7 +17,7 @@ Choices:
 * **Premultiplied averaging.** RGBA pixels (straight alpha, as the PNGs store them) are averaged
   as ``a' = mean(a)``, ``c' = sum(c * a) / sum(a)`` (0 where the block is fully transparent),
   i.e. premultiplied colour and alpha are averaged and the colour un-premultiplied again; this
-  is :func:`radfield.data.blender.downscale_image`. Composited over a background ``b`` this is
+  is :func:`radfield.data.files.downscale_image`. Composited over a background ``b`` this is
   exactly the block mean of the composited full-resolution pixels,
   ``c' a' + b (1 - a') = mean(c a + b (1 - a))``. mip-NeRF's ``convert_blender_data.py``
   instead averages straight RGBA (``down2``: plain mean of r, g, b, a), which darkens
@@ -34,7 +34,7 @@ Choices:
   ``camera_angle_x`` (the field of view of the uncropped image; ``fl_x`` takes precedence in
   the reader, and the two agree whenever ``W`` is divisible by ``f``). Depths
   (``depth_file_path``) are averaged over the nonzero values of each block
-  (:func:`radfield.data.blender.downscale_depth`). Every other frame key is kept unchanged.
+  (:func:`radfield.data.files.downscale_depth`). Every other frame key is kept unchanged.
 
 :func:`make_multiscale` writes into a hidden folder beside ``out`` and renames it onto ``out``
 at the end, so a failed or interrupted run leaves no ``out`` that looks complete.
@@ -52,14 +52,15 @@ from pathlib import Path
 
 import numpy as np
 
-from radfield.data.blender import (_INTRINSIC_KEYS, _image_file, check_rigid, downscale_depth,
-                                   downscale_image, frame_intrinsics, load_blender, read_depth,
-                                   read_image, read_json)
-from radfield.data.scene import SceneData
+from radfield.data.blender import INTRINSIC_KEYS, blender_cameras, frame_intrinsics, load_blender
+from radfield.data.files import (check_rigid, downscale_depth, downscale_image, image_file,
+                                 read_depth, read_image, read_json, resolve)
+from radfield.data.scene import SceneCameras, SceneData
 from radfield.errors import RadfieldError
 from radfield.io import save_png
 
-__all__ = ["make_multiscale", "is_multiscale", "load_multiscale", "loss_multipliers"]
+__all__ = ["make_multiscale", "is_multiscale", "load_multiscale", "multiscale_cameras",
+           "loss_multipliers"]
 
 MANIFEST = "multiscale.json"
 DEFAULT_SCALES = (1, 2, 4, 8)
@@ -179,34 +180,34 @@ def _json_file_path(rel: Path) -> str:
 def _convert_split(src: Path, split: str, meta: dict, tmp: Path, scales: tuple[int, ...],
                    written: dict[Path, Path], bar) -> None:
     file = src / f"transforms_{split}.json"
-    top = {k: v for k, v in meta.items() if k != "frames" and k not in _INTRINSIC_KEYS}
+    top = {k: v for k, v in meta.items() if k != "frames" and k not in INTRINSIC_KEYS}
     frames = {f: [] for f in scales}
     first = None  # (width, height, intrinsics, image file) of frame 0
     for n, frame in enumerate(meta["frames"]):
         where = f"{file}: frame {n} ({frame['file_path']})"
-        image_file = _image_file(src, str(frame["file_path"]))
-        img = read_image(image_file)
+        img_path = image_file(src, str(frame["file_path"]))
+        img = read_image(img_path)
         height, width = img.shape[:2]
         intr = frame_intrinsics(meta, frame, width, height, where)
         if first is None:
-            first = (width, height, intr, image_file)
+            first = (width, height, intr, img_path)
             for f in scales:
                 if width // f == 0 or height // f == 0:
-                    raise RadfieldError(f"{image_file}: {width}x{height} image is smaller than "
+                    raise RadfieldError(f"{img_path}: {width}x{height} image is smaller than "
                                         f"scale {f}")
         elif (width, height) != first[:2]:
-            raise RadfieldError(f"{image_file}: size {width}x{height} differs from "
+            raise RadfieldError(f"{img_path}: size {width}x{height} differs from "
                                 f"{first[0]}x{first[1]} of {first[3]}")
-        image_rel = _output_path(src, image_file, split, ".png")
-        _claim(written, image_rel, image_file)
+        image_rel = _output_path(src, img_path, split, ".png")
+        _claim(written, image_rel, img_path)
         depth, depth_rel = None, None
         if "depth_file_path" in frame:
-            depth_file = Path(os.path.normpath(src / str(frame["depth_file_path"])))
+            depth_file = resolve(src, str(frame["depth_file_path"]))
             depth = read_depth(depth_file, height, width)
             depth_rel = _output_path(src, depth_file, split, ".npy")
             _claim(written, depth_rel, depth_file)
 
-        kept = {k: v for k, v in frame.items() if k not in _INTRINSIC_KEYS}
+        kept = {k: v for k, v in frame.items() if k not in INTRINSIC_KEYS}
         for f in scales:
             save_png(tmp / f"x{f}" / image_rel, downscale_image(img, f))
             entry = {**kept, "file_path": _json_file_path(image_rel)}
@@ -263,20 +264,36 @@ def is_multiscale(path: str | Path) -> bool:
     return (p / MANIFEST).is_file() if p.is_dir() else (p.name == MANIFEST and p.is_file())
 
 
-def load_multiscale(path: str | Path, split: str = "train") -> list[SceneData]:
-    """One :class:`SceneData` per scale (``load_blender(path / "x{f}", split)``), in the order
-    of ``multiscale.json``'s scales, each with ``meta["scale"] = f``."""
+def _scale_folders(path: str | Path) -> list[tuple[int, Path]]:
+    """``(f, folder of scale f)`` in the order of ``multiscale.json``'s scales, checked."""
     p = Path(path)
     folder = p.parent if p.is_file() else p
     if not is_multiscale(p):
         raise RadfieldError(f"{p}: not a multi-scale dataset (no {MANIFEST})")
     manifest = folder / MANIFEST
     scales = check_scales(read_json(manifest).get("scales"), str(manifest))
-    scenes = []
     for f in scales:
         if not (folder / f"x{f}").is_dir():
             raise RadfieldError(f"{folder / f'x{f}'}: missing (listed in {manifest})")
-        data = load_blender(folder / f"x{f}", split)
+    return [(f, folder / f"x{f}") for f in scales]
+
+
+def load_multiscale(path: str | Path, split: str = "train") -> list[SceneData]:
+    """One :class:`SceneData` per scale (``load_blender(path / "x{f}", split)``), in the order
+    of ``multiscale.json``'s scales, each with ``meta["scale"] = f``."""
+    scenes = []
+    for f, folder in _scale_folders(path):
+        data = load_blender(folder, split)
         data.meta["scale"] = f
         scenes.append(data)
     return scenes
+
+
+def multiscale_cameras(path: str | Path, split: str = "train") -> SceneCameras:
+    """The cameras of the full-resolution scale (the smallest ``f``, 1 for the default scales),
+    without decoding an image: those of ``load_multiscale(path, split)`` at that scale, with
+    ``meta["scale"] = f``."""
+    f, folder = min(_scale_folders(path))
+    cams = blender_cameras(folder, split)
+    cams.meta["scale"] = f
+    return cams

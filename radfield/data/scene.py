@@ -1,12 +1,62 @@
-"""The in-memory form of a posed-image dataset, whatever format it was read from."""
+"""The in-memory form of a posed-image dataset, whatever format it was read from.
+
+:class:`SceneCameras` is what a reader knows without decoding an image (cameras, image names,
+scene box, metadata); :class:`SceneData` adds the pixels. Every reader is built so:
+``load_X = X_cameras + reading the pixels`` (:meth:`SceneCameras.with_images`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from radfield.cameras import Cameras
+from radfield.data.files import channels_alike
+
+
+@dataclass
+class SceneCameras:
+    """The cameras of one split of a dataset, read without decoding its images.
+
+    Attributes:
+        cameras: ``n_images`` cameras (after any downscale).
+        names: ``n_images`` image paths.
+        aabb: ``(6,)`` scene bounding box ``(xmin, ymin, zmin, xmax, ymax, zmax)``.
+        meta: the reader's metadata (``format``, ``normalization``, ``near``, ``far``, ...).
+        times: optional ``(n_images,)`` float32 in [0, 1] (dynamic scenes); the cameras carry
+            them too (``cameras.attrs["times"]``), so every ray of theirs does.
+    """
+
+    cameras: Cameras
+    names: list[str]
+    aabb: Tensor
+    meta: dict = field(default_factory=dict)
+    times: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # Every ray of a camera carries its time (per-ray attribute ``times``).
+        if self.times is not None and "times" not in self.cameras.attrs:
+            self.cameras = self.cameras.with_attrs(times=self.times.float())
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+    def with_images(self, images: list[np.ndarray], depths: Tensor | None = None) -> SceneData:
+        """The :class:`SceneData` of these cameras and their ``(H, W, 3 or 4)`` uint8 images
+        (given in camera order, all of the cameras' size; if any has alpha all get 4 channels,
+        see :func:`radfield.data.files.channels_alike`) and optional depths."""
+        for name, img in zip(self.names, images):
+            if img.shape[:2] != (self.cameras.height, self.cameras.width):
+                raise ValueError(f"{name}: image {img.shape[1]}x{img.shape[0]} does not match "
+                                 f"its camera {self.cameras.width}x{self.cameras.height}")
+        if len(images) != len(self):
+            raise ValueError(f"{len(images)} images for {len(self)} cameras")
+        return SceneData(images=torch.from_numpy(np.stack(channels_alike(images))),
+                         cameras=self.cameras, names=self.names, aabb=self.aabb, depths=depths,
+                         times=self.times, meta=self.meta)
 
 
 @dataclass
@@ -19,7 +69,8 @@ class SceneData:
         cameras: the images' cameras.
         names: ``n_images`` image paths, for error messages and per-image metrics.
         depths: optional ``(n_images, height, width)`` float32 planar camera z, 0 = no depth.
-        times: optional ``(n_images,)`` float32 in [0, 1] (dynamic scenes).
+        times: optional ``(n_images,)`` float32 in [0, 1] (dynamic scenes); the cameras carry
+            them too (``cameras.attrs["times"]``), so every ray of theirs does.
         aabb: ``(6,)`` scene bounding box ``(xmin, ymin, zmin, xmax, ymax, zmax)`` that the field
             and the occupancy grid cover.
     """
@@ -31,6 +82,11 @@ class SceneData:
     depths: Tensor | None = None
     times: Tensor | None = None
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Every ray of a camera carries its time (per-ray attribute ``times``).
+        if self.times is not None and "times" not in self.cameras.attrs:
+            self.cameras = self.cameras.with_attrs(times=self.times.float())
 
     def __len__(self) -> int:
         return self.images.shape[0]

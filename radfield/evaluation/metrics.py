@@ -23,7 +23,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["mse", "psnr", "psnr_uint8", "quantize_uint8", "gaussian_window", "ssim", "lpips_fn"]
+from radfield.losses.ssim import ssim_map
+
+__all__ = ["mse", "psnr", "psnr_uint8", "quantize_uint8", "ssim", "lpips_fn"]
 
 
 def _check_pair(pred: Tensor, target: Tensor) -> None:
@@ -63,26 +65,10 @@ def psnr_uint8(pred: Tensor, target: Tensor) -> float:
     return psnr(quantize_uint8(pred), quantize_uint8(target))
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
-    """1-D Gaussian ``g_i = exp(-(i - (size-1)/2)^2 / (2 sigma^2))``, normalised to sum 1.
-
-    The 2-D SSIM window is the outer product ``g g^T``. float64, shape ``(size,)``.
-    """
-    i = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-0.5 * (i / sigma) ** 2)
-    return g / g.sum()
-
-
-def _filter_valid(x: Tensor, g: Tensor) -> Tensor:
-    """Separable 'valid' filtering of ``x (C, 1, H, W)`` with ``g g^T``: ``(C, 1, H-k+1, W-k+1)``."""
-    k = g.numel()
-    x = torch.nn.functional.conv2d(x, g.view(1, 1, k, 1))
-    return torch.nn.functional.conv2d(x, g.view(1, 1, 1, k))
-
-
 def ssim(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5,
          k1: float = 0.01, k2: float = 0.03) -> float:
-    """Structural similarity, mean over channels and 'valid' window positions.
+    """Structural similarity, mean over channels and 'valid' window positions
+    (:func:`radfield.losses.ssim.ssim_map` on the clipped images, in float64).
 
     With window-weighted local statistics (``w`` the normalised Gaussian window)::
 
@@ -103,19 +89,7 @@ def ssim(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5
         raise ValueError(f"ssim needs images of at least {window_size}x{window_size}, got {h}x{w}")
     x = pred.double().clamp(0, 1).permute(2, 0, 1).unsqueeze(1)  # (3, 1, H, W)
     y = target.double().clamp(0, 1).permute(2, 0, 1).unsqueeze(1)
-    g = gaussian_window(window_size, sigma).to(x.device)
-
-    mu_x, mu_y = _filter_valid(x, g), _filter_valid(y, g)
-    s_xx = (_filter_valid(x * x, g) - mu_x**2).clamp_min(0)
-    s_yy = (_filter_valid(y * y, g) - mu_y**2).clamp_min(0)
-    s_xy = _filter_valid(x * y, g) - mu_x * mu_y
-    bound = torch.sqrt(s_xx * s_yy)
-    s_xy = torch.maximum(torch.minimum(s_xy, bound), -bound)
-
-    c1, c2 = k1**2, k2**2
-    numer = (2 * mu_x * mu_y + c1) * (2 * s_xy + c2)
-    denom = (mu_x**2 + mu_y**2 + c1) * (s_xx + s_yy + c2)
-    return float((numer / denom).mean())
+    return float(ssim_map(x, y, window_size, sigma, k1, k2, clamp_covariance=True).mean())
 
 
 def _lpips_weights_present(net: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from radfield.data import load_scene_groups
+from radfield.data import load_cameras
 from radfield.errors import RadfieldError
 from radfield.export.camera_path import orbit_path
 from radfield.export.video import write_video
@@ -23,11 +23,12 @@ def render_video(run_dir: str | Path, out: str | Path, path: str = "orbit", n_fr
         raise RadfieldError(f"unknown camera path {path!r} (choose from: {', '.join(PATHS)})")
     config, model = load_run(run_dir, device)
     data = config.data
+    # Cameras only: no image of the dataset is decoded to place the path.
     if path == "orbit":
-        train = load_scene_groups(data.path, "train", data.downscale, colmap_model=data.colmap_model)[0]
-        cams = orbit_path(train, n_frames)
+        cams = orbit_path(load_cameras(data.path, "train", data.downscale, colmap_model=data.colmap_model),
+                          n_frames)
     else:
-        cams = load_scene_groups(data.path, "test", data.downscale, colmap_model=data.colmap_model)[0].cameras
+        cams = load_cameras(data.path, "test", data.downscale, colmap_model=data.colmap_model).cameras
     cams = cams.to(device)
     bg = background_color(config.data.eval_background, device)
     indices = range(len(cams))

@@ -31,13 +31,17 @@ Paths:
     `hash_grid_reference` -- plain PyTorch (any device, any float dtype, autograd to tables and x).
     The CPU kernel `radfield/fields/_hashgrid_cpu.c` -- float32, OpenMP, compiled with gcc at first
     use into $RADFIELD_CACHE (default ~/.cache/radfield) and called through ctypes inside a
-    `torch.autograd.Function`. Forward and input gradient run in parallel over points; the table
-    gradient runs in parallel over levels (each level its own table: no write races). It also
-    gives the input gradient (for pose refinement), so it needs no fallback when x requires grad.
+    `torch.autograd.Function`. The cached library's name hashes the source, the flags, the gcc
+    version and the host CPU (the flags include -march=native, so a cache shared between
+    machines must not hand one CPU another's build). Forward and input gradient run in parallel
+    over points; the table gradient runs in parallel over levels (each level its own table: no
+    write races). It also gives the input gradient (for pose refinement), so it needs no
+    fallback when x requires grad.
     It is used when x and every table are float32 on the CPU, the compiler works, the config has
     `use_kernel=True` and the environment has no RADFIELD_NO_KERNEL=1; otherwise the reference
-    runs. It is not twice differentiable (use the reference for double backward). Under
-    `torch.compile` the kernel call is a graph break (it is opaque to dynamo).
+    runs (no gcc on PATH, a failed build or one over 180 s: with one warning). It is not twice
+    differentiable (use the reference for double backward). Under `torch.compile` the kernel
+    call is a graph break (it is opaque to dynamo).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ import ctypes
 import hashlib
 import math
 import os
+import platform
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -151,6 +157,7 @@ def hash_grid_reference(x: Tensor, tables: Sequence[Tensor], resolutions: Sequen
 _SOURCE = Path(__file__).with_name("_hashgrid_cpu.c")
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-ffp-contract=off"]
 _FORWARD_ORDER = 0  # 0: points outer (all levels per point); 1: levels outer. 0 measured faster.
+_GCC_TIMEOUT_S = 180  # seconds for one gcc call; past it the PyTorch reference runs
 
 _lib: ctypes.CDLL | None = None
 _lib_failed = False
@@ -162,19 +169,68 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+_CPUINFO_KEYS = ("model name", "flags", "Features", "CPU implementer", "CPU part")
+
+
+def _cpu_identity() -> str:
+    """The host CPU as the compiler's ``-march=native`` sees it: ``platform.machine()`` plus the
+    first ``model name``, ``flags`` (x86) or ``Features``, ``CPU implementer``, ``CPU part``
+    (ARM) lines of /proc/cpuinfo where it exists (else ``platform.processor()``)."""
+    parts = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            seen: dict[str, str] = {}
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in _CPUINFO_KEYS and key not in seen:
+                    seen[key] = " ".join(value.split())
+        parts += [f"{key}={seen[key]}" for key in _CPUINFO_KEYS if key in seen]
+    except OSError:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def _gcc_version() -> str:
+    """First line of ``gcc --version``; RuntimeError when gcc is missing or fails."""
+    if shutil.which("gcc") is None:
+        raise RuntimeError("gcc not found on PATH")
+    try:
+        proc = subprocess.run(["gcc", "--version"], capture_output=True, text=True,
+                              timeout=_GCC_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise RuntimeError(f"gcc --version failed ({err})") from None
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"gcc --version failed: {proc.stderr.strip()}")
+    return proc.stdout.splitlines()[0].strip()
+
+
+def _library_path() -> Path:
+    """``$RADFIELD_CACHE/hashgrid_cpu_<key>.so``, ``key`` a hash of everything the compiled code
+    depends on: the C source, the flags, the gcc version and the CPU (``-march=native`` code may
+    use instructions that another CPU sharing the cache lacks: SIGILL)."""
+    digest = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS).encode(), _gcc_version().encode(),
+                 _cpu_identity().encode()):
+        digest.update(len(part).to_bytes(8, "little") + part)
+    return _cache_dir() / f"hashgrid_cpu_{digest.hexdigest()[:16]}.so"
+
+
 def _build_library() -> ctypes.CDLL:
-    """Compile `_hashgrid_cpu.c` once per (source, flags) into the cache dir and load it."""
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(_CFLAGS).encode()).hexdigest()[:16]
-    cache = _cache_dir()
+    """Compile `_hashgrid_cpu.c` once per (source, flags, gcc, CPU) into the cache dir and load
+    it; RuntimeError when gcc is missing, fails or runs past `_GCC_TIMEOUT_S` seconds."""
+    target = _library_path()
+    cache = target.parent
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"hashgrid_cpu_{key}.so"
     if not target.exists():
         fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=cache)
         os.close(fd)
         try:
             cmd = ["gcc", *_CFLAGS, str(_SOURCE), "-o", tmp, "-lm"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_GCC_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"{' '.join(cmd)} timed out after {_GCC_TIMEOUT_S} s") from None
             if proc.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
             os.replace(tmp, target)  # atomic: concurrent builders never see a partial file

@@ -22,7 +22,7 @@ from radfield.fields.base import trunc_exp
 from radfield.fields.hashgrid import HashGrid, HashGridConfig
 from radfield.fields.ngp import mlp
 from radfield.fields.sh import sh_encode
-from radfield.samplers.proposal import contract
+from radfield.geometry import contract
 
 
 class Contraction(nn.Module):

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from radfield.errors import RadfieldError
-from radfield.evaluation.metrics import _filter_valid, gaussian_window
 from radfield.losses.colour import COLOUR_SPACES, gamma as gamma_encode, tonemap as tonemap_curve
+from radfield.losses.ssim import ssim_map
 
 __all__ = ["l2", "l1", "rmse", "charbonnier", "ssim_loss", "fft_loss", "to_patches",
            "PHOTOMETRIC_LOSSES", "PATCH_LOSSES", "PhotometricLoss", "parse_loss"]
@@ -100,7 +100,8 @@ def ssim_loss(pred: Tensor, target: Tensor, patch_size: int, window_size: int = 
               sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> Tensor:
     """``1 - mean SSIM`` over patches, channels and 'valid' window positions.
 
-    SSIM as in :func:`radfield.evaluation.metrics.ssim` (Gaussian window ``sigma = 1.5``,
+    SSIM from :func:`radfield.losses.ssim.ssim_map`, as the metric
+    :func:`radfield.evaluation.metrics.ssim` (Gaussian window ``sigma = 1.5``,
     ``C1 = K1^2``, ``C2 = K2^2`` for data range 1), per channel of each patch::
 
         mu_x = sum w x,   s_xx = sum w x^2 - mu_x^2,   s_xy = sum w x y - mu_x mu_y
@@ -126,15 +127,7 @@ def ssim_loss(pred: Tensor, target: Tensor, patch_size: int, window_size: int = 
     y = to_patches(target, patch_size).permute(0, 3, 1, 2).reshape(-1, 1, patch_size, patch_size)
     if x.shape[0] == 0:
         return pred.sum() * 0.0
-    g = gaussian_window(k, sigma).to(device=x.device, dtype=x.dtype)
-    mu_x, mu_y = _filter_valid(x, g), _filter_valid(y, g)
-    s_xx = (_filter_valid(x * x, g) - mu_x**2).clamp_min(0)
-    s_yy = (_filter_valid(y * y, g) - mu_y**2).clamp_min(0)
-    s_xy = _filter_valid(x * y, g) - mu_x * mu_y
-    c1, c2 = k1**2, k2**2
-    numer = (2 * mu_x * mu_y + c1) * (2 * s_xy + c2)
-    denom = (mu_x**2 + mu_y**2 + c1) * (s_xx + s_yy + c2)
-    return 1.0 - (numer / denom).mean()
+    return 1.0 - ssim_map(x, y, k, sigma, k1, k2).mean()
 
 
 def fft_loss(pred: Tensor, target: Tensor, patch_size: int) -> Tensor:

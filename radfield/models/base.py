@@ -61,8 +61,6 @@ class SceneInfo:
     def from_data(cls, data) -> "SceneInfo":
         """From a :class:`radfield.data.SceneData` (the training split)."""
         times = data.cameras.attrs.get("times")
-        if times is None:
-            times = data.times
         return cls(data.aabb.float().clone(), len(data), bool(data.has_alpha),
                    None if times is None else (float(times.min()), float(times.max())))
 

@@ -19,10 +19,10 @@ from radfield.cameras import Rays
 from radfield.config import HierarchicalConfig, OptimConfig, RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.nerf import MipNeRFField, NeRFAEField, NeRFField
+from radfield.geometry import box_near_far
 from radfield.models.base import Model, SceneInfo
 from radfield.rendering.pipeline import render_samples
 from radfield.samplers.frustums import conical_frustum_to_gaussian, cylinder_to_gaussian
-from radfield.samplers.occupancy import box_near_far
 from radfield.samplers.proposal import sample_pdf, uniform_bins
 from radfield.samplers.samples import Level, Samples, packed_from_bins
 

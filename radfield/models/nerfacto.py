@@ -16,9 +16,9 @@ from radfield.cameras import Rays
 from radfield.config import OptimConfig, RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.nerfacto import NerfactoField, ProposalDensityField
+from radfield.geometry import box_near_far
 from radfield.models.base import Model, SceneInfo
 from radfield.rendering.volume import render_weights
-from radfield.samplers.occupancy import box_near_far
 from radfield.samplers.proposal import s_to_t, sample_pdf, uniform_bins
 from radfield.samplers.samples import Level, Samples, packed_from_bins
 

@@ -19,30 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from radfield.cameras import Rays
+from radfield.geometry import ray_aabb_intersect
 from radfield.rendering.volume import render_weights
 from radfield.samplers.samples import Samples
 
-__all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples", "box_near_far", "ray_aabb_intersect"]
-
-
-def ray_aabb_intersect(origins: Tensor, directions: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
-    """Slab test. Returns ``(t_near, t_far)``, ``(n_rays,)``; rays missing the box get
-    ``t_near > t_far``. ``t_near`` may be negative when the origin is inside the box."""
-    inv_d = 1.0 / torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
-    t0 = (aabb[:3] - origins) * inv_d
-    t1 = (aabb[3:] - origins) * inv_d
-    t_near = torch.minimum(t0, t1).amax(dim=-1)
-    t_far = torch.maximum(t0, t1).amin(dim=-1)
-    return t_near, t_far
-
-
-def box_near_far(rays: Rays, aabb: Tensor, min_near: float = 1e-3) -> tuple[Tensor, Tensor]:
-    """``(near, far)`` ``(n_rays,)``: where each ray enters and leaves the box (from
-    ``min_near`` when the origin is inside); a ray that misses gets ``near = far``."""
-    near, far = ray_aabb_intersect(rays.origins, rays.directions, aabb)
-    near = near.clamp(min=min_near)
-    far = torch.maximum(far, near)
-    return near, far
+__all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples"]
 
 
 @dataclass
@@ -97,8 +78,12 @@ class OccupancyGrid(nn.Module):
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator | None = None,
                chunk: int = 1 << 17) -> None:
-        """One EMA update: ``density <- max(decay * density, density_fn(jittered cell point))``
-        on the visited cells, then re-threshold ``occupied``."""
+        """One EMA update, then re-threshold ``occupied``: every visited cell ``c`` gets
+
+        ``density_c <- max(decay * density_c, max_k density_fn(x_k))`` over all the jittered
+        points ``x_k`` drawn in ``c`` this update (a cell may be drawn more than once); the
+        others decay. Example: ``decay = 0.5``, ``density_c = 0.8``, two draws in ``c`` giving
+        2 and 1 -> ``density_c = max(0.4, 2, 1) = 2``."""
         cfg, res = self.config, self.config.resolution
         n_cells = res ** 3
         dev = self.density.device
@@ -117,7 +102,9 @@ class OccupancyGrid(nn.Module):
         x = self.aabb[:3] + u * (self.aabb[3:] - self.aabb[:3])
         new = torch.cat([density_fn(x[i:i + chunk]).float() for i in range(0, x.shape[0], chunk)])
         decayed = self.density * cfg.decay
-        decayed[cells] = torch.maximum(decayed[cells], new)  # repeated cells: one of them wins
+        # A cell drawn several times keeps the max of all its draws (an amax scatter; plain
+        # index assignment would keep an arbitrary one of them).
+        decayed.scatter_reduce_(0, cells, new, reduce="amax", include_self=True)
         self.density.copy_(decayed)
         opacity = self.density * self.step_size
         self.occupied.copy_(opacity > min(cfg.threshold, opacity.mean().item()))

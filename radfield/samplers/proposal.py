@@ -1,4 +1,4 @@
-"""Proposal sampling maths (mip-NeRF 360 / nerfacto): contraction, spacing, inverse-CDF resampling.
+"""Proposal sampling maths (mip-NeRF 360 / nerfacto): spacing, inverse-CDF resampling.
 
 Vocabulary (as in multinerf's ``stepfun``), for one ray:
 
@@ -13,8 +13,8 @@ Layout: padded per-ray tensors, every ray has the same number of bins:
 
 The chain: :func:`uniform_bins` gives level-0 bins uniform in ``s``; a proposal field gives their
 weights; :func:`sample_pdf` resamples new endpoints in ``s`` from those weights; :func:`s_to_t`
-maps them back to distances. Sample positions ``o + t d`` are squashed by :func:`contract` before
-they reach a field of an unbounded scene.
+maps them back to distances. Sample positions ``o + t d`` are squashed by
+:func:`radfield.geometry.contract` before they reach a field of an unbounded scene.
 """
 
 from __future__ import annotations
@@ -26,36 +26,6 @@ import torch
 from torch import Tensor
 
 PerRay = Union[Tensor, float]
-
-
-# --------------------------------------------------------------------------- scene contraction
-
-def contract(x: Tensor, norm: str = "inf") -> Tensor:
-    """Squash all of space into a ball (``"l2"``) or cube (``"inf"``) of radius 2.
-
-    ``contract(x) = x`` if ``|x| <= 1`` else ``(2 - 1/|x|) x / |x|``, with ``|x|`` the L2 norm
-    (mip-NeRF 360) or the L-infinity norm (nerfacto: the cube ``[-2, 2]^3``).
-
-    Example (``norm="l2"``): ``(0.5, 0, 0) -> (0.5, 0, 0)``; ``(4, 0, 0) -> (1.75, 0, 0)``;
-    ``(3, 4, 0)``, ``|x| = 5``: ``(2 - 0.2) (0.6, 0.8, 0) = (1.08, 1.44, 0)``.
-    (``norm="inf"``): ``(4, 2, 0)``, ``|x| = 4``: ``1.75 (1, 0.5, 0) = (1.75, 0.875, 0)``.
-
-    Args:
-        x: ``(..., 3)`` points (any last dimension works).
-        norm: ``"l2"`` or ``"inf"``.
-    Returns:
-        ``(..., 3)``, with norm ``< 2``. Gradients are finite at ``x = 0`` and for huge ``|x|``.
-    """
-    if norm == "l2":
-        mag = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    elif norm == "inf":
-        mag = x.abs().amax(dim=-1, keepdim=True)
-    else:
-        raise ValueError(f"contract: unknown norm {norm!r} (expected 'l2' or 'inf')")
-    # Evaluate the outer branch on |x| >= 1 only, so neither branch divides by zero.
-    mag_out = mag.clamp_min(1.0)
-    outside = (2.0 - 1.0 / mag_out) * (x / mag_out)
-    return torch.where(mag <= 1.0, x, outside)
 
 
 # --------------------------------------------------------------------------- spacing functions

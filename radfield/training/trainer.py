@@ -166,10 +166,7 @@ class Trainer:
     @staticmethod
     def _training_cameras(data: SceneData) -> Cameras:
         """The split's cameras, each carrying ``train_index``, the training image it is."""
-        cams = data.cameras
-        if data.times is not None and "times" not in cams.attrs:
-            cams = cams.with_attrs(times=data.times.float())
-        return cams.with_attrs(train_index=torch.arange(len(cams)))
+        return data.cameras.with_attrs(train_index=torch.arange(len(data.cameras)))
 
     # ------------------------------------------------------------------ setup helpers
     def _load_validation(self) -> SceneData | None:
