@@ -27,11 +27,8 @@ LAYERS = {
 """Rank of each top-level module or sub-package of ``radfield``: a module may import from its own
 rank or below. Training and evaluation are peers (training logs PSNR with evaluation.metrics)."""
 
-KNOWN_UPWARD = {
-    # The occupancy grid's early stop needs the transmittance of packed samples, which lives with
-    # the volume-rendering maths (rendering/volume.py imports nothing from radfield).
-    ("radfield.samplers.occupancy", "radfield.rendering.volume"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
+"""(module, imported module) pairs allowed to go up a layer: none."""
 
 
 def _modules() -> list[tuple[str, ast.Module]]:

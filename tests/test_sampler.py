@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from radfield.cameras import Rays
+from radfield.rendering.pipeline import prune_occluded
 from radfield.rendering.volume import render
 from radfield.samplers.occupancy import OccupancyGrid, OccupancyGridConfig
 
@@ -358,7 +359,7 @@ def test_early_stopping_drops_samples_behind_a_dense_slab():
     dt = grid.step_size
     assert dt == pytest.approx(2 * math.sqrt(3) / 128)
     full = grid.sample(rays)
-    stopped = grid.sample(rays, sigma_fn=_slab_sigma(50.0))
+    stopped = prune_occluded(rays, grid.sample(rays), _slab_sigma(50.0))
     assert (full.ray_indices.bincount(minlength=4) == 74).all()  # 2 / dt = 73.9 midpoints per ray
     x_full = full.positions(rays)[:, 0]
     x_kept = stopped.positions(rays)[:, 0]
@@ -385,7 +386,7 @@ def test_early_stopping_drops_samples_behind_a_dense_slab():
 def test_early_stopping_with_infinite_density_keeps_other_rays():
     grid, rays = _slab_setup()
     full = grid.sample(rays)
-    stopped = grid.sample(rays, sigma_fn=_slab_sigma(math.inf))
+    stopped = prune_occluded(rays, grid.sample(rays), _slab_sigma(math.inf))
     x_kept = stopped.positions(rays)[:, 0]
     for r in range(3):  # in front of the slab plus its first sample
         xr = x_kept[stopped.ray_indices == r]

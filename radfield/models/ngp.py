@@ -8,6 +8,7 @@ from radfield.cameras import Rays
 from radfield.config import OptimConfig, RunConfig
 from radfield.fields.ngp import NGPField
 from radfield.models.base import Model, SceneInfo
+from radfield.rendering.pipeline import prune_occluded
 from radfield.samplers.occupancy import OccupancyGrid
 from radfield.samplers.samples import Samples
 
@@ -20,8 +21,11 @@ class NGPModel(Model):
 
     def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:
-        sigma_fn = (lambda x, _ri: self.field.density(x)) if early_stop else None
-        return self.grid.sample(rays, jitter=training, jitter_generator=generator, sigma_fn=sigma_fn)
+        samples = self.grid.sample(rays, jitter=training, jitter_generator=generator)
+        if early_stop:
+            samples = prune_occluded(rays, samples, lambda x, _ri: self.field.density(x),
+                                     self.grid.config.early_stop_eps)
+        return samples
 
     def update(self, step: int, generator: torch.Generator | None = None) -> None:
         if step % self.grid.config.update_every == 0:

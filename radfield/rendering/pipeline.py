@@ -8,10 +8,13 @@ them. Backgrounds are resolved by :func:`radfield.rendering.backgrounds.ray_back
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 from torch import Tensor
 
 from radfield.cameras import Rays
-from radfield.rendering.volume import RenderOutput, render
+from radfield.rendering.volume import RenderOutput, render, render_weights
 from radfield.samplers.samples import Samples
 
 
@@ -40,3 +43,21 @@ def render_samples(model, rays: Rays, samples: Samples, background: Tensor | Non
     sigma, rgb = field.activate(raw.float())
     return render(sigma, rgb, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays,
                   background, model.opaque_last)
+
+
+@torch.no_grad()
+def prune_occluded(rays: Rays, samples: Samples, sigma_fn: Callable[[Tensor, Tensor], Tensor],
+                   eps: float = 1e-4) -> Samples:
+    """Early ray termination: the samples in front of the point where the transmittance
+    ``T_i = exp(-sum_{k<i} sigma_k delta_k)`` falls to ``eps`` or below, from a no-grad density
+    pass ``sigma_fn(positions (n_samples, 3), ray_indices (n_samples,)) -> (n_samples,)``.
+
+    Example: one ray of samples with ``sigma delta = 5`` each and ``eps = 1e-4``: ``T`` is 1,
+    ``e^-5 = 6.7e-3``, ``e^-10 = 4.5e-5``: the first two samples are kept.
+    """
+    if len(samples) == 0:
+        return samples
+    sigmas = sigma_fn(samples.positions(rays).detach(), samples.ray_indices)
+    _, trans, _ = render_weights(sigmas.float(), samples.t_starts, samples.t_ends, samples.ray_indices,
+                                 samples.n_rays)
+    return samples.select(trans > eps)

@@ -4,8 +4,9 @@ The grid covers the scene box ``aabb`` with ``resolution^3`` cells. Each cell ke
 exponential moving average of the field's density at jittered points inside it; a cell is
 *occupied* when its opacity over one marching step, ``density * step_size``, exceeds
 ``min(threshold, mean over cells)``. Rays are marched at a fixed ``step_size`` between their box
-entry and exit, samples in unoccupied cells are dropped, and (optionally) samples behind the point
-where the transmittance falls below ``early_stop_eps`` are dropped using a no-grad density pass.
+entry and exit and samples in unoccupied cells are dropped. (Early ray termination, which needs
+the field, is the model's: :func:`radfield.rendering.pipeline.prune_occluded` with
+``early_stop_eps``.)
 
 Output: packed samples (see :mod:`radfield.rendering.volume`) in a :class:`Samples`.
 """
@@ -20,7 +21,6 @@ from torch import Tensor, nn
 
 from radfield.cameras import Rays
 from radfield.geometry import ray_aabb_intersect
-from radfield.rendering.volume import render_weights
 from radfield.samplers.samples import Samples
 
 __all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples"]
@@ -112,15 +112,12 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def sample(self, rays: Rays, near: float = 0.0, jitter_generator: torch.Generator | None = None,
-               jitter: bool = False, sigma_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> Samples:
+               jitter: bool = False) -> Samples:
         """March ``rays`` through the box; keep samples in occupied cells.
 
         Args:
             near: minimum ray distance.
             jitter: shift each ray's sample positions by one random fraction of a step (training).
-            sigma_fn: optional ``(positions, ray_indices) -> densities`` evaluated without grad; when
-                given, samples behind the point where transmittance drops below ``early_stop_eps``
-                are dropped.
         Returns:
             Packed :class:`Samples`, each an interval of length ``step_size``.
         """
@@ -146,13 +143,7 @@ class OccupancyGrid(nn.Module):
         keep &= self.occupied[self.cell_index(x.reshape(-1, 3))].reshape(keep.shape)
         t_starts = t_mid[keep] - dt / 2
         ray_indices = seg_ray[:, None].expand_as(keep)[keep]
-        samples = Samples(t_starts, t_starts + dt, ray_indices, n_rays)
-        if sigma_fn is not None and len(samples) > 0:
-            sigmas = sigma_fn(samples.positions(rays).detach(), samples.ray_indices)
-            _, trans, _ = render_weights(sigmas.float(), samples.t_starts, samples.t_ends,
-                                         samples.ray_indices, n_rays)
-            samples = samples.select(trans > self.config.early_stop_eps)
-        return samples
+        return Samples(t_starts, t_starts + dt, ray_indices, n_rays)
 
     def _march(self, o: Tensor, d: Tensor, t_first: Tensor, dt: float, t_end: Tensor,
                occupied: Tensor) -> tuple[Tensor, Tensor]:
