@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field as dc_field
 
 from radfield.errors import RadfieldError
+from radfield.fields.dnerf import DeformationConfig
 from radfield.fields.encodings import EncodingConfig
 from radfield.fields.hashgrid import HashGridConfig
 from radfield.fields.ngp import NGPFieldConfig
@@ -247,6 +248,14 @@ class NGPConfig(NGPFieldConfig):
 
 
 @dataclass
+class DNeRFConfig(NGPConfig):
+    """D-NeRF, fast variant: Instant-NGP's canonical field and sampler (the fields above) plus a
+    hash-grid deformation ``dx(x, t)`` (``deformation``)."""
+
+    deformation: DeformationConfig = dc_field(default_factory=DeformationConfig)
+
+
+@dataclass
 class RunConfig:
     """Everything a run does. ``model`` names the model (a key of
     :data:`radfield.models.REGISTRY`); its settings, training recipe included, are the section of
@@ -263,6 +272,7 @@ class RunConfig:
     mipnerf: MipNeRFConfig = dc_field(default_factory=MipNeRFConfig)
     nerfae: NeRFAEConfig = dc_field(default_factory=NeRFAEConfig)
     nerfacto: NerfactoConfig = dc_field(default_factory=NerfactoConfig)
+    dnerf: DNeRFConfig = dc_field(default_factory=DNeRFConfig)
     train: TrainConfig = dc_field(default_factory=TrainConfig)
 
     @property
@@ -310,6 +320,7 @@ PRESETS: dict[str, dict] = {
     "mipnerf": {"model": "mipnerf"},
     "tiny": {"model": "tiny"},
     "nerfae": {"model": "nerfae"},
+    "dnerf": {"model": "dnerf"},
     # Sized for a CPU.
     "ngp-small": {"model": "ngp", "ngp.grid.log2_table_size": 17, "ngp.grid.max_resolution": 512,
                   "ngp.optim.target_samples": 1 << 15},

@@ -16,6 +16,10 @@ Cameras (OpenGL axes, :func:`radfield.cameras.look_at` with world z up, radius 4
 the origin, ``camera_angle_x = 0.6911112`` as in NeRF synthetic): train and val uniformly random
 in azimuth with elevation uniform in [10, 70] deg; test on a circle at 30 deg elevation.
 
+With ``motion`` (:func:`make_scene`) the scene is dynamic, in the D-NeRF format: frame ``k`` of a
+split of ``n`` frames has ``time = k / (n - 1)`` and the glossy sphere's centre moves to
+``centre + time * motion`` (the other objects stay).
+
 Each pixel averages 2x2 sub-pixel rays at ``(i + 0.25 | 0.75, j + 0.25 | 0.75)`` with
 premultiplied compositing: ``a = mean(alpha_s)``, ``rgb = mean(rgb_s * alpha_s) / a``
 (straight alpha is what the PNG stores). Depth (planar camera z, ``t_hit * z_per_t``, 0 on a
@@ -131,24 +135,27 @@ def box_checker(p: Tensor, normal: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------- tracing
 
 
-def trace(origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def trace(origins: Tensor, directions: Tensor, shift: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Shade the nearest hit of each ray.
 
     Args:
         origins, directions: ``(n, 3)`` float32; directions unit length.
+        shift: optional ``(n, 3)`` displacement of the glossy sphere seen by each ray (a dynamic
+            scene; hitting a sphere moved by ``s`` is hitting the sphere from ``o - s``).
 
     Returns:
         ``rgb (n, 3)`` in [0, 1] (0 on a miss), ``alpha (n,)`` (1 on a hit, 0 on a miss) and
         ``t_hit (n,)`` ray distance to the hit (inf on a miss).
     """
     o, d = origins.float(), directions.float()
+    s = torch.zeros_like(o) if shift is None else shift.float()
     t_all = torch.stack([hit_sphere(o, d, TEXTURED_SPHERE), hit_box(o, d, CHECKER_BOX),
-                         hit_sphere(o, d, GLOSSY_SPHERE)], dim=-1)
+                         hit_sphere(o - s, d, GLOSSY_SPHERE)], dim=-1)
     t_hit, which = t_all.min(dim=-1)
     hit = torch.isfinite(t_hit)
     p = o + torch.where(hit, t_hit, 0.0).unsqueeze(-1) * d
     normals = torch.stack([sphere_normal(p, TEXTURED_SPHERE), box_normal(p, CHECKER_BOX),
-                           sphere_normal(p, GLOSSY_SPHERE)], dim=1)
+                           sphere_normal(p - s, GLOSSY_SPHERE)], dim=1)
     n = normals[torch.arange(len(o)), which]
     albedos = torch.stack([sphere_checker(n), box_checker(p, n),
                            torch.tensor([0.8, 0.1, 0.1]).expand_as(p)], dim=1)
@@ -162,23 +169,24 @@ def trace(origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return rgb, hit.float(), t_hit
 
 
-def render_views(cameras: Cameras, views: Tensor) -> tuple[np.ndarray, np.ndarray]:
+def render_views(cameras: Cameras, views: Tensor, shifts: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(k, H, W, 4)`` uint8 straight-alpha RGBA (2x2 supersampled, premultiplied averaging)
     and ``(k, H, W)`` float32 planar depth of the pixel-centre rays (0 on a miss) of the ``k``
-    cameras ``views``. All views are traced in one batch: per-op overhead dominates otherwise."""
+    cameras ``views`` (``shifts (n_cams, 3)``: the glossy sphere's displacement per camera).
+    All views are traced in one batch: per-op overhead dominates otherwise."""
     h, w, k = cameras.height, cameras.width, len(views)
     idx, j, i = torch.meshgrid(views, torch.arange(h), torch.arange(w), indexing="ij")
     idx, i, j = idx.reshape(-1), i.reshape(-1).float(), j.reshape(-1).float()
     premult, alpha = torch.zeros(len(idx), 3), torch.zeros(len(idx))
     for du, dv in ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)):
         rays = generate_rays(cameras, idx, i + du, j + dv)
-        rgb_s, alpha_s, _ = trace(rays.origins, rays.directions)
+        rgb_s, alpha_s, _ = trace(rays.origins, rays.directions, None if shifts is None else shifts[idx])
         premult += rgb_s * alpha_s.unsqueeze(-1) / 4
         alpha += alpha_s / 4
     rgb = premult / alpha.clamp_min(1e-12).unsqueeze(-1)
     rgba = torch.cat([rgb, alpha.unsqueeze(-1)], dim=-1).reshape(k, h, w, 4)
     centre = generate_rays(cameras, idx, i + 0.5, j + 0.5)
-    _, _, t_hit = trace(centre.origins, centre.directions)
+    _, _, t_hit = trace(centre.origins, centre.directions, None if shifts is None else shifts[idx])
     depth = torch.where(torch.isfinite(t_hit), t_hit * centre.z_per_t, 0.0).reshape(k, h, w)
     image = (rgba * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     return image, depth.numpy().astype(np.float32)
@@ -203,18 +211,21 @@ def intrinsics(size: int) -> dict:
             "cx": size / 2, "cy": size / 2, "w": size, "h": size}
 
 
-def write_split(out_dir: Path, split: str, poses: Tensor, size: int) -> None:
+def write_split(out_dir: Path, split: str, poses: Tensor, size: int,
+                motion: tuple[float, float, float] | None = None) -> None:
     """Render ``poses`` and write ``transforms_{split}.json``, ``split/r_K.png`` and
-    ``split/r_K_depth.npy``."""
+    ``split/r_K_depth.npy`` (with ``motion``: frame K at time K / (n - 1), see the module)."""
     k = intrinsics(size)
     n = poses.shape[0]
+    times = torch.arange(n, dtype=torch.float32) / max(n - 1, 1) if motion is not None else None
+    shifts = None if times is None else times[:, None] * torch.tensor(motion, dtype=torch.float32)
     fx, fy, cx, cy = (torch.full((n,), float(k[key])) for key in ("fl_x", "fl_y", "cx", "cy"))
     cameras = Cameras(poses, fx, fy, cx, cy, size, size)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     frames = []
     for start in range(0, n, _VIEWS_PER_BATCH):
         views = torch.arange(start, min(n, start + _VIEWS_PER_BATCH))
-        images, depths = render_views(cameras, views)
+        images, depths = render_views(cameras, views, shifts)
         for index, image, depth in zip(views.tolist(), images, depths):
             iio.imwrite(out_dir / split / f"r_{index}.png", image)
             np.save(out_dir / split / f"r_{index}_depth.npy", depth)
@@ -222,12 +233,15 @@ def write_split(out_dir: Path, split: str, poses: Tensor, size: int) -> None:
         matrix = torch.cat([poses[index], torch.tensor([[0.0, 0.0, 0.0, 1.0]])])
         frames.append({"file_path": f"./{split}/r_{index}", "transform_matrix": matrix.tolist(),
                        "depth_file_path": f"./{split}/r_{index}_depth.npy"})
+        if times is not None:
+            frames[-1]["time"] = float(times[index])
     (out_dir / f"transforms_{split}.json").write_text(json.dumps({**k, "frames": frames}, indent=1))
 
 
 def make_scene(out_dir: str | Path, n_train: int = 40, n_val: int = 4, n_test: int = 8,
-               size: int = 64, seed: int = 0) -> Path:
+               size: int = 64, seed: int = 0, motion: tuple[float, float, float] | None = None) -> Path:
     """Write the synthetic scene as a Blender-format dataset in ``out_dir``; returns its path.
+    ``motion``: a dynamic scene (D-NeRF format), the glossy sphere moving by ``time * motion``.
 
     Renders with one torch thread (restored afterwards): the batches are small enough that
     intra-op threading only adds overhead, which on a busy machine grows ~15x (measured 1.6 s
@@ -244,7 +258,7 @@ def make_scene(out_dir: str | Path, n_train: int = 40, n_val: int = 4, n_test: i
     try:
         for split, poses in splits.items():
             if len(poses):  # a split of no views is not written
-                write_split(out, split, poses, size)
+                write_split(out, split, poses, size, motion)
     finally:
         torch.set_num_threads(threads)
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 from radfield.config import RunConfig
 from radfield.errors import RadfieldError
 from radfield.models.base import Model, SceneInfo
+from radfield.models.dnerf import DNeRFModel
 from radfield.models.nerf import MipNeRFModel, NeRFAEModel, NeRFModel, TinyNeRFModel
 from radfield.models.nerfacto import NerfactoModel
 from radfield.models.ngp import NGPModel
@@ -21,6 +22,7 @@ REGISTRY: dict[str, type[Model]] = {
     "mipnerf": MipNeRFModel,
     "tiny": TinyNeRFModel,
     "nerfae": NeRFAEModel,
+    "dnerf": DNeRFModel,
 }
 """Model name (``--model``, ``RunConfig.model``, the name of its config section) -> class."""
 

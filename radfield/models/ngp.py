@@ -14,16 +14,27 @@ from radfield.samplers.samples import Samples
 
 
 class NGPModel(Model):
+    section = "ngp"
+    """The config section this model reads (subclasses with their own section change it)."""
+
     def __init__(self, config: RunConfig, scene: SceneInfo):
         super().__init__(config, scene)
-        self.field = NGPField(self.aabb, config.ngp)
-        self.grid = OccupancyGrid(self.aabb, config.ngp.occupancy)
+        cfg = getattr(config, self.section)
+        self.field = self.make_field(cfg)
+        self.grid = OccupancyGrid(self.aabb, cfg.occupancy)
+
+    def make_field(self, config) -> NGPField:
+        return NGPField(self.aabb, config)
+
+    def occlusion_density(self, rays: Rays):
+        """``(positions, ray_indices) -> densities`` of the early-termination pass."""
+        return lambda x, _ray_indices: self.field.density(x)
 
     def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:
         samples = self.grid.sample(rays, jitter=training, jitter_generator=generator)
         if early_stop:
-            samples = prune_occluded(rays, samples, lambda x, _ri: self.field.density(x),
+            samples = prune_occluded(rays, samples, self.occlusion_density(rays),
                                      self.grid.config.early_stop_eps)
         return samples
 

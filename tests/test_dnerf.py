@@ -1,0 +1,141 @@
+"""D-NeRF (fast variant) on the model surface: a field file, a model file, a config section and a
+registry line. Ground truth: the canonical field itself at t = 0, densities recomputed at each
+time by hand, the rays' own times, HSM with b = B against the baseline step, and a dynamic
+built-in scene on which a model that ignores time must lose."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from radfield.cameras import image_rays
+from radfield.cli import main
+from radfield.config import HSMConfig, RunConfig, apply_overrides
+from radfield.data import load_scene
+from radfield.data.synthetic import make_scene
+from radfield.evaluation.evaluate import evaluate_run
+from radfield.losses import l2
+from radfield.models import SceneInfo, build_model
+from radfield.models.dnerf import DNeRFModel
+from radfield.rendering.pipeline import prune_occluded
+from radfield.training.steps import HardSampleMiner, StepBatch, baseline_step, photometric_objective
+from radfield.training.trainer import Trainer
+from conftest import make_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BOX = torch.tensor([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
+SMALL = {"grid.log2_table_size": 12, "grid.max_resolution": 128, "grid.n_levels": 8,
+         "occupancy.resolution": 16}
+
+
+def small_model(seed: int = 0) -> DNeRFModel:
+    torch.manual_seed(seed)
+    config = apply_overrides(RunConfig(model="dnerf"), {f"dnerf.{k}": v for k, v in SMALL.items()})
+    model = build_model(config, SceneInfo(BOX, 4, True, (0.0, 1.0)))
+    for t in [*model.field.canonical.grid.tables, *model.field.deform_grid.tables]:
+        torch.nn.init.uniform_(t, -0.5, 0.5)
+    for layer in model.field.deform_mlp:  # a deformation that is not zero
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=0.3)
+    return model
+
+
+def points(n=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, generator=g) - 0.5) * 2, torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+
+
+def test_time_zero_is_the_canonical_field_and_other_times_deform():
+    model = small_model()
+    field = model.field
+    x, d = points()
+    zero, half = torch.zeros(len(x)), torch.full((len(x),), 0.5)
+    with torch.no_grad():
+        assert torch.equal(field.deformation(x, zero), torch.zeros_like(x))
+        assert torch.equal(field.raw(x, d, zero), field.canonical.raw(x, d))
+        dx = field.deformation(x, half)
+        assert dx.abs().max() > 1e-3
+        torch.testing.assert_close(field.raw(x, d, half), field.canonical.raw(x + dx, d))
+
+
+def test_occupancy_density_is_the_maximum_over_times():
+    model = small_model()
+    x, _ = points(200)
+    with torch.no_grad():
+        times = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0])  # 4 times over the range (0, 1)
+        by_hand = torch.stack([model.field.canonical.density(x + model.field.deformation(x, t.expand(200)))
+                               for t in times]).amax(0)
+        torch.testing.assert_close(model.field.density(x), by_hand, rtol=1e-4, atol=1e-6)
+
+
+def test_rays_bring_their_times_to_the_field_and_to_early_termination(tmp_path):
+    scene = make_scene(tmp_path / "dyn", n_train=2, n_val=0, n_test=2, size=12, motion=(0.0, 0.0, -0.8))
+    test = load_scene(scene, "test")
+    model = small_model()
+    model.grid.occupied.fill_(True)
+    model.field.canonical.density_mlp[-1].weight.data *= 20  # dense enough to stop rays
+    rays = image_rays(test.cameras, 1)  # time 1
+    samples = model.grid.sample(rays)
+    inputs = model.field_inputs(rays, samples)
+    assert torch.equal(inputs[2], torch.ones(len(samples)))
+    with torch.no_grad():
+        kept = prune_occluded(rays, samples, model.occlusion_density(rays))
+        at_one = prune_occluded(rays, samples, lambda x, ri: model.field.density_at(x, torch.ones(len(x))))
+        at_zero = prune_occluded(rays, samples, lambda x, ri: model.field.canonical.density(x))
+    assert torch.equal(kept.t_starts, at_one.t_starts) and torch.equal(kept.ray_indices, at_one.ray_indices)
+    assert len(kept) < 0.9 * len(samples)  # rays do stop
+    assert len(kept) != len(at_zero) or not torch.equal(kept.t_starts, at_zero.t_starts)
+
+
+def test_hsm_with_b_equal_B_matches_the_baseline_for_dnerf(tmp_path):
+    scene = make_scene(tmp_path / "dyn", n_train=3, n_val=0, n_test=0, size=12, motion=(0.0, 0.0, -0.8))
+    data = load_scene(scene, "train")
+    model = small_model()
+    model.grid.occupied.fill_(True)
+    g = torch.Generator().manual_seed(2)
+    from radfield.cameras import pixel_rays
+    n = 48
+    rays = pixel_rays(data.cameras, torch.randint(0, 3, (n,), generator=g), torch.randint(0, 12, (n,), generator=g),
+                      torch.randint(0, 12, (n,), generator=g))
+    assert len(rays.get("times").unique()) > 1
+    batch = StepBatch(rays, model.sample(rays, training=False, early_stop=False), torch.rand(n, 3, generator=g),
+                      torch.rand(n, 3, generator=g))
+    objective = photometric_objective(l2)
+    base, twin = copy.deepcopy(model), copy.deepcopy(model)
+    baseline_step(base, batch, objective)
+    HardSampleMiner(HSMConfig(enabled=True, min_fraction=1.0, max_fraction=1.0)).step(twin, batch, objective)
+    gb = {k: p.grad for k, p in base.named_parameters() if p.grad is not None}
+    gh = {k: p.grad for k, p in twin.named_parameters() if p.grad is not None}
+    assert gb.keys() == gh.keys() and any(k.startswith("field.deform_mlp") for k in gb)
+    for k in gb:
+        torch.testing.assert_close(gh[k], gb[k], rtol=1e-4, atol=1e-8, msg=k)
+
+
+def test_dnerf_needs_times(tmp_path, capsys):
+    scene = make_scene(tmp_path / "static", n_train=2, n_val=0, n_test=1, size=12)
+    rc = main(["train", str(scene), "--model", "dnerf", "--out", str(tmp_path / "run"), "--no-progress",
+               "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "time" in err[0] and "dnerf" in err[0]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_dnerf_beats_a_model_that_ignores_time(tmp_path):
+    """The glossy sphere of the dynamic built-in scene moves 0.8 along -z over the sequence; at
+    equal steps D-NeRF must score higher on the test frames (times 0, 1/3, 2/3, 1) than Instant-NGP
+    fitting one static scene to all frames. Measured while writing this: 19.76 vs 18.99 dB at
+    600 steps (32 px)."""
+    scene = make_scene(tmp_path / "dyn", n_train=30, n_val=1, n_test=4, size=32, motion=(0.0, 0.0, -0.8))
+    scores = {}
+    for model in ("dnerf", "ngp"):
+        overrides = {f"{model}.grid.log2_table_size": 14, f"{model}.grid.max_resolution": 256,
+                     f"{model}.occupancy.resolution": 32, f"{model}.optim.target_samples": 4096,
+                     f"{model}.optim.warmup_steps": 10}
+        Trainer(make_config(scene, model, overrides, steps=600), tmp_path / model, progress=False,
+                log_tensorboard=False).train()
+        scores[model] = evaluate_run(tmp_path / model, "test", save_renders=False, progress=False)["psnr"]
+    print(f"test PSNR: dnerf {scores['dnerf']:.2f} dB, ngp ignoring time {scores['ngp']:.2f} dB")
+    assert scores["dnerf"] > scores["ngp"] + 0.3
