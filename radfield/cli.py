@@ -121,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_positive_int, default=30)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+    p = sub.add_parser("export", help="export a mesh (marching cubes) or a point cloud of a trained run",
+                       formatter_class=fmt)
+    p.add_argument("kind", choices=["mesh", "pointcloud"])
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="output file: .ply, .obj or .glb (mesh); .ply (point cloud)")
+    p.add_argument("--resolution", type=_positive_int, default=256, help="mesh: lattice vertices per axis")
+    p.add_argument("--level", type=float, default=10.0, help="mesh: density of the surface")
+    p.add_argument("--views", type=_positive_int, default=16, help="point cloud: training views rendered")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
     p = sub.add_parser("demo", help="generate the built-in scene, train, evaluate and render it",
                        formatter_class=fmt)
     p.add_argument("--out", default="radfield-demo", help="output folder")
@@ -228,6 +238,18 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from radfield.export.mesh import export_mesh, export_pointcloud
+
+    if args.kind == "mesh":
+        info = export_mesh(args.run_dir, args.out, args.resolution, args.level, _device(args.device))
+        print(f"wrote {info['path']} ({info['vertices']} vertices, {info['faces']} faces, world coordinates)")
+    else:
+        info = export_pointcloud(args.run_dir, args.out, args.views, _device(args.device))
+        print(f"wrote {info['path']} ({info['points']} points, world coordinates)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from radfield.data.synthetic import make_scene
     from radfield.evaluation.evaluate import evaluate_run, format_table
@@ -280,7 +302,7 @@ def cmd_multiscale(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "export": cmd_export, "demo": cmd_demo,
             "process": cmd_process, "multiscale": cmd_multiscale}
 
 

@@ -49,6 +49,8 @@ class SceneInfo:
         n_images: training images (per-image embeddings, pose corrections, ...).
         has_alpha: the training images are RGBA (an object on a transparent background).
         time_range: ``(t_min, t_max)`` of a dynamic scene's frames, or None.
+        meta: ``normalization`` (``{"center", "scale"}``, ``x_scene = (x_world - center) * scale``)
+            when the reader normalised the scene, so exports can return to world coordinates.
     """
 
     aabb: Tensor
@@ -61,8 +63,10 @@ class SceneInfo:
     def from_data(cls, data) -> "SceneInfo":
         """From a :class:`radfield.data.SceneData` (the training split)."""
         times = data.cameras.attrs.get("times")
+        normalization = data.meta.get("normalization")
         return cls(data.aabb.float().clone(), len(data), bool(data.has_alpha),
-                   None if times is None else (float(times.min()), float(times.max())))
+                   None if times is None else (float(times.min()), float(times.max())),
+                   {"normalization": normalization} if normalization else {})
 
     def to_dict(self) -> dict:
         d = asdict(self)
