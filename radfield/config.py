@@ -17,6 +17,7 @@ from radfield.fields.dnerf import DeformationConfig
 from radfield.fields.encodings import EncodingConfig
 from radfield.fields.hashgrid import HashGridConfig
 from radfield.fields.ngp import NGPFieldConfig
+from radfield.fields.volsdf import SDFFieldConfig
 from radfield.samplers.occupancy import OccupancyGridConfig
 
 LR_SCHEDULES = ("step", "log_linear")
@@ -239,6 +240,22 @@ class NerfactoConfig:
 
 
 @dataclass
+class VolSDFConfig:
+    """VolSDF: a signed-distance field (``field``: hash-grid backbone by default, ``mlp`` the
+    paper's), coarse-to-fine sampling, the eikonal loss."""
+
+    field: SDFFieldConfig = dc_field(default_factory=SDFFieldConfig)
+    sampler: HierarchicalConfig = dc_field(default_factory=lambda: HierarchicalConfig(
+        n_coarse=64, n_fine=64, union=True, padding=0.01, coarse_weight=0.0))
+    eikonal_weight: float = 0.1
+    eikonal_points: int = 2048
+    eikonal_gradient: str = "auto"
+    """``autograd``, ``numerical`` (central differences) or ``auto`` (numerical for ``hash``)."""
+    optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
+        schedule="log_linear", lr_final=1e-4, warmup_steps=100, target_samples=1 << 15, early_stop=False))
+
+
+@dataclass
 class NGPConfig(NGPFieldConfig):
     """Instant-NGP: the hash-grid field (``grid``, ``hidden``, ...) sampled through an occupancy
     grid (``occupancy``); Instant-NGP's Adam (eps 1e-15, weight decay 1e-6 on the MLPs)."""
@@ -273,6 +290,7 @@ class RunConfig:
     nerfae: NeRFAEConfig = dc_field(default_factory=NeRFAEConfig)
     nerfacto: NerfactoConfig = dc_field(default_factory=NerfactoConfig)
     dnerf: DNeRFConfig = dc_field(default_factory=DNeRFConfig)
+    volsdf: VolSDFConfig = dc_field(default_factory=VolSDFConfig)
     train: TrainConfig = dc_field(default_factory=TrainConfig)
 
     @property
@@ -321,6 +339,11 @@ PRESETS: dict[str, dict] = {
     "tiny": {"model": "tiny"},
     "nerfae": {"model": "nerfae"},
     "dnerf": {"model": "dnerf"},
+    "volsdf": {"model": "volsdf"},
+    # VolSDF as in the paper: an 8 x 256 MLP on positional encodings, lr 5e-4 -> 5e-5.
+    "volsdf-mlp": {"model": "volsdf", "volsdf.field.backbone": "mlp", "volsdf.field.depth": 8,
+                   "volsdf.field.width": 256, "volsdf.optim.lr": 5e-4, "volsdf.optim.lr_final": 5e-5,
+                   "volsdf.optim.eps": 1e-8, "volsdf.optim.weight_decay": 0.0},
     # Sized for a CPU.
     "ngp-small": {"model": "ngp", "ngp.grid.log2_table_size": 17, "ngp.grid.max_resolution": 512,
                   "ngp.optim.target_samples": 1 << 15},

@@ -137,11 +137,11 @@ def export_mesh(run_dir: str | Path, out: str | Path, resolution: int = 256, lev
     check_out(out, MESH_FORMATS)
     _, model = load_run(run_dir, device)
     aabb = model.aabb
-    density_fn = model.field.density
+    density_fn, level = model.level_set(level)  # the density, or e.g. an SDF's zero level
     with torch.no_grad():
         verts, faces = marching_cubes(density_fn, aabb, resolution, level, progress=progress)
         if len(faces) == 0:
-            raise RadfieldError(f"{run_dir}: no surface at density level {level} (try a lower --level)")
+            raise RadfieldError(f"{run_dir}: no surface at level {level} (try a lower --level)")
         v = torch.from_numpy(verts).float().to(aabb.device)
         cell = float(((aabb[3:] - aabb[:3]) / (resolution - 1)).min())
         normals = density_normals(density_fn, v, 0.5 * cell)

@@ -14,6 +14,7 @@ from radfield.models.dnerf import DNeRFModel
 from radfield.models.nerf import MipNeRFModel, NeRFAEModel, NeRFModel, TinyNeRFModel
 from radfield.models.nerfacto import NerfactoModel
 from radfield.models.ngp import NGPModel
+from radfield.models.volsdf import VolSDFModel
 
 REGISTRY: dict[str, type[Model]] = {
     "ngp": NGPModel,
@@ -23,6 +24,7 @@ REGISTRY: dict[str, type[Model]] = {
     "tiny": TinyNeRFModel,
     "nerfae": NeRFAEModel,
     "dnerf": DNeRFModel,
+    "volsdf": VolSDFModel,
 }
 """Model name (``--model``, ``RunConfig.model``, the name of its config section) -> class."""
 

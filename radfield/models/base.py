@@ -20,6 +20,7 @@ A model is a field plus the sampler that feeds it, built for one scene:
 * ``param_groups(optim)``: optimiser parameter groups (a group may carry its own ``lr``);
 * ``log_scalars() -> dict``: the model's own figures for the training log;
 * ``appearance_codes()``: per-image appearance codes (evaluation protocols fit held-out ones);
+* ``level_set(level)``: the function whose level set is the surface (mesh export);
 * ``background``: a learned background module or None; ``opaque_last``: the "last sample"
   background (the last interval of each ray is opaque).
 
@@ -112,6 +113,11 @@ class Model(nn.Module):
 
     def update(self, step: int, generator: torch.Generator | None = None) -> None:
         pass
+
+    def level_set(self, level: float):
+        """``(fn, level)``: the surface of the model is ``fn(x) = level``, ``fn`` larger inside
+        (mesh export). Default: the density at ``level``."""
+        return self.field.density, level
 
     def appearance_codes(self) -> Tensor | None:
         """``(n_images, k)`` per-training-image appearance codes, or None (no embeddings).

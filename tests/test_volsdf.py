@@ -1,0 +1,133 @@
+"""VolSDF against its formulas and the built-in scene's true surfaces: the Laplace-CDF density
+by hand, the SDF gradient (autograd and central differences) against an analytic SDF and each
+other, the geometric initialisation against a sphere's SDF, HSM with b = B (the eikonal term is an
+extra loss on the field), and the zero level set after training against the analytic scene."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from radfield.cli import main
+from radfield.config import HSMConfig, RunConfig, apply_overrides
+from radfield.data.synthetic import make_scene
+from radfield.evaluation.evaluate import evaluate_run
+from radfield.fields.volsdf import eikonal_loss, laplace_density, sdf_gradient
+from radfield.models import SceneInfo, build_model
+from radfield.training.trainer import Trainer
+from conftest import make_config
+from test_export import scene_sdf
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BOX = torch.tensor([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
+
+
+def model_for(overrides: dict | None = None, seed: int = 0):
+    torch.manual_seed(seed)
+    config = apply_overrides(RunConfig(model="volsdf"), overrides or {})
+    return build_model(config, SceneInfo(BOX, 4, True))
+
+
+def test_laplace_density_by_hand():
+    beta = torch.tensor(0.1)
+    d = torch.tensor([0.0, 0.1, -0.1, 5.0, -5.0])
+    e = math.exp(-1.0)
+    expected = torch.tensor([5.0, 10 * 0.5 * e, 10 * (1 - 0.5 * e), 10 * 0.5 * math.exp(-50), 10.0])
+    torch.testing.assert_close(laplace_density(d, beta), expected, rtol=1e-6, atol=1e-12)
+    # its derivative in d is -(1 / beta) * the Laplace pdf: finite differences
+    x = torch.tensor([0.03, -0.07], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(laplace_density(x, torch.tensor(0.1, dtype=torch.float64)).sum(), x)
+    pdf = torch.exp(-x.detach().abs() / 0.1) / (2 * 0.1)
+    torch.testing.assert_close(g, -pdf / 0.1)
+
+
+def test_sdf_gradient_and_eikonal_on_an_analytic_field():
+    sdf = lambda x: 2.0 * x.norm(dim=-1) - 1.0  # noqa: E731  |grad| = 2 everywhere
+    x = torch.tensor([[0.3, -0.2, 0.5], [1.0, 0.0, 0.0], [-0.4, 0.4, 0.1]])
+    for eps in (None, 1e-3):
+        g = sdf_gradient(sdf, x, eps)
+        torch.testing.assert_close(g, 2.0 * x / x.norm(dim=-1, keepdim=True), rtol=1e-3, atol=1e-4)
+        assert float(eikonal_loss(g)) == pytest.approx(1.0, rel=1e-3)  # (2 - 1)^2
+
+
+def test_numerical_gradient_matches_autograd_on_the_mlp_field():
+    model = model_for({"volsdf.field.backbone": "mlp", "volsdf.field.width": 32})
+    x = (torch.rand(64, 3, generator=torch.Generator().manual_seed(0)) - 0.5) * 2
+    auto = sdf_gradient(model.field.sdf, x)
+    numeric = sdf_gradient(model.field.sdf, x, 1e-3)
+    torch.testing.assert_close(numeric, auto, rtol=2e-2, atol=2e-3)
+    # and gradients reach the parameters through both
+    for g in (auto, numeric):
+        model.zero_grad()
+        eikonal_loss(g).backward(retain_graph=True)
+        assert model.field.layers[0].weight.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("backbone", ["hash", "mlp"])
+def test_geometric_initialisation_is_a_sphere(backbone):
+    model = model_for({"volsdf.field.backbone": backbone, "volsdf.field.width": 256})
+    x = torch.randn(4000, 3, generator=torch.Generator().manual_seed(1)) * 0.6
+    with torch.no_grad():
+        d = model.field.sdf(x)
+        true = x.norm(dim=-1) - 0.5 * 1.5  # radius 0.5 in box-normalised units, half size 1.5
+        assert torch.corrcoef(torch.stack([d, true]))[0, 1] > 0.95
+        assert float(model.field.sdf(torch.zeros(1, 3))) < 0 < float(model.field.sdf(torch.full((1, 3), 1.4)))
+
+
+def test_hsm_with_b_equal_B_keeps_the_eikonal_term(tmp_path):
+    from radfield.cameras import pixel_rays
+    from radfield.data import load_scene
+    from radfield.losses import l2
+    from radfield.training.steps import HardSampleMiner, StepBatch, baseline_step, photometric_objective
+
+    scene = make_scene(tmp_path / "s", n_train=2, n_val=0, n_test=0, size=12)
+    data = load_scene(scene, "train")
+    model = model_for({"volsdf.sampler.n_coarse": 8, "volsdf.sampler.n_fine": 8, "volsdf.eikonal_weight": 0.5})
+    g = torch.Generator().manual_seed(3)
+    n = 32
+    rays = pixel_rays(data.cameras, torch.randint(0, 2, (n,), generator=g), torch.randint(0, 12, (n,), generator=g),
+                      torch.randint(0, 12, (n,), generator=g))
+    objective = photometric_objective(l2)
+
+    def grads(m):
+        batch = StepBatch(rays, m.sample(rays, training=True, generator=torch.Generator().manual_seed(4)),
+                          torch.full((n, 3), 0.5), torch.ones(n, 3))
+        return batch
+
+    base, twin, plain = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
+    baseline_step(base, grads(base), objective)
+    HardSampleMiner(HSMConfig(enabled=True, min_fraction=1.0, max_fraction=1.0)).step(twin, grads(twin), objective)
+    gb = {k: p.grad for k, p in base.named_parameters() if p.grad is not None}
+    gh = {k: p.grad for k, p in twin.named_parameters() if p.grad is not None}
+    assert gb.keys() == gh.keys() and "field.beta_param" in gb
+    for k in gb:
+        torch.testing.assert_close(gh[k], gb[k], rtol=1e-4, atol=1e-7, msg=k)
+    plain.config.eikonal_weight = 0.0  # the eikonal term is in those gradients
+    baseline_step(plain, grads(plain), objective)
+    g0 = {k: p.grad for k, p in plain.named_parameters() if p.grad is not None}
+    assert max(float((gb[k] - g0[k]).abs().max()) for k in g0) > 1e-4
+
+
+def test_volsdf_learns_the_scene_surfaces(tmp_path, capsys):
+    """400 steps on the built-in scene (32 px): the SDF's zero level lies on the analytic
+    surfaces (measured while writing this, 1000 steps: median 0.044, 90th percentile 0.066)."""
+    scene = make_scene(tmp_path / "scene", n_train=30, n_val=1, n_test=2, size=32)
+    overrides = {"volsdf.optim.target_samples": 4096, "volsdf.sampler.n_coarse": 32,
+                 "volsdf.sampler.n_fine": 32, "volsdf.optim.warmup_steps": 10, "volsdf.eikonal_points": 512}
+    Trainer(make_config(scene, "volsdf", overrides, steps=400), tmp_path / "run", progress=False,
+            log_tensorboard=False).train()
+    metrics = evaluate_run(tmp_path / "run", "test", save_renders=False, progress=False)
+    assert main(["export", "mesh", str(tmp_path / "run"), "--out", str(tmp_path / "m.ply"), "--resolution", "64",
+                 "--device", "cpu"]) == 0
+    mesh = trimesh.load(tmp_path / "m.ply", process=False)
+    d = np.abs(scene_sdf(np.asarray(mesh.vertices)))
+    print(f"volsdf: test PSNR {metrics['psnr']:.2f} dB; mesh {len(mesh.vertices)} vertices, distance to the "
+          f"true surfaces median {np.median(d):.4f}, 90th percentile {np.percentile(d, 90):.4f}")
+    assert metrics["psnr"] > 17.0
+    assert np.median(d) < 0.08 and np.percentile(d, 90) < 0.2
