@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field as dc_field
 
 from radfield.errors import RadfieldError
-from radfield.fields.dnerf import DeformationConfig
+from radfield.fields.dnerf import DeformationConfig, DNeRFMLPConfig
 from radfield.fields.encodings import EncodingConfig
 from radfield.fields.hashgrid import HashGridConfig
 from radfield.fields.ngp import NGPFieldConfig
@@ -270,6 +270,9 @@ class DNeRFConfig(NGPConfig):
     hash-grid deformation ``dx(x, t)`` (``deformation``)."""
 
     deformation: DeformationConfig = dc_field(default_factory=DeformationConfig)
+    backbone: str = "hash"
+    """``hash`` (fast) or ``mlp`` (the paper's networks, ``mlp``; preset ``dnerf-mlp``)."""
+    mlp: DNeRFMLPConfig = dc_field(default_factory=DNeRFMLPConfig)
 
 
 @dataclass
@@ -340,6 +343,11 @@ PRESETS: dict[str, dict] = {
     "nerfae": {"model": "nerfae"},
     "dnerf": {"model": "dnerf"},
     "volsdf": {"model": "volsdf"},
+    # D-NeRF's own networks (8 x 256 MLPs for the deformation and the canonical NeRF), lr 5e-4
+    # -> 5e-5 (the sampler stays the occupancy grid).
+    "dnerf-mlp": {"model": "dnerf", "dnerf.backbone": "mlp", "dnerf.optim.lr": 5e-4,
+                  "dnerf.optim.lr_final": 5e-5, "dnerf.optim.schedule": "log_linear", "dnerf.optim.eps": 1e-8,
+                  "dnerf.optim.weight_decay": 0.0},
     # VolSDF as in the paper: an 8 x 256 MLP on positional encodings, lr 5e-4 -> 5e-5.
     "volsdf-mlp": {"model": "volsdf", "volsdf.field.backbone": "mlp", "volsdf.field.depth": 8,
                    "volsdf.field.width": 256, "volsdf.optim.lr": 5e-4, "volsdf.optim.lr_final": 5e-5,

@@ -31,15 +31,20 @@ SMALL = {"grid.log2_table_size": 12, "grid.max_resolution": 128, "grid.n_levels"
          "occupancy.resolution": 16}
 
 
-def small_model(seed: int = 0) -> DNeRFModel:
+def small_model(seed: int = 0, backbone: str = "hash") -> DNeRFModel:
     torch.manual_seed(seed)
-    config = apply_overrides(RunConfig(model="dnerf"), {f"dnerf.{k}": v for k, v in SMALL.items()})
-    model = build_model(config, SceneInfo(BOX, 4, True, (0.0, 1.0)))
-    for t in [*model.field.canonical.grid.tables, *model.field.deform_grid.tables]:
-        torch.nn.init.uniform_(t, -0.5, 0.5)
-    for layer in model.field.deform_mlp:  # a deformation that is not zero
-        if isinstance(layer, torch.nn.Linear):
-            torch.nn.init.normal_(layer.weight, std=0.3)
+    overrides = {f"dnerf.{k}": v for k, v in SMALL.items()}
+    if backbone == "mlp":
+        overrides.update({"dnerf.backbone": "mlp", "dnerf.mlp.width": 32, "dnerf.mlp.depth": 4, "dnerf.mlp.skip": 2})
+    model = build_model(apply_overrides(RunConfig(model="dnerf"), overrides), SceneInfo(BOX, 4, True, (0.0, 1.0)))
+    if backbone == "hash":
+        for t in [*model.field.canonical.grid.tables, *model.field.deform_grid.tables]:
+            torch.nn.init.uniform_(t, -0.5, 0.5)
+        for layer in model.field.deform_mlp:  # a deformation that is not zero
+            if isinstance(layer, torch.nn.Linear):
+                torch.nn.init.normal_(layer.weight, std=0.3)
+    else:
+        torch.nn.init.normal_(model.field.deform_head.weight, std=0.3)
     return model
 
 
@@ -48,8 +53,9 @@ def points(n=64, seed=1):
     return (torch.rand(n, 3, generator=g) - 0.5) * 2, torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
 
 
-def test_time_zero_is_the_canonical_field_and_other_times_deform():
-    model = small_model()
+@pytest.mark.parametrize("backbone", ["hash", "mlp"])
+def test_time_zero_is_the_canonical_field_and_other_times_deform(backbone):
+    model = small_model(backbone=backbone)
     field = model.field
     x, d = points()
     zero, half = torch.zeros(len(x)), torch.full((len(x),), 0.5)

@@ -9,6 +9,10 @@ evaluated at ``x_c``. Here both are hash-grid networks (the paper's are MLPs, wh
   last layer starts at zero, so training starts from the static scene;
 * canonical: the Instant-NGP field (:class:`radfield.fields.ngp.NGPField`).
 
+``backbone = "mlp"`` builds the paper's networks instead: the deformation an 8 x 256 MLP (skip
+at 4) on ``[PE(x_n), PE(t)]`` (10 frequencies each), the canonical field vanilla NeRF's
+(:class:`radfield.fields.nerf.NeRFField`).
+
 Inputs ``raw(x (n, 3), d (n, 3), t (n,))``; outputs as every field's (``raw`` ``(n, 4)``,
 ``activate``). ``density(x)`` serves the occupancy grid of the moving scene: the maximum of the
 density over ``occupancy_times`` times spread over the scene's time range, so the grid covers
@@ -22,9 +26,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from radfield.fields.encodings import PositionalEncoding
+from radfield.errors import RadfieldError
+from radfield.fields.encodings import EncodingConfig, PositionalEncoding
 from radfield.fields.hashgrid import HashGrid, HashGridConfig
-from radfield.fields.ngp import NGPField, NGPFieldConfig, mlp
+from radfield.fields.nerf import BoxNormalisation, NeRFField, SkipMLP
+from radfield.fields.ngp import NGPField, mlp
+
+DNERF_BACKBONES = ("hash", "mlp")
 
 
 @dataclass
@@ -38,27 +46,63 @@ class DeformationConfig:
     """Times at which the occupancy grid's density is taken (their maximum)."""
 
 
-class DNeRFField(nn.Module):
-    """``dx(x, t)`` into a canonical Instant-NGP field (implements ``RadianceField`` with the
-    extra input ``t``)."""
+@dataclass
+class DNeRFMLPConfig:
+    """The paper's networks (``backbone = "mlp"``)."""
 
-    def __init__(self, aabb: Tensor, canonical: NGPFieldConfig, deformation: DeformationConfig,
-                 time_range: tuple[float, float] = (0.0, 1.0)):
+    pos_freqs: int = 10
+    time_freqs: int = 10
+    direction_freqs: int = 4
+    depth: int = 8
+    width: int = 256
+    skip: int = 4
+
+
+class DNeRFField(nn.Module):
+    """``dx(x, t)`` into a canonical field (implements ``RadianceField`` with the extra input
+    ``t``). ``config``: the model's section (an Instant-NGP field config plus ``deformation``,
+    ``backbone`` and ``mlp``)."""
+
+    def __init__(self, aabb: Tensor, config, time_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
+        if config.backbone not in DNERF_BACKBONES:
+            raise RadfieldError(f"dnerf.backbone: unknown backbone {config.backbone!r} "
+                                f"(choose from: {', '.join(DNERF_BACKBONES)})")
+        self.backbone = config.backbone
         self.register_buffer("aabb", aabb.float().clone())
-        self.canonical = NGPField(aabb, canonical)
-        self.deform_grid = HashGrid(deformation.grid)
-        self.time_encoding = PositionalEncoding(1, deformation.time_freqs)
-        self.deform_mlp = mlp(deformation.grid.output_dim + self.time_encoding.n_out, deformation.hidden,
-                              deformation.layers, 3)
-        nn.init.zeros_(self.deform_mlp[-1].weight)  # dx = 0 at the start: the static scene
+        deformation = config.deformation
+        if self.backbone == "hash":
+            self.canonical = NGPField(aabb, config)
+            self.deform_grid = HashGrid(deformation.grid)
+            self.time_encoding = PositionalEncoding(1, deformation.time_freqs)
+            self.deform_mlp = mlp(deformation.grid.output_dim + self.time_encoding.n_out, deformation.hidden,
+                                  deformation.layers, 3)
+            last = self.deform_mlp[-1]
+        else:
+            m = config.mlp
+            self.canonical = NeRFField(aabb, EncodingConfig(name="positional", n_freqs=m.pos_freqs), m.depth,
+                                       m.width, m.skip, m.direction_freqs)
+            self.normalise = BoxNormalisation(aabb)
+            self.position_encoding = PositionalEncoding(3, m.pos_freqs)
+            self.time_encoding = PositionalEncoding(1, m.time_freqs)
+            self.deform_trunk = SkipMLP(self.position_encoding.n_out + self.time_encoding.n_out, m.depth, m.width,
+                                        m.skip)
+            self.deform_head = nn.Linear(m.width, 3)
+            nn.init.zeros_(self.deform_head.bias)
+            last = self.deform_head
+        nn.init.zeros_(last.weight)  # dx = 0 at the start: the static scene
         self.register_buffer("occupancy_times", torch.linspace(*time_range, deformation.occupancy_times),
                              persistent=False)
 
     def deformation(self, x: Tensor, t: Tensor) -> Tensor:
         """``(n, 3)`` offsets ``dx`` of points ``x (n, 3)`` at times ``t (n,)``; 0 where ``t = 0``."""
-        u = (x - self.aabb[:3]) / (self.aabb[3:] - self.aabb[:3])
-        dx = self.deform_mlp(torch.cat([self.deform_grid(u), self.time_encoding(t[:, None].to(x.dtype))], dim=-1))
+        te = self.time_encoding(t[:, None].to(x.dtype))
+        if self.backbone == "hash":
+            u = (x - self.aabb[:3]) / (self.aabb[3:] - self.aabb[:3])
+            dx = self.deform_mlp(torch.cat([self.deform_grid(u), te], dim=-1))
+        else:
+            h = torch.cat([self.position_encoding(self.normalise(x)), te], dim=-1)
+            dx = self.deform_head(self.deform_trunk(h))
         return torch.where((t == 0)[:, None], torch.zeros_like(dx), dx)
 
     def raw(self, x: Tensor, d: Tensor, t: Tensor) -> Tensor:
@@ -76,7 +120,10 @@ class DNeRFField(nn.Module):
         return torch.stack([self.density_at(x, t.expand(x.shape[0])) for t in self.occupancy_times]).amax(0)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """The canonical field's groups, the deformation grid (no weight decay) and its MLP."""
+        """Hash backbone: the canonical field's groups, the deformation grid (no weight decay)
+        and its MLP; MLP backbone: one group."""
+        if self.backbone == "mlp":
+            return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay}]
         return self.canonical.param_groups(lr, weight_decay) + [
             {"params": list(self.deform_grid.parameters()), "lr": lr, "weight_decay": 0.0},
             {"params": list(self.deform_mlp.parameters()), "lr": lr, "weight_decay": weight_decay},

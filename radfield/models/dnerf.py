@@ -35,7 +35,7 @@ class DNeRFModel(NGPModel):
                                 "(the D-NeRF format)")
 
     def make_field(self, config) -> DNeRFField:
-        return DNeRFField(self.aabb, config, config.deformation, self.scene.time_range or (0.0, 1.0))
+        return DNeRFField(self.aabb, config, self.scene.time_range or (0.0, 1.0))
 
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
         """``(positions, directions, times)`` per sample."""
