@@ -131,3 +131,26 @@ def test_volsdf_learns_the_scene_surfaces(tmp_path, capsys):
           f"true surfaces median {np.median(d):.4f}, 90th percentile {np.percentile(d, 90):.4f}")
     assert metrics["psnr"] > 17.0
     assert np.median(d) < 0.08 and np.percentile(d, 90) < 0.2
+
+
+def test_normal_maps_of_the_initial_sphere():
+    """At initialisation the SDF is (about) a sphere around the box centre: the rendered normal of
+    each opaque pixel points along the position of its expected surface point."""
+    from radfield.cameras import Cameras, look_at
+    from radfield.rendering.images import render_image
+
+    model = model_for({"volsdf.field.width": 256}).eval()
+    c2w = look_at(torch.tensor([0.0, -3.5, 1.0]), torch.zeros(3))[None]
+    ones = torch.ones(1)
+    cams = Cameras(c2w, 30 * ones, 30 * ones, 16 * ones, 16 * ones, 32, 32)
+    r = render_image(model, cams, 0, torch.ones(3))
+    assert r.normal is not None and r.normal.shape == (32, 32, 3)
+    from radfield.cameras import image_rays
+    rays = image_rays(cams, 0)
+    opaque = r.opacity.reshape(-1) > 0.9
+    t = r.depth.reshape(-1) / rays.z_per_t  # planar depth back to ray distance
+    p = rays.origins + t[:, None] * rays.directions
+    n = torch.nn.functional.normalize(r.normal.reshape(-1, 3), dim=-1)
+    cos = (n * torch.nn.functional.normalize(p, dim=-1)).sum(-1)[opaque]
+    assert opaque.sum() > 50 and float(cos.mean()) > 0.95
+    assert r.normal.reshape(-1, 3)[~(r.opacity.reshape(-1) > 1e-3)].abs().max() < 1e-2  # empty: ~0

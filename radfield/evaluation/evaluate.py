@@ -60,7 +60,8 @@ def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_
         code = fit_appearance_left(model, cams, i, gt, bg, **FIT_OPTIONS)
         r = render_image(model, cams, i, bg, appearance_code=code)
         half = gt.shape[1] // 2
-        r = type(r)(r.rgb[:, half:], r.depth[:, half:], r.opacity[:, half:])
+        r = type(r)(r.rgb[:, half:], r.depth[:, half:], r.opacity[:, half:],
+                    None if r.normal is None else r.normal[:, half:])
         gt = gt[:, half:]
     else:
         r = render_image(model, cams, i, bg)
@@ -74,6 +75,8 @@ def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_
         save_png(out_dir / f"{name}_rgb.png", r.rgb)
         save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
         save_png(out_dir / f"{name}_opacity.png", r.opacity)
+        if r.normal is not None:  # world-space normals as colours, (n + 1) / 2
+            save_png(out_dir / f"{name}_normal.png", ((r.normal + 1) / 2).clamp(0, 1))
     return row
 
 

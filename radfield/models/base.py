@@ -21,6 +21,7 @@ A model is a field plus the sampler that feeds it, built for one scene:
 * ``log_scalars() -> dict``: the model's own figures for the training log;
 * ``appearance_codes()``: per-image appearance codes (evaluation protocols fit held-out ones);
 * ``level_set(level)``: the function whose level set is the surface (mesh export);
+* ``normals(rays, samples)``: per-sample surface normals, or None (normal maps);
 * ``background``: a learned background module or None; ``opaque_last``: the "last sample"
   background (the last interval of each ray is opaque).
 
@@ -113,6 +114,11 @@ class Model(nn.Module):
 
     def update(self, step: int, generator: torch.Generator | None = None) -> None:
         pass
+
+    def normals(self, rays: Rays, samples: Samples) -> Tensor | None:
+        """``(n_samples, 3)`` unit surface normals at the samples (rendered as normal maps), or
+        None for models without a surface (default)."""
+        return None
 
     def level_set(self, level: float):
         """``(fn, level)``: the surface of the model is ``fn(x) = level``, ``fn`` larger inside

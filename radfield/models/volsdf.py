@@ -16,6 +16,7 @@ finest hash cell) for the hash backbone, whose kernel is differentiable once.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from radfield.cameras import Rays
@@ -58,6 +59,12 @@ class VolSDFModel(HierarchicalModel):
         x = samples.positions(rays)[::stride][:cfg.eikonal_points].detach()
         grad = sdf_gradient(self.field.sdf, x, self.eikonal_step)
         return {"eikonal": cfg.eikonal_weight * eikonal_loss(grad)}
+
+    def normals(self, rays: Rays, samples: Samples) -> Tensor:
+        """Outward unit normals ``grad d / |grad d|`` by central differences (no graph)."""
+        x = samples.positions(rays).detach()
+        step = self.eikonal_step or float(self.field.half_size) * 1e-3
+        return torch.nn.functional.normalize(sdf_gradient(self.field.sdf, x, step), dim=-1)
 
     def level_set(self, level: float):
         """The surface is the SDF's zero level (``-d >= 0`` inside), whatever ``level``."""

@@ -10,33 +10,44 @@ from torch import Tensor
 from radfield.cameras import Cameras, Rays, image_rays
 from radfield.rendering.backgrounds import ray_background
 from radfield.rendering.pipeline import render_samples
+from radfield.rendering.volume import accumulate_along_rays
 
 
 @dataclass
 class ImageRender:
     """``rgb (H, W, 3)``, ``depth (H, W)`` planar camera z of the expected termination point
-    (0 where the opacity is below 1e-3), ``opacity (H, W)``; all float32 on the CPU."""
+    (0 where the opacity is below 1e-3), ``opacity (H, W)``, and for models with surfaces
+    ``normal (H, W, 3)`` (world space, ``sum_i w_i n_i``); all float32 on the CPU."""
 
     rgb: Tensor
     depth: Tensor
     opacity: Tensor
+    normal: Tensor | None = None
 
 
 @torch.no_grad()
-def render_rays(model, rays: Rays, background: Tensor | None, chunk: int = 1 << 13
-                ) -> tuple[Tensor, Tensor, Tensor]:
-    """No-grad render of a ray batch in chunks: ``(rgb (n, 3), ray depth (n,), opacity (n,))``.
+def render_rays(model, rays: Rays, background: Tensor | None, chunk: int = 1 << 13,
+                normals: bool = False):
+    """No-grad render of a ray batch in chunks: ``(rgb (n, 3), ray depth (n,), opacity (n,))``,
+    and with ``normals=True`` a fourth ``(n, 3)`` of weighted normals (None when the model has
+    no surface normals).
 
     ``background`` ``(3,)`` is what the rays see behind the last sample unless the model has its
     own (:func:`~radfield.rendering.backgrounds.ray_background`)."""
-    rgbs, depths, opacities = [], [], []
+    rgbs, depths, opacities, normal_maps = [], [], [], []
     for r in rays.chunks(chunk):
         samples = model.sample(r, training=False)
         out = render_samples(model, r, samples, ray_background(model, r, background))
         rgbs.append(out.rgb)
         depths.append(out.depth)
         opacities.append(out.opacity)
-    return torch.cat(rgbs), torch.cat(depths), torch.cat(opacities)
+        n = model.normals(r, samples) if normals else None
+        if n is not None:
+            normal_maps.append(accumulate_along_rays(out.weights, samples.ray_indices, len(r), n))
+    result = (torch.cat(rgbs), torch.cat(depths), torch.cat(opacities))
+    if normals:
+        return result + (torch.cat(normal_maps) if normal_maps else None,)
+    return result
 
 
 def render_image(model, cameras: Cameras, index: int, background: Tensor | None,
@@ -52,9 +63,10 @@ def render_image(model, cameras: Cameras, index: int, background: Tensor | None,
         rays = rays.with_attrs(train_index=torch.full_like(rays.get("camera_index"), appearance_index))
     if appearance_code is not None:
         rays = rays.with_attrs(appearance=appearance_code.detach().expand(len(rays), -1))
-    rgb, ray_depth, opacity = render_rays(model, rays, background, chunk)
+    rgb, ray_depth, opacity, normal = render_rays(model, rays, background, chunk, normals=True)
     planar = torch.where(opacity > 1e-3, ray_depth / opacity.clamp(min=1e-3) * rays.z_per_t,
                          torch.zeros_like(ray_depth))
     shape = (cameras.height, cameras.width)
     return ImageRender(rgb.reshape(*shape, 3).clamp(0, 1).cpu(), planar.reshape(shape).cpu(),
-                       opacity.reshape(shape).cpu())
+                       opacity.reshape(shape).cpu(),
+                       None if normal is None else normal.reshape(*shape, 3).cpu())
