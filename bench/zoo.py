@@ -3,6 +3,7 @@
     python bench/zoo.py zoo        # tabletop (downscale 2): every model, baseline and --hsm
     python bench/zoo.py multiscale # multi-scale tabletop: mip-NeRF vs NeRF, PSNR per scale
     python bench/zoo.py captures   # garden-colmap (SfM poses) and garden (exact poses): nerfacto, ngp
+    python bench/zoo.py dynamic --budget 1200  # dynamic: D-NeRF fast and MLP vs ngp ignoring time
 
 Options: --budget SECONDS per run, --only NAME[,NAME] to run a subset. Each run trains in its own
 process (``python bench/zoo.py one ...``) for a wall-clock budget (validation excluded), records
@@ -35,6 +36,9 @@ SUITES: dict[str, dict[str, tuple[str, str, int, bool]]] = {
                    "nerf-small": ("nerf-small", "MULTISCALE", 1, False)},
     "captures": {f"{p}@{d}": (p, d, 2, False) for d in ("garden-colmap", "garden")
                  for p in ("nerfacto-small", "ngp-small")},
+    # ngp on the dynamic scene ignores the frames' times: the floor D-NeRF must clearly beat.
+    "dynamic": {"dnerf": ("dnerf", "dynamic", 1, False), "dnerf-mlp": ("dnerf-mlp", "dynamic", 1, False),
+                "ngp-ignores-time": ("ngp", "dynamic", 1, False)},
 }
 
 

@@ -10,7 +10,7 @@ import torch
 import trimesh
 
 from radfield.cli import main
-from radfield.data.synthetic import CHECKER_BOX, GLOSSY_SPHERE, TEXTURED_SPHERE, make_scene
+from radfield.data.synthetic import TEXTURED_SPHERE, CHECKER_BOX, make_scene, signed_distance
 from radfield.export.mesh import marching_cubes, to_world
 from radfield.training.trainer import Trainer
 from conftest import make_config
@@ -49,13 +49,18 @@ def test_world_coordinates_undo_the_normalisation():
 
 
 def scene_sdf(p: np.ndarray) -> np.ndarray:
-    """Distance to the built-in scene's surfaces (two spheres and a box)."""
-    def sphere(s):
-        return np.linalg.norm(p - np.array(s.centre), axis=-1) - s.radius
-    lo, hi = np.array(CHECKER_BOX.lo), np.array(CHECKER_BOX.hi)
-    q = np.abs(p - (lo + hi) / 2) - (hi - lo) / 2
-    box = np.linalg.norm(np.maximum(q, 0), axis=-1) + np.minimum(q.max(-1), 0)
-    return np.minimum(np.minimum(sphere(TEXTURED_SPHERE), sphere(GLOSSY_SPHERE)), box)
+    """Distance to the built-in scene's surfaces (two spheres and a box), in numpy."""
+    return signed_distance(torch.from_numpy(np.asarray(p, dtype=np.float32))).numpy()
+
+
+def test_scene_signed_distance_by_hand():
+    centre = torch.tensor(TEXTURED_SPHERE.centre)
+    p = torch.stack([centre, centre + torch.tensor([TEXTURED_SPHERE.radius + 0.1, 0, 0]),
+                     torch.tensor(CHECKER_BOX.hi) + torch.tensor([0.0, 0.0, 0.2])])
+    d = signed_distance(p)
+    assert float(d[0]) == pytest.approx(-TEXTURED_SPHERE.radius)
+    assert float(d[1]) == pytest.approx(0.1, abs=1e-6)  # the nearest other object is 0.215 away
+    assert float(d[2]) == pytest.approx(0.2, abs=1e-6)
 
 
 @pytest.fixture(scope="module")

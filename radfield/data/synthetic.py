@@ -113,6 +113,21 @@ def box_normal(p: Tensor, box: Box) -> Tensor:
     return torch.zeros_like(p).scatter(-1, axis, rel.gather(-1, axis).sign())
 
 
+def signed_distance(p: Tensor) -> Tensor:
+    """``(n,)`` signed distance of points ``p (n, 3)`` to the static scene's surfaces (the union
+    of its two spheres and its box; negative inside): exact ground truth for surface
+    reconstruction (meshes, SDF fields)."""
+    p = p.float()
+
+    def sphere(s: Sphere) -> Tensor:
+        return (p - torch.tensor(s.centre)).norm(dim=-1) - s.radius
+
+    lo, hi = torch.tensor(CHECKER_BOX.lo), torch.tensor(CHECKER_BOX.hi)
+    q = (p - (lo + hi) / 2).abs() - (hi - lo) / 2
+    box = q.clamp(min=0).norm(dim=-1) + q.amax(-1).clamp(max=0)
+    return torch.minimum(torch.minimum(sphere(TEXTURED_SPHERE), sphere(GLOSSY_SPHERE)), box)
+
+
 # ---------------------------------------------------------------------------- textures
 
 
