@@ -95,9 +95,9 @@ def train(preset: str, data: Path, budget: float, run_dir: Path, overrides: dict
 
 
 def export(run_dir: Path, out: Path, resolution: int, level: float | None = None) -> dict:
-    """Run ``radfield export mesh`` in its own process; wall time and peak RSS of that process."""
-    cmd = [sys.executable, "-c", "import resource, sys; from radfield.cli import main; rc = main(sys.argv[1:]); "
-           "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(rc)",
+    """Run ``radfield export mesh`` in its own process; wall time and peak RSS of that process
+    (GNU time's %M: a child's own ``ru_maxrss`` would start from its parent's)."""
+    cmd = ["/usr/bin/time", "-f", "peak_kb %M", sys.executable, "-m", "radfield",
            "export", "mesh", str(run_dir), "--out", str(out), "--resolution", str(resolution), "--device", "cpu"]
     if level is not None:
         cmd += ["--level", str(level)]
@@ -106,7 +106,7 @@ def export(run_dir: Path, out: Path, resolution: int, level: float | None = None
     wall = time.time() - t0
     if proc.returncode != 0:
         return {"resolution": resolution, "level": level, "error": proc.stderr.strip().splitlines()[-1]}
-    peak = float(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("peak_mb")))
+    peak = float(next(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("peak_kb"))) / 1024
     return {"resolution": resolution, "level": level, "wall_s": wall, "peak_rss_mb": peak, "path": str(out)}
 
 

@@ -59,16 +59,19 @@ def density_slab(density_fn, aabb: Tensor, resolution: int, z0: int, z1: int, ch
     return out.reshape(resolution, resolution, z1 - z0).numpy()
 
 
-def marching_cubes(density_fn, aabb: Tensor, resolution: int, level: float, slab: int = 64,
-                   chunk: int = 1 << 18, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def marching_cubes(density_fn, aabb: Tensor, resolution: int, level: float, slab: int | None = None,
+                   chunk: int = 1 << 18, progress: bool = False,
+                   max_points: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
     """``(vertices (V, 3) float64 in the scene frame, faces (F, 3) int)`` of the surface
-    ``density = level``, slab by slab along z."""
+    ``density = level``, slab by slab along z; a slab holds at most ``max_points`` lattice
+    vertices (``slab`` layers, default ``max_points // R^2``), so memory does not grow with R^3."""
     import mcubes
     import trimesh
 
     if resolution < 2:
         raise RadfieldError(f"--resolution: must be at least 2, got {resolution}")
     origin, step = lattice(aabb, resolution)
+    slab = slab or max(1, max_points // resolution ** 2 - 1)
     verts, faces, n_verts = [], [], 0
     starts = list(range(0, resolution - 1, slab))
     if progress:
