@@ -1,7 +1,8 @@
 """The ``radfield`` command line: train, eval, render, demo, process, multiscale.
 
 Bad input (a missing file, a malformed dataset, an unknown option value) is reported as one line,
-``radfield: error: <file or option>: <problem>``, with exit code 2.
+``radfield: error: <file or option>: <problem>``, with exit code 2; in a torchrun run, the loss of
+another process is one such line with exit code 1.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 from radfield.config import PRESETS, RunConfig, apply_overrides
-from radfield.errors import RadfieldError
+from radfield.errors import PeerLost, RadfieldError, RankZeroError
 from radfield.models import REGISTRY
 
 MODELS = tuple(REGISTRY)
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")
     p.add_argument("--eval-every", type=float, default=None, help="seconds of training between validation renders (30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dist-timeout", type=_positive_float, default=300.0, metavar="S",
+                   help="under torchrun: seconds a process waits for the others (rank 0 validates "
+                   "and writes checkpoints meanwhile) before the run ends with an error")
 
     p = sub.add_parser("eval", help="evaluate a trained run (PSNR, SSIM, LPIPS) and save test renders",
                        formatter_class=fmt)
@@ -197,18 +201,27 @@ def run_config_from_args(args) -> RunConfig:
 
 
 def cmd_train(args) -> int:
+    from radfield.training.distributed import process_group
     from radfield.training.trainer import Trainer
 
     config = run_config_from_args(args)
     out = Path(args.out or f"runs/{Path(args.data).resolve().name}-{config.model}")
-    if not args.resume and ((out / "checkpoint.pt").exists() or (out / "config.json").exists()):
-        raise RadfieldError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
+
+    def check_new_run() -> None:
+        if not args.resume and ((out / "checkpoint.pt").exists() or (out / "config.json").exists()):
+            raise RadfieldError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
+
     limits = {"train.max_steps": args.max_steps, "train.max_time": args.max_time}
-    trainer = Trainer(config, out, device=_device(args.device), resume=args.resume,
-                      progress=not args.no_progress,
-                      overrides={k: v for k, v in limits.items() if v is not None})
-    t0 = time.time()
-    history = trainer.train()
+    # Under torchrun: join the other processes (rank 0 checks --out and alone writes and prints).
+    with process_group(_device(args.device), args.dist_timeout) as world:
+        world.on_rank0(check_new_run)
+        trainer = Trainer(config, out, device=world.local_device(_device(args.device)), resume=args.resume,
+                          progress=not args.no_progress,
+                          overrides={k: v for k, v in limits.items() if v is not None})
+        t0 = time.time()
+        history = trainer.train()
+    if not world.is_main:
+        return 0
     last = next((h for h in reversed(history) if "psnr" in h), None)
     msg = f"trained {trainer.state.step} steps in {time.time() - t0:.0f} s"
     if last:
@@ -310,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except RankZeroError:  # a torchrun process other than rank 0: rank 0 prints the error
+        return 2
+    except PeerLost as exc:  # another process of a torchrun run died or stopped answering
+        print(f"radfield: error: {exc}", file=sys.stderr)
+        return 1
     except RadfieldError as exc:
         print(f"radfield: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""The one exception type the command line turns into a one-line message and exit code 2."""
+"""The exception types the command line turns into a one-line message and an exit code."""
 
 
 class RadfieldError(Exception):
@@ -11,3 +11,13 @@ class RadfieldError(Exception):
 
 class MissingSplitError(RadfieldError):
     """A dataset has no file for the requested split (as opposed to a malformed one)."""
+
+
+class PeerLost(RadfieldError):
+    """Another process of a distributed run died or stopped answering (not bad input: the
+    command line prints the one-line message and exits 1)."""
+
+
+class RankZeroError(RadfieldError):
+    """Rank 0's error, received by the other processes of a distributed run: rank 0 prints it,
+    they exit with the same code without printing it again."""

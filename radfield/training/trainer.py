@@ -21,6 +21,11 @@ occupancy grid, random generator, ray count, HSM tau, step, training time, histo
 the checkpoint, so ``--resume`` continues a step-limited run exactly. Checkpoints are written
 every ``checkpoint_every`` steps or ``checkpoint_every_s`` seconds, whichever comes first, and
 when Ctrl-C or SIGTERM stops the run.
+
+Under torchrun (:mod:`radfield.training.distributed`) every process runs this loop on its own
+rays; ``self.world`` averages the gradients between backward and optimiser step, agrees on the
+step time and on when to stop, pause and save, and gathers every rank's random state into the
+checkpoint; rank 0 alone writes files and validates. In one process ``self.world`` does nothing.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from radfield.cameras import Cameras, Rays, pixel_rays
 from radfield.config import (LR_SCHEDULES, RunConfig, apply_overrides, run_config_from_dict,
                              run_config_to_dict)
 from radfield.data import SceneData, load_scene_groups
-from radfield.errors import MissingSplitError, RadfieldError
+from radfield.errors import MissingSplitError, PeerLost, RadfieldError
 from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
@@ -53,6 +58,7 @@ from radfield.rendering.backgrounds import background_color, ray_background, tra
 from radfield.rendering.images import render_image
 from radfield.training.checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint,
                                           save_checkpoint)
+from radfield.training.distributed import current_world
 from radfield.training.schedules import log_linear_lr_at
 from radfield.training.steps import (HardSampleMiner, StepBatch, StepResult, baseline_step,
                                      photometric_objective)
@@ -104,18 +110,10 @@ class Trainer:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RadfieldError("--device cuda: CUDA is not available on this machine")
+        self.world = current_world()  # one process, or this process's view of a torchrun world
         checkpoint = None
-        if resume:
-            if (self.run_dir / CHECKPOINT_NAME).exists() or not (self.run_dir / CONFIG_NAME).is_file():
-                checkpoint = load_checkpoint(self.run_dir, map_location=self.device)
-                saved = json.loads(checkpoint["config"])
-            else:
-                print(f"radfield: note: {self.run_dir} has no checkpoint yet; starting the run afresh "
-                      "from its config.json", file=sys.stderr)
-                try:
-                    saved = json.loads((self.run_dir / CONFIG_NAME).read_text())
-                except (OSError, ValueError) as exc:
-                    raise RadfieldError(f"{self.run_dir / CONFIG_NAME}: unreadable ({exc})") from None
+        if resume:  # rank 0 reads the run; every rank gets what it read
+            checkpoint, saved = self.world.on_rank0(self._read_run)
             config = apply_overrides(run_config_from_dict(saved), overrides or {})
         self.config = config
         cfg, optim = config.train, config.optim
@@ -145,16 +143,21 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
         self.amp = cfg.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        # `generator`: rays, jitter, HSM draws (each rank its own); `shared_generator`: model
+        # updates such as the occupancy grid's random cells (alike on every rank). One process:
+        # one generator for both.
+        self.generator, self.shared_generator = self.world.generators(self.device, cfg.seed)
         self.miner = HardSampleMiner(cfg.hsm) if cfg.hsm.enabled else None
         self.state = TrainState(n_rays=cfg.init_rays)
         self.history: list[dict] = []
+        self._saved_step: int | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
-        else:
+        elif self.world.is_main:
             self._write_config()  # the run directory is a run from now on
-        self.progress = progress
-        self.writer = self._tensorboard() if log_tensorboard else None
+        self.world.broadcast_module(self.model)
+        self.progress = progress and self.world.is_main
+        self.writer = self._tensorboard() if log_tensorboard and self.world.is_main else None
         self._stop_signal: str | None = None
         # For observers in other threads (a live viewer): steps run holding `lock`, so a render
         # between steps sees consistent parameters; while `paused` is set the loop waits (the
@@ -169,6 +172,21 @@ class Trainer:
         return data.cameras.with_attrs(train_index=torch.arange(len(data.cameras)))
 
     # ------------------------------------------------------------------ setup helpers
+    def _read_run(self) -> tuple[dict | None, dict]:
+        """``(checkpoint, saved config)`` of the run to resume; ``(None, config)`` for a run that
+        was started but has no checkpoint yet."""
+        if (self.run_dir / CHECKPOINT_NAME).exists() or not (self.run_dir / CONFIG_NAME).is_file():
+            # Several processes: read onto the CPU, to be sent to the others.
+            where = self.device if self.world.size == 1 else "cpu"
+            checkpoint = load_checkpoint(self.run_dir, map_location=where)
+            return checkpoint, json.loads(checkpoint["config"])
+        print(f"radfield: note: {self.run_dir} has no checkpoint yet; starting the run afresh "
+              "from its config.json", file=sys.stderr)
+        try:
+            return None, json.loads((self.run_dir / CONFIG_NAME).read_text())
+        except (OSError, ValueError) as exc:
+            raise RadfieldError(f"{self.run_dir / CONFIG_NAME}: unreadable ({exc})") from None
+
     def _load_validation(self) -> SceneData | None:
         """The validation split (else the test split) at full scale."""
         for split in ("val", "test"):
@@ -195,9 +213,12 @@ class Trainer:
         s = ck["state"]
         self.state = TrainState(int(s["step"]), float(s["train_time"]), int(s["n_rays"]),
                                 float(s["last_eval_time"]))
+        tau = self.world.restore_streams(ck.get("distributed"), self.generator, self.shared_generator,
+                                         self.config.train.seed, self.state.step, float(s["hsm_tau"]))
         if self.miner is not None:
-            self.miner.tau = float(s["hsm_tau"])
+            self.miner.tau = tau
         self.history = json.loads(ck["history"])
+        self._saved_step = self.state.step
 
     def checkpoint_state(self) -> dict:
         s = self.state
@@ -220,12 +241,23 @@ class Trainer:
             tmp.write_text(json.dumps(run_config_to_dict(self.config), indent=2))
 
     def save(self) -> None:
+        """Write the checkpoint and the run's files (rank 0; every rank calls it, to hand in its
+        random state)."""
+        streams = self.world.gather_streams(self.generator, self.shared_generator,
+                                            self.miner.tau if self.miner else 1.0)
+        self._saved_step = self.state.step
+        if not self.world.is_main:
+            self._last_save = time.monotonic()
+            return
         self._write_config()
         scene = {"aabb": self.data.aabb.tolist(), "n_train_images": len(self.data),
                  "normalization": self.data.meta.get("normalization")}
         with atomic_write(self.run_dir / "scene.json") as tmp:
             tmp.write_text(json.dumps(scene, indent=1))
-        save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.checkpoint_state())
+        state = self.checkpoint_state()
+        if streams is not None:
+            state["distributed"] = streams
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
         with atomic_write(self.run_dir / "history.json") as tmp:
             tmp.write_text(json.dumps(self.history, indent=1))
         if any("psnr" in h for h in self.history):
@@ -284,7 +316,7 @@ class Trainer:
                                     optim.gamma)
 
     def train_step(self):
-        self.model.update(self.state.step, self.generator)
+        self.model.update(self.state.step, self.shared_generator)
         factor = self.lr_factor()
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
@@ -296,10 +328,12 @@ class Trainer:
                                      self.scaler.scale, autocast)
         else:
             result = baseline_step(self.model, batch, self.objective, self.scaler.scale, autocast)
+        # Under torchrun: gradients averaged over the ranks, sample counts added up.
+        result = self.world.average_step(self.model.parameters(), result)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        # Adaptive ray count: aim the next step at the model's target_samples samples.
-        per_ray = max(result.n_samples, 1) / batch.samples.n_rays
+        # Adaptive ray count: aim the next step at the model's target_samples samples (per rank).
+        per_ray = max(result.n_samples, 1) / (batch.samples.n_rays * self.world.size)
         target = self.config.optim.target_samples
         self.state.n_rays = int(min(max(target / per_ray, 64), self.config.train.max_rays))
         return result
@@ -335,7 +369,24 @@ class Trainer:
         """Run until ``max_steps`` or ``max_time``. ``stop(step)`` returning True, Ctrl-C or
         SIGTERM (what job schedulers send before a time limit) end the run early with a
         checkpoint written (``--resume`` continues it). ``on_step(trainer, result, seconds)`` is
-        called after every step (benchmarks use it)."""
+        called after every step (benchmarks use it).
+
+        Under torchrun, every rank calls this; a process that dies or stops answering ends the run
+        on the others with :class:`PeerLost`, whose message names the checkpoint that is kept."""
+        try:
+            return self._train(stop, on_step)
+        except PeerLost as exc:
+            if self.writer is not None:
+                self.writer.close()
+            raise PeerLost(f"{exc}; {self._kept_checkpoint()}") from None
+
+    def _kept_checkpoint(self) -> str:
+        if self._saved_step is None:
+            return f"no checkpoint was written yet (--resume restarts {self.run_dir} from its config.json)"
+        return f"the checkpoint of step {self._saved_step} in {self.run_dir} is kept (--resume continues it)"
+
+    def _train(self, stop: Callable[[int], bool] | None,
+               on_step: Callable[["Trainer", StepResult, float], None] | None) -> list[dict]:
         cfg = self.config.train
         bar = None
         if self.progress:
@@ -349,24 +400,29 @@ class Trainer:
         previous = self._install_signal_handlers()
         try:
             while self.state.step < cfg.max_steps and not (cfg.max_time and self.state.train_time >= cfg.max_time):
-                while self.paused.is_set() and self._stop_signal is None:
-                    time.sleep(0.05)
+                while self.world.any(self.paused.is_set() and self._stop_signal is None):
+                    time.sleep(0.05)  # under torchrun the other ranks wait with rank 0
                 with self.lock:
                     t0 = time.perf_counter()
                     result = self.train_step()
                     dt = time.perf_counter() - t0
                 self.state.step += 1
-                self.state.train_time += dt
                 self._log_step(result, dt, bar)
                 for callback in ([on_step] if on_step is not None else []) + self.callbacks:
                     callback(self, result, dt)
-                if self._stop_signal is not None or (stop is not None and stop(self.state.step)):
+                stop_now = self._stop_signal is not None or (stop is not None and stop(self.state.step))
+                save_now = (self.state.step % cfg.checkpoint_every == 0
+                            or time.monotonic() - self._last_save >= cfg.checkpoint_every_s)
+                # Under torchrun every rank takes the slowest rank's step time (one clock for
+                # --max-time and the schedule) and stops or saves when any rank would.
+                dt, stop_now, save_now = self.world.max([dt, stop_now, save_now])
+                self.state.train_time += dt
+                if stop_now:
                     interrupted = True
                     break
                 if self.state.train_time - self.state.last_eval_time >= cfg.eval_every:
                     self._evaluate_and_log()
-                if (self.state.step % cfg.checkpoint_every == 0
-                        or time.monotonic() - self._last_save >= cfg.checkpoint_every_s):
+                if save_now:
                     self.save()
         except KeyboardInterrupt:  # a second signal: the mid-step state is not saved
             print("\nradfield: stopped mid-step; the last checkpoint is kept", file=sys.stderr)
@@ -379,7 +435,7 @@ class Trainer:
         if not interrupted and (not self.history or self.history[-1].get("step") != self.state.step):
             self._evaluate_and_log()
         self.save()
-        if self._stop_signal is not None:
+        if self._stop_signal is not None and self.world.is_main:
             print(f"[{self._stop_signal}] stopped at step {self.state.step}; checkpoint written "
                   f"(--resume continues)", file=sys.stderr)
         if self.writer is not None:
@@ -414,6 +470,8 @@ class Trainer:
 
     def _evaluate_and_log(self) -> None:
         self.state.last_eval_time = self.state.train_time
+        if not self.world.is_main:  # rank 0 validates and keeps the history
+            return
         val_psnr = self.validate()
         entry = {"step": self.state.step, "time_s": round(self.state.train_time, 3)}
         if val_psnr is not None:
