@@ -233,12 +233,14 @@ class Viewer:
                 f"/training_cameras/{i}", fov=fov_y, aspect=cams.width / cams.height, scale=scale,
                 thickness=1.5, thickness_units="screen", color=(60, 60, 200), image=thumbs[i],
                 format="jpeg", wxyz=wxyz, position=position))
-        # Browsers start at training camera 0, looking through the box centre's depth.
+        # Browsers start behind training camera 0 (a quarter of its depth back, so its frustum
+        # is in view rather than its thumbnail filling the screen), looking at the box centre's
+        # depth along its axis.
         c2w = cams.c2w[0].double()
         eye, forward = c2w[:, 3], -c2w[:, 2]
         depth = float(((centre - eye) @ forward).clamp(min=1e-3))
         initial = self.server.initial_camera
-        initial.position = eye.numpy()
+        initial.position = (eye - 0.25 * depth * forward).numpy()
         initial.look_at = (eye + depth * forward).numpy()
         initial.up = up
         initial.fov = 2 * math.atan(cams.height / 2 / float(cams.fy[0]))
