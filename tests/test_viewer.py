@@ -621,7 +621,7 @@ def box_line_hits(shot: np.ndarray, camera, edges: torch.Tensor, fov_scale: floa
 
 def test_browser_shows_the_field_and_follows_the_camera(run, loaded, browser):
     model, bg = loaded
-    viewer = start_viewer(run, max_size=64)
+    viewer = start_viewer(run, max_size=48)
     try:
         viewer.show_cameras.value = False  # frusta and box would cover parts of the render
         viewer.show_box.value = False
@@ -629,7 +629,7 @@ def test_browser_shows_the_field_and_follows_the_camera(run, loaded, browser):
         open_viewer(browser, viewer.url)
         b, frame = full_frame_shown(viewer, browser)
         assert b.first_frame_at is not None and b.first_frame_at - t0 < 60
-        assert max(frame.width, frame.height) == 64
+        assert max(frame.width, frame.height) == 48
         assert frame.width / frame.height == pytest.approx(b.client.camera.aspect, abs=0.02)
         shot = canvas_screenshot(browser)
         assert shot.shape[1] / shot.shape[0] == pytest.approx(frame.width / frame.height, abs=0.02)
@@ -675,7 +675,23 @@ def test_browser_shows_the_field_and_follows_the_camera(run, loaded, browser):
         expect = direct_render(model, bg, b.client.camera, frame.width, frame.height)[:, : frame.width // 2]
         assert screenshot_matching(browser, expect, frame, 0.03)[1] < 0.03
     finally:
-        viewer.close()
+        close(viewer, browser)
+
+
+def close(viewer, driver) -> None:
+    """Leave the page, then stop the viewer."""
+    driver.get("about:blank")
+    viewer.close()
+
+
+def steady_pose(camera) -> torch.Tensor:
+    """The OpenGL pose of a viser camera once it has stayed put for 0.4 s."""
+    def steady():
+        before = opengl_c2w_from_opencv(camera.wxyz, camera.position)
+        time.sleep(0.4)
+        now = opengl_c2w_from_opencv(camera.wxyz, camera.position)
+        return (now,) if torch.equal(before, now) else None
+    return wait_for(steady, 30, "the browser's camera to settle")[0]
 
 
 def click(driver, label: str) -> None:
@@ -690,10 +706,13 @@ def test_camera_path_editor_in_browser(run, browser, tmp_path, capsys):
     viewer = start_viewer(run, max_size=48)
     try:
         open_viewer(browser, viewer.url)
-        b, _ = full_frame_shown(viewer, browser)
+        b = wait_for(lambda: next(iter(viewer.browsers.values()), None), 60, "the browser to connect")
         viewer.path_file.value = "paths/cams.json"  # inside the run directory
         viewer.path_frames.value = 4
-        first = opengl_c2w_from_opencv(b.client.camera.wxyz, b.client.camera.position)
+        viewer.path_width.value, viewer.path_height.value = 16, 12
+        start = np.asarray(viewer.server.initial_camera.position)  # where the browser is put
+        wait_for(lambda: np.allclose(b.client.camera.position, start, atol=1e-4), 30, "the initial camera")
+        first = steady_pose(b.client.camera)
         click(browser, "Add keyframe")
         wait_for(lambda: len(viewer.keyframes) == 1, 20, "the first keyframe")
         b.client.camera.position = b.client.camera.position + np.array([0.0, 0.8, 0.2])
@@ -708,7 +727,7 @@ def test_camera_path_editor_in_browser(run, browser, tmp_path, capsys):
         file = run / "paths" / "cams.json"
         wait_for(lambda: file.is_file(), 20, "the saved camera path")
         saved = load_camera_path(file)
-        assert len(saved.keyframes) == 2 and saved.n_frames == 4
+        assert len(saved.keyframes) == 2 and (saved.n_frames, saved.width, saved.height) == (4, 16, 12)
         assert torch.allclose(saved.keyframes[0].c2w, first, atol=1e-9)
         assert saved.keyframes[0].fov_y_deg == pytest.approx(math.degrees(b.client.camera.fov))
         # whoever reaches the viewer names the file: it stays a .json inside the run directory
@@ -717,7 +736,7 @@ def test_camera_path_editor_in_browser(run, browser, tmp_path, capsys):
                 viewer.save_camera_path(outside)
         assert not (run.parent / "escape.json").exists() and not (tmp_path / "abs.json").exists()
     finally:
-        viewer.close()
+        close(viewer, browser)
     out = tmp_path / "cams.mp4"
     assert main(["render", str(run), "--path", str(file), "--out", str(out), "--device", "cpu"]) == 0
     assert len(_read_video(out)) == 4
@@ -750,5 +769,5 @@ def test_live_training_progress_and_pause(scene, browser, tmp_path):
         stop.set()
         trainer.paused.clear()
         thread.join(60)
-        viewer.close()
+        close(viewer, browser)
     assert not thread.is_alive()

@@ -454,13 +454,17 @@ class Viewer:
                 "/camera_path/curve", segments, colors=(255, 80, 0), thickness=2.0, thickness_units="screen"))
 
     # ------------------------------------------------------------------ lifetime
-    def close(self) -> None:
-        """Stop every render thread and the server."""
+    def close(self, wait: bool = False) -> None:
+        """Stop every render thread and the server. viser's stop waits up to 6 s for browsers
+        that were connected to finish closing their websockets; the server is stopped in a
+        daemon thread, so this returns at once unless ``wait``."""
         if self.trainer is not None and self._on_step in self.trainer.callbacks:
             self.trainer.callbacks.remove(self._on_step)
         with self._browsers_lock:
             browsers, self.browsers = list(self.browsers.values()), {}
         for browser in browsers:
             browser.loop.stop()
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.server.stop()
+        stopper = threading.Thread(target=self.server.stop, name="radfield-viewer-stop", daemon=True)
+        stopper.start()
+        if wait:
+            stopper.join()
