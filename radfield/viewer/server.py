@@ -163,6 +163,7 @@ class Viewer:
         self.keyframes: list[Keyframe] = []
         self._path_handles: list = []
         self.browsers: dict[int, BrowserView] = {}
+        self._loops: list[RenderLoop] = []  # every loop started, joined by close()
         self._browsers_lock = threading.Lock()
         with contextlib.redirect_stdout(io.StringIO()):  # viser's own banner; we print the URL
             self.server = viser.ViserServer(host=options.host, port=options.port, verbose=False)
@@ -304,6 +305,7 @@ class Viewer:
         browser = BrowserView(client, loop, status, time.monotonic())
         with self._browsers_lock:
             self.browsers[client.client_id] = browser
+            self._loops.append(loop)
         client.camera.on_update(lambda camera: loop.set_view(self._view(camera)))
         loop.start()
         loop.set_view(self._view(client.camera))
@@ -461,9 +463,9 @@ class Viewer:
         if self.trainer is not None and self._on_step in self.trainer.callbacks:
             self.trainer.callbacks.remove(self._on_step)
         with self._browsers_lock:
-            browsers, self.browsers = list(self.browsers.values()), {}
-        for browser in browsers:
-            browser.loop.stop()
+            loops, self.browsers, self._loops = self._loops, {}, []
+        for loop in loops:  # render threads end before the process does (a thread killed inside
+            loop.stop()     # a torch kernel at interpreter exit aborts the process)
         stopper = threading.Thread(target=self.server.stop, name="radfield-viewer-stop", daemon=True)
         stopper.start()
         if wait:
