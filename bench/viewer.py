@@ -7,16 +7,17 @@ Trains Instant-NGP (``ngp-small``) on tabletop for ``--train-time`` seconds unle
 already holds a checkpoint, then serves ``radfield view``'s viewer (``Viewer.from_run``, full
 frames capped at ``--size`` pixels) and opens it in Debian's headless Chromium (selenium) with
 a square ``--viewport`` (the canvas), so full frames are ``size x size``, scaled up by the
-browser. Frames are counted **in the browser**: a script in the page records (with ``performance.now()``) every change of the viewer's status
-line ``Frame N · W × H``, which arrives in the same websocket batch as the image.
+browser. Frames are counted **in the browser**: a script in the page records (with
+``performance.now()``) every change of the viewer's status line ``Frame N · W × H · T ms``,
+which arrives in the same websocket batch as the image.
 
-* time to first frame: from ``driver.get(url)`` to the first frame (a preview) and to the first
+* time to first frame: from the start of navigation to the first frame (a preview) and to the first
   full-resolution frame shown in the page (the page's own load, scripts and WebGL set-up
   included);
 * frames per second while the camera moves (it orbits the scene at 30 updates/s, set through
   viser's server-side camera handle, which moves the browser's camera; the browser reports
-  back and the viewer renders): with ``dynamic`` off (every frame full, ``size x size``) and with
-  the default lower resolution while moving.
+  back and the viewer renders): with ``dynamic`` off (every frame full, ``size x size``; a window
+  of ``3 x --seconds``) and with the default lower resolution while moving.
 
 Writes ``bench/results/viewer_tabletop.json`` and prints a markdown table for ``bench/RESULTS.md``.
 """
@@ -87,8 +88,8 @@ def browser(viewport: int):
     os.environ.setdefault("SE_OFFLINE", "true")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={viewport},{viewport}",
-                "--force-device-scale-factor=1", "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]:
+    for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                f"--window-size={viewport},{viewport}", "--force-device-scale-factor=1", "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]:
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver")), options=options)
     inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=float, default=None, help="seconds of training between validation renders (30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--viewer", action="store_true",
-                   help="watch training in the web viewer (needs viser); it stays open after training until Ctrl-C")
+                   help="watch training in the web viewer (needs viser); it stays open after training "
+                   "until Ctrl-C")
     p.add_argument("--viewer-port", type=_port, default=8080, help="the viewer's port (0: any free one)")
     p.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
 

@@ -111,10 +111,20 @@ def test_view_camera_rays_follow_viser_axes():
     assert torch.allclose(rays.origins, torch.tensor([0.5, 0, 1]).expand(3, 3))
 
 
+def test_view_time_reaches_every_ray():
+    """The time slider's value rides on the view camera to every ray (``times``, as dynamic
+    models read it); a static view carries none."""
+    c2w = look_at(torch.tensor([3.0, 0, 1], dtype=F64), torch.zeros(3, dtype=F64))
+    rays = image_rays(view_camera(c2w, 0.8, 6, 4, time=0.3), 0)
+    assert torch.equal(rays.get("times"), torch.full((24,), 0.3))
+    assert image_rays(view_camera(c2w, 0.8, 6, 4), 0).get("times") is None
+
+
 def test_quaternions_against_viser_so3():
     from viser.transforms import SO3
 
-    q = torch.nn.functional.normalize(torch.randn(200, 4, dtype=F64, generator=torch.Generator().manual_seed(0)), dim=-1)
+    q = torch.randn(200, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    q = q / q.norm(dim=-1, keepdim=True)
     rot = quaternion_to_matrix(q)
     for i in range(0, 200, 7):
         assert np.allclose(rot[i].numpy(), SO3(q[i].numpy()).as_matrix(), atol=1e-12)
@@ -173,9 +183,9 @@ def test_path_slerp_midway_and_linear_motion():
 def test_catmull_rom_velocity_is_continuous():
     p = torch.tensor([[0.0, 0, 0], [1, 2, 0], [3, 1, 1], [4, 4, 0]], dtype=F64)
     h = 1e-6
+    at = lambda u: catmull_rom(p, torch.tensor([u], dtype=F64))  # noqa: E731
     for k in (1, 2):
-        left = (catmull_rom(p, torch.tensor([k - 0.0], dtype=F64)) - catmull_rom(p, torch.tensor([k - h], dtype=F64))) / h
-        right = (catmull_rom(p, torch.tensor([k + h], dtype=F64)) - catmull_rom(p, torch.tensor([k + 0.0], dtype=F64))) / h
+        left, right = (at(k) - at(k - h)) / h, (at(k + h) - at(k)) / h
         expect = (p[k + 1] - p[k - 1]) / 2
         assert torch.allclose(left[0], expect, atol=1e-4) and torch.allclose(right[0], expect, atol=1e-4)
 
@@ -312,7 +322,8 @@ def test_render_view_bands_match_render_image_and_abandon(loaded):
     assert render_view(model, view, 20, 14, bg, torch.device("cpu"), lock, 60, lambda: next(calls)) is None
     assert lock.count == 1  # abandoned after the first band
     for mode in ("depth", "opacity"):
-        out = render_view(model, _view(mode=mode), 20, 14, bg, torch.device("cpu"), nullcontext(), 1 << 13, lambda: False)
+        out = render_view(model, _view(mode=mode), 20, 14, bg, torch.device("cpu"), nullcontext(), 1 << 13,
+                          lambda: False)
         assert out.shape == (14, 20, 3) and out.dtype == np.uint8
     opacity = render_image(model, view_camera(view.c2w, view.fov_y, 20, 14), 0, bg).opacity
     assert np.abs(out[..., 0].astype(int) - to_uint8(opacity).astype(int)).max() <= 1
@@ -353,7 +364,8 @@ def test_render_camera_path_json(run, loaded, tmp_path, capsys):
     path = _path(n_frames=5)
     save_camera_path(tmp_path / "path.json", path)
     out = tmp_path / "path.mp4"
-    assert main(["render", str(run), "--path", str(tmp_path / "path.json"), "--out", str(out), "--device", "cpu"]) == 0
+    argv = ["render", str(run), "--path", str(tmp_path / "path.json"), "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 0
     frames = _read_video(out)
     assert len(frames) == 5 and frames[0].shape == (16, 24, 3)
     model, bg = loaded
@@ -380,6 +392,15 @@ def _read_video(path: Path) -> list[np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- command-line errors
+
+
+@pytest.mark.parametrize("argv, options", [(["view"], ["run_dir", "--host", "--port", "--device"]),
+                                           (["train"], ["--viewer", "--viewer-port", "--host"])])
+def test_help_lists_viewer_options(argv, options, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and all(option in out for option in options)
 
 
 def test_view_errors(run, tmp_path, capsys):
@@ -484,8 +505,8 @@ def browser():
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium manager: never fetch anything
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-                "--force-device-scale-factor=1", "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
+    for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                f"--window-size={WINDOW[0]},{WINDOW[1]}", "--force-device-scale-factor=1", "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
                 "--disable-extensions", "--no-first-run"]:
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
@@ -640,7 +661,8 @@ def test_browser_shows_the_field_and_follows_the_camera(run, loaded, browser):
         # control: a render from a camera 25 degrees further round is far from the screenshot
         moved = opengl_c2w_from_opencv(b.client.camera.wxyz, b.client.camera.position)
         moved = torch.cat([rot_z(25) @ moved[:, :3], rot_z(25) @ moved[:, 3:]], 1)
-        other = render_image(model, view_camera(moved, float(b.client.camera.fov), frame.width, frame.height), 0, bg)
+        other = render_image(model, view_camera(moved, float(b.client.camera.fov), frame.width, frame.height),
+                             0, bg)
         assert np.abs(seen - other.rgb.numpy()[:, : frame.width // 2]).mean() > 3 * err
 
         # The box as the browser draws it (three.js, its own camera) lies where radfield's
@@ -759,7 +781,8 @@ def test_live_training_progress_and_pause(scene, browser, tmp_path):
         wait_for(lambda: b.last_frame.index > before, 30, "a re-render with newer parameters")
         click(browser, "Pause training")
         wait_for(lambda: trainer.paused.is_set(), 20, "the pause")
-        wait_for(lambda: "paused" in browser.execute_script("return document.body.innerText"), 20, "'paused' shown")
+        wait_for(lambda: "paused" in browser.execute_script("return document.body.innerText"), 20,
+                 "'paused' shown")
         step = trainer.state.step
         time.sleep(1.0)
         assert trainer.state.step <= step + 1  # at most the step under way finishes

@@ -49,8 +49,9 @@ def render_video(run_dir: str | Path, out: str | Path, path: str = "orbit", n_fr
         cams = orbit_path(train, DEFAULT_FRAMES if n_frames is None else n_frames)
     else:
         cams = load_scene_groups(data.path, "test", data.downscale, colmap_model=data.colmap_model)[0].cameras
+    name = Path(path).stem if keyframes is not None else path
     return _write(model, cams.to(device), background_color(config.data.eval_background, device), out,
-                  DEFAULT_FPS if fps is None else fps, Path(path).stem if keyframes is not None else path, progress)
+                  DEFAULT_FPS if fps is None else fps, name, progress)
 
 
 def _write(model, cams: Cameras, bg, out: str | Path, fps: float, name: str, progress: bool) -> int:
