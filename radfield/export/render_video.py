@@ -34,7 +34,7 @@ def render_video(run_dir: str | Path, out: str | Path, path: str = "orbit", n_fr
     returns the number of frames. ``n_frames`` (orbit: 120, JSON: the file's ``n_frames``; the
     test path has one frame per test camera) and ``fps`` (30, JSON: the file's) override."""
     if is_path_file(path) and not (path.endswith(".json") or Path(path).is_file()):
-        raise RadfieldError(f"unknown camera path {path!r} (choose from: {', '.join(PATHS)}, "
+        raise RadfieldError(f"--path: unknown camera path {path!r} (choose from: {', '.join(PATHS)}, "
                             "or a camera-path .json file)")
     keyframes = load_camera_path(path) if is_path_file(path) else None  # bad files fail first
     config, model = load_run(run_dir, device)
