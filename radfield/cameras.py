@@ -221,6 +221,17 @@ def project(cameras: Cameras, index: int, points: Tensor) -> tuple[Tensor, Tenso
     return torch.stack([u, v], dim=-1), z
 
 
+def pinhole_from_fov(c2w: Tensor, fov_y: Tensor, width: int, height: int) -> Cameras:
+    """Cameras with square pixels and the principal point at the image centre, from poses
+    ``c2w`` ``(n_cams, 3, 4)`` and vertical fields of view ``fov_y`` ``(n_cams,)`` in radians:
+    ``fx = fy = (height / 2) / tan(fov_y / 2)``, ``cx = width / 2``, ``cy = height / 2``.
+
+    Example: ``fov_y = 90 deg`` at 64 x 32 gives ``fy = 16``, ``cx = 32``, ``cy = 16``."""
+    fy = (height / 2) / torch.tan(fov_y / 2)
+    ones = torch.ones_like(fy)
+    return Cameras(c2w, fy, fy.clone(), ones * (width / 2), ones * (height / 2), width, height)
+
+
 def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
     """``(3, 4)`` camera-to-world matrix (OpenGL axes) of a camera at ``eye`` looking at
     ``target``. Differentiable in ``eye`` and ``target``."""

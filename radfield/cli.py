@@ -1,4 +1,4 @@
-"""The ``radfield`` command line: train, eval, render, demo, process, multiscale.
+"""The ``radfield`` command line: train, eval, render, view, demo, process, multiscale.
 
 Bad input (a missing file, a malformed dataset, an unknown option value) is reported as one line,
 ``radfield: error: <file or option>: <problem>``, with exit code 2; in a torchrun run, the loss of
@@ -67,6 +67,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
+    return value
+
+
+HOST_HELP = ("address the viewer listens on; anything but 127.0.0.1 exposes it, without authentication, "
+             "to other machines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="radfield", description="Train, evaluate and render neural radiance fields.",
@@ -105,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dist-timeout", type=_positive_float, default=300.0, metavar="S",
                    help="under torchrun: seconds a process waits for the others (rank 0 validates "
                    "and writes checkpoints meanwhile) before the run ends with an error")
+    p.add_argument("--viewer", action="store_true",
+                   help="watch training in the web viewer (needs viser); it stays open after training "
+                   "until Ctrl-C")
+    p.add_argument("--viewer-port", type=_port, default=8080, help="the viewer's port (0: any free one)")
+    p.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
 
     p = sub.add_parser("eval", help="evaluate a trained run (PSNR, SSIM, LPIPS) and save test renders",
                        formatter_class=fmt)
@@ -119,10 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="render a camera-path video (MP4) of a trained run", formatter_class=fmt)
     p.add_argument("run_dir")
-    p.add_argument("--path", default="orbit", choices=["orbit", "test"], help="camera path")
+    p.add_argument("--path", default="orbit", metavar="orbit|test|FILE.json",
+                   help="camera path: an orbit, the test cameras, or a keyframe path saved by the viewer")
     p.add_argument("--out", default=None, help="output MP4 (default: RUN_DIR/<path>.mp4)")
-    p.add_argument("--frames", type=_positive_int, default=120, help="frames of the orbit")
-    p.add_argument("--fps", type=_positive_int, default=30)
+    p.add_argument("--frames", type=_positive_int, default=None,
+                   help="frames of the orbit (default 120) or of a keyframe path (default: the file's)")
+    p.add_argument("--fps", type=_positive_int, default=None, help="frames per second (default 30, or the file's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    p = sub.add_parser("view", help="open a trained run in the web viewer (viser)", formatter_class=fmt,
+                       description="Serve a web viewer of a trained run: renders from the browser's camera, "
+                       "training cameras, scene box, render modes, and a camera-path editor whose JSON "
+                       "`radfield render RUN_DIR --path FILE.json` renders.")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
+    p.add_argument("--port", type=_port, default=8080, help="port (0: any free one)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("export", help="export a mesh (marching cubes) or a point cloud of a trained run",
@@ -206,27 +236,68 @@ def cmd_train(args) -> int:
 
     config = run_config_from_args(args)
     out = Path(args.out or f"runs/{Path(args.data).resolve().name}-{config.model}")
+    if not args.viewer and (args.host != "127.0.0.1" or args.viewer_port != 8080):
+        raise RadfieldError("--host and --viewer-port are options of --viewer")
 
     def check_new_run() -> None:
         if not args.resume and ((out / "checkpoint.pt").exists() or (out / "config.json").exists()):
             raise RadfieldError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
+        if args.viewer:  # before the run directory is written
+            from radfield.viewer.server import check_port_free, host_warning
+            _warn(host_warning(args.host))
+            check_port_free(args.host, args.viewer_port)
 
     limits = {"train.max_steps": args.max_steps, "train.max_time": args.max_time}
-    # Under torchrun: join the other processes (rank 0 checks --out and alone writes and prints).
+    # Under torchrun: join the other processes (rank 0 checks --out, alone writes, prints and
+    # serves the viewer).
     with process_group(_device(args.device), args.dist_timeout) as world:
         world.on_rank0(check_new_run)
         trainer = Trainer(config, out, device=world.local_device(_device(args.device)), resume=args.resume,
                           progress=not args.no_progress,
                           overrides={k: v for k, v in limits.items() if v is not None})
+        viewer = _start_training_viewer(trainer, args) if args.viewer and world.is_main else None
         t0 = time.time()
-        history = trainer.train()
+        try:
+            history = trainer.train()
+        except BaseException:
+            if viewer is not None:
+                viewer.close()
+            raise
     if not world.is_main:
         return 0
     last = next((h for h in reversed(history) if "psnr" in h), None)
     msg = f"trained {trainer.state.step} steps in {time.time() - t0:.0f} s"
     if last:
         msg += f"; validation PSNR {last['psnr']:.2f} dB"
-    print(f"{msg}\nrun directory: {out}")
+    print(f"{msg}\nrun directory: {out}", flush=True)
+    if viewer is not None:
+        from radfield.viewer.server import serve_until_interrupted
+        viewer.training_finished()
+        print(f"the viewer stays open at {viewer.url} until Ctrl-C", flush=True)
+        serve_until_interrupted(viewer)
+    return 0
+
+
+def _warn(message: str | None) -> None:
+    if message:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _start_training_viewer(trainer, args):
+    from radfield.viewer.server import Viewer, ViewerOptions
+
+    viewer = Viewer.for_trainer(trainer, ViewerOptions(host=args.host, port=args.viewer_port))
+    print(f"radfield viewer: {viewer.url}", flush=True)
+    return viewer
+
+
+def cmd_view(args) -> int:
+    from radfield.viewer.server import Viewer, ViewerOptions, host_warning, serve_until_interrupted
+
+    _warn(host_warning(args.host))
+    viewer = Viewer.from_run(args.run_dir, _device(args.device), ViewerOptions(host=args.host, port=args.port))
+    print(f"radfield viewer: {viewer.url} (Ctrl-C to stop)", flush=True)
+    serve_until_interrupted(viewer)
     return 0
 
 
@@ -245,7 +316,7 @@ def cmd_eval(args) -> int:
 def cmd_render(args) -> int:
     from radfield.export.render_video import render_video
 
-    out = Path(args.out or Path(args.run_dir) / f"{args.path}.mp4")
+    out = Path(args.out or Path(args.run_dir) / f"{Path(args.path).stem}.mp4")
     n = render_video(args.run_dir, out, args.path, args.frames, args.fps, _device(args.device))
     print(f"wrote {out} ({n} frames)")
     return 0
@@ -315,7 +386,8 @@ def cmd_multiscale(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "export": cmd_export, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export,
+            "demo": cmd_demo,
             "process": cmd_process, "multiscale": cmd_multiscale}
 
 
