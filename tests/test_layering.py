@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "radfield"
 
 LAYERS = {
-    "errors": 0, "io": 0,
+    "errors": 0, "io": 0, "rotations": 0,  # rotations: quaternion maths, imports nothing of radfield
     "cameras": 1,
     "geometry": 2, "data": 2,  # data readers sit beside the pipeline: they need cameras only
     "samplers": 3,
@@ -21,7 +21,7 @@ LAYERS = {
     "config": 7,
     "models": 8,
     "training": 9, "evaluation": 9,
-    "export": 10,
+    "export": 10, "viewer": 10,
     "cli": 11, "__main__": 11, "__init__": 11,
 }
 """Rank of each top-level module or sub-package of ``radfield``: a module may import from its own
