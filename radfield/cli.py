@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="render a camera-path video (MP4) of a trained run", formatter_class=fmt)
     p.add_argument("run_dir")
-    p.add_argument("--path", default="orbit", metavar="orbit|test|FILE.json",
-                   help="camera path: an orbit, the test cameras, or a keyframe path saved by the viewer")
+    p.add_argument("--path", default="orbit", metavar="orbit|test|time|FILE.json",
+                   help="camera path: an orbit, the test cameras, a still camera playing a dynamic "
+                   "scene's time, or a keyframe path saved by the viewer")
     p.add_argument("--out", default=None, help="output MP4 (default: RUN_DIR/<path>.mp4)")
     p.add_argument("--frames", type=_positive_int, default=None,
                    help="frames of the orbit (default 120) or of a keyframe path (default: the file's)")

@@ -145,3 +145,29 @@ def test_dnerf_beats_a_model_that_ignores_time(tmp_path):
         scores[model] = evaluate_run(tmp_path / model, "test", save_renders=False, progress=False)["psnr"]
     print(f"test PSNR: dnerf {scores['dnerf']:.2f} dB, ngp ignoring time {scores['ngp']:.2f} dB")
     assert scores["dnerf"] > scores["ngp"] + 0.3
+
+
+def test_a_still_camera_plays_the_scenes_time(tmp_path, capsys):
+    import imageio
+
+    from radfield.export.render_video import fixed_camera_over_time
+
+    scene = make_scene(tmp_path / "dyn", n_train=4, n_val=0, n_test=2, size=16, motion=(0.0, 0.0, -0.8))
+    test = load_scene(scene, "test")
+    cams = fixed_camera_over_time(test.cameras, (0.0, 1.0), 5)
+    assert torch.equal(cams.c2w, test.cameras.c2w[[0] * 5])
+    torch.testing.assert_close(cams.attrs["times"], torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+    overrides = {f"dnerf.{k}": v for k, v in SMALL.items()}
+    Trainer(make_config(scene, "dnerf", overrides, steps=2), tmp_path / "run", progress=False,
+            log_tensorboard=False).train()
+    assert main(["render", str(tmp_path / "run"), "--path", "time", "--frames", "4", "--device", "cpu"]) == 0
+    reader = imageio.get_reader(tmp_path / "run" / "time.mp4", format="FFMPEG")
+    assert sum(1 for _ in reader) == 4
+    reader.close()
+    static = make_scene(tmp_path / "static", n_train=2, n_val=0, n_test=1, size=12)
+    Trainer(make_config(static, "tiny", {"tiny.width": 16, "tiny.sampler.n_coarse": 8}, steps=1), tmp_path / "srun",
+            progress=False, log_tensorboard=False).train()
+    capsys.readouterr()
+    assert main(["render", str(tmp_path / "srun"), "--path", "time", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a dynamic scene" in err[0]

@@ -154,3 +154,14 @@ def test_normal_maps_of_the_initial_sphere():
     cos = (n * torch.nn.functional.normalize(p, dim=-1)).sum(-1)[opaque]
     assert opaque.sum() > 50 and float(cos.mean()) > 0.95
     assert r.normal.reshape(-1, 3)[~(r.opacity.reshape(-1) > 1e-3)].abs().max() < 1e-2  # empty: ~0
+
+
+def test_viewer_offers_normals_for_models_that_have_them():
+    from radfield.viewer.render_loop import colour_image, render_modes
+
+    assert "normal" in render_modes(model_for())
+    ngp = build_model(apply_overrides(RunConfig(model="ngp"), {"ngp.grid.log2_table_size": 10}), SceneInfo(BOX))
+    assert "normal" not in render_modes(ngp) and "depth" in render_modes(ngp)
+    n = torch.tensor([[[1.0, 0.0, -1.0]]])
+    image = colour_image("normal", torch.zeros(1, 1, 3), torch.zeros(1, 1), torch.ones(1, 1), n)
+    assert image.tolist() == [[[255, 128, 0]]]  # (n + 1) / 2 -> (1, 0.5, 0)

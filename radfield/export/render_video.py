@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
 from radfield.cameras import Cameras
 from radfield.data import load_cameras
 from radfield.errors import RadfieldError
@@ -19,7 +21,7 @@ from radfield.rendering.images import render_image
 from radfield.rendering.backgrounds import background_color
 from radfield.training.checkpoint import load_run
 
-PATHS = ("orbit", "test")
+PATHS = ("orbit", "test", "time")
 DEFAULT_FRAMES, DEFAULT_FPS = 120, 30
 
 
@@ -30,9 +32,11 @@ def is_path_file(path: str) -> bool:
 
 def render_video(run_dir: str | Path, out: str | Path, path: str = "orbit", n_frames: int | None = None,
                  fps: float | None = None, device: str = "cpu", progress: bool = True) -> int:
-    """Render ``path`` (``orbit``, ``test`` or a camera-path ``.json`` file) of the run to an MP4;
-    returns the number of frames. ``n_frames`` (orbit: 120, JSON: the file's ``n_frames``; the
-    test path has one frame per test camera) and ``fps`` (30, JSON: the file's) override."""
+    """Render ``path`` (``orbit``, ``test``, ``time`` or a camera-path ``.json`` file) of the run
+    to an MP4; returns the number of frames. ``time`` holds the first test camera still and plays
+    a dynamic scene's time range. ``n_frames`` (orbit and time: 120, JSON: the file's
+    ``n_frames``; the test path has one frame per test camera) and ``fps`` (30, JSON: the
+    file's) override."""
     if is_path_file(path) and not (path.endswith(".json") or Path(path).is_file()):
         raise RadfieldError(f"--path: unknown camera path {path!r} (choose from: {', '.join(PATHS)}, "
                             "or a camera-path .json file)")
@@ -48,11 +52,24 @@ def render_video(run_dir: str | Path, out: str | Path, path: str = "orbit", n_fr
         # Cameras only: no image of the dataset is decoded to place the path.
         train = load_cameras(data.path, "train", data.downscale, colmap_model=data.colmap_model)
         cams = orbit_path(train, DEFAULT_FRAMES if n_frames is None else n_frames)
+    elif path == "time":
+        if model.scene.time_range is None:
+            raise RadfieldError(f"--path time: {run_dir} is not a dynamic scene (its frames have no time)")
+        cams = fixed_camera_over_time(
+            load_cameras(data.path, "test", data.downscale, colmap_model=data.colmap_model).cameras,
+            model.scene.time_range, DEFAULT_FRAMES if n_frames is None else n_frames)
     else:
         cams = load_cameras(data.path, "test", data.downscale, colmap_model=data.colmap_model).cameras
     name = Path(path).stem if keyframes is not None else path
     return _write(model, cams.to(device), background_color(config.data.eval_background, device), out,
                   DEFAULT_FPS if fps is None else fps, name, progress)
+
+
+def fixed_camera_over_time(cameras: Cameras, time_range: tuple[float, float], n_frames: int) -> Cameras:
+    """Camera 0 of ``cameras`` repeated ``n_frames`` times, with ``times`` sweeping
+    ``time_range`` (a dynamic scene played from one viewpoint)."""
+    still = cameras[[0] * n_frames]
+    return still.with_attrs(times=torch.linspace(float(time_range[0]), float(time_range[1]), n_frames))
 
 
 def _write(model, cams: Cameras, bg, out: str | Path, fps: float, name: str, progress: bool) -> int:

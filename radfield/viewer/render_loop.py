@@ -36,13 +36,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from radfield.cameras import Cameras
+from radfield.cameras import Cameras, Rays
 from radfield.evaluation.plots import colorize_depth
 from radfield.io import to_uint8
 from radfield.rendering.images import render_image
+from radfield.samplers.samples import Samples
 from radfield.viewer.poses import view_camera
 
-RENDER_MODES = ("rgb", "depth", "opacity")
+RENDER_MODES = ("rgb", "depth", "opacity", "normal")
+"""``normal`` only for models with surface normals (:func:`render_modes`)."""
+
+
+def render_modes(model) -> tuple[str, ...]:
+    """The render modes ``model`` offers: ``normal`` when its ``normals`` hook gives normals."""
+    empty = torch.zeros(0, 3)
+    probe = model.normals(Rays(empty, empty, torch.zeros(0)), Samples(torch.zeros(0), torch.zeros(0),
+                                                                     torch.zeros(0, dtype=torch.long), 0))
+    return RENDER_MODES if probe is not None else tuple(m for m in RENDER_MODES if m != "normal")
 
 
 @dataclass(frozen=True)
@@ -146,11 +156,14 @@ def row_band(cameras: Cameras, top: int, rows: int) -> Cameras:
                    rows, dict(cameras.attrs))
 
 
-def colour_image(mode: str, rgb: Tensor, depth: Tensor, opacity: Tensor) -> np.ndarray:
+def colour_image(mode: str, rgb: Tensor, depth: Tensor, opacity: Tensor,
+                 normal: Tensor | None = None) -> np.ndarray:
     """``(H, W, 3)`` uint8 picture of a render in ``mode``: the colours, the planar depth through
-    the turbo map (near blue, far red, this frame's range; black where nothing was hit) or the
-    opacity as grey."""
-    if mode == "rgb":
+    the turbo map (near blue, far red, this frame's range; black where nothing was hit), the
+    opacity as grey, or world-space normals as ``(n + 1) / 2``."""
+    if mode == "normal" and normal is not None:
+        image = ((normal + 1) / 2).clamp(0, 1)
+    elif mode == "rgb":
         image = rgb
     elif mode == "depth":
         image = colorize_depth(depth, opacity=opacity)
@@ -175,7 +188,8 @@ def render_view(model, view: View, width: int, height: int, background: Tensor |
         with lock:
             parts.append(render_image(model, row_band(cams, top, min(rows, height - top)), 0, background))
     cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
-    return colour_image(view.mode, cat("rgb"), cat("depth"), cat("opacity"))
+    normal = cat("normal") if parts and parts[0].normal is not None else None
+    return colour_image(view.mode, cat("rgb"), cat("depth"), cat("opacity"), normal)
 
 
 class RenderLoop:

@@ -39,7 +39,7 @@ from radfield.export.camera_path import (Keyframe, KeyframePath, interpolate_pos
 from radfield.rendering.backgrounds import background_color
 from radfield.training.checkpoint import load_run
 from radfield.viewer.poses import opencv_from_opengl_c2w, opengl_c2w_from_opencv
-from radfield.viewer.render_loop import RENDER_MODES, Frame, RenderLoop, RenderSettings, View
+from radfield.viewer.render_loop import Frame, RenderLoop, RenderSettings, View, render_modes
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -249,7 +249,7 @@ class Viewer:
     def _setup_gui(self) -> None:
         gui = self.server.gui
         with gui.add_folder("View"):
-            self.mode = gui.add_dropdown("Render mode", RENDER_MODES, initial_value="rgb")
+            self.mode = gui.add_dropdown("Render mode", render_modes(self.model), initial_value="rgb")
             time_range = self.model.scene.time_range
             self.time = None
             if time_range is not None:
