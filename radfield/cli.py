@@ -47,34 +47,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"radfield: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _number(parse, what: str, valid, bounds: str):
+    """An argparse type: ``parse(text)`` that ``valid(value)`` accepts, else a one-line error."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+    return convert
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
-    return value
+_positive_int = _number(int, "a positive integer", lambda v: v >= 1, ">= 1")
+_positive_float = _number(float, "a positive number", lambda v: 0 < v < float("inf"), "a positive number")
+_port = _number(int, "a port number", lambda v: 0 <= v <= 65535, "in 0..65535")
 
 
 HOST_HELP = ("address the viewer listens on; anything but 127.0.0.1 exposes it, without authentication, "

@@ -65,12 +65,10 @@ def load_cameras(path: str | Path, split: str = "train", downscale: int = 1, *,
     Image sizes come from the json's ``w`` / ``h`` (else the first image's header), the COLMAP
     camera (or the ``images_f`` headers), or the LLFF image headers.
     """
-    from radfield.data.multiscale import is_multiscale, multiscale_cameras
+    from radfield.data.multiscale import multiscale_cameras
 
     p = Path(path)
-    if p.exists() and is_multiscale(p):
-        if downscale != 1:
-            raise RadfieldError(f"{path}: a multi-scale dataset is not downscaled again (use --downscale 1)")
+    if _is_multiscale(p, downscale):
         return multiscale_cameras(p, split)
     fmt = _format(p)
     if fmt == "blender":
@@ -85,10 +83,19 @@ def load_scene_groups(path: str | Path, split: str = "train", downscale: int = 1
     """``split`` as a list of image groups of one size each: the scales of a multi-scale dataset
     (``multiscale.json``, see :mod:`radfield.data.multiscale`; full scale first), else
     ``[load_scene(path, split, downscale)]``."""
-    from radfield.data.multiscale import is_multiscale, load_multiscale
+    from radfield.data.multiscale import load_multiscale
 
-    if Path(path).exists() and is_multiscale(path):
-        if downscale != 1:
-            raise RadfieldError(f"{path}: a multi-scale dataset is not downscaled again (use --downscale 1)")
+    if _is_multiscale(Path(path), downscale):
         return load_multiscale(path, split)
     return [load_scene(path, split, downscale, colmap_model=colmap_model)]
+
+
+def _is_multiscale(path: Path, downscale: int) -> bool:
+    """Whether ``path`` is a multi-scale dataset (which is never downscaled again)."""
+    from radfield.data.multiscale import is_multiscale
+
+    if not (path.exists() and is_multiscale(path)):
+        return False
+    if downscale != 1:
+        raise RadfieldError(f"{path}: a multi-scale dataset is not downscaled again (use --downscale 1)")
+    return True
