@@ -319,7 +319,8 @@ def cmd_export(args) -> int:
         print(f"wrote {info['path']} ({info['vertices']} vertices, {info['faces']} faces, world coordinates)")
     else:
         info = export_pointcloud(args.run_dir, args.out, args.views, _device(args.device))
-        print(f"wrote {info['path']} ({info['points']} points, world coordinates)")
+        normals = ", normals" if info["normals"] else ""
+        print(f"wrote {info['path']} ({info['points']} points{normals}, world coordinates)")
     return 0
 
 

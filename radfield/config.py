@@ -251,6 +251,10 @@ class VolSDFConfig:
     eikonal_points: int = 2048
     eikonal_gradient: str = "auto"
     """``autograd``, ``numerical`` (central differences) or ``auto`` (numerical for ``hash``)."""
+    background_field: bool = False
+    """A second (NeRF++) field outside the scene box's bounding sphere, for captures with a
+    background; it replaces ``train.background``."""
+    background_samples: int = 32
     optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
         schedule="log_linear", lr_final=1e-4, warmup_steps=100, target_samples=1 << 15, early_stop=False))
 

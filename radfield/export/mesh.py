@@ -160,7 +160,8 @@ def export_mesh(run_dir: str | Path, out: str | Path, resolution: int = 256, lev
 def export_pointcloud(run_dir: str | Path, out: str | Path, max_views: int = 16, device: str = "cpu",
                       min_opacity: float = 0.5, progress: bool = True) -> dict:
     """Write points from depth renders of (up to ``max_views``, evenly spread) training views as
-    PLY with colours, in world coordinates. Returns ``{"points", "path"}``."""
+    PLY with colours, and unit normals (``nx ny nz``) for models with surface normals (VolSDF), in
+    world coordinates. Returns ``{"points", "normals" (bool), "path"}``."""
     import trimesh
 
     out = Path(out)
@@ -173,19 +174,27 @@ def export_pointcloud(run_dir: str | Path, out: str | Path, max_views: int = 16,
         from tqdm import tqdm
         views = tqdm(views, desc="depth renders", unit="view", file=sys.stderr)
     bg = background_color(config.data.eval_background, device)
-    points, colours = [], []
+    points, colours, normals = [], [], []
     for i in views:
         rays = image_rays(cams, i)
-        rgb, depth, opacity = render_rays(model, rays, bg)
+        rgb, depth, opacity, normal = render_rays(model, rays, bg, normals=True)
         keep = opacity > min_opacity
         t = depth[keep] / opacity[keep]  # expected distance of the visible surface
         points.append(rays.origins[keep] + t[:, None] * rays.directions[keep])
         colours.append(rgb[keep].clamp(0, 1))
+        if normal is not None:
+            normals.append(torch.nn.functional.normalize(normal[keep], dim=-1))
     p = torch.cat(points)
     if p.shape[0] == 0:
         raise RadfieldError(f"{run_dir}: no pixel of the training views is opaque enough for a point")
+    # the normalisation is a shift and a uniform scale: normals are the same in world coordinates
     world = to_world(p, model.scene.meta.get("normalization")).cpu().numpy()
-    cloud = trimesh.PointCloud(world, colors=(torch.cat(colours).cpu().numpy() * 255).round().astype(np.uint8))
+    rgb8 = (torch.cat(colours).cpu().numpy() * 255).round().astype(np.uint8)
     with atomic_write(out) as tmp:
-        cloud.export(tmp, file_type="ply")
-    return {"points": len(world), "path": str(out)}
+        if normals:  # a mesh without faces is how trimesh writes per-point normals (nx, ny, nz)
+            cloud = trimesh.Trimesh(world, np.zeros((0, 3), dtype=np.int64), vertex_colors=rgb8,
+                                    vertex_normals=torch.cat(normals).cpu().numpy(), process=False)
+            Path(tmp).write_bytes(trimesh.exchange.ply.export_ply(cloud, vertex_normal=True))
+        else:
+            trimesh.PointCloud(world, colors=rgb8).export(tmp, file_type="ply")
+    return {"points": len(world), "normals": bool(normals), "path": str(out)}

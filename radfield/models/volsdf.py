@@ -8,6 +8,10 @@ Because the density is an analytic function of the distance, the coarse weights 
 concentrate at the zero level set once ``beta`` is small; the error bound's iterative search for
 ``beta`` costs several extra network passes per ray, which the CPU budget here cannot spend.
 
+Background: with ``volsdf.background_field`` the space outside the scene box's bounding sphere is
+a NeRF++ field (:class:`radfield.rendering.backgrounds.OutsideSphereBackground`), so captures
+with a background (DTU, real scenes) do not push surface into the box to explain it.
+
 Eikonal term: ``eikonal_weight * mean (|grad d| - 1)^2`` at ``eikonal_points`` of the batch's
 final-level sample positions, an extra loss with its own graph (so hard sample mining keeps it
 in full). The gradient is by autograd for the MLP backbone and by central differences (step: the
@@ -25,6 +29,7 @@ from radfield.errors import RadfieldError
 from radfield.fields.volsdf import SDFField, eikonal_loss, sdf_gradient
 from radfield.models.base import SceneInfo
 from radfield.models.nerf import HierarchicalModel
+from radfield.rendering.backgrounds import OutsideSphereBackground
 from radfield.samplers.samples import Samples
 
 EIKONAL_GRADIENTS = ("auto", "autograd", "numerical")
@@ -40,6 +45,10 @@ class VolSDFModel(HierarchicalModel):
         self.sampler = cfg.sampler
         self.field = SDFField(self.aabb, cfg.field)
         self.coarse_field = self.field
+        if cfg.background_field:
+            lo, hi = self.aabb[:3], self.aabb[3:]
+            self.background = OutsideSphereBackground((lo + hi) / 2, float((hi - lo).norm() / 2),
+                                                      cfg.background_samples)
 
     @property
     def eikonal_step(self) -> float | None:
