@@ -52,7 +52,10 @@ class SceneInfo:
         has_alpha: the training images are RGBA (an object on a transparent background).
         time_range: ``(t_min, t_max)`` of a dynamic scene's frames, or None.
         meta: ``normalization`` (``{"center", "scale"}``, ``x_scene = (x_world - center) * scale``)
-            when the reader normalised the scene, so exports can return to world coordinates.
+            when the reader normalised the scene, so exports can return to world coordinates;
+            ``aabb_scale`` (Instant-NGP's) when the box is that many times larger than the
+            region of interest, a cube of ``1 / aabb_scale`` the box's size about its centre
+            (cascaded occupancy grids cover the region finely and the rest coarsely).
     """
 
     aabb: Tensor
@@ -65,10 +68,9 @@ class SceneInfo:
     def from_data(cls, data) -> "SceneInfo":
         """From a :class:`radfield.data.SceneData` (the training split)."""
         times = data.cameras.attrs.get("times")
-        normalization = data.meta.get("normalization")
+        meta = {k: data.meta[k] for k in ("normalization", "aabb_scale") if data.meta.get(k)}
         return cls(data.aabb.float().clone(), len(data), bool(data.has_alpha),
-                   None if times is None else (float(times.min()), float(times.max())),
-                   {"normalization": normalization} if normalization else {})
+                   None if times is None else (float(times.min()), float(times.max())), meta)
 
     def to_dict(self) -> dict:
         d = asdict(self)
