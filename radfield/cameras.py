@@ -1,4 +1,4 @@
-"""Pinhole cameras and ray generation.
+"""Cameras (pinhole, optionally with lens distortion) and ray generation.
 
 Conventions (the NeRF-synthetic / Blender ones, used everywhere in radfield):
 
@@ -11,6 +11,9 @@ Conventions (the NeRF-synthetic / Blender ones, used everywhere in radfield):
   normalised to unit length, so ``t`` along a ray is a Euclidean distance.
 * Depth maps are *planar* camera-space z: ``z = t / |d_cam|``. :class:`Rays` carries
   ``z_per_t = 1 / |d_cam|`` so renderers can convert ray distance to planar depth.
+* Cameras with a ``lens`` (:mod:`radfield.lens`) take ``((u - cx) / fx, (v - cy) / fy)`` as
+  *distorted* coordinates: ``d_cam`` is the undistorted direction (for a fisheye, the unit
+  vector at angle ``theta`` from the axis, so ``z_per_t = cos theta``).
 
 Everything here is plain differentiable torch: gradients flow from rays to ``c2w`` and to the
 intrinsics, which is what pose refinement and pose-distribution learning need.
@@ -23,6 +26,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from radfield.lens import Lens, distort, undistorted_directions
+
 
 @dataclass
 class Cameras:
@@ -34,6 +39,7 @@ class Cameras:
         width, height: image size in pixels.
         attrs: optional per-camera tensors, each ``(n_cams, ...)`` (e.g. ``times`` of a dynamic
             scene); every ray of a camera carries its camera's values (:func:`generate_rays`).
+        lens: per-camera lens distortion (:class:`radfield.lens.Lens`), or None (pinholes).
     """
 
     c2w: Tensor
@@ -44,6 +50,7 @@ class Cameras:
     width: int
     height: int
     attrs: dict[str, Tensor] = field(default_factory=dict)
+    lens: Lens | None = None
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -56,7 +63,8 @@ class Cameras:
         """Every per-camera tensor mapped by ``fn`` (intrinsics, poses and attributes alike)."""
         return Cameras(fn(self.c2w), fn(self.fx), fn(self.fy), fn(self.cx), fn(self.cy),
                        width or self.width, height or self.height,
-                       {k: fn(v) for k, v in self.attrs.items()})
+                       {k: fn(v) for k, v in self.attrs.items()},
+                       None if self.lens is None else self.lens.map(fn))
 
     def to(self, device: torch.device | str) -> "Cameras":
         return self._replace(lambda x: x.to(device))
@@ -71,11 +79,13 @@ class Cameras:
         return replace(self, attrs={k: v for k, v in merged.items() if v is not None})
 
     def downscaled(self, factor: int) -> "Cameras":
-        """Cameras for images shrunk by an integer ``factor`` (pixel areas averaged)."""
+        """Cameras for images shrunk by an integer ``factor`` (pixel areas averaged; the lens,
+        which acts on normalised coordinates, is unchanged)."""
         if factor == 1:
             return self
         return Cameras(self.c2w, self.fx / factor, self.fy / factor, self.cx / factor,
-                       self.cy / factor, self.width // factor, self.height // factor, dict(self.attrs))
+                       self.cy / factor, self.width // factor, self.height // factor, dict(self.attrs),
+                       self.lens)
 
     @property
     def centers(self) -> Tensor:
@@ -171,18 +181,18 @@ def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Ra
     ray through ``u = 150, v = 50`` has ``d_cam = (1, 0, -1)``, unit direction
     ``(0.7071, 0, -0.7071)`` and ``z_per_t = 0.7071``.
     """
-    d_cam = torch.stack(
-        [
-            (u - cameras.cx[cam_idx]) / cameras.fx[cam_idx],
-            -(v - cameras.cy[cam_idx]) / cameras.fy[cam_idx],
-            -torch.ones_like(u),
-        ],
-        dim=-1,
-    )
+    x = (u - cameras.cx[cam_idx]) / cameras.fx[cam_idx]
+    y = (v - cameras.cy[cam_idx]) / cameras.fy[cam_idx]
+    lens = cameras.lens
+    if lens is None:
+        d_cam = torch.stack([x, -y, -torch.ones_like(u)], dim=-1)
+    else:  # OpenCV axes -> OpenGL axes
+        d_cam = undistorted_directions(lens.coeffs[cam_idx], lens.fisheye[cam_idx], x, y)
+        d_cam = d_cam * torch.tensor([1.0, -1.0, -1.0], dtype=d_cam.dtype, device=d_cam.device)
     c2w = cameras.c2w[cam_idx]
     d_world = (c2w[:, :3, :3] @ d_cam.unsqueeze(-1)).squeeze(-1)
     norm = d_world.norm(dim=-1, keepdim=True)
-    z_per_t = 1.0 / d_cam.norm(dim=-1)
+    z_per_t = -d_cam[:, 2] / d_cam.norm(dim=-1)
     # Pixel footprint: pitch 1 / f on the z = 1 plane, times mip-NeRF's 2 / sqrt(12) (the radius
     # of the disc with the pixel's variance), per unit of planar depth -> per unit ray distance.
     f = torch.sqrt(cameras.fx[cam_idx] * cameras.fy[cam_idx])
@@ -209,15 +219,19 @@ def image_rays(cameras: Cameras, index: int) -> Rays:
 def project(cameras: Cameras, index: int, points: Tensor) -> tuple[Tensor, Tensor]:
     """Project world points into camera ``index``.
 
-    Returns ``(uv, z)``: ``(n, 2)`` continuous pixel coordinates and ``(n,)`` planar depth
-    (positive in front of the camera).
+    Returns ``(uv, z)``: ``(n, 2)`` continuous pixel coordinates (through the camera's lens,
+    if any) and ``(n,)`` planar depth (positive in front of the camera).
     """
     c2w = cameras.c2w[index]
     rot, center = c2w[:3, :3], c2w[:3, 3]
     p_cam = (points - center) @ rot  # R^T (p - c), row-vector form
     z = -p_cam[:, 2]
-    u = cameras.fx[index] * p_cam[:, 0] / z + cameras.cx[index]
-    v = -cameras.fy[index] * p_cam[:, 1] / z + cameras.cy[index]
+    x, y = p_cam[:, 0] / z, -p_cam[:, 1] / z
+    if cameras.lens is not None:
+        n = len(points)
+        x, y = distort(cameras.lens.coeffs[index].expand(n, 6), cameras.lens.fisheye[index].expand(n), x, y)
+    u = cameras.fx[index] * x + cameras.cx[index]
+    v = cameras.fy[index] * y + cameras.cy[index]
     return torch.stack([u, v], dim=-1), z
 
 

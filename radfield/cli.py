@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from radfield.config import PRESETS, RunConfig, apply_overrides
@@ -381,7 +382,12 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": 
             "process": cmd_process, "multiscale": cmd_multiscale}
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"radfield: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning  # data readers' notes (skipped frames, ...) in one line
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -68,6 +68,9 @@ def assert_same_cameras():
         assert (a.width, a.height) == (scene.images.shape[2], scene.images.shape[1])
         for key in ("c2w", "fx", "fy", "cx", "cy"):
             assert torch.equal(getattr(a, key), getattr(b, key)), key
+        assert (a.lens is None) == (b.lens is None)
+        if a.lens is not None:
+            assert torch.equal(a.lens.coeffs, b.lens.coeffs) and torch.equal(a.lens.fisheye, b.lens.fisheye)
         assert cams.names == scene.names
         assert torch.equal(cams.aabb, scene.aabb)
         assert _same_value(cams.times, scene.times)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from radfield.cameras import image_rays, pixel_rays, project
+from radfield.cameras import generate_rays, image_rays, pixel_rays, project
 from radfield.data import SceneData, blender, load_cameras, load_scene
 from radfield.data.blender import load_blender
 from radfield.data.synthetic import (CAMERA_ANGLE_X, CHECKER_BOX, GLOSSY_SPHERE, TEXTURED_SPHERE,
@@ -309,15 +309,128 @@ def test_ngp_single_file_split_and_per_frame_intrinsics(tmp_path):
     torch.testing.assert_close(test.cameras.cx, torch.tensor([2.0, 2.0]))
     torch.testing.assert_close(test.cameras.c2w[1], torch.tensor(pose(0.8, (0, 0, 8))[:3]))
     assert torch.equal(test.images[1], torch.from_numpy(rand_image(8, c=3)))
-    assert train.meta["aabb_scale"] == 4 and "distortion" not in train.meta
+    assert train.meta["aabb_scale"] == 4 and train.cameras.lens is None  # k1 = 0: a pinhole
     assert torch.equal(load_scene(root, "val").images, test.images)
 
 
-def test_ngp_distortion_is_kept_in_meta(tmp_path):
+def test_ngp_lens_models(tmp_path):
     root = write_ngp(tmp_path, ngp_frames(3), k1=0.1, p2=-0.01)
-    with pytest.warns(UserWarning, match="distortion"):
-        scene = load_blender(root / "transforms.json", "train")
-    assert scene.meta["distortion"] == [{"k1": 0.1, "k2": 0.0, "p1": 0.0, "p2": -0.01}] * 2
+    scene = load_blender(root / "transforms.json", "train")
+    assert scene.meta["camera_model"] == ["opencv"]
+    torch.testing.assert_close(scene.cameras.lens.coeffs, torch.tensor([[0.1, 0, 0, 0, 0, -0.01]] * 2))
+    assert not scene.cameras.lens.fisheye.any()
+    frames = ngp_frames(3)
+    frames[1].update(camera_model="OPENCV_FISHEYE", k1=0.02, k2=-0.01, k3=0.003, k4=0.0005)
+    write_ngp(tmp_path / "fish", frames, camera_model="PINHOLE", k1=0.5)  # PINHOLE: coefficients unused
+    cams = load_cameras(tmp_path / "fish", "train").cameras  # frames 1 and 2
+    assert cams.lens.fisheye.tolist() == [True, False]
+    torch.testing.assert_close(cams.lens.coeffs, torch.tensor([[0.02, -0.01, 0.003, 0.0005, 0, 0], [0.0] * 6]))
+    write_ngp(tmp_path / "ngpfish", ngp_frames(3), is_fisheye=True, k1=0.01)  # Instant-NGP's flag
+    assert load_cameras(tmp_path / "ngpfish", "train").cameras.lens.fisheye.all()
+
+
+def distort_by_hand(x, y, k1, k2, p1, p2, fisheye):
+    """OpenCV's lens equations, written out for one point (independent of radfield.lens)."""
+    if fisheye:
+        r = math.hypot(x, y)
+        theta = math.atan(r)
+        theta_d = theta * (1 + k1 * theta ** 2 + k2 * theta ** 4)
+        return x * theta_d / r, y * theta_d / r
+    r2 = x * x + y * y
+    radial = 1 + k1 * r2 + k2 * r2 * r2
+    return (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+            y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
+
+
+@pytest.mark.parametrize("fisheye", [False, True])
+def test_rays_of_a_distorted_capture_hit_the_points_they_see(tmp_path, fisheye):
+    """A world point seen by a camera lands, by the lens equations written out by hand, on a
+    distorted pixel; the ray radfield generates through that pixel passes through the point."""
+    lens = {"k1": 0.05, "k2": -0.08} if fisheye else {"k1": 0.05, "k2": -0.08, "p1": 0.003, "p2": -0.002}
+    frames = ngp_frames(10)
+    for f in frames:
+        f.update(fl_x=30.0, fl_y=32.0, cx=2.1, cy=1.9)
+    root = write_ngp(tmp_path, frames, camera_model="OPENCV_FISHEYE" if fisheye else "OPENCV", **lens)
+    cams = load_cameras(root, "train").cameras
+    g = torch.Generator().manual_seed(0)
+    for c in range(len(cams)):
+        c2w = cams.c2w[c].double()
+        x, y = (torch.rand(2, generator=g).double() - 0.5) * 0.8  # normalised, OpenCV axes
+        depth = 2.0 + float(torch.rand(1, generator=g))
+        point = c2w[:, :3] @ torch.tensor([x * depth, -y * depth, -depth], dtype=torch.float64) + c2w[:, 3]
+        xd, yd = distort_by_hand(float(x), float(y), lens["k1"], lens["k2"], lens.get("p1", 0.0),
+                                 lens.get("p2", 0.0), fisheye)
+        u, v = 30.0 * xd + 2.1, 32.0 * yd + 1.9
+        ray = generate_rays(cams, torch.tensor([c]), torch.tensor([u]), torch.tensor([v]))
+        to_point = point.float() - ray.origins[0]
+        miss = torch.linalg.cross(to_point, ray.directions[0]).norm()
+        assert float(miss) < 1e-5 * depth, (c, float(miss))
+        plain_u = 30.0 * float(x) + 2.1  # the lens moved the pixel: the check can fail
+        assert abs(u - plain_u) > 1e-4
+
+
+def test_ngp_scene_box_scale_offset_aabb_scale(tmp_path):
+    root = write_ngp(tmp_path, ngp_frames(3), scale=0.25, offset=[0.5, 0.3, 0.5])  # aabb_scale 4
+    scene = load_cameras(root, "train")
+    # centre (0.5 - offset) / scale = (0, 0.8, 0); half-size 0.5 / scale * aabb_scale = 8
+    torch.testing.assert_close(scene.aabb, torch.tensor([-8.0, -7.2, -8.0, 8.0, 8.8, 8.0]))
+    assert scene.meta["aabb_scale"] == 4
+    (root / "transforms.json").write_text(json.dumps({"frames": ngp_frames(3)}))
+    torch.testing.assert_close(load_cameras(root, "train").aabb, torch.tensor([-1.5] * 3 + [1.5] * 3))
+
+
+def test_missing_and_blurry_frames_are_skipped(tmp_path, recwarn):
+    frames = ngp_frames(12)
+    for k, f in enumerate(frames):
+        f["sharpness"] = 100.0 + k
+    frames[3]["sharpness"] = 20.0  # much blurrier than its neighbours (0.3 x ~105)
+    frames[5]["sharpness"] = 40.0  # blurrier, not much
+    root = write_ngp(tmp_path, frames)
+    (root / frames[6]["file_path"]).unlink()
+    names = [Path(n).name for n in load_cameras(root, "train").names]
+    assert names == [f"img_{k:02d}.png" for k in (1, 2, 4, 5, 7, 9, 10, 11)]  # 0, 8: test
+    message = [str(w.message) for w in recwarn if "skipped" in str(w.message)]
+    assert message and "skipped 2 of 10 frames: 1 with no image file and 1 much blurrier" in message[0]
+    assert "\n" not in message[0]
+
+
+def test_integer_depth_images(tmp_path):
+    frames = ngp_frames(2)
+    root = write_ngp(tmp_path, frames, integer_depth_scale=0.001)
+    depth = np.arange(16, dtype=np.uint16).reshape(4, 4) * 1000
+    iio.imwrite(root / "d0.png", depth)
+    frames[1]["depth_path"] = "d0.png"
+    (root / "transforms.json").write_text(json.dumps({"frames": frames, "integer_depth_scale": 0.001}))
+    scene = load_scene(root, "train")  # frame 1 only
+    torch.testing.assert_close(scene.depths[0], torch.arange(16, dtype=torch.float32).reshape(4, 4))
+    (root / "transforms.json").write_text(json.dumps({"frames": frames}))
+    with pytest.raises(RadfieldError) as e:
+        load_scene(root, "train")
+    assert "integer_depth_scale" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("top,words", [
+    ({"k1": "abc"}, ["k1", "must be a number", "'abc'"]),
+    ({"k1": float("nan")}, ["k1", "finite"]),
+    ({"aabb_scale": -1}, ["aabb_scale", "positive"]),
+    ({"aabb_scale": "big"}, ["aabb_scale", "number"]),
+    ({"camera_model": "EQUIRECTANGULAR"}, ["EQUIRECTANGULAR", "supported"]),
+    ({"camera_model": "OPENCV_FISHEYE", "fl_x": 1.0, "fl_y": 1.0}, ["180 degrees"]),
+    ({"k1": -0.9, "fl_x": 2.0, "fl_y": 2.0}, ["not invertible"]),
+    ({"applied_transform": [[1, 0], [0, 1]]}, ["applied_transform"]),
+    ({"scale": 0}, ["scale", "positive"]),
+], ids=["k1-text", "k1-nan", "aabb-negative", "aabb-text", "model", "fisheye-fov", "folds", "applied", "scale"])
+def test_bad_lens_and_box_are_one_line(tmp_path, capsys, top, words):
+    frames = ngp_frames(3)
+    for f in frames:
+        f.pop("fl_x"), f.pop("fl_y")
+    root = write_ngp(tmp_path, frames, **{"fl_x": 10.0, "fl_y": 10.0, **top})
+    from radfield.cli import main
+    assert main(["train", str(root), "--max-steps", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "transforms.json" in err
+    for w in words:
+        assert w in err, err
 
 
 # ---------------------------------------------------------------------------- cameras only
@@ -360,10 +473,9 @@ def test_load_cameras_ngp_times_and_distortion(tmp_path, assert_same_cameras):
         f["time"] = k / 9
     root = write_ngp(tmp_path, frames, k1=0.1)
     for split in ("train", "test"):
-        with pytest.warns(UserWarning, match="distortion"):
-            cams = load_cameras(root, split)
-        with pytest.warns(UserWarning, match="distortion"):
-            assert_same_cameras(cams, load_scene(root, split))
+        cams = load_cameras(root, split)
+        assert cams.cameras.lens is not None
+        assert_same_cameras(cams, load_scene(root, split))
     assert cams.times.tolist() == pytest.approx([0.0, 8 / 9])  # the test frames 0 and 8
 
 

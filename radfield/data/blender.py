@@ -21,8 +21,13 @@ Conventions (those of :mod:`radfield.cameras`):
   ``fy = fl_y`` or else ``0.5 * h / tan(0.5 * camera_angle_y)`` or else ``fx``;
   ``cx = w / 2``, ``cy = h / 2`` unless given. ``w, h`` default to the size of the split's first
   image (read from its header: :func:`blender_cameras` decodes no image) and must match every
-  image's size when given. Distortion (``k1 k2 p1 p2``) is ignored with a warning; when nonzero it
-  is kept, one dict per image, in ``meta["distortion"]``.
+  image's size when given.
+* Lens (each frame's keys overriding the top-level ones): ``camera_model`` ``PINHOLE`` /
+  ``SIMPLE_PINHOLE`` (no distortion), ``OPENCV`` (``k1 k2 p1 p2``, optional ``k3 k4``: the
+  polynomial of :mod:`radfield.lens`) or ``OPENCV_FISHEYE`` (``k1 k2 k3 k4``; Instant-NGP's
+  ``is_fisheye: true`` is the same); without ``camera_model``, nonzero coefficients mean
+  ``OPENCV``. Rays are generated through the lens (the images are used as taken), shared with
+  the COLMAP reader; coefficients must be finite numbers and the lens invertible over the image.
 * ``file_path`` is relative to the json's folder (``./`` allowed); ``.png`` is appended when it
   has no suffix. Images are RGB or RGBA (PNG or JPEG), kept as uint8; 16-bit images are mapped
   to 8 bits by ``round(x / 257)``. If any image of the split has alpha, all get 4 channels
@@ -31,8 +36,21 @@ Conventions (those of :mod:`radfield.cameras`):
   without one get an all-zero map when others have one.
 * ``time`` (optional, dynamic scenes): if any frame has one, all must.
 * Scene box: ``aabb = [[xmin, ymin, zmin], [xmax, ymax, zmax]]`` from the json if given, else a
-  cube of half-size ``bound`` if a top-level ``bound`` is given, else ``[-1.5, 1.5]^3``.
-  Instant-NGP's ``aabb_scale`` does not change the box; it is kept in ``meta["aabb_scale"]``.
+  cube of half-size ``bound`` if a top-level ``bound`` is given, else Instant-NGP's: its unit
+  cube is ``x_ngp = scale * x + offset in [0, 1]^3`` (``scale`` default 1/3, ``offset`` default
+  0.5; radfield keeps the json's world coordinates), i.e. centre ``(0.5 - offset) / scale`` and
+  half-size ``0.5 / scale`` (1.5 by default), grown ``aabb_scale`` times about its centre (the
+  object stays in the unit cube, the background fills the rest; ``meta["aabb_scale"]`` tells the
+  occupancy grid to cascade).
+* Frames as Instant-NGP treats them: in an all-frames file or where frames carry ``sharpness``,
+  frames whose image file is missing are skipped, and so are frames whose ``sharpness`` is below
+  ``BLUR_RATIO`` (0.3) times the median of their ``BLUR_WINDOW`` (10) neighbours in file order;
+  one warning line says how many and why.
+* ``depth_file_path`` (or Instant-NGP's ``depth_path``): a float32 ``.npy`` as above, or a 16-bit
+  PNG scaled by the top-level ``integer_depth_scale`` (Instant-NGP's; world units per step).
+* nerfstudio's ``applied_transform`` (3x4 or 4x4) and ``applied_scale``: the transform
+  ``ns-process-data`` applied to the source capture's coordinates to give the json's; checked and
+  kept in ``meta`` (the json's coordinates are the world frame of exports).
 * ``downscale = f``: images are cropped at the bottom / right to a multiple of ``f`` and
   area-averaged over ``f x f`` blocks (see :func:`radfield.data.files.downscale_image`); depths
   average their nonzero values per block (:func:`radfield.data.files.downscale_depth`); cameras
@@ -58,12 +76,12 @@ from radfield.data.files import (HOLDOUT_EVERY, check_rigid, downscale_depth, do
                                  resolve)
 from radfield.data.scene import SceneCameras, SceneData
 from radfield.errors import MissingSplitError, RadfieldError
+from radfield.lens import COEFFICIENTS, Lens, check_invertible
 
 __all__ = ["load_blender", "blender_cameras", "find_transforms", "select_ngp_split",
            "frame_intrinsics", "scene_aabb", "INTRINSIC_KEYS", "DEFAULT_HALF_SIZE"]
 
 DEFAULT_HALF_SIZE = 1.5
-DISTORTION_KEYS = ("k1", "k2", "p1", "p2")
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
 """The json keys of a camera's intrinsics; a frame's own keys override the top-level ones."""
 
@@ -127,25 +145,115 @@ def frame_intrinsics(top: dict, frame: dict, width: int, height: int,
     return fx, fy, cx, cy
 
 
+def _number(value, what: str, where: str, positive: bool = False) -> float:
+    """``value`` as a finite float (positive if asked), else a one-line RadfieldError."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise RadfieldError(f"{where}: {what} must be a number, got {value!r}") from None
+    if not math.isfinite(x) or (positive and x <= 0):
+        raise RadfieldError(f"{where}: {what} must be {'positive' if positive else 'finite'}, got {value!r}")
+    return x
+
+
 def scene_aabb(meta: dict, file: Path) -> Tensor:
-    """``(6,)`` box: json ``aabb``, else a cube of half-size ``bound``, else half-size 1.5."""
+    """``(6,)`` box: json ``aabb``, else a cube of half-size ``bound``, else Instant-NGP's unit
+    cube from ``scale`` / ``offset``, grown ``aabb_scale`` times (see module doc)."""
     try:
         if "aabb" in meta:
             box = torch.tensor(meta["aabb"], dtype=torch.float32)
             if box.shape != (2, 3) or not bool((box[1] > box[0]).all()):
                 raise ValueError
             return box.reshape(6)
-        half = float(meta.get("bound", DEFAULT_HALF_SIZE))
-        if not half > 0:
-            raise ValueError
+        if "bound" in meta:
+            half = float(meta["bound"])
+            if not half > 0:
+                raise ValueError
+            return torch.tensor([-half] * 3 + [half] * 3, dtype=torch.float32)
     except (TypeError, ValueError):
         raise RadfieldError(f"{file}: aabb must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] "
                             "with min < max, bound a positive number") from None
-    return torch.tensor([-half] * 3 + [half] * 3, dtype=torch.float32)
+    scale = _number(meta.get("scale", 1 / 3), "scale", str(file), positive=True)
+    offset = meta.get("offset", 0.5)
+    if isinstance(offset, list) and len(offset) != 3:
+        raise RadfieldError(f"{file}: offset must be a number or [x, y, z], got {offset!r}")
+    offsets = offset if isinstance(offset, list) else [offset] * 3
+    centre = torch.tensor([(0.5 - _number(o, "offset", str(file))) / scale for o in offsets])
+    half = 0.5 / scale * aabb_scale(meta, file)
+    return torch.cat([centre - half, centre + half]).float()
 
 
-def _distortion(top: dict, frame: dict) -> dict[str, float]:
-    return {key: float(frame.get(key, top.get(key, 0.0))) for key in DISTORTION_KEYS}
+def aabb_scale(meta: dict, file: Path) -> float:
+    """Instant-NGP's ``aabb_scale`` (1 when absent); a positive number."""
+    return _number(meta.get("aabb_scale", 1), "aabb_scale", str(file), positive=True)
+
+
+CAMERA_MODELS = {"PINHOLE": "opencv", "SIMPLE_PINHOLE": "opencv", "OPENCV": "opencv",
+                 "OPENCV_FISHEYE": "fisheye"}
+
+
+def frame_lens(top: dict, frame: dict, where: str) -> tuple[str, dict[str, float]]:
+    """``(model, coefficients)`` of a frame's lens (frame keys override top-level ones)."""
+    def get(key, default=None):
+        return frame.get(key, top.get(key, default))
+
+    name = get("camera_model")
+    if name is None:
+        model = "fisheye" if get("is_fisheye", False) is True else "opencv"
+    elif name in CAMERA_MODELS:
+        model = CAMERA_MODELS[name]
+    else:
+        raise RadfieldError(f"{where}: unsupported camera_model {name!r} "
+                            f"(supported: {', '.join(CAMERA_MODELS)})")
+    if name in ("PINHOLE", "SIMPLE_PINHOLE"):
+        return model, {}
+    keys = ("k1", "k2", "k3", "k4") if model == "fisheye" else COEFFICIENTS
+    return model, {k: _number(get(k), k, where) for k in keys if get(k) is not None}
+
+
+BLUR_RATIO = 0.3
+BLUR_WINDOW = 10
+
+
+def usable_frames(numbered: list[tuple[int, dict]], folder: Path, file: Path,
+                  skip_missing: bool) -> list[tuple[int, dict]]:
+    """The frames Instant-NGP would train on (see module doc); warns once about the others."""
+    missing = {n for n, f in numbered if skip_missing and "file_path" in f
+               and not image_file(folder, str(f["file_path"])).is_file()}
+    order = [n for n, f in numbered if "sharpness" in f]
+    values = np.array([_number(f["sharpness"], "sharpness", f"{file}: frame {n}")
+                       for n, f in numbered if "sharpness" in f])
+    blurry = set()
+    for k, n in enumerate(order):
+        lo = max(0, min(k - BLUR_WINDOW // 2, len(order) - BLUR_WINDOW - 1))
+        neighbours = np.delete(values[lo:lo + BLUR_WINDOW + 1], k - lo)
+        if len(neighbours) and values[k] < BLUR_RATIO * np.median(neighbours) and n not in missing:
+            blurry.add(n)
+    kept = [(n, f) for n, f in numbered if n not in missing and n not in blurry]
+    if len(kept) < len(numbered):
+        why = " and ".join([f"{len(missing)} with no image file"] * bool(missing)
+                           + [f"{len(blurry)} much blurrier than their neighbours (sharpness)"] * bool(blurry))
+        if not kept:
+            raise RadfieldError(f"{file}: no usable frame ({why})")
+        warnings.warn(f"{file}: skipped {len(numbered) - len(kept)} of {len(numbered)} frames: {why}",
+                      stacklevel=4)
+    return kept
+
+
+def applied_transform(meta: dict, file: Path) -> dict:
+    """nerfstudio's ``applied_transform`` / ``applied_scale``, checked (see module doc)."""
+    out = {}
+    if "applied_transform" in meta:
+        try:
+            m = np.asarray(meta["applied_transform"], dtype=np.float64)
+        except (TypeError, ValueError):
+            m = np.zeros(0)
+        if m.shape not in ((3, 4), (4, 4)) or not np.isfinite(m).all() or abs(np.linalg.det(m[:3, :3])) < 1e-9:
+            raise RadfieldError(f"{file}: applied_transform must be an invertible 3x4 or 4x4 matrix of numbers")
+        out["applied_transform"] = m[:3].tolist()
+    if "applied_scale" in meta:
+        out["applied_scale"] = _number(meta["applied_scale"], "applied_scale", str(file), positive=True)
+    return out
 
 
 # ---------------------------------------------------------------------------- cameras
@@ -196,8 +304,9 @@ def _read_transforms(path: str | Path, split: str, downscale: int
                                 f"every {HOLDOUT_EVERY}th is held out for test/val)")
 
     folder = file.parent
+    numbered = usable_frames(numbered, folder, file, skip_missing=single or any("sharpness" in f for f in frames))
     has_time = any("time" in f for _, f in numbered)
-    parsed, c2ws, times, distortions = [], [], [], []
+    parsed, c2ws, times, lenses = [], [], [], []
     for n, frame in numbered:
         for key in ("file_path", "transform_matrix"):
             if key not in frame:
@@ -210,7 +319,7 @@ def _read_transforms(path: str | Path, split: str, downscale: int
             times.append(float(frame["time"]))
         parsed.append(_Frame(n, frame, where, image_file(folder, str(frame["file_path"])),
                              _json_size(meta, frame, where)))
-        distortions.append(_distortion(meta, frame))
+        lenses.append(frame_lens(meta, frame, where))
 
     # One image size for the split: the json's w / h, else the first image's (its header only).
     first = parsed[0]
@@ -228,16 +337,21 @@ def _read_transforms(path: str | Path, split: str, downscale: int
             raise RadfieldError(f"{f.where}: image size {width}x{height} differs from "
                                 f"{size[0]}x{size[1]} of frame {first.index}")
         intrinsics.append(frame_intrinsics(meta, f.entry, width, height, f.where))
+        model, coeffs = lenses[len(intrinsics) - 1]
+        if model == "fisheye" or any(coeffs.values()):
+            why = check_invertible(torch.tensor([coeffs.get(c, 0.0) for c in COEFFICIENTS]), model == "fisheye",
+                                   *intrinsics[-1], width, height)
+            if why:
+                raise RadfieldError(f"{f.where}: lens {model} {coeffs}: {why}")
 
     k = torch.tensor(intrinsics, dtype=torch.float32)
     cameras = Cameras(torch.tensor(np.stack(c2ws), dtype=torch.float32),
-                      k[:, 0], k[:, 1], k[:, 2], k[:, 3], size[0], size[1])
-    extra = {"format": "ngp" if single else "blender", "json": str(file)}
-    if "aabb_scale" in meta:
-        extra["aabb_scale"] = meta["aabb_scale"]
-    if any(v != 0.0 for d in distortions for v in d.values()):
-        warnings.warn(f"{file}: lens distortion (k1 k2 p1 p2) is ignored", stacklevel=3)
-        extra["distortion"] = distortions
+                      k[:, 0], k[:, 1], k[:, 2], k[:, 3], size[0], size[1], lens=Lens.from_dicts(lenses))
+    extra = {"format": "ngp" if single else "blender", "json": str(file), **applied_transform(meta, file)}
+    if aabb_scale(meta, file) != 1:
+        extra["aabb_scale"] = aabb_scale(meta, file)
+    if cameras.lens is not None:
+        extra["camera_model"] = sorted({m for m, c in lenses if m == "fisheye" or any(c.values())})
     scene = SceneCameras(
         cameras=cameras.downscaled(downscale),
         names=[str(f.image) for f in parsed],
@@ -272,7 +386,10 @@ def load_blender(path: str | Path, split: str = "train", downscale: int = 1) -> 
     """
     scene, frames, size = _read_transforms(path, split, downscale)
     folder = Path(scene.meta["json"]).parent
-    has_depth = any("depth_file_path" in f.entry for f in frames)
+    has_depth = any("depth_file_path" in f.entry or "depth_path" in f.entry for f in frames)
+    top = read_json(Path(scene.meta["json"]))
+    depth_scale = (_number(top["integer_depth_scale"], "integer_depth_scale", scene.meta["json"], positive=True)
+                   if "integer_depth_scale" in top else None)
     images, depths = [], []
     for f in frames:
         img = read_image(f.image)
@@ -283,8 +400,9 @@ def load_blender(path: str | Path, split: str = "train", downscale: int = 1) -> 
             raise RadfieldError(f"{f.image}: size {width}x{height} differs from "
                                 f"{size[0]}x{size[1]} {source}")
         if has_depth:
-            depth = (read_depth(resolve(folder, str(f.entry["depth_file_path"])), height, width)
-                     if "depth_file_path" in f.entry else np.zeros((height, width), np.float32))
+            key = "depth_file_path" if "depth_file_path" in f.entry else "depth_path"
+            depth = (read_depth(resolve(folder, str(f.entry[key])), height, width, depth_scale)
+                     if key in f.entry else np.zeros((height, width), np.float32))
             depths.append(downscale_depth(depth, downscale))
         images.append(downscale_image(img, downscale))
     return scene.with_images(images, torch.from_numpy(np.stack(depths)) if has_depth else None)

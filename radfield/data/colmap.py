@@ -15,17 +15,17 @@ Conventions:
   z camera axes flipped).
 * Pixel ``(i, j)``'s centre is ``(i + 0.5, j + 0.5)`` in COLMAP as in radfield; no shift.
 * Camera models: SIMPLE_PINHOLE ``f cx cy``, PINHOLE ``fx fy cx cy``, SIMPLE_RADIAL
-  ``f cx cy k``, RADIAL ``f cx cy k1 k2``, OPENCV ``fx fy cx cy k1 k2 p1 p2``. Images of
-  distorted models are undistorted at load time onto the pinhole camera with the same
-  ``fx fy cx cy`` (see :func:`undistort_image`); output pixels whose source lies outside the
-  input image are black (0, alpha 0 for RGBA), and bilinear sampling blends the last input
-  pixel with that black over half a pixel along the border.
+  ``f cx cy k``, RADIAL ``f cx cy k1 k2``, OPENCV ``fx fy cx cy k1 k2 p1 p2``, OPENCV_FISHEYE
+  ``fx fy cx cy k1 k2 k3 k4``. Distorted models become the cameras' ``lens``
+  (:mod:`radfield.lens`, shared with the transforms.json reader): rays are generated through
+  the distortion and the images are used as taken (no resampling). A lens that cannot be
+  inverted over its image is an error.
 * Images are sorted by name; image ``k`` of that order is in split ``"test"`` (and ``"val"``, the
   same images: mip-NeRF 360 protocol) when ``k % holdout_every == 0``, in ``"train"`` otherwise;
   ``"all"`` is every image.
 * ``downscale = f``: ``PATH/images_f`` is read when it exists (its sizes must be within 1 px of
   ``W / f, H / f``; intrinsics are scaled by the actual size ratio), else the full images are
-  undistorted, then area-averaged over ``f x f`` blocks
+  area-averaged over ``f x f`` blocks
   (:func:`radfield.data.files.downscale_image`) and the intrinsics divided by ``f``.
   :func:`colmap_cameras` gives the cameras without decoding an image (the sizes come from the
   COLMAP cameras, or from the headers of the ``images_f`` files).
@@ -51,10 +51,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from radfield.cameras import Cameras
+from radfield.lens import COEFFICIENTS, Lens, check_invertible
 from radfield.data.files import (HOLDOUT_EVERY, check_options, check_prescaled_size,
                                  check_same_size, downscale_image, downscale_intrinsics,
                                  holdout_split, image_folder, one_line, read_image,
@@ -70,7 +70,7 @@ CAMERA_MODELS: dict[int, tuple[str, int]] = {
     11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16),
 }
 _PARAM_COUNT = {name: n for name, n in CAMERA_MODELS.values()}
-SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE")
 _FILES = ("cameras", "images", "points3D")
 NORMALIZE_METHODS = ("cameras", "points")
 NO_POINTS_NEAR_FAR = (0.01, 100.0)
@@ -448,71 +448,21 @@ def _point_depths(model: ColmapModel, image_ids: list[int], rot: np.ndarray) -> 
     return np.concatenate(depths) if depths else np.zeros(0)
 
 
-# ---------------------------------------------------------------------------- undistortion
+# ---------------------------------------------------------------------------- lenses
 
 
-def distort(model: str, params: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """COLMAP's forward lens distortion of normalised coordinates ``x, y`` (any shape), with
-    ``r^2 = x^2 + y^2``, ``radial = 1 + k1 r^2 + k2 r^4`` (``k2 = 0`` for SIMPLE_RADIAL,
-    ``k1 = k2 = 0`` for pinhole models):
-
-    ``xd = x radial + 2 p1 x y + p2 (r^2 + 2 x^2)``, ``yd = y radial + p1 (r^2 + 2 y^2) + 2 p2 x y``
-    (``p1 = p2 = 0`` except for OPENCV). ``params`` are the model's COLMAP parameters.
-
-    Example: SIMPLE_RADIAL with ``k = 0.1`` at ``(0.5, 0)``: ``r^2 = 0.25``, radial ``1.025``,
-    ``xd = 0.5125, yd = 0``.
-    """
-    k1 = k2 = p1 = p2 = 0.0
-    if model == "SIMPLE_RADIAL":
-        k1 = params[3]
-    elif model == "RADIAL":
-        k1, k2 = params[3], params[4]
-    elif model == "OPENCV":
-        k1, k2, p1, p2 = params[4], params[5], params[6], params[7]
-    elif model not in ("SIMPLE_PINHOLE", "PINHOLE"):
-        raise ValueError(f"unsupported camera model {model}")
-    r2 = x * x + y * y
-    radial = 1 + k1 * r2 + k2 * r2 * r2
-    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
-    return xd, yd
-
-
-def undistortion_grid(model: str, params: Tensor, intrinsics: tuple[float, float, float, float],
-                      width: int, height: int) -> Tensor:
-    """``(1, height, width, 2)`` ``grid_sample`` grid (``align_corners=False``) that resamples a
-    distorted image onto the pinhole camera with the same ``intrinsics = (fx, fy, cx, cy)``.
-
-    For each output pixel centre ``(u, v)``: ``x = (u - cx) / fx, y = (v - cy) / fy``,
-    ``(xd, yd) = distort(x, y)``, source ``(us, vs) = (fx xd + cx, fy yd + cy)``, grid
-    ``(2 us / width - 1, 2 vs / height - 1)``. Example: a pixel whose source is the image centre
-    ``(width / 2, height / 2)`` gets grid value ``(0, 0)``.
-    """
-    fx, fy, cx, cy = intrinsics
-    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
-                          torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
-    xd, yd = distort(model, params.double(), (u - cx) / fx, (v - cy) / fy)
-    grid = torch.stack([2 * (fx * xd + cx) / width - 1, 2 * (fy * yd + cy) / height - 1], dim=-1)
-    return grid.unsqueeze(0).float()
-
-
-def undistort_image(image: Tensor, model: str, params: Tensor,
-                    intrinsics: tuple[float, float, float, float],
-                    grid: Tensor | None = None) -> Tensor:
-    """Resample a distorted ``(H, W, C)`` uint8 image onto the pinhole camera with the same
-    ``intrinsics = (fx, fy, cx, cy)`` (in this image's pixels): bilinear samples at the
-    :func:`undistortion_grid` positions (``grid`` may be passed precomputed), zeros outside the
-    input (such pixels come out black / transparent). Returns ``(H, W, C)`` uint8, rounded.
-    Pinhole models return ``image`` unchanged.
-    """
-    if model in ("SIMPLE_PINHOLE", "PINHOLE"):
-        return image
-    height, width = image.shape[:2]
-    if grid is None:
-        grid = undistortion_grid(model, params, intrinsics, width, height)
-    src = image.permute(2, 0, 1).unsqueeze(0).float()
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+def colmap_lens(camera: ColmapCamera) -> tuple[str, dict[str, float]]:
+    """The camera's lens as ``(model, coefficients)`` for :class:`radfield.lens.Lens`."""
+    p = [float(v) for v in camera.params]
+    if camera.model == "SIMPLE_RADIAL":
+        return "opencv", {"k1": p[3]}
+    if camera.model == "RADIAL":
+        return "opencv", {"k1": p[3], "k2": p[4]}
+    if camera.model == "OPENCV":
+        return "opencv", dict(zip(("k1", "k2", "p1", "p2"), p[4:8]))
+    if camera.model == "OPENCV_FISHEYE":
+        return "fisheye", dict(zip(("k1", "k2", "k3", "k4"), p[4:8]))
+    return "opencv", {}  # SIMPLE_PINHOLE, PINHOLE
 
 
 def _pinhole(camera: ColmapCamera) -> tuple[float, float, float, float]:
@@ -618,8 +568,17 @@ def _read_views(path: str | Path, split: str, downscale: int, model: str | None,
         out_size = check_same_size(out, file, out_size)
 
     k = torch.tensor(intrinsics, dtype=torch.float32)
+    lens = Lens.from_dicts([colmap_lens(v.camera) for v in views])
+    for v, (fx, fy, cx, cy) in zip(views, intrinsics):
+        model, coeffs = colmap_lens(v.camera)
+        if coeffs:
+            why = check_invertible(torch.tensor([coeffs.get(c, 0.0) for c in COEFFICIENTS]), model == "fisheye",
+                                   fx, fy, cx, cy, *out_size)
+            if why:
+                raise RadfieldError(f"{sfm.files['cameras']}: camera {v.camera.camera_id} "
+                                    f"({v.camera.model}): {why}")
     cameras = Cameras(c2w_all[chosen].float(), k[:, 0], k[:, 1], k[:, 2], k[:, 3],
-                      out_size[0], out_size[1])
+                      out_size[0], out_size[1], lens=lens)
     models = sorted({sfm.cameras[c].model for c in used})
     meta = {
         "format": "colmap", "colmap_model": name, "sparse": str(folder),
@@ -650,7 +609,7 @@ def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
                 model: str | None = None, holdout_every: int = HOLDOUT_EVERY,
                 normalize: str = "cameras") -> SceneData:
     """Read one split of a COLMAP project (see module doc): :func:`colmap_cameras` plus the
-    pixels, undistorted and downscaled.
+    pixels, downscaled.
 
     Args:
         path: the project folder holding ``images/`` and ``sparse/``.
@@ -661,15 +620,15 @@ def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
         normalize: "cameras" (:func:`normalization_from_cameras`) or "points"
             (:func:`normalization_from_points`).
 
-    Returns a :class:`SceneData`: ``images (n, H/f, W/f, 3 or 4)`` uint8 (undistorted),
-    ``cameras`` (pinhole, ``c2w (n, 3, 4)`` OpenGL axes, normalised), ``names`` (image paths),
+    Returns a :class:`SceneData`: ``images (n, H/f, W/f, 3 or 4)`` uint8 (as taken),
+    ``cameras`` (``c2w (n, 3, 4)`` OpenGL axes, normalised; ``lens`` for distorted models), ``names`` (image paths),
     ``aabb (6,)``, and ``meta`` with ``format``, ``colmap_model``, ``sparse``, ``camera_model``,
     ``normalization``, ``unbounded``, ``near``, ``far``, ``points (n_points, 3)`` float32
     (normalised) and ``point_colors (n_points, 3)`` uint8.
     """
     scene, views, prescaled = _read_views(path, split, downscale, model, holdout_every,
                                           normalize, need_images=True)
-    images, grids = [], {}
+    images = []
     for view in views:
         img = read_image(view.file)
         height, width = img.shape[:2]
@@ -677,14 +636,5 @@ def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
             what = "its header" if prescaled else "the COLMAP camera's"
             raise RadfieldError(f"{view.file}: size {width}x{height} differs from {what} "
                                 f"{view.size[0]}x{view.size[1]}")
-        camera = view.camera
-        if camera.model not in ("SIMPLE_PINHOLE", "PINHOLE"):
-            key = (camera.camera_id, width, height)
-            if key not in grids:  # one grid per camera and size
-                grids[key] = undistortion_grid(camera.model, torch.from_numpy(camera.params),
-                                               view.intrinsics, width, height)
-            img = undistort_image(torch.from_numpy(img), camera.model,
-                                  torch.from_numpy(camera.params), view.intrinsics,
-                                  grids[key]).numpy()
         images.append(img if prescaled else downscale_image(img, downscale))
     return scene.with_images(images)

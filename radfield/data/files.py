@@ -109,14 +109,23 @@ def read_image_size(file: Path) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def read_depth(file: Path, height: int, width: int) -> np.ndarray:
-    """``(H, W)`` float32 planar depth from a ``.npy`` file."""
+def read_depth(file: Path, height: int, width: int, integer_scale: float | None = None) -> np.ndarray:
+    """``(H, W)`` float32 planar depth from a ``.npy`` file, or from a one-channel integer
+    (16-bit PNG) image times ``integer_scale`` (Instant-NGP's ``integer_depth_scale``)."""
+    npy = file.suffix.lower() == ".npy"
+    if not npy and integer_scale is None:
+        raise RadfieldError(f"{file}: an integer depth image needs integer_depth_scale in the json")
     try:
-        depth = np.load(file)
+        depth = np.load(file) if npy else iio.imread(file)
     except FileNotFoundError:
         raise RadfieldError(f"{file}: depth file not found") from None
     except Exception as e:
         raise RadfieldError(f"{file}: cannot read depth ({one_line(e)})") from None
+    if not npy:
+        if depth.ndim != 2 or depth.dtype.kind not in "ui":
+            raise RadfieldError(f"{file}: a depth image must have one channel of integers, "
+                                f"got {depth.dtype} {depth.shape}")
+        depth = depth.astype(np.float64) * integer_scale
     if depth.shape != (height, width):
         raise RadfieldError(f"{file}: depth shape {depth.shape} differs from image "
                             f"{height}x{width}")
