@@ -85,18 +85,22 @@ def run_one(name: str, preset: str, data: str, downscale: int, hsm: bool, budget
             "median_kept_fraction": statistics.median(s["b"] / max(s["n"], 1) for s in steps),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "history": history, "test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"],
-            "test_n": metrics["n_images"], "per_scale": metrics.get("per_scale")}
+            "test_n": metrics["n_images"], "per_scale": metrics.get("per_scale"),
+            "test_worst": metrics.get("worst")}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| run | model | data | steps | median step (s) | kept b/B | test PSNR | test SSIM | test images |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | model | data | steps | median step (s) | kept b/B | test PSNR | worst view | test SSIM | test images |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        worst = r.get("test_worst")
+        worst = f"{worst['psnr']:.2f} ({worst['name']})" if worst else "n/a"
         lines.append(f"| {r['name']} | {r['model']} | {r['data']} x1/{r['downscale']} | {r['steps']} | "
                      f"{r['median_step_s']:.3f} | {r['median_kept_fraction']:.2f} | {r['test_psnr']:.2f} | "
-                     f"{r['test_ssim']:.4f} | {r['test_n']} |")
+                     f"{worst} | {r['test_ssim']:.4f} | {r['test_n']} |")
         for scale, m in (r.get("per_scale") or {}).items():
-            lines.append(f"| {r['name']} scale 1/{scale} | | | | | | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['n_images']} |")
+            lines.append(f"| {r['name']} scale 1/{scale} | | | | | | {m['psnr']:.2f} | | {m['ssim']:.4f} | "
+                         f"{m['n_images']} |")
     return "\n".join(lines)
 
 

@@ -159,6 +159,10 @@ def test_eval_metrics_and_renders(evaluated_run, scene):
         mean = sum(row[key] for row in metrics["per_image"]) / N_TEST
         assert metrics[key] == pytest.approx(mean, rel=1e-12)
         assert all(row["lpips"] is None for row in metrics["per_image"])
+    worst = sorted(metrics["per_image"], key=lambda row: row["psnr"])[0]
+    assert metrics["worst"] == {"name": worst["name"], "psnr": worst["psnr"]}
+    from radfield.evaluation.evaluate import format_table
+    assert f"worst: {worst['name']}" in format_table(metrics)
     renders = evaluated_run / "renders" / "test"
     for row in metrics["per_image"]:
         name = row["name"]

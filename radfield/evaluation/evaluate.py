@@ -139,6 +139,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                                "fit-left": "code fitted on the left half, right half scored"}[appearance]
                               if has_appearance else None),
                "per_scale": per_scale or None, "per_image": per_image}
+    scored = [r for r in per_image if r["psnr"] is not None]
+    worst = min(scored, key=lambda r: r["psnr"]) if scored else None
+    metrics["worst"] = None if worst is None else {"name": worst["name"], "psnr": worst["psnr"]}
     for name in ("metrics.json", f"metrics_{split}.json"):
         with atomic_write(run_dir / name) as tmp:
             tmp.write_text(json.dumps(metrics, indent=1))
@@ -153,6 +156,8 @@ def format_table(metrics: dict) -> str:
                      f"{fmt(row['ssim'], 4):>8}{fmt(row['lpips'], 4):>8}")
     lines.append(f"{'mean (' + str(metrics['n_images']) + ' images)':<24}{fmt(metrics['psnr']):>8}"
                  f"{fmt(metrics['psnr_uint8']):>8}{fmt(metrics['ssim'], 4):>8}{fmt(metrics['lpips'], 4):>8}")
+    if metrics.get("worst") and metrics["n_images"] > 1:  # one bad view hides in a mean
+        lines.append(f"{'worst: ' + metrics['worst']['name']:<24}{fmt(metrics['worst']['psnr']):>8}")
     for scale, m in (metrics.get("per_scale") or {}).items():
         lines.append(f"{'scale 1/' + scale + ' (' + str(m['n_images']) + ')':<24}{fmt(m['psnr']):>8}"
                      f"{fmt(m['psnr_uint8']):>8}{fmt(m['ssim'], 4):>8}{fmt(m['lpips'], 4):>8}")
