@@ -165,9 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("process", help="turn photos or a video into a COLMAP dataset (structure from motion)",
                        formatter_class=fmt)
-    p.add_argument("kind", choices=["images", "video"])
-    p.add_argument("input", help="folder of images, or a video file")
-    p.add_argument("--out", required=True, help="dataset folder to write (images/ and sparse/)")
+    p.add_argument("kind", choices=["images", "video", "colmap"],
+                   help="colmap: an existing COLMAP dataset, rewritten as --format transforms (no SfM)")
+    p.add_argument("input", help="folder of images, a video file, or a COLMAP dataset")
+    p.add_argument("--out", default=None, help="dataset folder to write (images/ and sparse/); "
+                   "required for images and video")
+    p.add_argument("--format", default="colmap", choices=["colmap", "transforms"],
+                   help="transforms: also write an Instant-NGP / nerfstudio transforms.json (+ sparse_pc.ply)")
+    p.add_argument("--aabb-scale", type=_positive_int, default=16,
+                   help="--format transforms: Instant-NGP's scene box, in unit cubes")
     p.add_argument("--matcher", default=None, choices=["exhaustive", "sequential"],
                    help="feature matching (default: exhaustive for images, sequential for video)")
     p.add_argument("--frames", type=_positive_int, default=100, help="video: frames to extract")
@@ -357,6 +363,16 @@ def cmd_demo(args) -> int:
 def cmd_process(args) -> int:
     from radfield.data.process import format_report, process_images, process_video
 
+    from radfield.data.transforms_writer import write_transforms
+
+    if args.kind == "colmap":
+        if args.format != "transforms":
+            raise RadfieldError("process colmap: the input is a COLMAP dataset already (add --format transforms)")
+        out = write_transforms(args.input, args.aabb_scale)
+        print(f"wrote {out} (Instant-NGP / nerfstudio format)")
+        return 0
+    if args.out is None:
+        raise RadfieldError(f"process {args.kind}: --out is required")
     common = {"max_image_size": args.max_image_size, "overwrite": args.overwrite}
     if args.kind == "images":
         report = process_images(args.input, args.out, matcher=args.matcher or "exhaustive", **common)
@@ -365,6 +381,8 @@ def cmd_process(args) -> int:
             raise RadfieldError("--matcher: video frames are always matched sequentially")
         report = process_video(args.input, args.out, n_frames=args.frames, **common)
     print(format_report(report))
+    if args.format == "transforms":
+        print(f"wrote {write_transforms(args.out, args.aabb_scale)} (Instant-NGP / nerfstudio format)")
     print(f"dataset: {args.out} (train with: radfield train {args.out} --model nerfacto)")
     return 0
 

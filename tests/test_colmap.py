@@ -554,3 +554,60 @@ def test_llff_load_cameras_equals_load_scene(tmp_path, split, downscale, no_imag
     assert (cams.cameras.width, cams.cameras.height) == (gt["w"] // downscale,
                                                          gt["h"] // downscale)
     torch.testing.assert_close(cams.cameras.fx, torch.full((len(cams),), gt["focal"] / downscale))
+
+
+def test_process_colmap_writes_a_transforms_json_that_reads_back(tmp_path, capsys):
+    """``radfield process colmap DATASET --format transforms``: the json's frame is the COLMAP
+    frame moved by the recorded applied_transform / applied_scale; the fixture's cameras look at
+    the origin, so that point becomes the centre and the cameras end up 4 units away on average;
+    every sparse point projects to the same pixel through the COLMAP cameras and through the
+    transforms.json cameras (intrinsics, lens and pose all carried over)."""
+    import json
+
+    import trimesh
+
+    from radfield.cli import main
+
+    camera = ("OPENCV", 80, 60, [62.0, 58.0, 40.5, 29.5, 0.1, 0.03, 0.002, -0.0025])
+    gt = make_project(tmp_path, n_cams=6, fmt="bin", camera=camera, n_points=30)
+    assert main(["process", "colmap", str(tmp_path), "--format", "transforms", "--aabb-scale", "4"]) == 0
+    assert "transforms.json" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    assert meta["camera_model"] == "OPENCV" and meta["aabb_scale"] == 4
+    assert (meta["k1"], meta["k2"], meta["p1"], meta["p2"]) == (0.1, 0.03, 0.002, -0.0025)
+    applied = np.array(meta["applied_transform"])
+    rot, t, s = applied[:, :3], applied[:, 3], meta["applied_scale"]
+    np.testing.assert_allclose(t, 0.0, atol=1e-9)  # the look-at point is the COLMAP origin
+    frames = sorted(meta["frames"], key=lambda f: f["file_path"])
+    centres = np.array([np.array(f["transform_matrix"])[:3, 3] for f in frames])
+    np.testing.assert_allclose(centres, s * (gt["eyes"] @ rot.T + t), atol=1e-9)
+    assert np.linalg.norm(centres, axis=1).mean() == pytest.approx(4.0)
+    ups = np.array([np.array(f["transform_matrix"])[:3, 1] for f in frames])
+    up = ups.mean(0) / np.linalg.norm(ups.mean(0))
+    np.testing.assert_allclose(up, [0.0, 0.0, 1.0], atol=1e-9)
+    cloud = trimesh.load(tmp_path / "sparse_pc.ply")
+    np.testing.assert_allclose(np.sort(np.asarray(cloud.vertices), 0), np.sort(s * (gt["points"] @ rot.T + t), 0),
+                               atol=1e-5)
+
+    colmap = load_colmap(tmp_path, "all").cameras
+    json_points = torch.from_numpy(s * (gt["points"] @ rot.T + t)).float()
+    norm = load_colmap(tmp_path, "all").meta["normalization"]
+    colmap_points = (torch.from_numpy(gt["points"]).float() - torch.tensor(norm["center"]).float()) * norm["scale"]
+    for split in ("train", "test"):
+        cams = load_cameras(tmp_path / "transforms.json", split)
+        for k, name in enumerate(cams.names):
+            j = gt["names"].index(Path(name).name)
+            a, za = project(cams.cameras, k, json_points)
+            b, zb = project(colmap, j, colmap_points)
+            front = (za > 0) & (zb > 0)
+            assert front.sum() > 10
+            torch.testing.assert_close(a[front], b[front], rtol=0, atol=2e-3)
+
+
+def test_process_colmap_needs_the_transforms_format(tmp_path, capsys):
+    from radfield.cli import main
+
+    make_project(tmp_path, n_cams=2)
+    assert main(["process", "colmap", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--format transforms" in err and "\n" not in err
