@@ -4,6 +4,7 @@
     python bench/zoo.py multiscale # multi-scale tabletop: mip-NeRF vs NeRF, PSNR per scale
     python bench/zoo.py captures   # garden-colmap (SfM poses) and garden (exact poses): nerfacto, ngp
     python bench/zoo.py dynamic --budget 1200  # dynamic: D-NeRF fast and MLP vs ngp ignoring time
+    python bench/zoo.py lens --budget 600      # garden through a lens (Instant-NGP json): applied vs ignored
 
 Options: --budget SECONDS per run, --only NAME[,NAME] to run a subset. Each run trains in its own
 process (``python bench/zoo.py one ...``) for a wall-clock budget (validation excluded), records
@@ -39,6 +40,10 @@ SUITES: dict[str, dict[str, tuple[str, str, int, bool]]] = {
     # ngp on the dynamic scene ignores the frames' times: the floor D-NeRF must clearly beat.
     "dynamic": {"dnerf": ("dnerf", "dynamic", 1, False), "dnerf-mlp": ("dnerf-mlp", "dynamic", 1, False),
                 "ngp-ignores-time": ("ngp", "dynamic", 1, False)},
+    # garden through an OpenCV lens, Instant-NGP transforms with aabb_scale 4 (bench/lens_capture.py):
+    # the lens applied by the reader, and ignored (camera_model PINHOLE, the same photos)
+    "lens": {f"{p}@{how}": (p, f"LENS-{how.upper()}", 1, False) for p in ("ngp", "nerfacto")
+             for how in ("applied", "ignored")},
 }
 
 
@@ -49,6 +54,10 @@ def dataset_path(name: str) -> Path:
             from radfield.data.multiscale import make_multiscale
             make_multiscale(DATA / "tabletop", out, progress=False, overwrite=True)
         return out
+    if name.startswith("LENS-"):
+        from lens_capture import make
+        ignore = name == "LENS-IGNORED"
+        return make(OUT / ("garden-lens-ignored" if ignore else "garden-lens"), ignore=ignore)
     return DATA / name
 
 
