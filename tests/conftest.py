@@ -3,6 +3,8 @@ configs, forbidding image decoding and comparing cameras (reader tests)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import imageio.v3 as iio
 import PIL.ImageFile
 import pytest
@@ -33,6 +35,14 @@ def make_config(scene, preset: str, overrides: dict | None = None, steps: int = 
     config.train.val_images = 1
     config.train.init_rays = 64  # the first step would otherwise carry 1024 rays
     return apply_overrides(config, overrides or {})
+
+
+def assert_one_line_naming(error: BaseException | str, path: Path) -> None:
+    """A bad-input error's message: one line, under 300 characters, naming the offending file
+    (a path under ``path``)."""
+    message = str(error)
+    assert "\n" not in message and len(message) < 300, message
+    assert str(path) in message, message
 
 
 @pytest.fixture
