@@ -1,6 +1,8 @@
-"""Pixel masks: read (``mask_path``) and downscaled.
+"""Pixel masks end to end: read (``mask_path``), downscaled, drawn from by the training sampler.
 
-Ground truth: the mask images written by the tests and block rules checked pixel by pixel.
+Ground truth: the mask images written by the tests, block rules checked pixel by pixel, and a
+brute-force list of the pixels and patch corners a sampler may use. (Masked metrics are tested
+in ``test_metrics.py``, the DTU masks in ``test_dtu.py``.)
 """
 
 from __future__ import annotations
@@ -13,13 +15,84 @@ import numpy as np
 import pytest
 import torch
 
-from radfield.data import load_scene
+from radfield.cameras import Cameras
+from radfield.data import SceneData, load_scene
 from radfield.data.blender import load_blender
 from radfield.data.files import downscale_mask, read_mask
 from radfield.data.multiscale import load_multiscale, make_multiscale
 from radfield.errors import RadfieldError
+from radfield.training.trainer import ImageGroup, draw_pixels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def scene_with_masks(masks: np.ndarray) -> SceneData:
+    """Random RGB images with the given ``(n, H, W)`` masks and identity cameras."""
+    n, h, w = masks.shape
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, h, w, 3), dtype=np.uint8))
+    c2w = torch.eye(4)[:3].expand(n, 3, 4).clone()
+    ones = torch.ones(n)
+    cams = Cameras(c2w, ones * 10, ones * 10, ones * w / 2, ones * h / 2, w, h)
+    return SceneData(images, cams, [f"/data/im{k}.png" for k in range(n)],
+                     torch.tensor([-1.0, -1, -1, 1, 1, 1]), masks=torch.from_numpy(masks))
+
+
+# ---------------------------------------------------------------------------- the sampler
+
+
+def test_image_group_docstring_example():
+    data = scene_with_masks(np.array([[[True, True, False], [True, True, True]]]))
+    assert ImageGroup.from_data(data, data.cameras, None, torch.device("cpu")).starts.tolist() == [0, 1, 3, 4, 5]
+    assert ImageGroup.from_data(data, data.cameras, 2, torch.device("cpu")).starts.tolist() == [0]
+
+
+def test_sampler_draws_only_unmasked_pixels_uniformly():
+    masks = np.random.default_rng(1).random((3, 5, 6)) < 0.5
+    data = scene_with_masks(masks)
+    group = ImageGroup.from_data(data, data.cameras, None, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    flat, cam, col, row = draw_pixels(group, 30_000, None, gen)
+    assert masks[cam.numpy(), row.numpy(), col.numpy()].all()  # never a masked pixel
+    assert torch.equal(group.pixels[flat], data.images[cam, row, col])
+    counts = np.zeros(masks.shape, np.int64)
+    np.add.at(counts, (cam.numpy(), row.numpy(), col.numpy()), 1)
+    expected = 30_000 / masks.sum()
+    assert (counts[masks] > 0.75 * expected).all() and (counts[masks] < 1.25 * expected).all()
+
+
+def test_sampler_draws_only_patches_without_masked_pixels():
+    masks = np.random.default_rng(2).random((2, 7, 8)) < 0.8
+    data = scene_with_masks(masks)
+    group = ImageGroup.from_data(data, data.cameras, 3, torch.device("cpu"))
+    allowed = {(k, r, c) for k in range(2) for r in range(5) for c in range(6)
+               if masks[k, r:r + 3, c:c + 3].all()}  # brute force: whole 3 x 3 blocks
+    assert allowed, "the test needs some whole patches"
+    assert sorted(group.starts.tolist()) == sorted(k * 56 + r * 8 + c for k, r, c in allowed)
+    flat, cam, col, row = draw_pixels(group, 9 * 4000, 3, torch.Generator().manual_seed(1))
+    assert len(flat) == 9 * 4000
+    assert masks[cam.numpy(), row.numpy(), col.numpy()].all()
+    corners = set(zip(cam[::9].tolist(), row[::9].tolist(), col[::9].tolist()))
+    assert corners == allowed  # every allowed patch is drawn, and nothing else
+    # row-major within a patch
+    assert (row.reshape(-1, 9) - row[::9, None]).tolist()[0] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_sampler_without_masks_is_unchanged():
+    """No masks: the draws of the unmasked sampler (the generator is used exactly as before)."""
+    data = scene_with_masks(np.ones((2, 4, 5), bool))
+    data.masks = None
+    group = ImageGroup.from_data(data, data.cameras, None, torch.device("cpu"))
+    assert group.starts is None
+    flat, cam, col, row = draw_pixels(group, 50, None, torch.Generator().manual_seed(3))
+    assert torch.equal(flat, torch.randint(0, 40, (50,), generator=torch.Generator().manual_seed(3)))
+
+
+def test_masks_that_leave_nothing_are_an_error():
+    masks = np.ones((1, 4, 4), bool)
+    masks[0, 1, 1] = masks[0, 2, 2] = False  # every 3 x 3 patch holds a masked pixel
+    data = scene_with_masks(masks)
+    with pytest.raises(RadfieldError, match=r"/data/im0.png: .* leave no 3 x 3 patch"):
+        ImageGroup.from_data(data, data.cameras, 3, torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------- mask_path
