@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from radfield.config import PRESETS, RunConfig, apply_overrides
-from radfield.data import SceneCameras, SceneData, blender, colmap, files, llff
+from radfield.data import SceneCameras, SceneData, blender, colmap, dtu, files, llff
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def no_image_decoding(monkeypatch):
 
     monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", decode)
     monkeypatch.setattr(iio, "imread", decode)
-    for module in (files, blender, colmap, llff):
+    for module in (files, blender, colmap, llff, dtu):
         monkeypatch.setattr(module, "read_image", decode)
 
 
