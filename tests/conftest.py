@@ -3,13 +3,15 @@ configs, forbidding image decoding and comparing cameras (reader tests)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import imageio.v3 as iio
 import PIL.ImageFile
 import pytest
 import torch
 
 from radfield.config import PRESETS, RunConfig, apply_overrides
-from radfield.data import SceneCameras, SceneData, blender, colmap, files, llff
+from radfield.data import SceneCameras, SceneData, blender, colmap, dtu, files, llff
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,14 @@ def make_config(scene, preset: str, overrides: dict | None = None, steps: int = 
     return apply_overrides(config, overrides or {})
 
 
+def assert_one_line_naming(error: BaseException | str, path: Path) -> None:
+    """A bad-input error's message: one line, under 300 characters, naming the offending file
+    (a path under ``path``)."""
+    message = str(error)
+    assert "\n" not in message and len(message) < 300, message
+    assert str(path) in message, message
+
+
 @pytest.fixture
 def no_image_decoding(monkeypatch):
     """From here on, decoding the pixels of any image file raises: Pillow's ``ImageFile.load``,
@@ -46,7 +56,7 @@ def no_image_decoding(monkeypatch):
 
     monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", decode)
     monkeypatch.setattr(iio, "imread", decode)
-    for module in (files, blender, colmap, llff):
+    for module in (files, blender, colmap, llff, dtu):
         monkeypatch.setattr(module, "read_image", decode)
 
 

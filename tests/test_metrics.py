@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from radfield.evaluation.metrics import lpips_fn, psnr, psnr_uint8, ssim
+from radfield.evaluation.metrics import lpips_fn, masked_prediction, psnr, psnr_uint8, ssim
 from radfield.evaluation.plots import colorize_depth, plot_curves, plot_training_curve
 from radfield.export.video import write_video
 from radfield.io import atomic_write, save_png
@@ -49,12 +49,35 @@ def test_psnr_rejects_shape_mismatch():
         psnr(torch.zeros(4, 4, 3), torch.zeros(4, 5, 3))
 
 
+def test_masked_psnr_by_hand():
+    """A 2 x 2 image on 8-bit levels, 3 pixels used: errors of 20 and 40 levels on two of them,
+    255 - 100 on the ignored one; mse = (3 (20/255)^2 + 3 (40/255)^2 + 3 * 0) / 9 by hand."""
+    target = torch.full((2, 2, 3), 100 / 255, dtype=torch.float64)
+    pred = target.clone()
+    pred[0, 0] = 120 / 255
+    pred[0, 1] = 60 / 255
+    pred[1, 1] = 1.0
+    mask = torch.tensor([[True, True], [True, False]])
+    expected = -10 * math.log10((3 * (20 / 255) ** 2 + 3 * (40 / 255) ** 2) / 9)
+    assert psnr(pred, target, mask) == pytest.approx(expected, abs=1e-9)
+    assert psnr_uint8(pred, target, mask) == pytest.approx(expected, abs=1e-9)
+    assert psnr(pred, target) < expected - 3  # the ignored pixel's error counts without the mask
+    assert masked_prediction(pred, target, mask)[1, 1].tolist() == [100 / 255] * 3
+    with pytest.raises(ValueError):  # no pixel to score
+        psnr(pred, target, torch.zeros(2, 2, dtype=torch.bool))
+
+
 # ---------------------------------------------------------------------------------------- SSIM
-def ssim_reference(x: np.ndarray, y: np.ndarray, size: int = 11, sigma: float = 1.5) -> float:
+def ssim_reference(x: np.ndarray, y: np.ndarray, size: int = 11, sigma: float = 1.5,
+                   mask: np.ndarray | None = None) -> float:
     """Direct SSIM: explicit weighted sums at every 'valid' window position, per channel.
 
     Uses the centred (co)variance form sum w (x - mu_x)(y - mu_y), not E[xy] - mu_x mu_y.
+    With an ``(H, W)`` bool ``mask``: ``x`` takes ``y``'s values off the mask and only the
+    windows whose centre pixel is on the mask count.
     """
+    if mask is not None:
+        x = np.where(mask[..., None], x, y)
     r = np.arange(size) - (size - 1) / 2
     g = np.exp(-(r**2) / (2 * sigma**2))
     w = np.outer(g, g)
@@ -64,6 +87,8 @@ def ssim_reference(x: np.ndarray, y: np.ndarray, size: int = 11, sigma: float = 
     for ch in range(c):
         for i in range(h - size + 1):
             for j in range(wd - size + 1):
+                if mask is not None and not mask[i + size // 2, j + size // 2]:
+                    continue
                 px, py = x[i:i + size, j:j + size, ch], y[i:i + size, j:j + size, ch]
                 mx, my = (w * px).sum(), (w * py).sum()
                 vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
@@ -83,6 +108,27 @@ def test_ssim_matches_direct_windowed_sums():
     # float32 inputs give the same number up to float32 input rounding.
     got32 = ssim(torch.from_numpy(x).float(), torch.from_numpy(y).float())
     assert got32 == pytest.approx(expected, abs=1e-5)
+
+
+def test_masked_ssim_matches_direct_windowed_sums():
+    rng = np.random.default_rng(5)
+    x = rng.random((16, 18, 3))
+    y = np.clip(0.7 * x + 0.3 * rng.random((16, 18, 3)), 0, 1)
+    mask = rng.random((16, 18)) < 0.5
+    expected = ssim_reference(x, y, mask=mask)
+    got = ssim(torch.from_numpy(x), torch.from_numpy(y), mask=torch.from_numpy(mask))
+    assert got == pytest.approx(expected, abs=1e-10)
+    assert got != pytest.approx(ssim_reference(x, y), abs=1e-3)  # the mask matters here
+    x2 = np.where(mask[..., None], x, 1 - x)  # other values on the ignored pixels: same score
+    assert ssim(torch.from_numpy(x2), torch.from_numpy(y), mask=torch.from_numpy(mask)) == \
+        pytest.approx(got, abs=1e-12)
+    everything = torch.ones(16, 18, dtype=torch.bool)
+    assert ssim(torch.from_numpy(x), torch.from_numpy(y), mask=everything) == \
+        pytest.approx(ssim(torch.from_numpy(x), torch.from_numpy(y)), abs=1e-12)
+    border_only = torch.zeros(16, 18, dtype=torch.bool)
+    border_only[0] = True  # no window is centred on the top row
+    with pytest.raises(ValueError):
+        ssim(torch.from_numpy(x), torch.from_numpy(y), mask=border_only)
 
 
 def test_ssim_identical_is_one():

@@ -11,17 +11,18 @@ from pathlib import Path
 
 from radfield.data.blender import blender_cameras, load_blender
 from radfield.data.colmap import colmap_cameras, load_colmap
+from radfield.data.dtu import camera_file, dtu_cameras, load_dtu
 from radfield.data.llff import llff_cameras, load_llff
 from radfield.data.scene import SceneCameras, SceneData
 from radfield.errors import RadfieldError
 
 __all__ = ["SceneData", "SceneCameras", "load_scene", "load_scene_groups", "load_cameras",
-           "load_blender", "load_colmap", "load_llff"]
+           "load_blender", "load_colmap", "load_llff", "load_dtu"]
 
 
 def _format(p: Path) -> str:
-    """``"blender"``, ``"colmap"`` or ``"llff"``: the format of the dataset at ``p``, tried in
-    that order (see :func:`load_scene`); RadfieldError when none fits."""
+    """``"blender"``, ``"colmap"``, ``"llff"`` or ``"dtu"``: the format of the dataset at ``p``,
+    tried in that order (see :func:`load_scene`); RadfieldError when none fits."""
     if not p.exists():
         raise RadfieldError(f"{p}: no such file or folder")
     is_json = p.is_file() and p.suffix == ".json"
@@ -31,8 +32,11 @@ def _format(p: Path) -> str:
         return "colmap"
     if p.is_dir() and (p / "poses_bounds.npy").is_file():
         return "llff"
+    if p.is_dir() and camera_file(p) is not None:
+        return "dtu"
     raise RadfieldError(f"{p}: unrecognised dataset format (expected transforms_<split>.json, "
-                        "transforms.json, a COLMAP sparse/ folder or poses_bounds.npy)")
+                        "transforms.json, a COLMAP sparse/ folder, poses_bounds.npy or a DTU "
+                        "cameras.npz)")
 
 
 def load_scene(path: str | Path, split: str = "train", downscale: int = 1, *,
@@ -42,7 +46,8 @@ def load_scene(path: str | Path, split: str = "train", downscale: int = 1, *,
     Recognised formats, tried in this order: Blender / NeRF-synthetic
     (``transforms_{split}.json``) and Instant-NGP (``transforms.json``); COLMAP (a ``sparse/``
     folder beside ``images/``; ``colmap_model`` names the model folder, default the one with the
-    most images); LLFF (``poses_bounds.npy``).
+    most images); LLFF (``poses_bounds.npy``); DTU in the IDR / NeuS layout (``cameras.npz``
+    beside ``image/`` and ``mask/``; the masks become ``SceneData.masks``).
     """
     p = Path(path)
     fmt = _format(p)
@@ -50,6 +55,8 @@ def load_scene(path: str | Path, split: str = "train", downscale: int = 1, *,
         return load_blender(p, split, downscale)
     if fmt == "colmap":
         return load_colmap(p, split, downscale, model=colmap_model)
+    if fmt == "dtu":
+        return load_dtu(p, split, downscale)
     return load_llff(p, split, downscale)
 
 
@@ -63,7 +70,7 @@ def load_cameras(path: str | Path, split: str = "train", downscale: int = 1, *,
     full-resolution scale (the smallest factor; that group of :func:`load_scene_groups`), with
     ``meta["scale"]``; such a dataset is not downscaled again.
     Image sizes come from the json's ``w`` / ``h`` (else the first image's header), the COLMAP
-    camera (or the ``images_f`` headers), or the LLFF image headers.
+    camera (or the ``images_f`` headers), or the LLFF / DTU image headers.
     """
     from radfield.data.multiscale import multiscale_cameras
 
@@ -75,6 +82,8 @@ def load_cameras(path: str | Path, split: str = "train", downscale: int = 1, *,
         return blender_cameras(p, split, downscale)
     if fmt == "colmap":
         return colmap_cameras(p, split, downscale, model=colmap_model)
+    if fmt == "dtu":
+        return dtu_cameras(p, split, downscale)
     return llff_cameras(p, split, downscale)
 
 

@@ -34,6 +34,10 @@ Conventions (those of :mod:`radfield.cameras`):
   (RGB images get alpha 255).
 * ``depth_file_path`` (optional): float32 ``.npy`` (H, W) planar camera z, 0 = no depth. Frames
   without one get an all-zero map when others have one.
+* ``mask_path`` (optional, nerfstudio's key): an image relative to the json's folder, 0 =
+  ignore the pixel, nonzero = use it (any colour channel; :func:`radfield.data.files.read_mask`),
+  of its image's size; it becomes ``SceneData.masks`` (masked pixels are neither trained nor
+  scored). Frames without one use every pixel when others have one.
 * ``time`` (optional, dynamic scenes): if any frame has one, all must.
 * Scene box: ``aabb = [[xmin, ymin, zmin], [xmax, ymax, zmax]]`` from the json if given, else a
   cube of half-size ``bound`` if a top-level ``bound`` is given, else Instant-NGP's: its unit
@@ -53,8 +57,9 @@ Conventions (those of :mod:`radfield.cameras`):
   kept in ``meta`` (the json's coordinates are the world frame of exports).
 * ``downscale = f``: images are cropped at the bottom / right to a multiple of ``f`` and
   area-averaged over ``f x f`` blocks (see :func:`radfield.data.files.downscale_image`); depths
-  average their nonzero values per block (:func:`radfield.data.files.downscale_depth`); cameras
-  use ``Cameras.downscaled``.
+  average their nonzero values per block (:func:`radfield.data.files.downscale_depth`); a mask
+  keeps a block only if all its pixels are kept (:func:`radfield.data.files.downscale_mask`);
+  cameras use ``Cameras.downscaled``.
 
 Bad input raises :class:`radfield.errors.RadfieldError` with one line naming the file.
 """
@@ -72,8 +77,8 @@ from torch import Tensor
 
 from radfield.cameras import Cameras
 from radfield.data.files import (HOLDOUT_EVERY, check_rigid, downscale_depth, downscale_image,
-                                 image_file, read_depth, read_image, read_image_size, read_json,
-                                 resolve)
+                                 downscale_mask, image_file, read_depth, read_image,
+                                 read_image_size, read_json, read_mask, resolve)
 from radfield.data.scene import SceneCameras, SceneData
 from radfield.errors import MissingSplitError, RadfieldError
 from radfield.lens import COEFFICIENTS, Lens, check_invertible
@@ -381,16 +386,17 @@ def load_blender(path: str | Path, split: str = "train", downscale: int = 1) -> 
 
     Returns a :class:`SceneData` with ``images (n, H/f, W/f, 3 or 4)`` uint8, ``cameras``
     (``c2w (n, 3, 4)`` OpenGL axes), ``names`` (image paths), ``depths (n, H/f, W/f)`` or None,
-    ``times (n,)`` or None, ``aabb (6,)`` and ``meta`` (``format``, ``json``, and
-    ``aabb_scale`` / ``distortion`` when present).
+    ``masks (n, H/f, W/f)`` bool or None, ``times (n,)`` or None, ``aabb (6,)`` and ``meta``
+    (``format``, ``json``, and ``aabb_scale`` / ``distortion`` when present).
     """
     scene, frames, size = _read_transforms(path, split, downscale)
     folder = Path(scene.meta["json"]).parent
     has_depth = any("depth_file_path" in f.entry or "depth_path" in f.entry for f in frames)
+    has_mask = any("mask_path" in f.entry for f in frames)
     top = read_json(Path(scene.meta["json"]))
     depth_scale = (_number(top["integer_depth_scale"], "integer_depth_scale", scene.meta["json"], positive=True)
                    if "integer_depth_scale" in top else None)
-    images, depths = [], []
+    images, depths, masks = [], [], []
     for f in frames:
         img = read_image(f.image)
         height, width = img.shape[:2]
@@ -404,5 +410,10 @@ def load_blender(path: str | Path, split: str = "train", downscale: int = 1) -> 
             depth = (read_depth(resolve(folder, str(f.entry[key])), height, width, depth_scale)
                      if key in f.entry else np.zeros((height, width), np.float32))
             depths.append(downscale_depth(depth, downscale))
+        if has_mask:
+            mask = (read_mask(resolve(folder, str(f.entry["mask_path"])), f.image, height, width)
+                    if "mask_path" in f.entry else np.ones((height, width), bool))
+            masks.append(downscale_mask(mask, downscale))
         images.append(downscale_image(img, downscale))
-    return scene.with_images(images, torch.from_numpy(np.stack(depths)) if has_depth else None)
+    return scene.with_images(images, torch.from_numpy(np.stack(depths)) if has_depth else None,
+                             masks if has_mask else None)

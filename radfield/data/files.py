@@ -3,7 +3,8 @@
 Vocabulary:
 
 * an *image* is an ``(H, W, C)`` uint8 array, ``C = 3`` (RGB) or ``4`` (RGBA, straight alpha);
-  a *depth map* an ``(H, W)`` float32 array of planar camera z, 0 = no depth.
+  a *depth map* an ``(H, W)`` float32 array of planar camera z, 0 = no depth; a *mask* an
+  ``(H, W)`` bool array, True = the pixel is used (trained and scored), False = ignored.
 * *downscale* ``f``: a positive integer; an image is cropped at the bottom / right to a multiple
   of ``f`` and area-averaged over ``f x f`` blocks, giving ``(H // f, W // f)``. A dataset may
   hold prescaled images in ``PATH/images_f`` (COLMAP and LLFF layouts).
@@ -27,7 +28,8 @@ from PIL import Image
 from radfield.errors import MissingSplitError, RadfieldError
 
 __all__ = ["HOLDOUT_EVERY", "one_line", "resolve", "image_file", "read_json", "read_image",
-           "read_image_size", "read_depth", "downscale_image", "downscale_depth",
+           "read_image_size", "read_depth", "read_mask", "downscale_image", "downscale_depth",
+           "downscale_mask",
            "downscale_intrinsics", "check_rigid", "check_options", "holdout_split",
            "image_folder", "check_prescaled_size", "check_same_size", "channels_alike"]
 
@@ -132,6 +134,27 @@ def read_depth(file: Path, height: int, width: int, integer_scale: float | None 
     return depth.astype(np.float32)
 
 
+def read_mask(file: Path, image: Path, height: int, width: int) -> np.ndarray:
+    """``(H, W)`` bool mask from an image file: a pixel is used (True) where any of its colour
+    channels is nonzero (alpha ignored), so 8- or 16-bit grayscale, RGB and RGBA masks all read
+    as "0 = ignore, nonzero = use". It must have the size ``height x width`` of ``image``.
+    Example: an RGB mask pixel ``(0, 0, 1)`` is used, ``(0, 0, 0)`` is not."""
+    try:
+        m = np.asarray(iio.imread(file, plugin="pillow"))
+    except Exception as e:  # any decoder failure is a bad-input error at this boundary
+        reason = "file not found" if isinstance(e, FileNotFoundError) else one_line(e)[:120]
+        raise RadfieldError(f"{file}: cannot read mask ({reason})") from None
+    if m.ndim == 3:  # any colour channel; alpha (the 2nd of LA, the 4th of RGBA) is ignored
+        colour = {2: 1, 4: 3}.get(m.shape[-1], m.shape[-1])
+        m = m[..., :colour].max(axis=-1)
+    if m.ndim != 2:
+        raise RadfieldError(f"{file}: cannot read mask (unsupported shape {m.shape})")
+    if m.shape != (height, width):
+        raise RadfieldError(f"{file}: mask size {m.shape[1]}x{m.shape[0]} differs from "
+                            f"{width}x{height} of its image {image}")
+    return m != 0
+
+
 def channels_alike(images: list[np.ndarray]) -> list[np.ndarray]:
     """The images with one channel count: 4 if any image has alpha (RGB ones get alpha 255),
     else 3. Example: an RGB and an RGBA image -> both RGBA, the first with ``a = 255``."""
@@ -176,6 +199,16 @@ def downscale_depth(depth: np.ndarray, factor: int) -> np.ndarray:
     count = valid.sum(axis=(1, 3))
     total = np.where(valid, d, 0.0).sum(axis=(1, 3))
     return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
+
+
+def downscale_mask(mask: np.ndarray, factor: int) -> np.ndarray:
+    """``(H // f, W // f)`` bool: a ``factor x factor`` block is used only if all its pixels are
+    (an averaged pixel must not mix in ignored ones). Example: blocks ``[T, T, T, F]`` -> F,
+    ``[T, T, T, T]`` -> T."""
+    if factor == 1:
+        return mask
+    h, w = mask.shape[0] // factor, mask.shape[1] // factor
+    return mask[: h * factor, : w * factor].reshape(h, factor, w, factor).all(axis=(1, 3))
 
 
 def downscale_intrinsics(intrinsics: tuple[float, float, float, float], factor: int

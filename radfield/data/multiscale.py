@@ -11,6 +11,7 @@ Layout written by :func:`make_multiscale` (each ``x{f}`` is a complete Blender d
     out/x{f}/transforms_{split}.json     splits missing from the source are skipped
     out/x{f}/<image path of the source, as .png>
     out/x{f}/<depth path of the source>  when frames have ``depth_file_path``
+    out/x{f}/<mask path of the source, as .png>  when frames have ``mask_path``
 
 Choices:
 
@@ -34,7 +35,9 @@ Choices:
   ``camera_angle_x`` (the field of view of the uncropped image; ``fl_x`` takes precedence in
   the reader, and the two agree whenever ``W`` is divisible by ``f``). Depths
   (``depth_file_path``) are averaged over the nonzero values of each block
-  (:func:`radfield.data.files.downscale_depth`). Every other frame key is kept unchanged.
+  (:func:`radfield.data.files.downscale_depth`); masks (``mask_path``) keep a block only if all
+  its pixels are kept (:func:`radfield.data.files.downscale_mask`) and are written as 0 / 255
+  grayscale PNGs. Every other frame key is kept unchanged.
 
 :func:`make_multiscale` writes into a hidden folder beside ``out`` and renames it onto ``out``
 at the end, so a failed or interrupted run leaves no ``out`` that looks complete.
@@ -53,8 +56,9 @@ from pathlib import Path
 import numpy as np
 
 from radfield.data.blender import INTRINSIC_KEYS, blender_cameras, frame_intrinsics, load_blender
-from radfield.data.files import (check_rigid, downscale_depth, downscale_image, image_file,
-                                 read_depth, read_image, read_json, resolve)
+from radfield.data.files import (check_rigid, downscale_depth, downscale_image, downscale_mask,
+                                 image_file, read_depth, read_image, read_json, read_mask,
+                                 resolve)
 from radfield.data.scene import SceneCameras, SceneData
 from radfield.errors import RadfieldError
 from radfield.io import save_png
@@ -206,6 +210,12 @@ def _convert_split(src: Path, split: str, meta: dict, tmp: Path, scales: tuple[i
             depth = read_depth(depth_file, height, width)
             depth_rel = _output_path(src, depth_file, split, ".npy")
             _claim(written, depth_rel, depth_file)
+        mask, mask_rel = None, None
+        if "mask_path" in frame:
+            mask_file = resolve(src, str(frame["mask_path"]))
+            mask = read_mask(mask_file, img_path, height, width)
+            mask_rel = _output_path(src, mask_file, split, ".png")
+            _claim(written, mask_rel, mask_file)
 
         kept = {k: v for k, v in frame.items() if k not in INTRINSIC_KEYS}
         for f in scales:
@@ -216,6 +226,9 @@ def _convert_split(src: Path, split: str, meta: dict, tmp: Path, scales: tuple[i
                 with open(tmp / f"x{f}" / depth_rel, "wb") as fh:
                     np.save(fh, downscale_depth(depth, f))
                 entry["depth_file_path"] = "./" + depth_rel.as_posix()
+            if mask is not None:
+                save_png(tmp / f"x{f}" / mask_rel, downscale_mask(mask, f).astype(np.uint8) * 255)
+                entry["mask_path"] = "./" + mask_rel.as_posix()
             if intr != first[2]:
                 entry.update(_scaled_intrinsics(intr, f))
             frames[f].append(entry)

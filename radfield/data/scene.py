@@ -44,19 +44,26 @@ class SceneCameras:
     def __len__(self) -> int:
         return len(self.cameras)
 
-    def with_images(self, images: list[np.ndarray], depths: Tensor | None = None) -> SceneData:
+    def with_images(self, images: list[np.ndarray], depths: Tensor | None = None,
+                    masks: list[np.ndarray] | None = None) -> SceneData:
         """The :class:`SceneData` of these cameras and their ``(H, W, 3 or 4)`` uint8 images
         (given in camera order, all of the cameras' size; if any has alpha all get 4 channels,
-        see :func:`radfield.data.files.channels_alike`) and optional depths."""
-        for name, img in zip(self.names, images):
-            if img.shape[:2] != (self.cameras.height, self.cameras.width):
-                raise ValueError(f"{name}: image {img.shape[1]}x{img.shape[0]} does not match "
-                                 f"its camera {self.cameras.width}x{self.cameras.height}")
-        if len(images) != len(self):
-            raise ValueError(f"{len(images)} images for {len(self)} cameras")
+        see :func:`radfield.data.files.channels_alike`), optional depths and optional
+        ``(H, W)`` bool masks (True = the pixel is used)."""
+        size = (self.cameras.height, self.cameras.width)
+        for what, arrays in (("image", images), ("mask", masks)):
+            if arrays is None:
+                continue
+            if len(arrays) != len(self):
+                raise ValueError(f"{len(arrays)} {what}s for {len(self)} cameras")
+            for name, array in zip(self.names, arrays):
+                if array.shape[:2] != size:
+                    raise ValueError(f"{name}: {what} {array.shape[1]}x{array.shape[0]} does not "
+                                     f"match its camera {size[1]}x{size[0]}")
         return SceneData(images=torch.from_numpy(np.stack(channels_alike(images))),
                          cameras=self.cameras, names=self.names, aabb=self.aabb, depths=depths,
-                         times=self.times, meta=self.meta)
+                         times=self.times, meta=self.meta,
+                         masks=None if masks is None else torch.from_numpy(np.stack(masks)).bool())
 
 
 @dataclass
@@ -73,6 +80,8 @@ class SceneData:
             them too (``cameras.attrs["times"]``), so every ray of theirs does.
         aabb: ``(6,)`` scene bounding box ``(xmin, ymin, zmin, xmax, ymax, zmax)`` that the field
             and the occupancy grid cover.
+        masks: optional ``(n_images, height, width)`` bool, True = the pixel is used: masked
+            (False) pixels are neither trained on nor scored. None: every pixel is used.
     """
 
     images: Tensor
@@ -82,11 +91,16 @@ class SceneData:
     depths: Tensor | None = None
     times: Tensor | None = None
     meta: dict = field(default_factory=dict)
+    masks: Tensor | None = None
 
     def __post_init__(self) -> None:
         # Every ray of a camera carries its time (per-ray attribute ``times``).
         if self.times is not None and "times" not in self.cameras.attrs:
             self.cameras = self.cameras.with_attrs(times=self.times.float())
+
+        if self.masks is not None and self.masks.shape != self.images.shape[:3]:
+            raise ValueError(f"masks {tuple(self.masks.shape)} do not match images "
+                             f"{tuple(self.images.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -98,6 +112,10 @@ class SceneData:
     def rgba_float(self, index: int) -> Tensor:
         """``(H, W, C)`` float32 image in [0, 1]."""
         return self.images[index].float() / 255.0
+
+    def mask(self, index: int) -> Tensor | None:
+        """``(H, W)`` bool mask of image ``index`` (True = used), or None when every pixel is."""
+        return None if self.masks is None else self.masks[index]
 
     def composited(self, index: int, background: Tensor) -> Tensor:
         """``(H, W, 3)`` float image composited over ``background`` (``(3,)``)."""

@@ -1,4 +1,8 @@
-"""Evaluate a trained run on a split: render every image, score it, save the renders."""
+"""Evaluate a trained run on a split: render every image, score it, save the renders.
+
+A split with masks (``SceneData.masks``, e.g. DTU's object masks) is scored on its unmasked
+pixels only (masked PSNR; SSIM and LPIPS as :mod:`radfield.evaluation.metrics` says), and the
+metrics say so (``masked``)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from torch import Tensor
 from radfield.cameras import pixel_rays
 from radfield.data import SceneData, load_scene_groups
 from radfield.errors import RadfieldError
-from radfield.evaluation.metrics import lpips_fn, psnr, psnr_uint8, ssim
+from radfield.evaluation.metrics import lpips_fn, masked_prediction, psnr, psnr_uint8, ssim
 from radfield.evaluation.plots import colorize_depth
 from radfield.io import atomic_write, save_png
 from radfield.rendering.backgrounds import background_color, ray_background
@@ -21,25 +25,34 @@ from radfield.rendering.pipeline import render_samples
 from radfield.training.checkpoint import load_run
 
 APPEARANCE_PROTOCOLS = ("mean", "fit-left")
+MASK_NOTE = ("scores on unmasked pixels only: masked PSNR; SSIM over windows centred on "
+             "unmasked pixels; LPIPS with masked pixels set to the target")
 FIT_OPTIONS = {"steps": 100, "rays_per_step": 2048, "lr": 1e-2}
 """Options of :func:`fit_appearance_left` under ``appearance="fit-left"``."""
 
 
 def fit_appearance_left(model, cameras, index: int, target: Tensor, background: Tensor,
-                        steps: int = 100, rays_per_step: int = 2048, lr: float = 1e-2, seed: int = 0) -> Tensor:
+                        steps: int = 100, rays_per_step: int = 2048, lr: float = 1e-2, seed: int = 0,
+                        mask: Tensor | None = None) -> Tensor:
     """The held-out-appearance protocol of NeRF-W / nerfacto evaluations: starting from the mean
     embedding, fit an appearance code to the **left half** of image ``index`` (Adam on the L2
-    loss of random left-half pixels; the network is frozen). Returns the code ``(k,)``; score
-    the right half only."""
+    loss of random left-half pixels, of its unmasked ones when an ``(H, W)`` bool ``mask`` is
+    given; the network is frozen). Returns the code ``(k,)``; score the right half only."""
     h, w = cameras.height, cameras.width
     dev = background.device
     code = model.appearance_codes().detach().mean(0).clone().requires_grad_()
     opt = torch.optim.Adam([code], lr=lr)
     gen = torch.Generator(dev).manual_seed(seed)
     target = target.to(dev)
+    used = None if mask is None else mask[:, : w // 2].nonzero().to(dev)  # (n_used, 2) row, col
+    if used is not None and len(used) == 0:
+        return code.detach()
     for _ in range(steps):
-        col = torch.randint(0, w // 2, (rays_per_step,), device=dev, generator=gen)
-        row = torch.randint(0, h, (rays_per_step,), device=dev, generator=gen)
+        if used is None:
+            col = torch.randint(0, w // 2, (rays_per_step,), device=dev, generator=gen)
+            row = torch.randint(0, h, (rays_per_step,), device=dev, generator=gen)
+        else:
+            row, col = used[torch.randint(0, len(used), (rays_per_step,), device=dev, generator=gen)].unbind(-1)
         rays = pixel_rays(cameras, torch.full_like(col, index), col, row)
         rays = rays.with_attrs(appearance=code.expand(rays_per_step, -1))
         with torch.no_grad():
@@ -55,22 +68,18 @@ def fit_appearance_left(model, cameras, index: int, target: Tensor, background: 
 def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_renders: bool,
                  suffix: str = "", appearance: str = "mean") -> dict:
     cams = data.cameras.to(bg.device)
-    gt = data.composited(i, bg.cpu())
+    gt, mask = data.composited(i, bg.cpu()), data.mask(i)
     if appearance == "fit-left":
-        code = fit_appearance_left(model, cams, i, gt, bg, **FIT_OPTIONS)
+        code = fit_appearance_left(model, cams, i, gt, bg, mask=mask, **FIT_OPTIONS)
         r = render_image(model, cams, i, bg, appearance_code=code)
         half = gt.shape[1] // 2
         r = type(r)(r.rgb[:, half:], r.depth[:, half:], r.opacity[:, half:],
                     None if r.normal is None else r.normal[:, half:])
-        gt = gt[:, half:]
+        gt, mask = gt[:, half:], None if mask is None else mask[:, half:]
     else:
         r = render_image(model, cams, i, bg)
     name = Path(data.names[i]).stem + suffix
-    row = {"name": name, "psnr": psnr(r.rgb, gt), "psnr_uint8": psnr_uint8(r.rgb, gt),
-           # SSIM's 11 x 11 window needs images at least that large (small scales of a
-           # multi-scale dataset may not be): None there.
-           "ssim": ssim(r.rgb, gt) if min(gt.shape[:2]) >= 11 else None,
-           "lpips": lpips(r.rgb, gt) if lpips else None}
+    row = {"name": name, **_scores(r.rgb, gt, mask, lpips)}
     if save_renders:
         save_png(out_dir / f"{name}_rgb.png", r.rgb)
         save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
@@ -78,6 +87,21 @@ def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_
         if r.normal is not None:  # world-space normals as colours, (n + 1) / 2
             save_png(out_dir / f"{name}_normal.png", ((r.normal + 1) / 2).clamp(0, 1))
     return row
+
+
+def _scores(pred: Tensor, gt: Tensor, mask: Tensor | None, lpips) -> dict:
+    """PSNR, PSNR(uint8), SSIM and LPIPS of one image, on its ``mask`` pixels when it has a mask
+    (see :mod:`radfield.evaluation.metrics`). None where a score does not exist: every score of
+    an image whose mask is empty, LPIPS without its weights, and SSIM when no 11 x 11 window fits
+    (small scales of a multi-scale dataset) or none is centred on an unmasked pixel."""
+    if mask is not None and not bool(mask.any()):
+        return dict.fromkeys(("psnr", "psnr_uint8", "ssim", "lpips"))
+    try:
+        structural = ssim(pred, gt, mask=mask)
+    except ValueError:  # the two cases of the docstring; the images themselves were checked
+        structural = None
+    return {"psnr": psnr(pred, gt, mask), "psnr_uint8": psnr_uint8(pred, gt, mask),
+            "ssim": structural, "lpips": lpips(masked_prediction(pred, gt, mask), gt) if lpips else None}
 
 
 def _means(rows: list[dict]) -> dict:
@@ -101,7 +125,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     scales' images, mip-NeRF's "average" column. Models with per-image appearance embeddings
     render held-out views with the mean embedding (``appearance="mean"``), or fit a code to the
     left half of each image and score the right half (``"fit-left"``,
-    :func:`fit_appearance_left`); ``metrics.json`` records which."""
+    :func:`fit_appearance_left`); ``metrics.json`` records which. A split with masks is scored
+    on its unmasked pixels only: ``masked`` is True and ``mask_note`` says how."""
     if appearance not in APPEARANCE_PROTOCOLS:
         raise RadfieldError(f"unknown appearance protocol {appearance!r} "
                             f"(choose from: {', '.join(APPEARANCE_PROTOCOLS)})")
@@ -132,7 +157,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
             per_scale[str(g.meta["scale"])] = _means(rows)
     if bar is not None:
         bar.close()
-    metrics = {"split": split, **_means(per_image),
+    masked = any(g.masks is not None for g in groups)
+    metrics = {"split": split, **_means(per_image), "masked": masked,
+               "mask_note": MASK_NOTE if masked else None,
                "lpips_note": None if lpips else "unavailable: LPIPS weights not present locally",
                "eval_background": config.data.eval_background, "every": every,
                "appearance": ({"mean": "mean embedding",
@@ -161,6 +188,8 @@ def format_table(metrics: dict) -> str:
     for scale, m in (metrics.get("per_scale") or {}).items():
         lines.append(f"{'scale 1/' + scale + ' (' + str(m['n_images']) + ')':<24}{fmt(m['psnr']):>8}"
                      f"{fmt(m['psnr_uint8']):>8}{fmt(m['ssim'], 4):>8}{fmt(m['lpips'], 4):>8}")
+    if metrics.get("masked"):
+        lines.append(f"masked: {metrics['mask_note']}")
     if metrics.get("appearance"):
         lines.append(f"appearance: {metrics['appearance']} for held-out views")
     return "\n".join(lines)

@@ -12,6 +12,16 @@ rendering, ``target`` the ground truth. Every metric clips both images to ``[0, 
   ``K1 = 0.01``, ``K2 = 0.03``, "valid" filtering (no padding), mean over channels and pixels.
 * ``lpips_fn()`` returns a callable, or ``None`` when LPIPS cannot run offline. ``None`` must be
   reported as "unavailable", never as 0 (0 would read as a perfect score).
+
+Masks: an optional ``(H, W)`` bool ``mask`` (True = the pixel is scored) restricts the score to
+the unmasked pixels, as surface-reconstruction papers score DTU (IDR, NeuS, VolSDF):
+
+* masked ``mse`` / ``psnr``: the mean over the ``mask`` pixels (and channels) only;
+* masked ``ssim``: the prediction's masked pixels are set to the target's
+  (:func:`masked_prediction`), so no error of theirs reaches a window, and the SSIM map is
+  averaged over the windows centred on a ``mask`` pixel;
+* LPIPS has no per-pixel form here: callers score ``masked_prediction`` against the target,
+  i.e. the masked pixels count as perfect.
 """
 
 from __future__ import annotations
@@ -25,29 +35,46 @@ from torch import Tensor
 
 from radfield.losses.ssim import ssim_map
 
-__all__ = ["mse", "psnr", "psnr_uint8", "quantize_uint8", "ssim", "lpips_fn"]
+__all__ = ["mse", "psnr", "psnr_uint8", "quantize_uint8", "ssim", "lpips_fn",
+           "masked_prediction"]
 
 
-def _check_pair(pred: Tensor, target: Tensor) -> None:
+def _check_pair(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
     if pred.shape != target.shape or pred.ndim != 3 or pred.shape[-1] != 3:
         raise ValueError(f"expected two (H, W, 3) images, got {tuple(pred.shape)} and "
                          f"{tuple(target.shape)}")
+    if mask is not None and (mask.shape != pred.shape[:2] or not bool(mask.any())):
+        raise ValueError(f"expected an (H, W) mask of {tuple(pred.shape[:2])} with a pixel "
+                         f"set, got {tuple(mask.shape)} with {int(mask.sum())} set")
 
 
-def mse(pred: Tensor, target: Tensor) -> float:
-    """``mean((clip(pred) - clip(target))^2)`` over all pixels and channels, in float64."""
-    _check_pair(pred, target)
+def masked_prediction(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+    """``pred`` where ``mask`` (``(H, W)`` bool, None = everywhere) is True, ``target`` elsewhere:
+    a prediction whose masked pixels carry no error."""
+    if mask is None:
+        return pred
+    return torch.where(mask.to(pred.device)[..., None], pred, target.to(pred.device, pred.dtype))
+
+
+def mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
+    """``mean((clip(pred) - clip(target))^2)`` over all pixels and channels, in float64; with an
+    ``(H, W)`` bool ``mask``, over the pixels where it is True only."""
+    _check_pair(pred, target, mask)
     diff = pred.double().clamp(0, 1) - target.double().clamp(0, 1)
+    if mask is not None:
+        diff = diff[mask.to(diff.device)]
     return float(diff.square().mean())
 
 
-def psnr(pred: Tensor, target: Tensor) -> float:
-    """Peak signal-to-noise ratio in dB for data range 1: ``-10 log10(mse)``.
+def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
+    """Peak signal-to-noise ratio in dB for data range 1: ``-10 log10(mse)`` (over the ``mask``
+    pixels only when one is given: masked PSNR).
 
     Example: ``pred = target + 0.1`` (no clipping involved) has ``mse = 0.01``, so
-    ``psnr = -10 log10(0.01) = 20`` dB. Identical images give ``float('inf')``.
+    ``psnr = -10 log10(0.01) = 20`` dB. Identical images give ``float('inf')``. Masked: errors
+    ``0.1`` on one used pixel and ``0.5`` on an ignored one give ``mse = 0.01``, 20 dB again.
     """
-    err = mse(pred, target)
+    err = mse(pred, target, mask)
     return math.inf if err == 0.0 else -10.0 * math.log10(err)
 
 
@@ -56,17 +83,17 @@ def quantize_uint8(image: Tensor) -> Tensor:
     return torch.round(image.double().clamp(0, 1) * 255.0) / 255.0
 
 
-def psnr_uint8(pred: Tensor, target: Tensor) -> float:
+def psnr_uint8(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
     """PSNR after quantising both images to 8 bits (:func:`quantize_uint8`).
 
     Example: ``target = k / 255`` and ``pred = (k + 10) / 255`` everywhere gives
     ``mse = (10/255)^2`` and ``psnr = 20 log10(255 / 10) = 28.13`` dB.
     """
-    return psnr(quantize_uint8(pred), quantize_uint8(target))
+    return psnr(quantize_uint8(pred), quantize_uint8(target), mask)
 
 
 def ssim(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> float:
+         k1: float = 0.01, k2: float = 0.03, mask: Tensor | None = None) -> float:
     """Structural similarity, mean over channels and 'valid' window positions
     (:func:`radfield.losses.ssim.ssim_map` on the clipped images, in float64).
 
@@ -81,15 +108,26 @@ def ssim(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5
     Example: constant images ``x = a``, ``y = b`` have zero (co)variances, so
     ``SSIM = (2ab + C1) / (a^2 + b^2 + C1)``; ``a = 0.5, b = 0.25`` gives ``0.8003``.
 
+    Masked (``mask`` ``(H, W)`` bool): the prediction's masked pixels are the target's
+    (:func:`masked_prediction`) and the map is averaged over the windows centred on a ``mask``
+    pixel (ValueError when there is none).
+
     Computed in float64 on the inputs' device; needs ``H, W >= window_size``.
     """
-    _check_pair(pred, target)
+    _check_pair(pred, target, mask)
     h, w, _ = pred.shape
     if h < window_size or w < window_size:
         raise ValueError(f"ssim needs images of at least {window_size}x{window_size}, got {h}x{w}")
-    x = pred.double().clamp(0, 1).permute(2, 0, 1).unsqueeze(1)  # (3, 1, H, W)
-    y = target.double().clamp(0, 1).permute(2, 0, 1).unsqueeze(1)
-    return float(ssim_map(x, y, window_size, sigma, k1, k2, clamp_covariance=True).mean())
+    x = masked_prediction(pred, target, mask).double().clamp(0, 1).permute(2, 0, 1).unsqueeze(1)
+    y = target.double().clamp(0, 1).permute(2, 0, 1).unsqueeze(1)  # (3, 1, H, W)
+    values = ssim_map(x, y, window_size, sigma, k1, k2, clamp_covariance=True)
+    if mask is None:
+        return float(values.mean())
+    r = window_size // 2  # 'valid' window (i, j) is centred on pixel (i + r, j + r)
+    centres = mask.to(values.device)[r: r + values.shape[-2], r: r + values.shape[-1]]
+    if not bool(centres.any()):
+        raise ValueError("ssim: no window is centred on a pixel of the mask")
+    return float(values[:, 0][:, centres].mean())
 
 
 def _lpips_weights_present(net: str) -> bool:

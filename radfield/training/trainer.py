@@ -3,9 +3,11 @@
 One step:
 
 1. draw ``n_rays`` random pixels over all training images (a seeded generator), or square
-   patches of pixels when the loss needs them; multi-scale datasets give every scale the same
-   number of rays (mip-NeRF's area-weighted loss, in expectation); the rays carry their
-   cameras' attributes and ``train_index``, the training image they come from;
+   patches of pixels when the loss needs them (:func:`draw_pixels`); with masks
+   (``SceneData.masks``) only unmasked pixels, and only patches without a masked pixel;
+   multi-scale datasets give every scale the same number of rays (mip-NeRF's area-weighted loss,
+   in expectation); the rays carry their cameras' attributes and ``train_index``, the training
+   image they come from;
 2. composite RGBA targets over the training background (random per ray by default: forces
    empty space to zero density);
 3. ``model.sample`` -> packed samples; ``baseline_step`` or the HSM step -> gradients;
@@ -74,15 +76,82 @@ def learning_rate_factor(progress: float, step: int, warmup_steps: int,
 
 @dataclass
 class ImageGroup:
-    """Training images of one size (one scale of a multi-scale dataset): cameras on the device
-    and all pixels flattened, ``(n_images * H * W, C)`` uint8."""
+    """Training images of one size (one scale of a multi-scale dataset): cameras on the device,
+    all pixels flattened, ``(n_images * H * W, C)`` uint8, and where the sampler may draw.
+
+    A pixel's *flat index* is ``image * H * W + row * W + col``. ``starts`` (None: everywhere)
+    are the flat indices the sampler draws from, ascending: the unmasked pixels, or for patches
+    of ``P x P`` the top-left corners of the patches that lie in the image and hold no masked
+    pixel. Example: one 2 x 3 image with mask ``[[T, T, F], [T, T, T]]``: pixels
+    ``[0, 1, 3, 4, 5]``; 2 x 2 patches ``[0]`` (the patch at column 1 holds the masked pixel 2).
+    """
 
     cameras: Cameras
     pixels: Tensor
+    starts: Tensor | None = None
 
     @property
     def n_pixels(self) -> int:
         return self.pixels.shape[0]
+
+    @classmethod
+    def from_data(cls, data: SceneData, cameras: Cameras, patch: int | None,
+                  device: torch.device) -> "ImageGroup":
+        """The group of ``data``'s images with ``cameras``; ``patch``: the patch size ``P`` of
+        a patch loss (None: single pixels). RadfieldError when masks leave nothing to draw."""
+        starts = None
+        if data.masks is not None:
+            allowed, what = data.masks, "pixel"
+            if patch is not None:  # corner (r, c) is allowed iff the P x P block there is
+                p = min(patch, allowed.shape[1], allowed.shape[2])
+                blocked = torch.nn.functional.max_pool2d((~allowed)[:, None].float(), p, stride=1)
+                allowed = torch.zeros_like(allowed)
+                allowed[:, : blocked.shape[2], : blocked.shape[3]] = blocked[:, 0] == 0
+                what = f"{p} x {p} patch"
+            starts = allowed.reshape(-1).nonzero()[:, 0]
+            if len(starts) == 0:
+                raise RadfieldError(f"{data.names[0]}: the masks of the training images leave "
+                                    f"no {what} to train on")
+            if allowed.numel() < 2**31:  # half the memory of int64 (made long when drawn)
+                starts = starts.int()
+            starts = starts.to(device)
+        return cls(cameras.to(device), data.images.reshape(-1, data.images.shape[-1]).to(device),
+                   starts)
+
+
+def draw_pixels(group: ImageGroup, n_rays: int, patch: int | None, generator: torch.Generator
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(flat pixel index, camera, column, row)``, each ``(n_rays,)``, of ``n_rays`` random
+    pixels, or (``patch = P``) of ``max(n_rays // P^2, 1)`` random ``P x P`` patches (row-major
+    within each patch; ``P`` at most the image's sides). Uniform over ``group.starts`` (the
+    unmasked pixels or patch corners, see :class:`ImageGroup`) when set, else over the images.
+    """
+    cams, gen, dev = group.cameras, generator, group.pixels.device
+    n_img, h, w = len(cams), cams.height, cams.width
+    if patch is not None:
+        p = min(patch, h, w)
+        n_patches = max(n_rays // (p * p), 1)
+        if group.starts is not None:
+            corner = group.starts[torch.randint(0, len(group.starts), (n_patches,), device=dev,
+                                                generator=gen)].long()
+            cam, top, left = corner // (h * w), corner % (h * w) // w, corner % w
+        else:
+            cam = torch.randint(0, n_img, (n_patches,), device=dev, generator=gen)
+            top = torch.randint(0, h - p + 1, (n_patches,), device=dev, generator=gen)
+            left = torch.randint(0, w - p + 1, (n_patches,), device=dev, generator=gen)
+        dj, di = torch.meshgrid(torch.arange(p, device=dev), torch.arange(p, device=dev), indexing="ij")
+        row = (top[:, None] + dj.reshape(1, -1)).reshape(-1)
+        col = (left[:, None] + di.reshape(1, -1)).reshape(-1)
+        cam = cam.repeat_interleave(p * p)
+    else:
+        if group.starts is not None:
+            flat = group.starts[torch.randint(0, len(group.starts), (n_rays,), device=dev,
+                                              generator=gen)].long()
+        else:
+            flat = torch.randint(0, n_img * h * w, (n_rays,), device=dev, generator=gen)
+        cam, pix = flat // (h * w), flat % (h * w)
+        row, col = pix // w, pix % w
+    return cam * h * w + row * w + col, cam, col, row
 
 
 @dataclass
@@ -129,8 +198,9 @@ class Trainer:
         if len(scales) > 1 and self.loss.needs_patches:
             raise RadfieldError(f"{config.data.path}: patch losses are not supported on multi-scale data")
         self.data = scales[0]
-        self.groups = [ImageGroup(self._training_cameras(d).to(self.device),
-                                  d.images.reshape(-1, d.images.shape[-1]).to(self.device)) for d in scales]
+        self.patch_size = cfg.patch_size if self.loss.needs_patches else None
+        self.groups = [ImageGroup.from_data(d, self._training_cameras(d), self.patch_size, self.device)
+                       for d in scales]
         self.has_alpha = self.data.has_alpha
         self.val = self._load_validation()
         self.eval_bg = background_color(config.data.eval_background, self.device)
@@ -266,30 +336,10 @@ class Trainer:
         self._last_save = time.monotonic()
 
     # ------------------------------------------------------------------ one step
-    def _draw_pixels(self, group: ImageGroup, n_rays: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(flat pixel index, camera, column, row)`` of ``n_rays`` random pixels, or of
-        ``n_rays // P^2`` random ``P x P`` patches (row-major within each patch)."""
-        cams, gen, dev = group.cameras, self.generator, self.device
-        n_img, h, w = len(cams), cams.height, cams.width
-        if self.loss.needs_patches:
-            p = min(self.config.train.patch_size, h, w)
-            n_patches = max(n_rays // (p * p), 1)
-            cam = torch.randint(0, n_img, (n_patches,), device=dev, generator=gen)
-            top = torch.randint(0, h - p + 1, (n_patches,), device=dev, generator=gen)
-            left = torch.randint(0, w - p + 1, (n_patches,), device=dev, generator=gen)
-            dj, di = torch.meshgrid(torch.arange(p, device=dev), torch.arange(p, device=dev), indexing="ij")
-            row = (top[:, None] + dj.reshape(1, -1)).reshape(-1)
-            col = (left[:, None] + di.reshape(1, -1)).reshape(-1)
-            cam = cam.repeat_interleave(p * p)
-        else:
-            flat = torch.randint(0, n_img * h * w, (n_rays,), device=dev, generator=gen)
-            cam, pix = flat // (h * w), flat % (h * w)
-            row, col = pix // w, pix % w
-        return cam * h * w + row * w + col, cam, col, row
-
     def make_batch(self, n_rays: int) -> StepBatch:
         cfg = self.config.train
-        parts = [self._draw_pixels(g, max(n_rays // len(self.groups), 1)) for g in self.groups]
+        parts = [draw_pixels(g, max(n_rays // len(self.groups), 1), self.patch_size, self.generator)
+                 for g in self.groups]
         rays = Rays.cat([pixel_rays(g.cameras, cam, col, row) for g, (_, cam, col, row) in zip(self.groups, parts)])
         colour = torch.cat([g.pixels[flat] for g, (flat, *_) in zip(self.groups, parts)]).float() / 255.0
         bg = ray_background(self.model, rays, training_colour(
@@ -346,10 +396,11 @@ class Trainer:
         cams = self.val.cameras.to(self.device)
         n = min(self.config.train.val_images, len(self.val))
         idx = torch.linspace(0, len(self.val) - 1, n).round().long().tolist()
-        scores = [psnr(render_image(self.model, cams, i, self.eval_bg).rgb,
-                       self.val.composited(i, self.eval_bg.cpu())) for i in idx]
+        idx = [i for i in idx if self.val.mask(i) is None or bool(self.val.mask(i).any())]
+        scores = [psnr(render_image(self.model, cams, i, self.eval_bg).rgb,  # masked PSNR
+                       self.val.composited(i, self.eval_bg.cpu()), self.val.mask(i)) for i in idx]
         self.model.train()
-        return sum(scores) / len(scores)
+        return sum(scores) / len(scores) if scores else None
 
     # ------------------------------------------------------------------ the loop
     def _request_stop(self, signum, frame) -> None:
