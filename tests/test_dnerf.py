@@ -120,6 +120,17 @@ def test_hsm_with_b_equal_B_matches_the_baseline_for_dnerf(tmp_path):
         torch.testing.assert_close(gh[k], gb[k], rtol=1e-4, atol=1e-8, msg=k)
 
 
+def test_dnerf_grid_has_cascades_for_an_aabb_scale():
+    """D-NeRF's occupancy grid is Instant-NGP's: aabb_scale 2 resolves to 2 cascades (the inner
+    one half the box) and cone angle 1/256, written into the dnerf section."""
+    config = apply_overrides(RunConfig(model="dnerf"), {f"dnerf.{k}": v for k, v in SMALL.items()})
+    model = build_model(config, SceneInfo(BOX, 4, True, (0.0, 1.0), {"aabb_scale": 2}))
+    assert model.grid.n_cascades == 2 and model.grid.boxes[0].tolist() == [-0.75] * 3 + [0.75] * 3
+    assert (config.dnerf.occupancy.cascades, config.dnerf.occupancy.cone_angle) == (2, 1 / 256)
+    model.update(0)  # the warm-up update reaches both cascades
+    assert (model.grid.density > 0).all()
+
+
 def test_dnerf_needs_times(tmp_path, capsys):
     scene = make_scene(tmp_path / "static", n_train=2, n_val=0, n_test=1, size=12)
     rc = main(["train", str(scene), "--model", "dnerf", "--out", str(tmp_path / "run"), "--no-progress",

@@ -1,8 +1,11 @@
 """The occupancy-grid ray marcher and its update, against hand-computed distances, a
-brute-force float64 march and analytic density fields."""
+brute-force float64 march and analytic density fields; cascades and cone-angle steps against
+boxes and cells by hand, a float64 per-ray march of ``t += clamp(c t, dt_min, dt_max)`` and the
+fixed-step march of the single grid (to the bit)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,9 +13,20 @@ import pytest
 import torch
 
 from radfield.cameras import Rays
+from radfield.cli import build_parser, run_config_from_args
+from radfield.data.synthetic import make_scene
+from radfield.errors import RadfieldError
+from radfield.geometry import ray_aabb_intersect
+from radfield.models import SceneInfo, build_model
 from radfield.rendering.pipeline import prune_occluded
 from radfield.rendering.volume import render
-from radfield.samplers.occupancy import OccupancyGrid, OccupancyGridConfig
+from radfield.samplers.occupancy import (OccupancyGrid, OccupancyGridConfig, StepSchedule, cascade_boxes,
+                                         resolve_config)
+from radfield.training.checkpoint import load_run
+from radfield.training.trainer import Trainer
+from conftest import make_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # An asymmetric box: x in [-1, 1], y in [-0.5, 1.5], z in [0, 1]; its diagonal is exactly 3.
 LO = np.array([-1.0, -0.5, 0.0])
@@ -393,3 +407,316 @@ def test_early_stopping_with_infinite_density_keeps_other_rays():
         assert int((xr < 0).sum()) == int((full.positions(rays)[full.ray_indices == r, 0] < 0).sum())
         assert int((xr >= 0).sum()) == 1
     assert int((stopped.ray_indices == 3).sum()) == 74
+
+
+# ------------------------------------------------------------------- cascades and cone angle
+# A box four times the region of interest: centre (0, 0.5, 0.5), half-sizes (4, 4, 2); the region
+# of interest (cascade 0 at aabb_scale 4) has half-sizes (1, 1, 0.5) and a diagonal of 3.
+BIG_CENTRE = np.array([0.0, 0.5, 0.5])
+BIG_HALF = np.array([4.0, 4.0, 2.0])
+BIG = torch.tensor([*(BIG_CENTRE - BIG_HALF), *(BIG_CENTRE + BIG_HALF)], dtype=torch.float32)
+
+
+def test_cascade_boxes_and_auto_settings_by_hand():
+    grid = OccupancyGrid(BIG, OccupancyGridConfig(resolution=8), aabb_scale=4)
+    assert grid.n_cascades == 3 and grid.config.cone_angle == 1 / 256
+    expected = [[-1.0, -0.5, 0.0, 1.0, 1.5, 1.0], [-2.0, -1.5, -0.5, 2.0, 2.5, 1.5], [-4.0, -3.5, -1.5, 4.0, 4.5, 2.5]]
+    assert torch.equal(grid.boxes, torch.tensor(expected))
+    assert grid.density.shape == grid.occupied.shape == (3 * 8 ** 3,)
+    # dt_min = cascade 0's diagonal 3 / 1024; dt_max = a cell of the last cascade, (1, 1, 0.5):
+    # diagonal 1.5; each cascade's step for its opacity: dt_min * (1, 2, 4).
+    assert grid.step_size == pytest.approx(3 / 1024) and grid.max_step == pytest.approx(1.5)
+    torch.testing.assert_close(grid.cascade_steps(), torch.tensor([3, 6, 12]) / 1024)
+    # aabb_scale 3: half-sizes H / 3, 2 H / 3 and H (the last clipped to the box, to the bit).
+    third = cascade_boxes(BIG, 3, 3)
+    for k, f in enumerate([1 / 3, 2 / 3]):
+        np.testing.assert_allclose(third[k].numpy(), [*(BIG_CENTRE - f * BIG_HALF), *(BIG_CENTRE + f * BIG_HALF)],
+                                   rtol=0, atol=1e-6)
+    assert torch.equal(third[2], BIG)
+    # Auto values: 1 + ceil(log2(aabb_scale)) cascades, a cone angle of 1/256 for large scenes.
+    for scale, cascades, cone in [(1, 1, 0.0), (2, 2, 1 / 256), (3, 3, 1 / 256), (4, 3, 1 / 256),
+                                  (5, 4, 1 / 256), (128, 8, 1 / 256)]:
+        cfg = resolve_config(OccupancyGridConfig(), scale)
+        assert (cfg.cascades, cfg.cone_angle) == (cascades, cone), scale
+    # Explicit values stand; impossible ones are one-line errors.
+    cfg = resolve_config(OccupancyGridConfig(cascades=2, cone_angle=0.0), 4)
+    assert (cfg.cascades, cfg.cone_angle) == (2, 0.0)
+    assert resolve_config(cfg, 4) == cfg  # resolving twice changes nothing (config.json rebuilds)
+    for bad, scale in [(OccupancyGridConfig(cascades=4), 4), (OccupancyGridConfig(cascades=2), 1),
+                       (OccupancyGridConfig(cone_angle=-0.5), 4), (OccupancyGridConfig(), 0.5)]:
+        with pytest.raises(RadfieldError) as err:
+            resolve_config(bad, scale)
+        assert "\n" not in str(err.value)
+
+
+def test_point_occupancy_is_read_in_the_finest_cascade_containing_it():
+    grid = OccupancyGrid(BIG, OccupancyGridConfig(resolution=4), aabb_scale=4)
+    # Cells by hand (R = 4): cascade 0 cells (0.5, 0.5, 0.25), cascade 1 (1, 1, 0.5), cascade 2 (2, 2, 1).
+    x = torch.tensor([[0.1, 0.6, 0.3],   # box 0: u = (2.2, 2.2, 1.2) -> 2 * 16 + 2 * 4 + 1 = 41
+                      [1.5, 0.6, 0.3],   # x > 1, box 1: u = (3.5, 2.1, 1.6) -> 64 + 48 + 8 + 1 = 121
+                      [0.1, 0.6, 2.2],   # z > 1.5, box 2: u = (2.05, 2.05, 3.7) -> 128 + 32 + 8 + 3 = 171
+                      [1.0, 1.5, 1.0],   # box 0's far corner (boxes are closed): u = 4 clamped to 3 -> 63
+                      [9.0, 0.0, 0.0]])  # outside the box: the last cascade, u = (6.5, 1.75, 1.5) -> 181
+    assert grid.cascade_of(x).tolist() == [0, 1, 2, 0, 2]
+    assert grid.cell_index(x).tolist() == [41, 121, 171, 63, 181]
+    # Asked in cascade 2, the first two share its cell u = (2.05 | 2.75, 2.05, 1.8) -> 128 + 41 = 169.
+    assert grid.cell_index(x, torch.full((5,), 2)).tolist()[:2] == [169, 169]
+
+    # Along x through the middle: with only the coarser cascades occupied no sample lies in box 0
+    # (though cascades 1 and 2 are occupied there); with only cascade 0, all of them do.
+    rays = _rays([[-3.9, 0.6, 0.3]], [[1.0, 0.0, 0.0]])
+    grid.occupied.view(3, -1)[0] = False
+    outside = grid.sample(rays).positions(rays)[:, 0]
+    assert (outside < -1).any() and (outside > 1).any() and not ((outside > -1) & (outside < 1)).any()
+    grid.occupied.view(3, -1)[0] = True
+    grid.occupied.view(3, -1)[1:] = False
+    inside = grid.sample(rays).positions(rays)[:, 0]
+    assert len(inside) > 0 and ((inside > -1) & (inside < 1)).all()
+
+
+def _ref_schedule(t_near, offset, dt_min, dt_max, c, t_end):
+    """Float64 per-ray loop: ``t_0 = t_near + (offset - 1/2) dt(t_near)``, ``t += dt(t)``; the
+    ``(start, dt)`` of every step starting before ``t_end``."""
+    def step(t):
+        return min(max(c * t, dt_min), dt_max)
+
+    t, out = t_near + (offset - 0.5) * step(t_near), []
+    while t < t_end:
+        out.append((t, step(t)))
+        t += step(t)
+    return np.array(out).reshape(-1, 2)
+
+
+def test_step_schedule_matches_the_recursion():
+    # The docstring's example: c = 0.5, dt_min = 1, dt_max = 4, t_0 = 0.5.
+    s = StepSchedule.start(torch.tensor([0.5]), torch.tensor([0.5]), 1.0, 4.0, 0.5)
+    mid, dt = s.at(torch.arange(7.0)[None])
+    torch.testing.assert_close(mid - dt / 2, torch.tensor([[0.5, 1.5, 2.5, 3.75, 5.625, 8.4375, 12.4375]]))
+    torch.testing.assert_close(dt, torch.tensor([[1.0, 1.0, 1.25, 1.875, 2.8125, 4.0, 4.0]]))
+    assert s.steps_before(torch.tensor([8.4375])).tolist() == [5]  # 0.5 ... 5.625
+
+    g = np.random.default_rng(0)
+    dt_min, dt_max = 0.01, 0.5
+    for c in [0.0, 1 / 256, 1 / 16, 0.3]:  # 1/16: phase A to t = 0.16, B to 8, C beyond
+        t_near = np.concatenate([[0.0], g.uniform(0, 30, 39)])
+        offset = g.uniform(0, 1, 40)
+        s = StepSchedule.start(torch.tensor(t_near, dtype=torch.float32), torch.tensor(offset, dtype=torch.float32),
+                               dt_min, dt_max, c)
+        for r in range(40):
+            ref = _ref_schedule(t_near[r], offset[r], dt_min, dt_max, c, t_near[r] + 40)
+            if c > 0 and np.min(np.abs(ref[:, 0, None] - [dt_min / c, dt_max / c])) < 1e-4:
+                continue  # a step starting on a phase boundary: float32 may switch a step early
+            mid, dt = s.rows([r]).at(torch.arange(len(ref), dtype=torch.float32)[None])
+            np.testing.assert_allclose((mid - dt / 2)[0].double().numpy(), ref[:, 0], rtol=2e-6, atol=2e-5)
+            np.testing.assert_allclose(dt[0].double().numpy(), ref[:, 1], rtol=1e-5)
+            t = g.uniform(t_near[r], t_near[r] + 40, 20)
+            t = t[np.min(np.abs(t[:, None] - ref[None, :, 0]), axis=1) > 1e-4]
+            count = (ref[None, :, 0] < t[:, None]).sum(1)
+            got = s.rows(torch.full((len(t),), r)).steps_before(torch.tensor(t, dtype=torch.float32))
+            assert got.tolist() == count.tolist(), (c, r)
+
+
+def _big_boxes(aabb_scale):
+    """The cascades of BIG by hand: centre -+ min(H / aabb_scale * 2^k, H)."""
+    n = 1 + math.ceil(math.log2(aabb_scale))
+    halves = [np.minimum(BIG_HALF / aabb_scale * 2 ** k, BIG_HALF) for k in range(n)]
+    return [(BIG_CENTRE - h, BIG_CENTRE + h) for h in halves]
+
+
+def _ref_cascade_march(o, d, occ, boxes, dt_min, dt_max, c, offset=0.5, tol=1e-3):
+    """The float64 march ``t += clamp(c t, dt_min, dt_max)`` from ``t_near + (offset - 1/2)
+    dt(t_near)``, each midpoint looked up in the finest box containing it: ``(starts, dts, kept,
+    ambiguous)`` with ``kept`` / ``ambiguous`` sets of step numbers (``ambiguous``: within
+    ``tol`` cell of a face, of a box face or of the exit, or on a phase boundary)."""
+    res = occ.shape[1]
+    lo, hi = boxes[-1]
+    t_near, t_far = -math.inf, math.inf
+    for a in range(3):
+        t0, t1 = (lo[a] - o[a]) / d[a], (hi[a] - o[a]) / d[a]
+        t_near, t_far = max(t_near, min(t0, t1)), min(t_far, max(t0, t1))
+    t_near = max(t_near, 0.0)
+    steps = _ref_schedule(t_near, offset, dt_min, dt_max, c, max(t_far, t_near) + 1.0)
+    kept, ambiguous = set(), set()
+    for j, (t, dt) in enumerate(steps):
+        mid = t + dt / 2
+        if mid >= t_far + tol:
+            break
+        x = o + mid * d
+        k = next((i for i, (b0, b1) in enumerate(boxes) if np.all((x >= b0) & (x <= b1))), len(boxes) - 1)
+        u = (x - boxes[k][0]) / (boxes[k][1] - boxes[k][0]) * res
+        near_face = np.any((np.abs(u - np.round(u)) < tol) & (u > tol) & (u < res - tol))
+        near_box = any(np.any(np.abs(x - b) < tol * (b1 - b0) / res) for b0, b1 in boxes[:-1] for b in (b0, b1))
+        near_phase = c > 0 and min(abs(t - dt_min / c), abs(t - dt_max / c)) < 1e-4
+        if near_face or near_box or near_phase or abs(mid - t_far) < 1e-4:
+            ambiguous.add(j)
+        if mid < t_far and occ[k][tuple(np.clip(np.floor(u).astype(int), 0, res - 1))]:
+            kept.add(j)
+    return steps, kept, ambiguous
+
+
+@pytest.mark.parametrize("aabb_scale", [4, 3])
+def test_cascaded_cone_march_matches_brute_force(aabb_scale):
+    """Sparse random occupancy in every cascade (2% of the cells: the coarse pass skips segments,
+    and must not drop a step next to a cascade's face), rays from inside the region of interest
+    to 30 away (phase C of the steps) aimed at occupied cells."""
+    res, cone = 16, 1 / 32
+    grid = OccupancyGrid(BIG, OccupancyGridConfig(resolution=res, steps_per_diagonal=256, cone_angle=cone), aabb_scale)
+    boxes = _big_boxes(aabb_scale)
+    assert len(boxes) == grid.n_cascades == 3
+    g = np.random.default_rng(aabb_scale)
+    occ = g.uniform(size=(3, res, res, res)) < 0.02
+    grid.occupied.copy_(torch.from_numpy(occ.reshape(-1)))
+    # dt_min: cascade 0's diagonal / 256; dt_max: a cell of the box, (8, 8, 4) / 16 -> diagonal
+    # 0.75, so phase C starts at t = 24.
+    dt_min = 2 * np.linalg.norm(BIG_HALF / aabb_scale) / 256
+    assert grid.step_size == pytest.approx(dt_min) and grid.max_step == pytest.approx(0.75)
+    n = 192
+    v = g.normal(size=(n, 3))
+    origins = BIG_CENTRE + g.uniform(2, 30, (n, 1)) * v / np.linalg.norm(v, axis=1, keepdims=True)
+    origins[:16] = BIG_CENTRE + g.uniform(-0.5, 0.5, (16, 3))  # inside the region of interest
+    k, *ijk = np.nonzero(occ)
+    lo, hi = np.array([boxes[i][0] for i in k]), np.array([boxes[i][1] for i in k])
+    centres = lo + (np.stack(ijk, -1) + 0.5) * (hi - lo) / res
+    own = [i == 0 or np.any(np.abs(c - BIG_CENTRE) > boxes[i - 1][1] - BIG_CENTRE) for i, c in zip(k, centres)]
+    pick = g.choice(np.flatnonzero(own), n)  # occupied cells not covered by a finer cascade
+    targets = centres[pick] + g.uniform(-0.4, 0.4, (n, 3)) * (hi - lo)[pick] / res
+    rays = _rays(origins, targets - origins)
+    for jitter in (False, True):
+        s = grid.sample(rays, jitter=jitter, jitter_generator=torch.Generator().manual_seed(3))
+        offsets = torch.rand(n, generator=torch.Generator().manual_seed(3)).numpy() if jitter else np.full(n, 0.5)
+        assert len(s) > 200
+        assert (s.ray_indices[1:] >= s.ray_indices[:-1]).all()
+        steps = s.t_ends - s.t_starts  # all three phases: dt_min, c t, dt_max
+        assert (steps < dt_min * 1.001).any() and (steps > 0.75 * 0.999).any()
+        assert ((steps > dt_min * 1.01) & (steps < 0.75 * 0.99)).any()
+        n_ambiguous = n_steps = 0
+        for r in range(n):
+            o, d = rays.origins[r].double().numpy(), rays.directions[r].double().numpy()
+            steps, kept, ambiguous = _ref_cascade_march(o, d, occ, boxes, dt_min, 0.75, cone, offsets[r])
+            n_ambiguous, n_steps = n_ambiguous + len(ambiguous), n_steps + len(steps)
+            mine = s.ray_indices == r
+            got_t, got_dt = s.t_starts[mine].double().numpy(), (s.t_ends - s.t_starts)[mine].double().numpy()
+            j = np.abs(got_t[:, None] - steps[None, :, 0]).argmin(1) if len(got_t) else np.zeros(0, dtype=int)
+            np.testing.assert_allclose(got_t, steps[j, 0], rtol=2e-6, atol=5e-5)  # on the lattice
+            np.testing.assert_allclose(got_dt, steps[j, 1], rtol=1e-4)
+            assert set(j.tolist()) ^ kept <= ambiguous, (jitter, r)
+        assert n_ambiguous < 0.02 * n_steps
+    # Memory: chunks of a few rays give the same samples (to float rounding: vectorised and scalar
+    # pow differ in the last bit, and the chunks split the tensors differently).
+    small = OccupancyGrid(BIG, OccupancyGridConfig(resolution=res, steps_per_diagonal=256, cone_angle=cone,
+                                                   max_points_per_chunk=300), aabb_scale)
+    small.load_state_dict(grid.state_dict())
+    a, b = grid.sample(rays), small.sample(rays)
+    assert torch.equal(a.ray_indices, b.ray_indices)
+    torch.testing.assert_close(a.t_starts, b.t_starts, rtol=1e-6, atol=0)
+
+
+def test_single_cascade_is_the_fixed_step_march_to_the_bit():
+    """Without an aabb_scale the defaults (cascades 0, cone angle -1) are one grid and fixed steps:
+    the samples are those of the single grid's formula ``t_near + (k + offset) dt`` over all
+    steps (no coarse pass), bit for bit; its checkpoint buffers keep their names and shapes."""
+    occ = _sub_box_occupancy()
+    grid = _grid(occ=occ)
+    assert (grid.n_cascades, grid.config.cone_angle) == (1, 0.0)
+    assert {k: tuple(v.shape) for k, v in grid.state_dict().items()} == {
+        "aabb": (6,), "density": (8 ** 3,), "occupied": (8 ** 3,), "n_updates": ()}
+    rays = _rays(*_random_rays(64, seed=2))
+    o, d = rays.origins, rays.directions
+    dt = grid.step_size
+    for jitter in (False, True):
+        s = grid.sample(rays, near=0.05, jitter=jitter, jitter_generator=torch.Generator().manual_seed(4))
+        offset = (torch.rand(64, generator=torch.Generator().manual_seed(4)) if jitter else torch.full((64,), 0.5))
+        t_near, t_far = ray_aabb_intersect(o, d, AABB)
+        t_near = t_near.clamp(min=0.05)
+        t_far = torch.where(t_far > t_near, t_far, t_near)
+        k = torch.arange(int(((t_far - t_near).max() / dt).item()) + 2)
+        t_mid = t_near[:, None] + (k + offset[:, None]) * dt
+        x = o[:, None] + t_mid[..., None] * d[:, None]
+        ijk = ((x - AABB[:3]) / (AABB[3:] - AABB[:3]) * 8).long().clamp(0, 7)
+        keep = (t_mid < t_far[:, None]) & torch.from_numpy(occ)[ijk[..., 0], ijk[..., 1], ijk[..., 2]]
+        t_starts = t_mid[keep] - dt / 2
+        assert len(s) > 100
+        assert torch.equal(s.t_starts, t_starts) and torch.equal(s.t_ends, t_starts + dt)
+        assert torch.equal(s.ray_indices, torch.arange(64)[:, None].expand_as(keep)[keep])
+
+
+def test_cone_angle_bounds_the_samples_per_ray():
+    """Box [-16, 16]^3 with aabb_scale 16: 5 cascades, dt_min = 2 sqrt3 / 1024 (so t1 = 256 dt_min
+    = 0.866), dt_max = 32 sqrt3 / 8 = 6.93 (t2 = 1774, beyond every ray). Along the box diagonal
+    fixed steps would take 16 * 1024 = 16384 samples; with the cone, from t = 4 sqrt3 to 36 sqrt3,
+    ln(9) / ln(1 + 1/256) = 563.6 of them."""
+    aabb = torch.tensor([-16.0] * 3 + [16.0] * 3)
+    grid = OccupancyGrid(aabb, OccupancyGridConfig(resolution=8), aabb_scale=16)  # all cells occupied
+    assert grid.n_cascades == 5 and grid.max_step == pytest.approx(4 * math.sqrt(3))
+    c, dt_min, dt_max = 1 / 256, 2 * math.sqrt(3) / 1024, 4 * math.sqrt(3)
+    diagonal = _rays([[-20.0, -20.0, -20.0]], [[1.0, 1.0, 1.0]])
+    count = len(grid.sample(diagonal))
+    ref = _ref_schedule(4 * math.sqrt(3), 0.5, dt_min, dt_max, c, 36 * math.sqrt(3))
+    assert count == (ref[:, 0] + ref[:, 1] / 2 < 36 * math.sqrt(3)).sum() == 564
+    # From the centre outwards: 256 fixed steps to t1, then ln(16 / 0.866) / ln(1 + 1/256) = 748.
+    centre = _rays([[0.0, 0.0, 0.0]], [[1.0, 0.0, 0.0]])
+    ref = _ref_schedule(0.0, 0.5, dt_min, dt_max, c, 16.0)
+    assert len(grid.sample(centre)) == (ref[:, 0] + ref[:, 1] / 2 < 16.0).sum() == 256 + 748
+    # Any ray: at most 1 / c + ln(dt_max / dt_min) / ln(1 + c) + diagonal / dt_max = 2220 steps.
+    bound = 1 / c + math.log(dt_max / dt_min) / math.log1p(c) + 32 * math.sqrt(3) / dt_max
+    g = np.random.default_rng(0)
+    origins = g.uniform(-40, 40, (200, 3))
+    rays = _rays(origins, g.uniform(-16, 16, (200, 3)) - origins)
+    counts = grid.sample(rays).ray_indices.bincount(minlength=200)
+    assert counts.max() <= bound and counts.max() < 16384 / 8
+
+
+def test_update_visits_every_cascade_and_thresholds_each_over_its_step():
+    """The warm-up update draws one point in every cell of every cascade. A uniform density 1
+    gives opacities dt_min * (1, 2, 4) = (3, 6, 12) / 1024 per cascade; the threshold is
+    min(0.01, cascade 0's mean 3 / 1024): cascade 0 is empty (equal to its mean, as the single
+    grid's uniform field), the coarser ones full."""
+    res = 4
+    grid = OccupancyGrid(BIG, OccupancyGridConfig(resolution=res), aabb_scale=4)
+    drawn = []
+
+    def density_fn(x):
+        drawn.append(x.clone())
+        return torch.ones(x.shape[0])
+
+    grid.update(density_fn, generator=torch.Generator().manual_seed(0))
+    x = torch.cat(drawn).double().numpy()
+    assert x.shape == (3 * res ** 3, 3)
+    for i, (lo, hi) in enumerate(_big_boxes(4)):  # point k R^3 + ijk lies in cell ijk of cascade k
+        cell = (hi - lo) / res
+        ijk = np.stack(np.meshgrid(*[np.arange(res)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        pts = x[i * res ** 3:(i + 1) * res ** 3]
+        assert (pts >= lo + ijk * cell - 1e-6).all() and (pts <= lo + (ijk + 1) * cell + 1e-6).all()
+    assert torch.equal(grid.density, torch.ones(3 * res ** 3))
+    assert grid.occupied.view(3, -1).all(1).tolist() == [False, True, True]
+    assert not grid.occupied.view(3, -1)[0].any()
+
+
+def test_tiny_ngp_trains_with_aabb_scale_4(tmp_path):
+    """A Blender scene whose box is 4 times the default one (half-size 6) with aabb_scale 4: the
+    model resolves 3 cascades and cone angle 1/256 (written to config.json), four training steps
+    run, the warm-up update reaches every cell of every cascade (the field's density is positive
+    everywhere), and the run rebuilds from its checkpoint with the same grid."""
+    scene = make_scene(tmp_path / "scene", n_train=3, n_val=1, n_test=0, size=24)
+    for split in ("train", "val"):
+        path = scene / f"transforms_{split}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "aabb_scale": 4, "bound": 6.0}))
+    config = make_config(scene, "ngp-small", {"ngp.occupancy.resolution": 8, "ngp.occupancy.update_every": 2,
+                                              "ngp.optim.target_samples": 1024, "ngp.optim.warmup_steps": 2},
+                         steps=4)
+    trainer = Trainer(config, tmp_path / "run", progress=False, log_tensorboard=False)
+    trainer.train()
+    grid = trainer.model.grid
+    assert grid.n_cascades == 3 and torch.equal(grid.aabb, torch.tensor([-6.0] * 3 + [6.0] * 3))
+    assert grid.boxes[0].tolist() == [-1.5] * 3 + [1.5] * 3
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["ngp"]["occupancy"]
+    assert (saved["cascades"], saved["cone_angle"]) == (3, 1 / 256)
+    assert grid.n_updates.item() >= 1
+    assert (grid.density.view(3, -1) > 0).all()
+    _, model = load_run(tmp_path / "run")
+    assert torch.equal(model.grid.density, grid.density) and torch.equal(model.grid.occupied, grid.occupied)
+    # --set ngp.occupancy.cascades=2 (two cascades: half the box's size, then the box).
+    args = build_parser().parse_args(["train", str(scene), "--preset", "ngp-small",
+                                      "--set", "ngp.occupancy.cascades=2"])
+    two = build_model(run_config_from_args(args), SceneInfo(grid.aabb, meta={"aabb_scale": 4}))
+    assert two.grid.n_cascades == 2 and two.grid.boxes[0].tolist() == [-1.5] * 3 + [1.5] * 3

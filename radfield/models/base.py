@@ -72,6 +72,11 @@ class SceneInfo:
         return cls(data.aabb.float().clone(), len(data), bool(data.has_alpha),
                    None if times is None else (float(times.min()), float(times.max())), meta)
 
+    @property
+    def aabb_scale(self) -> float:
+        """``meta["aabb_scale"]``, 1 when absent (the box is the region of interest)."""
+        return float(self.meta.get("aabb_scale", 1))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["aabb"] = [float(v) for v in self.aabb.tolist()]

@@ -33,6 +33,7 @@ class DNeRFModel(NGPModel):
         if scene.time_range is None:
             raise RadfieldError(f"{config.data.path}: --model dnerf needs frames with a 'time' "
                                 "(the D-NeRF format)")
+        super().configure(config, scene)
 
     def make_field(self, config) -> DNeRFField:
         return DNeRFField(self.aabb, config, self.scene.time_range or (0.0, 1.0))

@@ -9,7 +9,7 @@ from radfield.config import OptimConfig, RunConfig
 from radfield.fields.ngp import NGPField
 from radfield.models.base import Model, SceneInfo
 from radfield.rendering.pipeline import prune_occluded
-from radfield.samplers.occupancy import OccupancyGrid
+from radfield.samplers.occupancy import OccupancyGrid, resolve_config
 from radfield.samplers.samples import Samples
 
 
@@ -17,11 +17,17 @@ class NGPModel(Model):
     section = "ngp"
     """The config section this model reads (subclasses with their own section change it)."""
 
+    @classmethod
+    def configure(cls, config: RunConfig, scene: SceneInfo) -> None:
+        """The occupancy grid's ``cascades`` and ``cone_angle`` for the scene's ``aabb_scale``."""
+        cfg = getattr(config, cls.section)
+        cfg.occupancy = resolve_config(cfg.occupancy, scene.aabb_scale)
+
     def __init__(self, config: RunConfig, scene: SceneInfo):
         super().__init__(config, scene)
         cfg = getattr(config, self.section)
         self.field = self.make_field(cfg)
-        self.grid = OccupancyGrid(self.aabb, cfg.occupancy)
+        self.grid = OccupancyGrid(self.aabb, cfg.occupancy, scene.aabb_scale)
 
     def make_field(self, config) -> NGPField:
         return NGPField(self.aabb, config)

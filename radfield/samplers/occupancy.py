@@ -1,91 +1,280 @@
 """Occupancy-grid sampling (Instant-NGP): march rays through a box, skip empty cells.
 
-The grid covers the scene box ``aabb`` with ``resolution^3`` cells. Each cell keeps an
-exponential moving average of the field's density at jittered points inside it; a cell is
-*occupied* when its opacity over one marching step, ``density * step_size``, exceeds
-``min(threshold, mean over cells)``. Rays are marched at a fixed ``step_size`` between their box
-entry and exit and samples in unoccupied cells are dropped. (Early ray termination, which needs
-the field, is the model's: :func:`radfield.rendering.pipeline.prune_occluded` with
-``early_stop_eps``.)
+Vocabulary:
+
+* **box** ``aabb`` and ``aabb_scale`` (Instant-NGP's, :class:`radfield.models.SceneInfo`'s
+  ``meta``; 1 when absent): the **region of interest** is the box shrunk ``aabb_scale`` times
+  about its centre, of half-size ``h`` per axis (the box's is ``H = aabb_scale * h``).
+* **cascades** ``k = 0 .. C - 1``: nested grids of ``resolution^3`` cells each. Cascade ``k``
+  covers the box of half-size ``h 2^k`` about the centre, the last one the whole box (``H``,
+  which clips ``h 2^(C-1)`` when ``aabb_scale`` is not a power of two). Example:
+  ``aabb_scale = 4``, box ``[-4, 4]^3``: three cascades ``[-1, 1]^3``, ``[-2, 2]^3``,
+  ``[-4, 4]^3`` with cells of 1/32, 1/16 and 1/8 at resolution 64. Without ``aabb_scale``
+  there is one cascade, the box. A point's occupancy is that of its cell in the **finest
+  cascade containing it**. Cells are indexed ``k R^3 + x R^2 + y R + z``.
+* **density** and **occupied**: each cell keeps an exponential moving average of the field's
+  density at jittered points inside it; it is occupied when its opacity over one marching step
+  of its cascade, ``density * step_k``, exceeds ``min(threshold, mean opacity of cascade 0)``.
+* **marching**: steps ``dt(t) = clamp(cone_angle * t, dt_min, dt_max)``, so with a cone angle
+  samples grow sparse with distance (``cone_angle = 0``: fixed steps ``dt_min``). Boundaries
+  ``t_{j+1} = t_j + dt(t_j)`` from ``t_0 = t_near + (offset - 1/2) dt(t_near)`` (``offset``
+  1/2, or random in ``[0, 1)`` when jittering); sample ``j`` is the interval
+  ``[t_j, t_j + dt(t_j)]``, kept when its midpoint lies before the box exit and in an occupied
+  cell. :class:`StepSchedule` computes ``t_j`` in closed form, so the steps per ray are bounded
+  (``1 / cone_angle + log(dt_max / dt_min) / log(1 + cone_angle) + diagonal / dt_max``).
+  ``dt_min``: cascade 0's diagonal over ``steps_per_diagonal``; ``dt_max``: the diagonal of a
+  cell of the last cascade (Instant-NGP's ``sqrt3 / 1024`` and ``sqrt3 2^(C-1) / 128`` for its
+  unit cube at resolution 128); ``step_k = min(dt_min * (cascade k's size / cascade 0's),
+  dt_max)`` with a cone angle, ``dt_min`` without.
+
+Early ray termination, which needs the field, is the model's:
+:func:`radfield.rendering.pipeline.prune_occluded` with ``early_stop_eps``.
 
 Output: packed samples (see :mod:`radfield.rendering.volume`) in a :class:`Samples`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import math
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from radfield.cameras import Rays
+from radfield.errors import RadfieldError
 from radfield.geometry import ray_aabb_intersect
 from radfield.samplers.samples import Samples
 
-__all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples"]
+__all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples", "StepSchedule", "cascade_boxes",
+           "resolve_config"]
+
+LARGE_SCENE_CONE_ANGLE = 1 / 256
+"""Instant-NGP's cone angle for scenes larger than the region of interest."""
 
 
 @dataclass
 class OccupancyGridConfig:
     resolution: int = 64
-    """Cells per axis. Instant-NGP uses 128 on a GPU; 64 keeps the CPU update cheap."""
+    """Cells per axis of each cascade. Instant-NGP uses 128 on a GPU; 64 keeps the CPU update
+    cheap."""
+    cascades: int = 0
+    """Nested grids; 0 = auto: ``1 + ceil(log2(aabb_scale))``, one without an ``aabb_scale``."""
+    cone_angle: float = -1.0
+    """Steps grow as ``cone_angle * t``; -1 = auto: 0 (fixed steps) when ``aabb_scale`` is 1,
+    else 1/256 (Instant-NGP's for large scenes)."""
     update_every: int = 16
     decay: float = 0.95
     threshold: float = 0.01
-    """Opacity per step (``density * step_size``) above which a cell is occupied."""
+    """Opacity per step (``density * step_k``) above which a cell is occupied."""
     warmup_steps: int = 256
     """Before this step every update visits all cells; afterwards a quarter of all cells at random
-    plus a quarter drawn from the occupied ones (Instant-NGP's schedule)."""
+    plus a quarter drawn from the occupied ones (Instant-NGP's schedule, over all cascades)."""
     steps_per_diagonal: int = 1024
-    """Marching step = box diagonal / this (Instant-NGP: sqrt(3) * 2 * bound / 1024)."""
+    """``dt_min`` = cascade 0's diagonal / this (Instant-NGP: sqrt(3) * 2 * bound / 1024)."""
     early_stop_eps: float = 1e-4
     max_points_per_chunk: int = 1 << 21
 
 
-class OccupancyGrid(nn.Module):
-    """Instant-NGP's occupancy grid and ray marcher.
+def resolve_config(config: OccupancyGridConfig, aabb_scale: float = 1.0) -> OccupancyGridConfig:
+    """A copy of ``config`` with ``cascades`` and ``cone_angle`` decided for ``aabb_scale``.
 
-    Buffers (saved in checkpoints): ``density`` ``(R^3,)`` EMA of density, ``occupied``
-    ``(R^3,)`` bool. Cells are indexed ``x * R^2 + y * R + z``.
+    Example: ``aabb_scale = 4``, auto values -> 3 cascades, cone angle 1/256; ``aabb_scale = 1``
+    -> 1 cascade, cone angle 0 (a single grid with fixed steps)."""
+    if aabb_scale < 1:
+        raise RadfieldError(f"aabb_scale {aabb_scale} is below 1 (the box must contain the region of interest)")
+    most = 1 + math.ceil(math.log2(aabb_scale))
+    cascades = config.cascades or most
+    if not 1 <= cascades <= most:
+        raise RadfieldError(f"occupancy.cascades={config.cascades}: aabb_scale {aabb_scale:g} allows 1 to {most} "
+                            "(1 + ceil(log2(aabb_scale)); more would repeat the whole box), or 0 = auto")
+    cone_angle = config.cone_angle
+    if cone_angle == -1:
+        cone_angle = 0.0 if aabb_scale == 1 else LARGE_SCENE_CONE_ANGLE
+    elif cone_angle < 0:
+        raise RadfieldError(f"occupancy.cone_angle={cone_angle}: use a value >= 0, or -1 = auto")
+    return replace(config, cascades=cascades, cone_angle=float(cone_angle))
+
+
+def cascade_boxes(aabb: Tensor, aabb_scale: float, cascades: int) -> Tensor:
+    """``(cascades, 6)`` the cascades' boxes: cascade ``k`` is ``centre -+ min(h 2^k, H)`` with
+    ``H`` the box's half-size and ``h = H / aabb_scale``; the last is ``aabb`` itself (to the bit).
+
+    Example: ``aabb = [-4, -4, -4, 4, 4, 4]``, ``aabb_scale = 4``, 3 cascades: half-sizes 1, 2, 4.
+    ``aabb_scale = 3``: half-sizes 4/3, 8/3 and 4 (the last clipped to the box)."""
+    a = aabb.double()
+    centre, half = (a[:3] + a[3:]) / 2, (a[3:] - a[:3]) / 2
+    boxes = []
+    for k in range(cascades - 1):
+        hk = torch.minimum(half / aabb_scale * 2 ** k, half)
+        boxes.append(torch.cat([centre - hk, centre + hk]).to(aabb.dtype))
+    return torch.stack([*boxes, aabb.clone()])
+
+
+@dataclass
+class StepSchedule:
+    """The march of each ray in closed form: ``t_{j+1} = t_j + dt(t_j)``,
+    ``dt(t) = clamp(c t, dt_min, dt_max)``, from ``t_0 = t_near + (offset - 1/2) dt(t_near)``,
+    in three phases (``t1 = dt_min / c``, ``t2 = dt_max / c``):
+
+    * A, ``t_j < t1``: steps ``dt_min``, ``t_j = t_0 + j dt_min`` for
+      ``j < n_a = ceil((t1 - t_0) / dt_min)`` (all ``j`` when ``c = 0``);
+    * B, ``t1 <= t_j < t2``: steps ``c t_j``, ``t_j = t_a (1 + c)^(j - n_a)`` from
+      ``t_a = t_0 + n_a dt_min``, for ``n_b = ceil(log(t2 / t_a) / log(1 + c))`` steps;
+    * C, beyond: steps ``dt_max``, ``t_j = t_b + (j - n_a - n_b) dt_max`` from
+      ``t_b = t_a (1 + c)^n_b``.
+
+    Example: ``c = 0.5``, ``dt_min = 1``, ``dt_max = 4``, ``t_0 = 0.5`` (so ``t1 = 2``, ``t2 = 8``):
+    A: 0.5, 1.5 (``n_a = 2``); B from ``t_a = 2.5``: 2.5, 3.75, 5.625 (``n_b = ceil(2.87) = 3``);
+    C from ``t_b = 8.4375``: 8.4375, 12.4375, ... Phase A midpoints are written
+    ``anchor + (j + offset) dt_min`` with ``anchor = t_near`` when ``dt(t_near) = dt_min``: the
+    fixed-step march's formula, to the bit.
+
+    Attributes (``(n_rays,)``; ``n_a``, ``n_b`` as floats, ``n_a = inf`` when ``c = 0``):
+        offset, anchor, t_0, n_a, t_a, n_b, t_b; and the scalars dt_min, dt_max, cone_angle.
     """
 
-    def __init__(self, aabb: Tensor, config: OccupancyGridConfig = OccupancyGridConfig()):
+    offset: Tensor
+    anchor: Tensor
+    t_0: Tensor
+    n_a: Tensor
+    t_a: Tensor
+    n_b: Tensor
+    t_b: Tensor
+    dt_min: float
+    dt_max: float
+    cone_angle: float
+
+    @classmethod
+    def start(cls, t_near: Tensor, offset: Tensor, dt_min: float, dt_max: float,
+              cone_angle: float) -> "StepSchedule":
+        """The schedule of rays entering at ``t_near`` with ``offset`` (both ``(n_rays,)``)."""
+        c, dt_max = cone_angle, max(dt_max, dt_min)
+        dt_first = (t_near * c).clamp(dt_min, dt_max)
+        t_0 = t_near + (offset - 0.5) * dt_first
+        anchor = torch.where(t_near * c > dt_min, t_0 - (offset - 0.5) * dt_min, t_near)
+        if c == 0:
+            inf = torch.full_like(t_near, math.inf)
+            return cls(offset, anchor, t_0, inf, inf, torch.zeros_like(t_near), inf, dt_min, dt_max, 0.0)
+        n_a = torch.ceil((dt_min / c - t_0) / dt_min).clamp(min=0)
+        t_a = t_0 + n_a * dt_min
+        n_b = torch.ceil(torch.log(dt_max / c / t_a) / math.log1p(c)).clamp(min=0)
+        return cls(offset, anchor, t_0, n_a, t_a, n_b, t_a * (1 + c) ** n_b, dt_min, dt_max, c)
+
+    def rows(self, index: Tensor | slice) -> "StepSchedule":
+        """The schedule of the rays ``index`` (in that order, repeats allowed)."""
+        pick = [getattr(self, k)[index] for k in ("offset", "anchor", "t_0", "n_a", "t_a", "n_b", "t_b")]
+        return StepSchedule(*pick, self.dt_min, self.dt_max, self.cone_angle)
+
+    def at(self, j: Tensor) -> tuple[Tensor, Tensor]:
+        """``(midpoint, dt)`` of steps ``j`` (float, ``(n_rays, k)``, row ``r`` of ray ``r``)."""
+        col = lambda v: v[:, None]  # noqa: E731
+        mid_a = col(self.anchor) + (j + col(self.offset)) * self.dt_min
+        if self.cone_angle == 0:
+            return mid_a, torch.full_like(mid_a, self.dt_min)
+        n_a, n_ab = col(self.n_a), col(self.n_a + self.n_b)
+        start_b = col(self.t_a) * (1 + self.cone_angle) ** (j - n_a).clamp(min=0).minimum(col(self.n_b))
+        start_c = col(self.t_b) + (j - n_ab).clamp(min=0) * self.dt_max
+        in_a, in_b = j < n_a, j < n_ab
+        dt = torch.where(in_a, self.dt_min, torch.where(in_b, self.cone_angle * start_b, self.dt_max))
+        return torch.where(in_a, mid_a, torch.where(in_b, start_b, start_c) + dt / 2), dt
+
+    def steps_before(self, t: Tensor) -> Tensor:
+        """``(n_rays,)`` long: the number of steps starting before ``t`` (``(n_rays,)``), the
+        inverse of the phases above, rounded up."""
+        s = (t - self.t_0) / self.dt_min
+        if self.cone_angle > 0:
+            s_b = self.n_a + torch.log(t.clamp(min=1e-30) / self.t_a) / math.log1p(self.cone_angle)
+            s_c = self.n_a + self.n_b + (t - self.t_b) / self.dt_max
+            s = torch.where(t <= self.t_a, s, torch.where(t <= self.t_b, s_b, s_c))
+        return torch.ceil(s).clamp(min=0).long()
+
+
+class OccupancyGrid(nn.Module):
+    """Instant-NGP's cascaded occupancy grid and ray marcher (see the module's vocabulary).
+
+    Buffers (saved in checkpoints): ``density`` ``(C R^3,)`` EMA of density, ``occupied``
+    ``(C R^3,)`` bool (one cascade: the names and shapes of the single grid), ``n_updates``.
+    ``aabb_scale`` comes from the scene (:class:`radfield.models.SceneInfo`), not the buffers.
+    """
+
+    def __init__(self, aabb: Tensor, config: OccupancyGridConfig = OccupancyGridConfig(),
+                 aabb_scale: float = 1.0):
         super().__init__()
-        self.config = config
-        res = config.resolution
+        self.config = config = resolve_config(config, aabb_scale)
+        res, n = config.resolution, config.cascades
         self.register_buffer("aabb", aabb.float().clone())
-        self.register_buffer("density", torch.zeros(res ** 3))
-        self.register_buffer("occupied", torch.ones(res ** 3, dtype=torch.bool))
+        self.register_buffer("density", torch.zeros(n * res ** 3))
+        self.register_buffer("occupied", torch.ones(n * res ** 3, dtype=torch.bool))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
         ijk = torch.stack(torch.meshgrid(*[torch.arange(res)] * 3, indexing="ij"), -1).reshape(-1, 3)
         self.register_buffer("cell_ijk", ijk, persistent=False)
+        boxes = cascade_boxes(self.aabb, aabb_scale, n)
+        self.register_buffer("boxes", boxes, persistent=False)
+        self.register_buffer("box_lo", boxes[:, :3].clone(), persistent=False)
+        self.register_buffer("box_size", boxes[:, 3:] - boxes[:, :3], persistent=False)
         self._dilated: Tensor | None = None
         self._dilated_version = None
 
     @property
-    def step_size(self) -> float:
-        diag = (self.aabb[3:] - self.aabb[:3]).norm().item()
-        return diag / self.config.steps_per_diagonal
+    def n_cascades(self) -> int:
+        return self.config.cascades
 
-    def cell_index(self, x: Tensor) -> Tensor:
-        """Flat cell index of points ``x`` ``(n, 3)`` (clamped into the grid)."""
+    @property
+    def step_size(self) -> float:
+        """``dt_min``: cascade 0's diagonal / ``steps_per_diagonal``."""
+        return self.box_size[0].norm().item() / self.config.steps_per_diagonal
+
+    @property
+    def max_step(self) -> float:
+        """``dt_max``: the diagonal of a cell of the last cascade (at least ``dt_min``)."""
+        return max(self.step_size, self.box_size[-1].norm().item() / self.config.resolution)
+
+    def cascade_steps(self) -> Tensor:
+        """``(C,)`` ``step_k``, the marching step a cell's opacity is taken over: ``dt_min``
+        without a cone angle, else ``min(dt_min * size_k / size_0, dt_max)`` (Instant-NGP's
+        ``dt_min 2^k``)."""
+        dt_min = self.step_size
+        if self.config.cone_angle == 0:
+            return torch.full((self.n_cascades,), dt_min, device=self.density.device)
+        ratio = self.box_size.norm(dim=-1) / self.box_size[0].norm()
+        return (dt_min * ratio).clamp(max=self.max_step)
+
+    def cascade_of(self, x: Tensor) -> Tensor:
+        """``(n,)`` long: the finest cascade containing each point of ``x`` ``(n, 3)`` (the last
+        for points outside the box). The boxes are nested, so that is the number of boxes
+        missing the point."""
+        k = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        for box in self.boxes[:-1]:
+            k += ~((x >= box[:3]) & (x <= box[3:])).all(-1)
+        return k
+
+    def cell_index(self, x: Tensor, cascade: Tensor | None = None) -> Tensor:
+        """Flat cell index of points ``x`` ``(n, 3)`` in ``cascade`` ``(n,)`` (default: the finest
+        containing each point), clamped into that cascade's grid."""
         res = self.config.resolution
-        u = (x - self.aabb[:3]) / (self.aabb[3:] - self.aabb[:3])
-        ijk = (u * res).long().clamp_(0, res - 1)
-        return (ijk[:, 0] * res + ijk[:, 1]) * res + ijk[:, 2]
+        if self.n_cascades == 1:  # no gather: the single grid's arithmetic
+            k, lo, size = 0, self.box_lo[0], self.box_size[0]
+        else:
+            k = self.cascade_of(x) if cascade is None else cascade
+            lo, size = self.box_lo[k], self.box_size[k]
+        ijk = ((x - lo) / size * res).long().clamp_(0, res - 1)
+        return k * res ** 3 + (ijk[:, 0] * res + ijk[:, 1]) * res + ijk[:, 2]
 
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator | None = None,
                chunk: int = 1 << 17) -> None:
-        """One EMA update, then re-threshold ``occupied``: every visited cell ``c`` gets
+        """One EMA update, then re-threshold ``occupied``: every visited cell ``c`` (of any
+        cascade) gets
 
         ``density_c <- max(decay * density_c, max_k density_fn(x_k))`` over all the jittered
         points ``x_k`` drawn in ``c`` this update (a cell may be drawn more than once); the
         others decay. Example: ``decay = 0.5``, ``density_c = 0.8``, two draws in ``c`` giving
         2 and 1 -> ``density_c = max(0.4, 2, 1) = 2``."""
         cfg, res = self.config, self.config.resolution
-        n_cells = res ** 3
+        n_cells = self.density.shape[0]
         dev = self.density.device
         if self.n_updates.item() < cfg.warmup_steps // cfg.update_every:
             cells = torch.arange(n_cells, device=dev)
@@ -98,16 +287,17 @@ class OccupancyGrid(nn.Module):
             else:
                 cells = rand
         jitter = torch.rand(cells.shape[0], 3, device=dev, generator=generator)
-        u = (self.cell_ijk[cells].float() + jitter) / res
-        x = self.aabb[:3] + u * (self.aabb[3:] - self.aabb[:3])
+        k = cells // res ** 3
+        u = (self.cell_ijk[cells % res ** 3].float() + jitter) / res
+        x = self.box_lo[k] + u * self.box_size[k]
         new = torch.cat([density_fn(x[i:i + chunk]).float() for i in range(0, x.shape[0], chunk)])
         decayed = self.density * cfg.decay
         # A cell drawn several times keeps the max of all its draws (an amax scatter; plain
         # index assignment would keep an arbitrary one of them).
         decayed.scatter_reduce_(0, cells, new, reduce="amax", include_self=True)
         self.density.copy_(decayed)
-        opacity = self.density * self.step_size
-        self.occupied.copy_(opacity > min(cfg.threshold, opacity.mean().item()))
+        opacity = self.density.view(self.n_cascades, -1) * self.cascade_steps()[:, None]
+        self.occupied.copy_((opacity > min(cfg.threshold, opacity[0].mean().item())).view(-1))
         self.n_updates += 1
 
     @torch.no_grad()
@@ -117,11 +307,11 @@ class OccupancyGrid(nn.Module):
 
         Args:
             near: minimum ray distance.
-            jitter: shift each ray's sample positions by one random fraction of a step (training).
+            jitter: shift each ray's first step by one random fraction of it (training).
         Returns:
-            Packed :class:`Samples`, each an interval of length ``step_size``.
+            Packed :class:`Samples`, each an interval of length ``dt(t_start)`` (``step_size``
+            without a cone angle).
         """
-        dt = self.step_size
         o, d = rays.origins.detach(), rays.directions.detach()
         n_rays, dev = o.shape[0], o.device
         t_near, t_far = ray_aabb_intersect(o, d, self.aabb)
@@ -129,64 +319,102 @@ class OccupancyGrid(nn.Module):
         t_far = torch.where(t_far > t_near, t_far, t_near)  # misses: an empty range
         offset = (torch.rand(n_rays, device=dev, generator=jitter_generator) if jitter
                   else torch.full((n_rays,), 0.5, device=dev))
-        # Coarse pass: segments of K fine steps, tested against the occupancy grid dilated by one
-        # cell. K * dt / 2 <= cell size, so every fine sample of a segment lies in a cell adjacent
-        # to the cell of the segment's midpoint: the pass never drops an occupied fine sample.
-        k = self.coarse_factor
-        seg_ray, seg_k = self._march(o, d, t_near + (k / 2 - 0.5 + offset) * dt, k * dt,
-                                     t_far + (k / 2) * dt, self.dilated)
-        # Fine pass: expand the kept segments into their K steps, test against the grid itself.
-        step = seg_k[:, None] * k + torch.arange(k, device=dev)
-        t_mid = t_near[seg_ray, None] + (step + offset[seg_ray, None]) * dt
-        keep = t_mid < t_far[seg_ray, None]
-        x = o[seg_ray, None, :] + t_mid[..., None] * d[seg_ray, None, :]
-        keep &= self.occupied[self.cell_index(x.reshape(-1, 3))].reshape(keep.shape)
-        t_starts = t_mid[keep] - dt / 2
-        ray_indices = seg_ray[:, None].expand_as(keep)[keep]
+        steps = StepSchedule.start(t_near, offset, self.step_size, self.max_step, self.config.cone_angle)
+        n_steps = int(steps.steps_before(t_far).max().item()) + 1 if n_rays else 0
+        per_chunk = max(1, self.config.max_points_per_chunk // max(n_steps, 1))
+        parts = [self._march(o[r:r + per_chunk], d[r:r + per_chunk], steps.rows(slice(r, r + per_chunk)),
+                             t_far[r:r + per_chunk], n_steps, r) for r in range(0, n_rays, per_chunk)]
+        ray_indices = torch.cat([torch.zeros(0, dtype=torch.long, device=dev), *(p[0] for p in parts)])
+        t_mid, dt = (torch.cat([o.new_zeros(0), *(p[i] for p in parts)]) for i in (1, 2))
+        t_starts = t_mid - dt / 2
         return Samples(t_starts, t_starts + dt, ray_indices, n_rays)
 
-    def _march(self, o: Tensor, d: Tensor, t_first: Tensor, dt: float, t_end: Tensor,
-               occupied: Tensor) -> tuple[Tensor, Tensor]:
-        """Midpoints ``t_first + j dt < t_end`` (j = 0, 1, ...) of each ray that fall in
-        ``occupied`` cells, as ``(ray index, j)`` pairs sorted by ray then j; in chunks of rays."""
-        n_rays = o.shape[0]
-        n_steps = int(((t_end - t_first).clamp(min=0).max().item() / dt) + 1) if n_rays else 0
-        rays_out, steps_out = [torch.zeros(0, dtype=torch.long, device=o.device)], [
-            torch.zeros(0, dtype=torch.long, device=o.device)]
-        if n_steps == 0:
-            return rays_out[0], steps_out[0]
-        steps = torch.arange(n_steps, device=o.device, dtype=o.dtype)
-        rays_per_chunk = max(1, self.config.max_points_per_chunk // n_steps)
-        for r0 in range(0, n_rays, rays_per_chunk):
-            sl = slice(r0, r0 + rays_per_chunk)
-            t = t_first[sl, None] + steps * dt
-            keep = t < t_end[sl, None]
-            x = o[sl, None, :] + t[..., None] * d[sl, None, :]
-            flat = keep.reshape(-1)
-            flat[flat.clone()] = occupied[self.cell_index(x.reshape(-1, 3)[flat])]
-            ray_i, step_i = keep.nonzero(as_tuple=True)
-            rays_out.append(ray_i + r0)
-            steps_out.append(step_i)
-        return torch.cat(rays_out), torch.cat(steps_out)
+    def _march(self, o: Tensor, d: Tensor, steps: StepSchedule, t_far: Tensor, n_steps: int,
+               first_ray: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The kept steps ``j < n_steps`` of a chunk of rays, as ``(ray index + first_ray,
+        midpoint, dt)`` sorted by ray then ``j``.
+
+        Coarse pass: segments of K consecutive steps, tested at the middle ``x_c`` of their first
+        and last midpoints against the grid dilated by one cell (finer cascades OR-ed into coarser
+        ones), in ``x_c``'s cascade and the next coarser one. When the segment's midpoints lie
+        within one cell of ``x_c`` per axis, every one of them lies in a cell adjacent to ``x_c``'s
+        in one of those two cascades, so the pass never drops an occupied step; a segment longer
+        than that (large steps in a fine cascade) is kept for the fine pass.
+        Fine pass: the kept segments' steps, tested against the grid itself."""
+        k = self.coarse_factor
+        first = torch.arange(0, n_steps, k, device=o.device, dtype=o.dtype).expand(o.shape[0], -1)
+        mid0, _ = steps.at(first)
+        mid1, _ = steps.at(first + (k - 1))
+        keep = mid0 < t_far[:, None]
+        t_c, reach = (mid0 + mid1) / 2, (mid1 - mid0) / 2
+        seg_ray = keep.nonzero()[:, 0]
+        x_c = o[seg_ray] + t_c[keep][:, None] * d[seg_ray]
+        keep[keep.clone()] = self._may_be_occupied(x_c, reach[keep][:, None] * d[seg_ray].abs())
+        seg_ray, seg = keep.nonzero(as_tuple=True)
+        j = (seg[:, None] * k + torch.arange(k, device=o.device)).to(o.dtype)
+        t_mid, dt = steps.rows(seg_ray).at(j)
+        fine = t_mid < t_far[seg_ray, None]
+        x = o[seg_ray, None, :] + t_mid[..., None] * d[seg_ray, None, :]
+        fine &= self.occupied[self.cell_index(x.reshape(-1, 3))].reshape(fine.shape)
+        return seg_ray[:, None].expand_as(fine)[fine] + first_ray, t_mid[fine], dt[fine]
+
+    def _may_be_occupied(self, x: Tensor, reach: Tensor) -> Tensor:
+        """``(n,)`` bool: may a point within ``reach`` ``(n, 3)`` of ``x`` ``(n, 3)`` per axis be
+        occupied? (True where ``reach`` exceeds a cell of ``x``'s cascade.)"""
+        cascade = self.cascade_of(x) if self.n_cascades > 1 else torch.zeros_like(x[:, 0], dtype=torch.long)
+        cell = self.box_size[cascade] / self.config.resolution
+        dilated = self.dilated
+        hit = (reach > cell).any(-1) | dilated[self.cell_index(x, cascade)]
+        if self.n_cascades > 1:
+            hit |= dilated[self.cell_index(x, (cascade + 1).clamp(max=self.n_cascades - 1))]
+        return hit
 
     @property
     def coarse_factor(self) -> int:
-        """Fine steps per coarse segment: the largest K with K * step / 2 <= cell size."""
-        cell = ((self.aabb[3:] - self.aabb[:3]) / self.config.resolution).min().item()
-        return max(1, int(2 * cell / self.step_size))
+        """Steps per coarse segment: the largest K with ``K dt_min / 2 <= `` a cell of cascade 0;
+        with a cone angle at most ``1 + 4 / (sqrt3 R c)`` (10 at R = 64, c = 1/256), which keeps
+        the geometric phase's segments (``(K - 1) c t`` long) of a ray from the centre within one
+        cell of the cascade at distance ``t`` (cells of at least ``2 t / (sqrt3 R)``). K only
+        trades speed: longer segments go to the fine pass whole."""
+        cell = (self.box_size[0] / self.config.resolution).min().item()
+        k = max(1, int(2 * cell / self.step_size))
+        if self.config.cone_angle > 0:
+            k = min(k, 1 + int(4 / (math.sqrt(3) * self.config.resolution * self.config.cone_angle)))
+        return k
 
     @property
     def dilated(self) -> Tensor:
-        """``occupied`` dilated by one cell (3 x 3 x 3 max filter)."""
+        """``(C R^3,)`` bool: per cascade, ``occupied`` OR-ed with every finer cascade's occupied
+        cells that overlap a cell (:meth:`_with_finer`), then dilated by one cell (3 x 3 x 3 max
+        filter)."""
         if self._dilated is None or self._dilated_version != self._occupied_version():
             res = self.config.resolution
-            occ = self.occupied.reshape(1, 1, res, res, res).float()
-            self._dilated = (torch.nn.functional.max_pool3d(occ, 3, 1, 1) > 0).reshape(-1)
+            occ = self._with_finer(self.occupied.reshape(-1, res, res, res))
+            self._dilated = (torch.nn.functional.max_pool3d(occ[:, None].float(), 3, 1, 1) > 0).reshape(-1)
             self._dilated_version = self._occupied_version()
         return self._dilated
+
+    def _with_finer(self, occ: Tensor) -> Tensor:
+        """``occ`` ``(C, R, R, R)`` with each cascade also marking its cells that overlap an
+        occupied cell of the next finer one (so, by induction, of any finer one). A finer cell is
+        no larger than a coarser one, so it overlaps at most 2 cells per axis (3 with the 1e-4
+        cell margin that makes the overlap test conservative)."""
+        occ, res = occ.clone(), self.config.resolution
+        for k in range(1, self.n_cascades):
+            ijk = occ[k - 1].nonzero().to(self.box_lo.dtype)
+            fine = self.box_size[k - 1] / res
+            lo = self.box_lo[k - 1] + ijk * fine
+            u0 = ((lo - self.box_lo[k]) / self.box_size[k] * res - 1e-4).floor().long()
+            u1 = ((lo + fine - self.box_lo[k]) / self.box_size[k] * res + 1e-4).floor().long()
+            for shift in itertools.product(range(3), repeat=3):
+                idx = u0 + torch.tensor(shift, device=u0.device)
+                idx = idx[(idx <= u1).all(-1)].clamp(0, res - 1)
+                occ[k][idx[:, 0], idx[:, 1], idx[:, 2]] = True
+        return occ
 
     def _occupied_version(self) -> tuple[int, int]:
         return (self.occupied._version, self.occupied.data_ptr())
 
     def occupancy_fraction(self) -> float:
+        """The fraction of occupied cells, over all cascades."""
         return self.occupied.float().mean().item()
