@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewer-port", type=_port, default=8080, help="the viewer's port (0: any free one)")
     p.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
 
-    p = sub.add_parser("eval", help="evaluate a trained run (PSNR, SSIM, LPIPS, depth error) and save test renders",
+    p = sub.add_parser("eval", help="evaluate a trained run (PSNR, SSIM, LPIPS, depth error) and save renders",
                        formatter_class=fmt)
     p.add_argument("run_dir")
     p.add_argument("--split", default="test")

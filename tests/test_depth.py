@@ -36,13 +36,13 @@ from radfield.losses import l2
 from radfield.losses.depth import (DepthConfig, bounded_density_loss, check_depth_config, depth_weight,
                                    dsnerf_loss, expected_depth_loss, gaussian_cdf, make_depth_loss,
                                    urf_loss, urf_window)
-from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, loss_from_raw,
-                                     photometric_objective, with_depth_loss)
+from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, photometric_objective,
+                                     with_depth_loss)
 from radfield.training.trainer import Trainer
 
 from conftest import make_config
 from test_colmap import make_project, opencv_project
-from test_hsm import grads, random_batch, small_field
+from test_hsm import grads, random_batch, raw_gradient, small_field
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,7 +82,8 @@ def per_ray(w, t0, t1, ri, n):
 
 
 def brute_l2(w, t0, t1, ri, n, depth, eps):
-    terms = [(sum(wi * t for wi, t, _ in s) - d) ** 2 for s, d in zip(per_ray(w, t0, t1, ri, n), depth.tolist()) if d > 0]
+    terms = [(sum(wi * t for wi, t, _ in s) - d) ** 2
+             for s, d in zip(per_ray(w, t0, t1, ri, n), depth.tolist()) if d > 0]
     return sum(terms) / len(terms)
 
 
@@ -152,7 +153,8 @@ def test_hand_values():
     value = bounded_density_loss(w, t - 0.01, t + 0.01, one(4), 1, d, torch.tensor([0.1], dtype=torch.float64))
     assert value.item() == pytest.approx(0.01 + 0.1 * (0.6 - phi) ** 2, rel=1e-12)
     assert value.item() == pytest.approx(0.029478, abs=1e-6)
-    assert gaussian_cdf(torch.tensor(1.1), torch.tensor(1.0), torch.tensor(0.1)).item() == pytest.approx(0.841345, abs=1e-6)
+    phi = gaussian_cdf(torch.tensor(1.1), torch.tensor(1.0), torch.tensor(0.1)).item()
+    assert phi == pytest.approx(0.841345, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", LOSSES)
@@ -245,7 +247,8 @@ def test_hsm_with_b_equal_B_matches_baseline_with_a_depth_loss(name):
     base = small_field()
     baseline_step(base, batch, objective)
     twin = small_field()
-    result = HardSampleMiner(HSMConfig(enabled=True, min_fraction=1.0, max_fraction=1.0)).step(twin, batch, objective)
+    miner = HardSampleMiner(HSMConfig(enabled=True, min_fraction=1.0, max_fraction=1.0))
+    result = miner.step(twin, batch, objective)
     assert result.n_backward == result.n_samples == len(batch.samples)
     gb, gh = grads(base), grads(twin)
     assert gb.keys() == gh.keys() and len(gb) > 0
@@ -261,21 +264,11 @@ def test_hsm_with_b_equal_B_matches_baseline_with_a_depth_loss(name):
 def test_hsm_injected_gradient_includes_the_depth_loss(name):
     """g = d loss / d raw of the objective with depth = photometric g + the depth term's g."""
     model, batch = small_field(), depth_batch(seed=2)
-    x, d = batch.samples.positions(batch.rays), batch.samples.directions(batch.rays)
-    with torch.no_grad():
-        raw = model.field.raw(x, d)
-
-    def grad_of(objective):
-        leaf = raw.clone().requires_grad_()
-        loss, _ = loss_from_raw(model, leaf, batch, objective)
-        return torch.autograd.grad(loss, leaf)[0]
-
-    fn = loss_fn(name)
-    g_both = grad_of(with_depth_loss(photometric_objective(l2), fn, 0.5))
-    g_photo = grad_of(photometric_objective(l2))
-    s = batch.samples
-    g_depth = grad_of(lambda out, b: 0.5 * fn(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays,
-                                              b.depth, b.depth_eps))
+    fn, s = loss_fn(name), batch.samples
+    g_both = raw_gradient(model, batch, with_depth_loss(photometric_objective(l2), fn, 0.5))
+    g_photo = raw_gradient(model, batch, photometric_objective(l2))
+    g_depth = raw_gradient(model, batch, lambda out, b: 0.5 * fn(
+        out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, b.depth, b.depth_eps))
     assert g_depth.abs().max() > 1e-6
     torch.testing.assert_close(g_both, g_photo + g_depth, rtol=1e-5, atol=1e-9)
 
@@ -351,7 +344,8 @@ def test_monocular_depth_is_aligned_to_the_sparse_points(tmp_path):
     assert out.meta["depth_source"] == "mono" and out.depth_uncertainty is None
     for k in range(len(data)):
         np.testing.assert_allclose(out.depths[k].numpy(), 2.0 * monos[k] + 0.5, rtol=1e-5)
-    assert align_scale_shift(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 5.0, 7.0]))[:2] == pytest.approx((2.0, 1.0))
+    a, b, n = align_scale_shift(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 5.0, 7.0]))
+    assert (a, b, n) == (pytest.approx(2.0), pytest.approx(1.0), 3)
 
     stem = Path(data.names[0]).stem
     np.save(tmp_path / "mono" / f"{stem}.npy", -monos[0])  # inverse relation: a < 0
@@ -408,7 +402,8 @@ def test_train_views_keep_everything_per_image(tmp_path):
     assert kept.names == [data.names[i] for i in views]
     assert torch.equal(kept.images, data.images[views]) and torch.equal(kept.cameras.c2w, data.cameras.c2w[views])
     # sparse depth of the subset = the subset of the sparse depth (observations renumbered)
-    torch.testing.assert_close(with_depth(kept, "sparse", "x").depths, with_depth(data, "sparse", "x").depths[views])
+    sparse_of_kept = with_depth(kept, "sparse", "x").depths
+    torch.testing.assert_close(sparse_of_kept, with_depth(data, "sparse", "x").depths[views])
     with pytest.raises(RadfieldError, match="--train-views 8: the training split has 7 views"):
         select_train_views([data], 8, str(tmp_path))
 

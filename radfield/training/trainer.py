@@ -421,8 +421,8 @@ class Trainer:
         depth_cfg = self.config.train.depth
         base = urf_window(depth_cfg, self.run_progress()) if depth_cfg.loss == "urf" else depth_cfg.eps
         planar = torch.cat([g.depths[flat] for g, (flat, *_) in zip(self.groups, parts)])
-        rel = torch.cat([g.uncertainty[flat] if g.uncertainty is not None
-                         else torch.ones(len(flat), device=flat.device) for g, (flat, *_) in zip(self.groups, parts)])
+        rel = torch.cat([torch.ones(len(flat), device=flat.device) if g.uncertainty is None
+                         else g.uncertainty[flat] for g, (flat, *_) in zip(self.groups, parts)])
         return planar / rays.z_per_t, base * rel
 
     def make_batch(self, n_rays: int) -> StepBatch:
