@@ -88,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "charbonnier, ssim, fft)")
     p.add_argument("--background", default=None, help="random, white, black, learned or last_sample")
     p.add_argument("--colmap-model", default=None, help="COLMAP sparse/ model to read (default: the largest)")
+    p.add_argument("--train-views", type=_positive_int, default=None, metavar="N",
+                   help="few-view training: N training views by farthest-point sampling on the camera "
+                   "centres (default: all)")
+    p.add_argument("--depth-loss", default=None, help="depth supervision: none, l2, urf, dsnerf or bounded "
+                   "(default none)")
+    p.add_argument("--depth-weight", type=float, default=None,
+                   help="weight of the depth loss (default: the loss's reference weight, 0.1; bounded 1)")
+    p.add_argument("--depth-eps", type=float, default=None,
+                   help="depth uncertainty, scene units along the ray (dsnerf, bounded; 0.03)")
+    p.add_argument("--depth-beta", type=float, default=None, help="margin of the bounded loss (0)")
+    p.add_argument("--depth-source", default=None,
+                   help="auto, maps (depth_file_path), sparse (COLMAP points) or mono (default auto)")
+    p.add_argument("--mono-depth", default=None, metavar="FOLDER",
+                   help="--depth-source mono: folder of <image stem>.npy monocular depths (relative to DATA)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set nerf.encoding.name=fourier (repeatable)")
     p.add_argument("--downscale", type=_positive_int, default=1, help="integer image downscale factor")
@@ -114,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewer-port", type=_port, default=8080, help="the viewer's port (0: any free one)")
     p.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
 
-    p = sub.add_parser("eval", help="evaluate a trained run (PSNR, SSIM, LPIPS) and save test renders",
+    p = sub.add_parser("eval", help="evaluate a trained run (PSNR, SSIM, LPIPS, depth error) and save renders",
                        formatter_class=fmt)
     p.add_argument("run_dir")
     p.add_argument("--split", default="test")
@@ -214,7 +228,10 @@ def run_config_from_args(args) -> RunConfig:
                  "train.hsm.min_fraction": args.hsm_min_fraction,
                  "train.hsm.max_fraction": args.hsm_max_fraction, "train.hsm.ema": args.hsm_ema,
                  "train.loss": args.loss, "train.background": args.background,
-                 "data.colmap_model": args.colmap_model}
+                 "data.colmap_model": args.colmap_model, "data.train_views": args.train_views,
+                 "train.depth.loss": args.depth_loss, "train.depth.weight": args.depth_weight,
+                 "train.depth.eps": args.depth_eps, "train.depth.beta": args.depth_beta,
+                 "data.depth_source": args.depth_source, "data.mono_depth": args.mono_depth}
     apply_overrides(config, {k: v for k, v in overrides.items() if v is not None})
     if args.hsm:
         config.train.hsm.enabled = True

@@ -18,6 +18,7 @@ from radfield.fields.encodings import EncodingConfig
 from radfield.fields.hashgrid import HashGridConfig
 from radfield.fields.ngp import NGPFieldConfig
 from radfield.fields.volsdf import SDFFieldConfig
+from radfield.losses.depth import DepthConfig
 from radfield.samplers.occupancy import OccupancyGridConfig
 
 LR_SCHEDULES = ("step", "log_linear")
@@ -110,6 +111,8 @@ class TrainConfig:
     mixed_precision: bool = True
     """float16 autocast and gradient scaling on CUDA (ignored on the CPU)."""
     hsm: HSMConfig = dc_field(default_factory=HSMConfig)
+    depth: DepthConfig = dc_field(default_factory=DepthConfig)
+    """Depth supervision (``shared/specs/depth-supervision.md``); off by default."""
 
 
 @dataclass
@@ -118,6 +121,15 @@ class DataConfig:
     downscale: int = 1
     colmap_model: str | None = None
     """COLMAP datasets: the ``sparse/`` model folder to read (default: the one with the most images)."""
+    train_views: int | None = None
+    """Few-view training: keep this many training views, chosen by farthest-point sampling on
+    the camera centres (:mod:`radfield.data.views`); None = all."""
+    depth_source: str = "auto"
+    """Where depth supervision reads its depths: ``auto``, ``maps``, ``sparse`` or ``mono``
+    (:mod:`radfield.data.depth`)."""
+    mono_depth: str | None = None
+    """``mono``: the folder of monocular depth maps ``<image stem>.npy`` (relative to the
+    dataset folder, or absolute)."""
     eval_background: str = "white"
     """Background the RGBA test images are composited over for evaluation."""
 

@@ -2,7 +2,13 @@
 
 A split with masks (``SceneData.masks``, e.g. DTU's object masks) is scored on its unmasked
 pixels only (masked PSNR; SSIM and LPIPS as :mod:`radfield.evaluation.metrics` says), and the
-metrics say so (``masked``)."""
+metrics say so (``masked``).
+
+Depth: where the split has reference depths (its depth maps, else a COLMAP model's sparse points
+projected into each image, :func:`radfield.data.depth.with_depth` with ``auto``), each rendered
+planar depth map is scored against them (:func:`radfield.evaluation.metrics.depth_errors`:
+abs. rel. and RMSE over the pixels with depth), ``depth_reference`` names the reference, and a
+depth-error map is saved beside the renders."""
 
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ from torch import Tensor
 
 from radfield.cameras import pixel_rays
 from radfield.data import SceneData, load_scene_groups
+from radfield.data.depth import with_depth
 from radfield.errors import RadfieldError
-from radfield.evaluation.metrics import lpips_fn, masked_prediction, psnr, psnr_uint8, ssim
+from radfield.evaluation.metrics import depth_errors, lpips_fn, masked_prediction, psnr, psnr_uint8, ssim
 from radfield.evaluation.plots import colorize_depth
 from radfield.io import atomic_write, save_png
 from radfield.rendering.backgrounds import background_color, ray_background
@@ -29,6 +36,9 @@ MASK_NOTE = ("scores on unmasked pixels only: masked PSNR; SSIM over windows cen
              "unmasked pixels; LPIPS with masked pixels set to the target")
 FIT_OPTIONS = {"steps": 100, "rays_per_step": 2048, "lr": 1e-2}
 """Options of :func:`fit_appearance_left` under ``appearance="fit-left"``."""
+DEPTH_REFERENCES = {"maps": "the split's depth maps", "sparse": "sparse SfM points (COLMAP)"}
+DEPTH_ERROR_RANGE = 0.2
+"""Depth-error maps colour ``|pred - ref| / ref`` from 0 (blue) to this (red); black: no reference."""
 
 
 def fit_appearance_left(model, cameras, index: int, target: Tensor, background: Tensor,
@@ -69,6 +79,7 @@ def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_
                  suffix: str = "", appearance: str = "mean") -> dict:
     cams = data.cameras.to(bg.device)
     gt, mask = data.composited(i, bg.cpu()), data.mask(i)
+    gt_depth = None if data.depths is None else data.depths[i]
     if appearance == "fit-left":
         code = fit_appearance_left(model, cams, i, gt, bg, mask=mask, **FIT_OPTIONS)
         r = render_image(model, cams, i, bg, appearance_code=code)
@@ -76,17 +87,35 @@ def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_
         r = type(r)(r.rgb[:, half:], r.depth[:, half:], r.opacity[:, half:],
                     None if r.normal is None else r.normal[:, half:])
         gt, mask = gt[:, half:], None if mask is None else mask[:, half:]
+        gt_depth = None if gt_depth is None else gt_depth[:, half:]
     else:
         r = render_image(model, cams, i, bg)
     name = Path(data.names[i]).stem + suffix
-    row = {"name": name, **_scores(r.rgb, gt, mask, lpips)}
+    depth = None if gt_depth is None else depth_errors(r.depth, gt_depth, mask)
+    row = {"name": name, **_scores(r.rgb, gt, mask, lpips),
+           "depth_abs_rel": None if depth is None else depth["abs_rel"],
+           "depth_rmse": None if depth is None else depth["rmse"]}
     if save_renders:
         save_png(out_dir / f"{name}_rgb.png", r.rgb)
         save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
+        if gt_depth is not None:
+            save_png(out_dir / f"{name}_depth_error.png", depth_error_map(r.depth, gt_depth, mask))
         save_png(out_dir / f"{name}_opacity.png", r.opacity)
         if r.normal is not None:  # world-space normals as colours, (n + 1) / 2
             save_png(out_dir / f"{name}_normal.png", ((r.normal + 1) / 2).clamp(0, 1))
     return row
+
+
+def depth_error_map(pred: Tensor, reference: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``(H, W, 3)`` colours of the relative depth error ``|pred - ref| / ref`` on the turbo
+    map from 0 to :data:`DEPTH_ERROR_RANGE`; black where there is no reference depth (or the
+    pixel is masked)."""
+    has = reference > 0
+    if mask is not None:
+        has &= mask
+    rel = (pred - reference).abs() / reference.clamp(min=1e-12)
+    # colorize_depth leaves values <= 0 black: an exact 0 error is lifted to the bottom colour.
+    return colorize_depth(torch.where(has, rel.clamp(min=1e-12), 0.0), near=0.0, far=DEPTH_ERROR_RANGE)
 
 
 def _scores(pred: Tensor, gt: Tensor, mask: Tensor | None, lpips) -> dict:
@@ -110,7 +139,8 @@ def _means(rows: list[dict]) -> dict:
         return float(sum(vals) / len(vals)) if vals else None
 
     return {"n_images": len(rows), "psnr": mean("psnr"), "psnr_uint8": mean("psnr_uint8"),
-            "ssim": mean("ssim"), "lpips": mean("lpips")}
+            "ssim": mean("ssim"), "lpips": mean("lpips"), "depth_abs_rel": mean("depth_abs_rel"),
+            "depth_rmse": mean("depth_rmse")}
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
@@ -126,14 +156,18 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     render held-out views with the mean embedding (``appearance="mean"``), or fit a code to the
     left half of each image and score the right half (``"fit-left"``,
     :func:`fit_appearance_left`); ``metrics.json`` records which. A split with masks is scored
-    on its unmasked pixels only: ``masked`` is True and ``mask_note`` says how."""
+    on its unmasked pixels only: ``masked`` is True and ``mask_note`` says how. Where the split
+    has reference depths (see the module doc), ``depth_abs_rel`` / ``depth_rmse`` are the means
+    over its images (per image in ``per_image``), ``depth_reference`` says what they are
+    measured against, and ``renders/<split>/*_depth_error.png`` shows the relative error."""
     if appearance not in APPEARANCE_PROTOCOLS:
         raise RadfieldError(f"unknown appearance protocol {appearance!r} "
                             f"(choose from: {', '.join(APPEARANCE_PROTOCOLS)})")
     run_dir = Path(run_dir)
     config, model = load_run(run_dir, device)
-    groups = load_scene_groups(config.data.path, split, config.data.downscale,
-                               colmap_model=config.data.colmap_model)
+    groups = [with_depth(g, "auto", config.data.path)
+              for g in load_scene_groups(config.data.path, split, config.data.downscale,
+                                         colmap_model=config.data.colmap_model)]
     bg = background_color(config.data.eval_background, device)
     lpips = lpips_fn(device=device)
     out_dir = run_dir / "renders" / split
@@ -158,7 +192,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     if bar is not None:
         bar.close()
     masked = any(g.masks is not None for g in groups)
+    reference = groups[0].meta.get("depth_source")
     metrics = {"split": split, **_means(per_image), "masked": masked,
+               "depth_reference": DEPTH_REFERENCES.get(reference),
                "mask_note": MASK_NOTE if masked else None,
                "lpips_note": None if lpips else "unavailable: LPIPS weights not present locally",
                "eval_background": config.data.eval_background, "every": every,
@@ -176,13 +212,20 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
 
 
 def format_table(metrics: dict) -> str:
-    lines = [f"{'image':<24}{'PSNR':>8}{'PSNR8':>8}{'SSIM':>8}{'LPIPS':>8}"]
     fmt = lambda v, p=2: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+    has_depth = metrics.get("depth_reference") is not None
+
+    def depth_cols(row: dict) -> str:
+        return f"{fmt(row.get('depth_abs_rel'), 4):>8}{fmt(row.get('depth_rmse'), 4):>8}" if has_depth else ""
+
+    lines = [f"{'image':<24}{'PSNR':>8}{'PSNR8':>8}{'SSIM':>8}{'LPIPS':>8}"
+             + (f"{'AbsRel':>8}{'RMSE':>8}" if has_depth else "")]
     for row in metrics["per_image"]:
         lines.append(f"{row['name']:<24}{fmt(row['psnr']):>8}{fmt(row['psnr_uint8']):>8}"
-                     f"{fmt(row['ssim'], 4):>8}{fmt(row['lpips'], 4):>8}")
+                     f"{fmt(row['ssim'], 4):>8}{fmt(row['lpips'], 4):>8}{depth_cols(row)}")
     lines.append(f"{'mean (' + str(metrics['n_images']) + ' images)':<24}{fmt(metrics['psnr']):>8}"
-                 f"{fmt(metrics['psnr_uint8']):>8}{fmt(metrics['ssim'], 4):>8}{fmt(metrics['lpips'], 4):>8}")
+                 f"{fmt(metrics['psnr_uint8']):>8}{fmt(metrics['ssim'], 4):>8}{fmt(metrics['lpips'], 4):>8}"
+                 f"{depth_cols(metrics)}")
     if metrics.get("worst") and metrics["n_images"] > 1:  # one bad view hides in a mean
         lines.append(f"{'worst: ' + metrics['worst']['name']:<24}{fmt(metrics['worst']['psnr']):>8}")
     for scale, m in (metrics.get("per_scale") or {}).items():
@@ -192,4 +235,7 @@ def format_table(metrics: dict) -> str:
         lines.append(f"masked: {metrics['mask_note']}")
     if metrics.get("appearance"):
         lines.append(f"appearance: {metrics['appearance']} for held-out views")
+    if has_depth:
+        lines.append(f"depth: planar depth against {metrics['depth_reference']} (AbsRel: mean "
+                     "|d - ref| / ref; RMSE in scene units)")
     return "\n".join(lines)
