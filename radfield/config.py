@@ -208,15 +208,10 @@ class NeRFAEConfig:
 
 
 @dataclass
-class NerfactoConfig:
-    """The nerfacto-style proposal pipeline for unbounded scenes
-    (``shared/specs/proposal-sampling.md``)."""
+class ProposalPipelineConfig:
+    """The sampling of the nerfacto-style proposal pipeline (``shared/specs/proposal-sampling.md``),
+    shared by the models trained under it."""
 
-    grid: HashGridConfig = dc_field(default_factory=lambda: HashGridConfig(max_resolution=2048))
-    hidden: int = 64
-    geo_features: int = 15
-    appearance_dim: int = 32
-    """Per-training-image appearance embedding (0 = off); test images use the mean embedding."""
     contraction: str = "inf"
     """Scene contraction norm: ``inf`` (nerfacto) or ``l2`` (mip-NeRF 360)."""
     bounded: bool | None = None
@@ -233,6 +228,18 @@ class NerfactoConfig:
     """Maximum resolution of each proposal network's hash grid (5 levels, 2^17 entries)."""
     proposal_hidden: int = 16
     interlevel_weight: float = 1.0
+
+
+@dataclass
+class NerfactoConfig(ProposalPipelineConfig):
+    """The nerfacto-style proposal pipeline for unbounded scenes
+    (``shared/specs/proposal-sampling.md``): the sampling (above) and its field."""
+
+    grid: HashGridConfig = dc_field(default_factory=lambda: HashGridConfig(max_resolution=2048))
+    hidden: int = 64
+    geo_features: int = 15
+    appearance_dim: int = 32
+    """Per-training-image appearance embedding (0 = off); test images use the mean embedding."""
     optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
         schedule="log_linear", lr_final=1e-4, warmup_steps=512, target_samples=1 << 15,
         early_stop=False, distortion_weight=0.002))
