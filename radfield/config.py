@@ -18,6 +18,7 @@ from radfield.fields.encodings import EncodingConfig
 from radfield.fields.hashgrid import HashGridConfig
 from radfield.fields.ngp import NGPFieldConfig
 from radfield.fields.volsdf import SDFFieldConfig
+from radfield.fields.voxels import VoxelFieldConfig
 from radfield.samplers.occupancy import OccupancyGridConfig
 
 LR_SCHEDULES = ("step", "log_linear")
@@ -210,7 +211,7 @@ class NeRFAEConfig:
 @dataclass
 class ProposalPipelineConfig:
     """The sampling of the nerfacto-style proposal pipeline (``shared/specs/proposal-sampling.md``),
-    shared by the models trained under it."""
+    shared by the models trained under it (``nerfacto``, ``merf``)."""
 
     contraction: str = "inf"
     """Scene contraction norm: ``inf`` (nerfacto) or ``l2`` (mip-NeRF 360)."""
@@ -287,6 +288,34 @@ class DNeRFConfig(NGPConfig):
 
 
 @dataclass
+class VoxelsConfig(VoxelFieldConfig):
+    """DVGO's recipe: dense density and feature grids (the fields above), growing coarse to fine,
+    a colour MLP, a total-variation term, free space skipped through Instant-NGP's occupancy grid
+    (``occupancy``); with frame times, 4D grids over ``(x, t)`` (``time_slices``)."""
+
+    occupancy: OccupancyGridConfig = dc_field(default_factory=lambda: OccupancyGridConfig(steps_per_diagonal=512))
+    """Steps of about half a voxel of the final grid at resolution 160 (DVGO's 0.5)."""
+    occupancy_from: int = 100
+    """Step of the occupancy grid's first update; until then every step through the box is
+    sampled (DVGO's coarse stage also sees all of space first): an untrained grid is uniform,
+    and a uniform density has no cell above the mean to keep."""
+    grid_lr: float = 0.1
+    """Learning rate of the grids (DVGO's); ``optim.lr`` is the colour MLP's."""
+    tv_density: float = 1e-4
+    """Weight of the total variation of the density grid (0 = off)."""
+    tv_features: float = 1e-5
+    """Weight of the total variation of the feature grid (0 = off)."""
+    tv_points: int = 4096
+    """The total variation is taken over the cells of this many of the batch's samples (where
+    rays are being fitted; one pass over every voxel per step would cost more than the step);
+    0 = over the whole grids."""
+    optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
+        lr=1e-3, schedule="log_linear", lr_final=1e-4, warmup_steps=0, eps=1e-8, weight_decay=0.0,
+        target_samples=1 << 16))
+    """DVGO's: Adam, the MLP at 1e-3 (the grids at ``grid_lr``), every rate decaying 10x over the run."""
+
+
+@dataclass
 class RunConfig:
     """Everything a run does. ``model`` names the model (a key of
     :data:`radfield.models.REGISTRY`); its settings, training recipe included, are the section of
@@ -305,6 +334,7 @@ class RunConfig:
     nerfacto: NerfactoConfig = dc_field(default_factory=NerfactoConfig)
     dnerf: DNeRFConfig = dc_field(default_factory=DNeRFConfig)
     volsdf: VolSDFConfig = dc_field(default_factory=VolSDFConfig)
+    voxels: VoxelsConfig = dc_field(default_factory=VoxelsConfig)
     train: TrainConfig = dc_field(default_factory=TrainConfig)
 
     @property
@@ -354,6 +384,7 @@ PRESETS: dict[str, dict] = {
     "nerfae": {"model": "nerfae"},
     "dnerf": {"model": "dnerf"},
     "volsdf": {"model": "volsdf"},
+    "voxels": {"model": "voxels"},
     # D-NeRF's own networks (8 x 256 MLPs for the deformation and the canonical NeRF), lr 5e-4
     # -> 5e-5 (the sampler stays the occupancy grid).
     "dnerf-mlp": {"model": "dnerf", "dnerf.backbone": "mlp", "dnerf.optim.lr": 5e-4,
@@ -379,6 +410,10 @@ PRESETS: dict[str, dict] = {
                       "mipnerf.optim.warmup_steps": 100, "mipnerf.optim.target_samples": 1 << 14,
                       "mipnerf.depth": 4, "mipnerf.width": 128, "mipnerf.skip": 2,
                       "mipnerf.sampler.n_coarse": 48, "mipnerf.sampler.n_fine": 48},
+    # DVGO on a CPU: 96 vertices per side once grown (from 48, doubling the voxels at 250, 500
+    # and 1000 steps), 8 feature channels, a 64-wide colour MLP.
+    "voxels-small": {"model": "voxels", "voxels.resolution": 96, "voxels.upsample_steps": (250, 500, 1000),
+                     "voxels.features": 8, "voxels.hidden": 64, "voxels.optim.target_samples": 1 << 15},
 }
 """Named presets: dotted overrides of the defaults above. ``--model M`` alone uses preset ``M``,
 which sets only ``model``; every preset sets its model."""

@@ -15,6 +15,7 @@ from radfield.models.nerf import MipNeRFModel, NeRFAEModel, NeRFModel, TinyNeRFM
 from radfield.models.nerfacto import NerfactoModel
 from radfield.models.ngp import NGPModel
 from radfield.models.volsdf import VolSDFModel
+from radfield.models.voxels import VoxelsModel
 
 REGISTRY: dict[str, type[Model]] = {
     "ngp": NGPModel,
@@ -25,6 +26,7 @@ REGISTRY: dict[str, type[Model]] = {
     "nerfae": NeRFAEModel,
     "dnerf": DNeRFModel,
     "volsdf": VolSDFModel,
+    "voxels": VoxelsModel,
 }
 """Model name (``--model``, ``RunConfig.model``, the name of its config section) -> class."""
 
