@@ -16,6 +16,7 @@ from radfield.errors import RadfieldError
 from radfield.fields.dnerf import DeformationConfig, DNeRFMLPConfig
 from radfield.fields.encodings import EncodingConfig
 from radfield.fields.hashgrid import HashGridConfig
+from radfield.fields.merf import MerfFieldConfig
 from radfield.fields.ngp import NGPFieldConfig
 from radfield.fields.volsdf import SDFFieldConfig
 from radfield.fields.voxels import VoxelFieldConfig
@@ -248,6 +249,26 @@ class NerfactoConfig(ProposalPipelineConfig):
 
 
 @dataclass
+class MerfConfig(ProposalPipelineConfig):
+    """MeRF: a low-resolution 3D grid plus three high-resolution planes (``field``), features
+    summed and quantised to 8 bits while training, deferred shading, trained under the proposal
+    pipeline (the sampling above); ``radfield export baked`` writes the grids as PNG atlases."""
+
+    field: MerfFieldConfig = dc_field(default_factory=MerfFieldConfig)
+    grid_lr: float = 0.1
+    """Learning rate of the grid's and planes' level tables (they hold the features themselves,
+    with no network to scale them, like DVGO's grids); ``optim.lr`` is the rest's."""
+    baked_samples: tuple[int, int] = (256, 128)
+    """The baked renderer's samples per ray: uniform in the spacing coordinate, then resampled
+    from their weights under the baked density (it has no proposal networks)."""
+    optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
+        schedule="log_linear", lr_final=1e-4, warmup_steps=512, target_samples=1 << 15,
+        early_stop=False, distortion_weight=0.002))
+    """nerfacto's recipe for the proposal networks and the shader (1e-2 decaying to 1e-4; the
+    tables start at ``grid_lr`` and decay alike)."""
+
+
+@dataclass
 class VolSDFConfig:
     """VolSDF: a signed-distance field (``field``: hash-grid backbone by default, ``mlp`` the
     paper's), coarse-to-fine sampling, the eikonal loss."""
@@ -335,6 +356,7 @@ class RunConfig:
     dnerf: DNeRFConfig = dc_field(default_factory=DNeRFConfig)
     volsdf: VolSDFConfig = dc_field(default_factory=VolSDFConfig)
     voxels: VoxelsConfig = dc_field(default_factory=VoxelsConfig)
+    merf: MerfConfig = dc_field(default_factory=MerfConfig)
     train: TrainConfig = dc_field(default_factory=TrainConfig)
 
     @property
@@ -385,6 +407,7 @@ PRESETS: dict[str, dict] = {
     "dnerf": {"model": "dnerf"},
     "volsdf": {"model": "volsdf"},
     "voxels": {"model": "voxels"},
+    "merf": {"model": "merf"},
     # D-NeRF's own networks (8 x 256 MLPs for the deformation and the canonical NeRF), lr 5e-4
     # -> 5e-5 (the sampler stays the occupancy grid).
     "dnerf-mlp": {"model": "dnerf", "dnerf.backbone": "mlp", "dnerf.optim.lr": 5e-4,
@@ -414,6 +437,12 @@ PRESETS: dict[str, dict] = {
     # and 1000 steps), 8 feature channels, a 64-wide colour MLP.
     "voxels-small": {"model": "voxels", "voxels.resolution": 96, "voxels.upsample_steps": (250, 500, 1000),
                      "voxels.features": 8, "voxels.hidden": 64, "voxels.optim.target_samples": 1 << 15},
+    # MeRF on a CPU: a 64^3 grid (3 levels), 512^2 planes (4 levels, dense tables), nerfacto-small's
+    # samples.
+    "merf-small": {"model": "merf", "merf.field.grid_resolution": 64, "merf.field.grid_levels": 3,
+                   "merf.field.plane_resolution": 512, "merf.field.plane_levels": 4,
+                   "merf.optim.warmup_steps": 256, "merf.optim.target_samples": 1 << 14,
+                   "merf.proposal_samples": (128, 64), "merf.n_samples": 32},
 }
 """Named presets: dotted overrides of the defaults above. ``--model M`` alone uses preset ``M``,
 which sets only ``model``; every preset sets its model."""

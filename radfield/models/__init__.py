@@ -11,6 +11,7 @@ from radfield.config import RunConfig
 from radfield.errors import RadfieldError
 from radfield.models.base import Model, SceneInfo
 from radfield.models.dnerf import DNeRFModel
+from radfield.models.merf import MerfModel
 from radfield.models.nerf import MipNeRFModel, NeRFAEModel, NeRFModel, TinyNeRFModel
 from radfield.models.nerfacto import NerfactoModel
 from radfield.models.ngp import NGPModel
@@ -27,6 +28,7 @@ REGISTRY: dict[str, type[Model]] = {
     "dnerf": DNeRFModel,
     "volsdf": VolSDFModel,
     "voxels": VoxelsModel,
+    "merf": MerfModel,
 }
 """Model name (``--model``, ``RunConfig.model``, the name of its config section) -> class."""
 
