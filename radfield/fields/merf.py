@@ -301,13 +301,15 @@ class MerfField(nn.Module):
 
     def raw(self, x: Tensor, d: Tensor | None = None) -> Tensor:
         """``(n, 8)`` pre-activation features ``f`` at world points ``x (n, 3)`` (``d`` unused:
-        the view direction acts per ray, in the shader)."""
-        u = self.to_unit(x)
-        corners, f = self.grid.corners(u)
-        out = interpolate(self._quantised(corners), f)
-        for name, axes in PLANES.items():
-            corners, f = self.planes[name].corners(u[:, list(axes)])
-            out = out + interpolate(self._quantised(corners), f)
+        the view direction acts per ray, in the shader). Always in float32, also under CUDA's
+        float16 autocast: the 8-bit rounding must see the numbers baking sees."""
+        with torch.autocast(x.device.type, enabled=False):
+            u = self.to_unit(x.float())
+            corners, f = self.grid.corners(u)
+            out = interpolate(self._quantised(corners), f)
+            for name, axes in PLANES.items():
+                corners, f = self.planes[name].corners(u[:, list(axes)])
+                out = out + interpolate(self._quantised(corners), f)
         return out
 
     def activate(self, raw: Tensor) -> tuple[Tensor, Tensor]:
