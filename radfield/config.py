@@ -317,9 +317,10 @@ class VoxelsConfig(VoxelFieldConfig):
     occupancy: OccupancyGridConfig = dc_field(default_factory=lambda: OccupancyGridConfig(steps_per_diagonal=512))
     """Steps of about half a voxel of the final grid at resolution 160 (DVGO's 0.5)."""
     occupancy_from: int = 100
-    """Step of the occupancy grid's first update; until then every step through the box is
-    sampled (DVGO's coarse stage also sees all of space first): an untrained grid is uniform,
-    and a uniform density has no cell above the mean to keep."""
+    """The occupancy grid is updated (every ``occupancy.update_every`` steps) from this step on;
+    until its first update every step through the box is sampled (DVGO's coarse stage also sees
+    all of space first): an untrained grid is uniform, and a uniform density has no cell above
+    the mean to keep."""
     grid_lr: float = 0.1
     """Learning rate of the grids (DVGO's); ``optim.lr`` is the colour MLP's."""
     tv_density: float = 1e-4
