@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--appearance", default="mean", choices=["mean", "fit-left"],
                    help="held-out views of models with appearance embeddings: the mean embedding, or "
                    "a code fitted on the left half of each image with the right half scored")
+    p.add_argument("--baked", default=None, metavar="DIR",
+                   help="also score the baked MeRF in DIR (radfield export baked) on the same images: "
+                   "RUN_DIR/metrics_baked.json, its PSNR printed beside the trained model's")
 
     p = sub.add_parser("render", help="render a camera-path video (MP4) of a trained run", formatter_class=fmt)
     p.add_argument("run_dir")
@@ -159,11 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8080, help="port (0: any free one)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    p = sub.add_parser("export", help="export a mesh (marching cubes) or a point cloud of a trained run",
-                       formatter_class=fmt)
-    p.add_argument("kind", choices=["mesh", "pointcloud"])
+    p = sub.add_parser("export", help="export a mesh (marching cubes), a point cloud or a baked MeRF of a "
+                       "trained run", formatter_class=fmt)
+    p.add_argument("kind", choices=["mesh", "pointcloud", "baked"])
     p.add_argument("run_dir")
-    p.add_argument("--out", required=True, help="output file: .ply, .obj or .glb (mesh); .ply (point cloud)")
+    p.add_argument("--out", required=True, help="output file: .ply, .obj or .glb (mesh); .ply (point cloud); "
+                   "a folder (baked: PNG atlases and baked.json)")
     p.add_argument("--resolution", type=_positive_int, default=256, help="mesh: lattice vertices per axis")
     p.add_argument("--level", type=float, default=10.0, help="mesh: density of the surface")
     p.add_argument("--views", type=_positive_int, default=16, help="point cloud: training views rendered")
@@ -317,12 +321,22 @@ def cmd_view(args) -> int:
 def cmd_eval(args) -> int:
     from radfield.evaluation.evaluate import evaluate_run, format_table
 
+    baked = None
+    if args.baked is not None:  # read the bake first: a bad folder fails before any render
+        from radfield.export.baked import load_baked
+        baked = load_baked(args.baked, _device(args.device))
     metrics = evaluate_run(args.run_dir, args.split, _device(args.device), save_renders=not args.no_renders,
                            every=args.every, appearance=args.appearance)
     print(format_table(metrics))
     if metrics["lpips"] is None:
         print("LPIPS: unavailable (weights not present locally)")
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
+    if baked is not None:
+        scores = evaluate_run(args.run_dir, args.split, _device(args.device), save_renders=not args.no_renders,
+                              every=args.every, model=baked, tag="baked")
+        print(f"baked {args.baked}: PSNR {scores['psnr']:.2f} dB, trained {metrics['psnr']:.2f} dB "
+              f"({scores['psnr'] - metrics['psnr']:+.2f} dB) on {scores['n_images']} {args.split} images")
+        print(f"wrote {Path(args.run_dir) / 'metrics_baked.json'}")
     return 0
 
 
@@ -338,6 +352,13 @@ def cmd_render(args) -> int:
 def cmd_export(args) -> int:
     from radfield.export.mesh import export_mesh, export_pointcloud
 
+    if args.kind == "baked":
+        from radfield.export.baked import export_baked
+
+        info = export_baked(args.run_dir, args.out, _device(args.device))
+        print(f"wrote {info['path']} ({len(info['files'])} files, {info['bytes'] / 1e6:.1f} MB of grids before "
+              f"PNG compression); score it with: radfield eval {args.run_dir} --baked {info['path']}")
+        return 0
     if args.kind == "mesh":
         info = export_mesh(args.run_dir, args.out, args.resolution, args.level, _device(args.device))
         print(f"wrote {info['path']} ({info['vertices']} vertices, {info['faces']} faces, world coordinates)")

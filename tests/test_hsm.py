@@ -114,6 +114,9 @@ class PerSampleModel(torch.nn.Module):
     def extra_losses(self, rays, samples, raw):
         return {}
 
+    def shade(self, rays, values, opacity):
+        return values
+
 
 def test_hsm_back_propagates_exactly_the_b_drawn_samples():
     batch = random_batch(n_rays=64, per_ray=16)

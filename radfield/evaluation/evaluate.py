@@ -145,7 +145,7 @@ def _means(rows: list[dict]) -> dict:
 
 def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                  save_renders: bool = True, progress: bool = True, every: int = 1,
-                 appearance: str = "mean") -> dict:
+                 appearance: str = "mean", model=None, tag: str | None = None) -> dict:
     """Render ``split``, compute PSNR / PSNR(uint8) / SSIM / LPIPS per image and their means,
     write ``RUN_DIR/metrics.json`` (and ``metrics_<split>.json``) and the renders to
     ``RUN_DIR/renders/<split>/``. LPIPS is None when its weights are not available locally.
@@ -159,18 +159,24 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     on its unmasked pixels only: ``masked`` is True and ``mask_note`` says how. Where the split
     has reference depths (see the module doc), ``depth_abs_rel`` / ``depth_rmse`` are the means
     over its images (per image in ``per_image``), ``depth_reference`` says what they are
-    measured against, and ``renders/<split>/*_depth_error.png`` shows the relative error."""
+    measured against, and ``renders/<split>/*_depth_error.png`` shows the relative error.
+
+    ``model`` renders instead of the run's own (e.g. a baked MeRF,
+    :func:`radfield.export.baked.load_baked`), on the run's data; its scores go to
+    ``metrics_<tag>.json`` and its renders to ``RUN_DIR/renders/<split>_<tag>/`` (``metrics.json``
+    keeps the run's own)."""
     if appearance not in APPEARANCE_PROTOCOLS:
         raise RadfieldError(f"unknown appearance protocol {appearance!r} "
                             f"(choose from: {', '.join(APPEARANCE_PROTOCOLS)})")
     run_dir = Path(run_dir)
-    config, model = load_run(run_dir, device)
+    config, trained = load_run(run_dir, device)
+    model = trained if model is None else model
     groups = [with_depth(g, "auto", config.data.path)
               for g in load_scene_groups(config.data.path, split, config.data.downscale,
                                          colmap_model=config.data.colmap_model)]
     bg = background_color(config.data.eval_background, device)
     lpips = lpips_fn(device=device)
-    out_dir = run_dir / "renders" / split
+    out_dir = run_dir / "renders" / (split if tag is None else f"{split}_{tag}")
     jobs = [(g, i) for g in groups for i in range(0, len(g), every)]
     has_appearance = model.appearance_codes() is not None
     bar = None
@@ -205,7 +211,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     scored = [r for r in per_image if r["psnr"] is not None]
     worst = min(scored, key=lambda r: r["psnr"]) if scored else None
     metrics["worst"] = None if worst is None else {"name": worst["name"], "psnr": worst["psnr"]}
-    for name in ("metrics.json", f"metrics_{split}.json"):
+    names = ("metrics.json", f"metrics_{split}.json") if tag is None else (f"metrics_{tag}.json",)
+    if tag is not None:
+        metrics["model"] = tag
+    for name in names:
         with atomic_write(run_dir / name) as tmp:
             tmp.write_text(json.dumps(metrics, indent=1))
     return metrics

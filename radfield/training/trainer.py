@@ -12,7 +12,9 @@ One step:
    losses) and every ray carries its pixel's depth along the ray (0 = none);
 2. composite RGBA targets over the training background (random per ray by default: forces
    empty space to zero density);
-3. ``model.sample`` -> packed samples; ``baseline_step`` or the HSM step -> gradients;
+3. ``model.sample`` -> packed samples; ``baseline_step`` or the HSM step -> gradients (a model
+   that grows new parameters before the step, ``Model.grow``, gets its optimiser rebuilt:
+   :func:`make_optimizer`);
 4. Adam step, learning-rate schedule (one factor for every parameter group's own rate), the
    model's periodic update (e.g. the occupancy grid);
 5. adapt ``n_rays`` so the next step has about the model's ``optim.target_samples`` samples.
@@ -49,8 +51,8 @@ import torch
 from torch import Tensor
 
 from radfield.cameras import Cameras, Rays, pixel_rays
-from radfield.config import (LR_SCHEDULES, RunConfig, apply_overrides, run_config_from_dict,
-                             run_config_to_dict)
+from radfield.config import (LR_SCHEDULES, OptimConfig, RunConfig, apply_overrides,
+                             run_config_from_dict, run_config_to_dict)
 from radfield.data import SceneData, load_scene_groups
 from radfield.data.depth import DEPTH_SOURCES, with_depth
 from radfield.data.views import select_train_views
@@ -77,6 +79,26 @@ def learning_rate_factor(progress: float, step: int, warmup_steps: int,
     (fractions of the run). Example: milestones (0.5, 0.75), gamma 0.33, progress 0.8 -> 0.1089."""
     warm = min(1.0, (step + 1) / max(warmup_steps, 1))
     return warm * gamma ** sum(progress >= m for m in milestones)
+
+
+def make_optimizer(model, optim: OptimConfig, previous: torch.optim.Optimizer | None = None
+                   ) -> torch.optim.Adam:
+    """Adam over ``model.param_groups(optim)`` (fused; each group's own rate kept as its
+    ``base_lr``, which the schedule scales). With ``previous`` (the optimiser of the model before
+    ``Model.grow`` replaced some of its parameters), every parameter ``previous`` also held keeps
+    its state (moments, step count); the new parameters start afresh, as in a new Adam (DVGO
+    restarts its optimiser at each growth, the MLP's moments included).
+    """
+    groups = model.param_groups(optim)
+    for group in groups:  # the schedule scales each group's own rate
+        group["base_lr"] = group.get("lr", optim.lr)
+    optimizer = torch.optim.Adam(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
+    if previous is not None:
+        kept = {p for group in groups for p in group["params"]}
+        for p, state in previous.state.items():
+            if p in kept:
+                optimizer.state[p] = state
+    return optimizer
 
 
 @dataclass
@@ -257,10 +279,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(config, SceneInfo.from_data(self.data)).to(self.device)
-        groups = self.model.param_groups(optim)
-        for group in groups:  # the schedule scales each group's own rate
-            group["base_lr"] = group.get("lr", optim.lr)
-        self.optimizer = torch.optim.Adam(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
+        self.optimizer = make_optimizer(self.model, optim)
         self.amp = cfg.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         # `generator`: rays, jitter, HSM draws (each rank its own); `shared_generator`: model
@@ -338,6 +357,8 @@ class Trainer:
 
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
+        # A grown model (Model.grow) took the checkpoint's parameter shapes: optimise those.
+        self.optimizer = make_optimizer(self.model, self.config.optim)
         self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
@@ -463,6 +484,8 @@ class Trainer:
                                     optim.gamma)
 
     def train_step(self):
+        if self.model.grow(self.state.step):  # new parameters (coarse-to-fine grids)
+            self.optimizer = make_optimizer(self.model, self.config.optim, self.optimizer)
         self.model.update(self.state.step, self.shared_generator)
         factor = self.lr_factor()
         for group in self.optimizer.param_groups:
