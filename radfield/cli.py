@@ -438,8 +438,14 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": 
             "process": cmd_process, "multiscale": cmd_multiscale}
 
 
+_default_formatwarning = warnings.formatwarning
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"radfield: warning: {message}\n"
+    """radfield's own warnings in one line; other libraries' as Python prints them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"radfield: warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
 
 
 def main(argv: list[str] | None = None) -> int:
