@@ -14,9 +14,11 @@ at 4) on ``[PE(x_n), PE(t)]`` (10 frequencies each), the canonical field vanilla
 (:class:`radfield.fields.nerf.NeRFField`).
 
 Inputs ``raw(x (n, 3), d (n, 3), t (n,))``; outputs as every field's (``raw`` ``(n, 4)``,
-``activate``). ``density(x)`` serves the occupancy grid of the moving scene: the maximum of the
-density over ``occupancy_times`` times spread over the scene's time range, so the grid covers
-the scene at every time.
+``activate``). The occupancy grid of the moving scene takes each point's density at a time
+drawn at random from the scene's time range (:meth:`DNeRFField.random_times`, as nerfacc's
+D-NeRF example does), so that over its updates the grid covers the scene at every time; fixed
+times would leave an object that moves fast between them out of the grid, and its rays
+unsampled. ``density(x, times)``: the maximum density over a few times (mesh export).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class DeformationConfig:
     hidden: int = 64
     layers: int = 2
     occupancy_times: int = 4
-    """Times at which the occupancy grid's density is taken (their maximum)."""
+    """Times, evenly spread over the time range, whose maximum density is ``density(x)``."""
 
 
 @dataclass
@@ -93,6 +95,7 @@ class DNeRFField(nn.Module):
         nn.init.zeros_(last.weight)  # dx = 0 at the start: the static scene
         self.register_buffer("occupancy_times", torch.linspace(*time_range, deformation.occupancy_times),
                              persistent=False)
+        self.time_range = (float(time_range[0]), float(time_range[1]))
 
     def deformation(self, x: Tensor, t: Tensor) -> Tensor:
         """``(n, 3)`` offsets ``dx`` of points ``x (n, 3)`` at times ``t (n,)``; 0 where ``t = 0``."""
@@ -115,9 +118,16 @@ class DNeRFField(nn.Module):
         """``(n,)`` density at points ``x`` at times ``t``."""
         return self.canonical.density(x + self.deformation(x, t))
 
-    def density(self, x: Tensor) -> Tensor:
-        """``(n,)`` the maximum density at ``x`` over ``occupancy_times``."""
-        return torch.stack([self.density_at(x, t.expand(x.shape[0])) for t in self.occupancy_times]).amax(0)
+    def density(self, x: Tensor, times: Tensor | None = None) -> Tensor:
+        """``(n,)`` the maximum density at ``x`` over ``times`` (default: ``occupancy_times``,
+        evenly spread over the time range, ends included)."""
+        times = self.occupancy_times if times is None else times
+        return torch.stack([self.density_at(x, t.expand(x.shape[0])) for t in times]).amax(0)
+
+    def random_times(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``(n,)`` times drawn uniformly from the scene's time range."""
+        lo, hi = self.time_range
+        return lo + (hi - lo) * torch.rand(n, device=self.occupancy_times.device, generator=generator)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Hash backbone: the canonical field's groups, the deformation grid (no weight decay)

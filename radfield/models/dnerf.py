@@ -1,5 +1,6 @@
 """D-NeRF, fast variant: the deformation + canonical hash-grid field
-(:mod:`radfield.fields.dnerf`) sampled through an occupancy grid over all times.
+(:mod:`radfield.fields.dnerf`) sampled through an occupancy grid over all times (each update
+takes each point's density at a random time).
 
 The rays' per-ray ``times`` (from the dataset's frames) reach the field through
 ``field_inputs``; early ray termination uses the density at each ray's own time.
@@ -41,6 +42,13 @@ class DNeRFModel(NGPModel):
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
         """``(positions, directions, times)`` per sample."""
         return samples.positions(rays), samples.directions(rays), ray_times(rays)[samples.ray_indices]
+
+    def update(self, step: int, generator: torch.Generator | None = None) -> None:
+        """The occupancy grid's update with each point's density at a random time
+        (:meth:`DNeRFField.random_times`)."""
+        if step % self.grid.config.update_every == 0:
+            self.grid.update(lambda x: self.field.density_at(x, self.field.random_times(len(x), generator)),
+                             generator=generator)
 
     def occlusion_density(self, rays: Rays):
         times = ray_times(rays)
