@@ -14,6 +14,7 @@ from radfield.cameras import Rays
 from radfield.config import RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.dnerf import DNeRFField
+from radfield.fields.window import WindowedBands
 from radfield.models.base import SceneInfo
 from radfield.models.ngp import NGPModel
 from radfield.samplers.samples import Samples
@@ -41,6 +42,14 @@ class DNeRFModel(NGPModel):
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
         """``(positions, directions, times)`` per sample."""
         return samples.positions(rays), samples.directions(rays), ray_times(rays)[samples.ray_indices]
+
+    def position_encodings(self) -> list[WindowedBands]:
+        """The canonical field's and the deformation's position encodings (hash grids, or
+        positional encodings with the MLP backbone)."""
+        f = self.field
+        if f.backbone == "hash":
+            return [f.canonical.grid, f.deform_grid]
+        return [f.canonical.position_encoding, f.position_encoding]
 
     def occlusion_density(self, rays: Rays):
         times = ray_times(rays)
