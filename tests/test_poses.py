@@ -311,6 +311,13 @@ def test_forward_is_the_no_grad_render_and_backward_the_full_graph():
     assert torch.allclose(chunked, xi.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_jittered_sampling_replays_from_its_seed():
+    model, cams = BlobModel(), blob_cameras(2, 8)
+    render = lambda seed: render_images(model, cams, BG, chunk=40, sampling=Sampling(jitter=True, seed=seed))  # noqa: E731
+    assert torch.equal(render(3).rgb, render(3).rgb)
+    assert not torch.equal(render(3).rgb, render(4).rgb)
+
+
 def test_rays_missing_the_field_have_zero_finite_gradients():
     model, cams = BlobModel(), blob_cameras(1, 4)
     away = look_at(torch.tensor([4.0, 0, 0]), torch.tensor([8.0, 0, 0]))[None]

@@ -28,8 +28,9 @@ another); chunk ``k`` is ``f`` in ``[k chunk, (k + 1) chunk)``.
 
 Replay of sampling noise (:class:`Sampling`): without ``jitter`` sampling is deterministic;
 with it, chunk ``k`` draws from a generator seeded with ``seed * 2^20 + k`` in the forward and
-again in the backward, so both passes see the same samples (tested: the backward's render of
-each chunk equals the forward's).
+again in the backward, so both passes see the same samples (tested: the same seed renders the
+same images, another seed others, and the jittered render's gradient matches central
+differences of renders with its seed).
 
 Example: the gradient of a loss on the rendered images with respect to a pose correction ``xi``::
 
