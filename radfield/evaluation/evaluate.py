@@ -190,8 +190,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                               if has_appearance else None),
                "pose_fit": (None if pose_fit is None else
                             f"each view's pose fitted to the frozen field before scoring ({pose_fit.steps} "
-                            f"Levenberg-Marquardt steps of {pose_fit.rays_per_step} pixels, image pyramid "
-                            f"{', '.join(map(str, pose_fit.pyramid))}, from the given pose)"),
+                            f"Levenberg-Marquardt steps of {pose_fit.rays_per_step} pixels over an image "
+                            f"pyramid, from the given pose)"),
                "per_scale": per_scale or None, "per_image": per_image}
     scored = [r for r in per_image if r["psnr"] is not None]
     worst = min(scored, key=lambda r: r["psnr"]) if scored else None
