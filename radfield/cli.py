@@ -88,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "charbonnier, ssim, fft)")
     p.add_argument("--background", default=None, help="random, white, black, learned or last_sample")
     p.add_argument("--colmap-model", default=None, help="COLMAP sparse/ model to read (default: the largest)")
+    p.add_argument("--train-views", type=_positive_int, default=None, metavar="N",
+                   help="few-view training: N training views by farthest-point sampling on the camera "
+                   "centres (default: all)")
+    p.add_argument("--depth-loss", default=None, help="depth supervision: none, l2, urf, dsnerf or bounded "
+                   "(default none)")
+    p.add_argument("--depth-weight", type=float, default=None,
+                   help="weight of the depth loss (default: the loss's reference weight, 0.1; bounded 1)")
+    p.add_argument("--depth-eps", type=float, default=None,
+                   help="depth uncertainty, scene units along the ray (dsnerf, bounded; 0.03)")
+    p.add_argument("--depth-beta", type=float, default=None, help="margin of the bounded loss (0)")
+    p.add_argument("--depth-source", default=None,
+                   help="auto, maps (depth_file_path), sparse (COLMAP points) or mono (default auto)")
+    p.add_argument("--mono-depth", default=None, metavar="FOLDER",
+                   help="--depth-source mono: folder of <image stem>.npy monocular depths (relative to DATA)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set nerf.encoding.name=fourier (repeatable)")
     p.add_argument("--downscale", type=_positive_int, default=1, help="integer image downscale factor")
@@ -117,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewer-port", type=_port, default=8080, help="the viewer's port (0: any free one)")
     p.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
 
-    p = sub.add_parser("eval", help="evaluate a trained run (PSNR, SSIM, LPIPS) and save test renders",
+    p = sub.add_parser("eval", help="evaluate a trained run (PSNR, SSIM, LPIPS, depth error) and save renders",
                        formatter_class=fmt)
     p.add_argument("run_dir")
     p.add_argument("--split", default="test")
@@ -127,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--appearance", default="mean", choices=["mean", "fit-left"],
                    help="held-out views of models with appearance embeddings: the mean embedding, or "
                    "a code fitted on the left half of each image with the right half scored")
+    p.add_argument("--baked", default=None, metavar="DIR",
+                   help="also score the baked MeRF in DIR (radfield export baked) on the same images: "
+                   "RUN_DIR/metrics_baked.json, its PSNR printed beside the trained model's")
 
     p = sub.add_parser("render", help="render a camera-path video (MP4) of a trained run", formatter_class=fmt)
     p.add_argument("run_dir")
@@ -166,11 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the result as JSON to this file")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    p = sub.add_parser("export", help="export a mesh (marching cubes) or a point cloud of a trained run",
-                       formatter_class=fmt)
-    p.add_argument("kind", choices=["mesh", "pointcloud"])
+    p = sub.add_parser("export", help="export a mesh (marching cubes), a point cloud or a baked MeRF of a "
+                       "trained run", formatter_class=fmt)
+    p.add_argument("kind", choices=["mesh", "pointcloud", "baked"])
     p.add_argument("run_dir")
-    p.add_argument("--out", required=True, help="output file: .ply, .obj or .glb (mesh); .ply (point cloud)")
+    p.add_argument("--out", required=True, help="output file: .ply, .obj or .glb (mesh); .ply (point cloud); "
+                   "a folder (baked: PNG atlases and baked.json)")
     p.add_argument("--resolution", type=_positive_int, default=256, help="mesh: lattice vertices per axis")
     p.add_argument("--level", type=float, default=10.0, help="mesh: density of the surface")
     p.add_argument("--views", type=_positive_int, default=16, help="point cloud: training views rendered")
@@ -235,7 +253,10 @@ def run_config_from_args(args) -> RunConfig:
                  "train.hsm.min_fraction": args.hsm_min_fraction,
                  "train.hsm.max_fraction": args.hsm_max_fraction, "train.hsm.ema": args.hsm_ema,
                  "train.loss": args.loss, "train.background": args.background,
-                 "data.colmap_model": args.colmap_model}
+                 "data.colmap_model": args.colmap_model, "data.train_views": args.train_views,
+                 "train.depth.loss": args.depth_loss, "train.depth.weight": args.depth_weight,
+                 "train.depth.eps": args.depth_eps, "train.depth.beta": args.depth_beta,
+                 "data.depth_source": args.depth_source, "data.mono_depth": args.mono_depth}
     apply_overrides(config, {k: v for k, v in overrides.items() if v is not None})
     if args.hsm:
         config.train.hsm.enabled = True
@@ -323,12 +344,22 @@ def cmd_view(args) -> int:
 def cmd_eval(args) -> int:
     from radfield.evaluation.evaluate import evaluate_run, format_table
 
+    baked = None
+    if args.baked is not None:  # read the bake first: a bad folder fails before any render
+        from radfield.export.baked import load_baked
+        baked = load_baked(args.baked, _device(args.device))
     metrics = evaluate_run(args.run_dir, args.split, _device(args.device), save_renders=not args.no_renders,
                            every=args.every, appearance=args.appearance)
     print(format_table(metrics))
     if metrics["lpips"] is None:
         print("LPIPS: unavailable (weights not present locally)")
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
+    if baked is not None:
+        scores = evaluate_run(args.run_dir, args.split, _device(args.device), save_renders=not args.no_renders,
+                              every=args.every, model=baked, tag="baked")
+        print(f"baked {args.baked}: PSNR {scores['psnr']:.2f} dB, trained {metrics['psnr']:.2f} dB "
+              f"({scores['psnr'] - metrics['psnr']:+.2f} dB) on {scores['n_images']} {args.split} images")
+        print(f"wrote {Path(args.run_dir) / 'metrics_baked.json'}")
     return 0
 
 
@@ -370,6 +401,13 @@ def cmd_render(args) -> int:
 def cmd_export(args) -> int:
     from radfield.export.mesh import export_mesh, export_pointcloud
 
+    if args.kind == "baked":
+        from radfield.export.baked import export_baked
+
+        info = export_baked(args.run_dir, args.out, _device(args.device))
+        print(f"wrote {info['path']} ({len(info['files'])} files, {info['bytes'] / 1e6:.1f} MB of grids before "
+              f"PNG compression); score it with: radfield eval {args.run_dir} --baked {info['path']}")
+        return 0
     if args.kind == "mesh":
         info = export_mesh(args.run_dir, args.out, args.resolution, args.level, _device(args.device))
         print(f"wrote {info['path']} ({info['vertices']} vertices, {info['faces']} faces, world coordinates)")
@@ -449,8 +487,14 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": 
             "process": cmd_process, "multiscale": cmd_multiscale}
 
 
+_default_formatwarning = warnings.formatwarning
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"radfield: warning: {message}\n"
+    """radfield's own warnings in one line; other libraries' as Python prints them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"radfield: warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,11 @@ from radfield.errors import RadfieldError
 from radfield.fields.dnerf import DeformationConfig, DNeRFMLPConfig
 from radfield.fields.encodings import EncodingConfig
 from radfield.fields.hashgrid import HashGridConfig
+from radfield.fields.merf import MerfFieldConfig
 from radfield.fields.ngp import NGPFieldConfig
 from radfield.fields.volsdf import SDFFieldConfig
+from radfield.fields.voxels import VoxelFieldConfig
+from radfield.losses.depth import DepthConfig
 from radfield.samplers.occupancy import OccupancyGridConfig
 
 LR_SCHEDULES = ("step", "log_linear")
@@ -141,6 +144,8 @@ class TrainConfig:
     """float16 autocast and gradient scaling on CUDA (ignored on the CPU)."""
     hsm: HSMConfig = dc_field(default_factory=HSMConfig)
     pose_opt: PoseOptConfig = dc_field(default_factory=PoseOptConfig)
+    depth: DepthConfig = dc_field(default_factory=DepthConfig)
+    """Depth supervision (``shared/specs/depth-supervision.md``); off by default."""
 
 
 @dataclass
@@ -149,6 +154,15 @@ class DataConfig:
     downscale: int = 1
     colmap_model: str | None = None
     """COLMAP datasets: the ``sparse/`` model folder to read (default: the one with the most images)."""
+    train_views: int | None = None
+    """Few-view training: keep this many training views, chosen by farthest-point sampling on
+    the camera centres (:mod:`radfield.data.views`); None = all."""
+    depth_source: str = "auto"
+    """Where depth supervision reads its depths: ``auto``, ``maps``, ``sparse`` or ``mono``
+    (:mod:`radfield.data.depth`)."""
+    mono_depth: str | None = None
+    """``mono``: the folder of monocular depth maps ``<image stem>.npy`` (relative to the
+    dataset folder, or absolute)."""
     eval_background: str = "white"
     """Background the RGBA test images are composited over for evaluation."""
 
@@ -239,15 +253,10 @@ class NeRFAEConfig:
 
 
 @dataclass
-class NerfactoConfig:
-    """The nerfacto-style proposal pipeline for unbounded scenes
-    (``shared/specs/proposal-sampling.md``)."""
+class ProposalPipelineConfig:
+    """The sampling of the nerfacto-style proposal pipeline (``shared/specs/proposal-sampling.md``),
+    shared by the models trained under it (``nerfacto``, ``merf``)."""
 
-    grid: HashGridConfig = dc_field(default_factory=lambda: HashGridConfig(max_resolution=2048))
-    hidden: int = 64
-    geo_features: int = 15
-    appearance_dim: int = 32
-    """Per-training-image appearance embedding (0 = off); test images use the mean embedding."""
     contraction: str = "inf"
     """Scene contraction norm: ``inf`` (nerfacto) or ``l2`` (mip-NeRF 360)."""
     bounded: bool | None = None
@@ -264,10 +273,42 @@ class NerfactoConfig:
     """Maximum resolution of each proposal network's hash grid (5 levels, 2^17 entries)."""
     proposal_hidden: int = 16
     interlevel_weight: float = 1.0
+
+
+@dataclass
+class NerfactoConfig(ProposalPipelineConfig):
+    """The nerfacto-style proposal pipeline for unbounded scenes
+    (``shared/specs/proposal-sampling.md``): the sampling (above) and its field."""
+
+    grid: HashGridConfig = dc_field(default_factory=lambda: HashGridConfig(max_resolution=2048))
+    hidden: int = 64
+    geo_features: int = 15
+    appearance_dim: int = 32
+    """Per-training-image appearance embedding (0 = off); test images use the mean embedding."""
     optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
         schedule="log_linear", lr_final=1e-4, warmup_steps=512, target_samples=1 << 15,
         early_stop=False, distortion_weight=0.002))
     """nerfacto's: log-linear decay 1e-2 -> 1e-4, distortion loss 0.002 (in s), no pruning."""
+
+
+@dataclass
+class MerfConfig(ProposalPipelineConfig):
+    """MeRF: a low-resolution 3D grid plus three high-resolution planes (``field``), features
+    summed and quantised to 8 bits while training, deferred shading, trained under the proposal
+    pipeline (the sampling above); ``radfield export baked`` writes the grids as PNG atlases."""
+
+    field: MerfFieldConfig = dc_field(default_factory=MerfFieldConfig)
+    grid_lr: float = 0.1
+    """Learning rate of the grid's and planes' level tables (they hold the features themselves,
+    with no network to scale them, like DVGO's grids); ``optim.lr`` is the rest's."""
+    baked_samples: tuple[int, int] = (256, 128)
+    """The baked renderer's samples per ray: uniform in the spacing coordinate, then resampled
+    from their weights under the baked density (it has no proposal networks)."""
+    optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
+        schedule="log_linear", lr_final=1e-4, warmup_steps=512, target_samples=1 << 15,
+        early_stop=False, distortion_weight=0.002))
+    """nerfacto's recipe for the proposal networks and the shader (1e-2 decaying to 1e-4; the
+    tables start at ``grid_lr`` and decay alike)."""
 
 
 @dataclass
@@ -311,6 +352,35 @@ class DNeRFConfig(NGPConfig):
 
 
 @dataclass
+class VoxelsConfig(VoxelFieldConfig):
+    """DVGO's recipe: dense density and feature grids (the fields above), growing coarse to fine,
+    a colour MLP, a total-variation term, free space skipped through Instant-NGP's occupancy grid
+    (``occupancy``); with frame times, 4D grids over ``(x, t)`` (``time_slices``)."""
+
+    occupancy: OccupancyGridConfig = dc_field(default_factory=lambda: OccupancyGridConfig(steps_per_diagonal=512))
+    """Steps of about half a voxel of the final grid at resolution 160 (DVGO's 0.5)."""
+    occupancy_from: int = 100
+    """The occupancy grid is updated (every ``occupancy.update_every`` steps) from this step on;
+    until its first update every step through the box is sampled (DVGO's coarse stage also sees
+    all of space first): an untrained grid is uniform, and a uniform density has no cell above
+    the mean to keep."""
+    grid_lr: float = 0.1
+    """Learning rate of the grids (DVGO's); ``optim.lr`` is the colour MLP's."""
+    tv_density: float = 1e-4
+    """Weight of the total variation of the density grid (0 = off)."""
+    tv_features: float = 1e-5
+    """Weight of the total variation of the feature grid (0 = off)."""
+    tv_points: int = 4096
+    """The total variation is taken over the cells of this many of the batch's samples (where
+    rays are being fitted; one pass over every voxel per step would cost more than the step);
+    0 = over the whole grids."""
+    optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
+        lr=1e-3, schedule="log_linear", lr_final=1e-4, warmup_steps=0, eps=1e-8, weight_decay=0.0,
+        target_samples=1 << 16))
+    """DVGO's: Adam, the MLP at 1e-3 (the grids at ``grid_lr``), every rate decaying 10x over the run."""
+
+
+@dataclass
 class RunConfig:
     """Everything a run does. ``model`` names the model (a key of
     :data:`radfield.models.REGISTRY`); its settings, training recipe included, are the section of
@@ -329,6 +399,8 @@ class RunConfig:
     nerfacto: NerfactoConfig = dc_field(default_factory=NerfactoConfig)
     dnerf: DNeRFConfig = dc_field(default_factory=DNeRFConfig)
     volsdf: VolSDFConfig = dc_field(default_factory=VolSDFConfig)
+    voxels: VoxelsConfig = dc_field(default_factory=VoxelsConfig)
+    merf: MerfConfig = dc_field(default_factory=MerfConfig)
     train: TrainConfig = dc_field(default_factory=TrainConfig)
 
     @property
@@ -379,6 +451,8 @@ PRESETS: dict[str, dict] = {
     "nerfae": {"model": "nerfae"},
     "dnerf": {"model": "dnerf"},
     "volsdf": {"model": "volsdf"},
+    "voxels": {"model": "voxels"},
+    "merf": {"model": "merf"},
     # D-NeRF's own networks (8 x 256 MLPs for the deformation and the canonical NeRF), lr 5e-4
     # -> 5e-5 (the sampler stays the occupancy grid).
     "dnerf-mlp": {"model": "dnerf", "dnerf.backbone": "mlp", "dnerf.optim.lr": 5e-4,
@@ -404,6 +478,16 @@ PRESETS: dict[str, dict] = {
                       "mipnerf.optim.warmup_steps": 100, "mipnerf.optim.target_samples": 1 << 14,
                       "mipnerf.depth": 4, "mipnerf.width": 128, "mipnerf.skip": 2,
                       "mipnerf.sampler.n_coarse": 48, "mipnerf.sampler.n_fine": 48},
+    # DVGO on a CPU: 96 vertices per side once grown (from 48, doubling the voxels at 250, 500
+    # and 1000 steps), 8 feature channels, a 64-wide colour MLP.
+    "voxels-small": {"model": "voxels", "voxels.resolution": 96, "voxels.upsample_steps": (250, 500, 1000),
+                     "voxels.features": 8, "voxels.hidden": 64, "voxels.optim.target_samples": 1 << 15},
+    # MeRF on a CPU: a 64^3 grid (3 levels), 512^2 planes (4 levels, dense tables), nerfacto-small's
+    # samples.
+    "merf-small": {"model": "merf", "merf.field.grid_resolution": 64, "merf.field.grid_levels": 3,
+                   "merf.field.plane_resolution": 512, "merf.field.plane_levels": 4,
+                   "merf.optim.warmup_steps": 256, "merf.optim.target_samples": 1 << 14,
+                   "merf.proposal_samples": (128, 64), "merf.n_samples": 32},
 }
 """Named presets: dotted overrides of the defaults above. ``--model M`` alone uses preset ``M``,
 which sets only ``model``; every preset sets its model."""

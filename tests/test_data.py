@@ -614,3 +614,52 @@ def test_load_scene_rejects_unknown_format(tmp_path):
         load_scene(tmp_path)
     with pytest.raises(RadfieldError, match="no such file or folder"):
         load_scene(tmp_path / "missing")
+
+
+NS_PROCESS_DATA = """{
+  "w": 8, "h": 6, "fl_x": 7.5, "fl_y": 7.25, "cx": 4.1, "cy": 2.9,
+  "k1": 0.021, "k2": -0.013, "p1": 0.0007, "p2": -0.0004, "camera_model": "OPENCV",
+  "frames": [%s],
+  "applied_transform": [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [-0.0, -0.0, -1.0, -0.0]],
+  "ply_file_path": "sparse_pc.ply"
+}"""
+NS_FRAME = '{"file_path": "images/frame_%05d.png", "transform_matrix": %s, "colmap_im_id": %d}'
+
+COLMAP2NERF = """{
+  "camera_angle_x": 1.0, "camera_angle_y": 0.8, "fl_x": 7.5, "fl_y": 7.25,
+  "k1": 0.021, "k2": -0.013, "k3": 0, "k4": 0, "p1": 0.0007, "p2": -0.0004,
+  "is_fisheye": false, "cx": 4.1, "cy": 2.9, "w": 8, "h": 6, "aabb_scale": 32,
+  "frames": [%s]
+}"""
+NGP_FRAME = '{"file_path": "./images/%04d.jpg", "sharpness": %.1f, "transform_matrix": %s}'
+
+
+@pytest.mark.parametrize("tool", ["ns-process-data", "colmap2nerf"])
+def test_the_json_of_nerfstudio_and_instant_ngp_tools_reads_as_written(tmp_path, tool):
+    """transforms.json exactly as ``ns-process-data`` and Instant-NGP's ``colmap2nerf.py`` write
+    them (key sets and layouts copied from their output, values made up): every frame reads,
+    with the lens and, for colmap2nerf, the scene box of aabb_scale 32."""
+    (tmp_path / "images").mkdir()
+    frames = []
+    for k in range(9):
+        matrix = json.dumps(pose(0.3 * k, (4.0 * math.cos(k), 4.0 * math.sin(k), 1.0)))
+        if tool == "ns-process-data":
+            name = tmp_path / "images" / f"frame_{k + 1:05d}.png"
+            frames.append(NS_FRAME % (k + 1, matrix, k + 1))
+        else:
+            name = tmp_path / "images" / f"{k + 1:04d}.jpg"
+            frames.append(NGP_FRAME % (k + 1, 150.0 + k, matrix))
+        iio.imwrite(name, rand_image(k, h=6, w=8, c=3))
+    text = (NS_PROCESS_DATA if tool == "ns-process-data" else COLMAP2NERF) % ", ".join(frames)
+    (tmp_path / "transforms.json").write_text(text)
+    train, test = load_cameras(tmp_path, "train"), load_cameras(tmp_path, "test")
+    assert len(train) + len(test) == 9 and len(test) == 2
+    lens = train.cameras.lens
+    torch.testing.assert_close(lens.coeffs[0], torch.tensor([0.021, -0.013, 0.0, 0.0, 0.0007, -0.0004]))
+    assert not lens.fisheye.any()
+    torch.testing.assert_close(train.cameras.fy, torch.full((7,), 7.25))
+    if tool == "colmap2nerf":
+        torch.testing.assert_close(train.aabb, torch.tensor([-48.0] * 3 + [48.0] * 3))  # 1.5 * 32
+    else:
+        assert train.meta["applied_transform"][2] == [0.0, 0.0, -1.0, 0.0]
+    assert load_scene(tmp_path, "train").images.shape == (7, 6, 8, 3)

@@ -114,6 +114,9 @@ class PerSampleModel(torch.nn.Module):
     def extra_losses(self, rays, samples, raw):
         return {}
 
+    def shade(self, rays, values, opacity):
+        return values
+
 
 def test_hsm_back_propagates_exactly_the_b_drawn_samples():
     batch = random_batch(n_rays=64, per_ray=16)
@@ -164,22 +167,22 @@ def test_dynamic_b_matches_hand_computation():
     assert miner2.n_keep(1000) == 250
 
 
+def raw_gradient(model, batch: StepBatch, objective) -> torch.Tensor:
+    """``g = d loss / d raw`` of ``objective`` at the model's no-grad outputs: what HSM injects."""
+    x, d = batch.samples.positions(batch.rays), batch.samples.directions(batch.rays)
+    with torch.no_grad():
+        leaf = model.field.raw(x, d).requires_grad_()
+    loss, _ = loss_from_raw(model, leaf, batch, objective)
+    return torch.autograd.grad(loss, leaf)[0]
+
+
 def test_injected_gradient_includes_the_distortion_loss():
     """The gradient HSM injects differs from the photometric-only one by exactly the distortion
     term's gradient: losses on all weights are kept, not dropped."""
     field, batch = small_field(), random_batch()
-    x, d = batch.samples.positions(batch.rays), batch.samples.directions(batch.rays)
-    with torch.no_grad():
-        raw = field.field.raw(x, d)
-
-    def grad_of(objective):
-        leaf = raw.clone().requires_grad_()
-        loss, _ = loss_from_raw(field, leaf, batch, objective)
-        return torch.autograd.grad(loss, leaf)[0]
-
-    g_photo = grad_of(photometric_objective(l2))
-    g_both = grad_of(photometric_objective(l2, distortion_weight=0.5))
-    g_dist = grad_of(lambda out, b: 0.5 * distortion(out.weights, b.samples.t_starts, b.samples.t_ends,
-                                                     b.samples.ray_indices, b.samples.n_rays))
+    g_photo = raw_gradient(field, batch, photometric_objective(l2))
+    g_both = raw_gradient(field, batch, photometric_objective(l2, distortion_weight=0.5))
+    g_dist = raw_gradient(field, batch, lambda out, b: 0.5 * distortion(
+        out.weights, b.samples.t_starts, b.samples.t_ends, b.samples.ray_indices, b.samples.n_rays))
     assert g_dist.abs().max() > 1e-6
     torch.testing.assert_close(g_both, g_photo + g_dist, rtol=1e-5, atol=1e-9)

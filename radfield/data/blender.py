@@ -33,7 +33,8 @@ Conventions (those of :mod:`radfield.cameras`):
   to 8 bits by ``round(x / 257)``. If any image of the split has alpha, all get 4 channels
   (RGB images get alpha 255).
 * ``depth_file_path`` (optional): float32 ``.npy`` (H, W) planar camera z, 0 = no depth. Frames
-  without one get an all-zero map when others have one.
+  without one get an all-zero map when others have one. NaN, infinite and negative depths are
+  set to 0 (ignored per pixel) and counted in one warning line per split.
 * ``mask_path`` (optional, nerfstudio's key): an image relative to the json's folder, 0 =
   ignore the pixel, nonzero = use it (any colour channel; :func:`radfield.data.files.read_mask`),
   of its image's size; it becomes ``SceneData.masks`` (masked pixels are neither trained nor
@@ -76,7 +77,7 @@ import torch
 from torch import Tensor
 
 from radfield.cameras import Cameras
-from radfield.data.files import (HOLDOUT_EVERY, check_rigid, downscale_depth, downscale_image,
+from radfield.data.files import (HOLDOUT_EVERY, check_rigid, clean_depth, downscale_depth, downscale_image,
                                  downscale_mask, image_file, read_depth, read_image,
                                  read_image_size, read_json, read_mask, resolve)
 from radfield.data.scene import SceneCameras, SceneData
@@ -397,6 +398,7 @@ def load_blender(path: str | Path, split: str = "train", downscale: int = 1) -> 
     depth_scale = (_number(top["integer_depth_scale"], "integer_depth_scale", scene.meta["json"], positive=True)
                    if "integer_depth_scale" in top else None)
     images, depths, masks = [], [], []
+    bad_depths, bad_files = 0, 0
     for f in frames:
         img = read_image(f.image)
         height, width = img.shape[:2]
@@ -409,11 +411,16 @@ def load_blender(path: str | Path, split: str = "train", downscale: int = 1) -> 
             key = "depth_file_path" if "depth_file_path" in f.entry else "depth_path"
             depth = (read_depth(resolve(folder, str(f.entry[key])), height, width, depth_scale)
                      if key in f.entry else np.zeros((height, width), np.float32))
+            depth, n_bad = clean_depth(depth)
+            bad_depths, bad_files = bad_depths + n_bad, bad_files + (n_bad > 0)
             depths.append(downscale_depth(depth, downscale))
         if has_mask:
             mask = (read_mask(resolve(folder, str(f.entry["mask_path"])), f.image, height, width)
                     if "mask_path" in f.entry else np.ones((height, width), bool))
             masks.append(downscale_mask(mask, downscale))
         images.append(downscale_image(img, downscale))
+    if bad_depths:
+        warnings.warn(f"{scene.meta['json']}: {bad_depths} depth pixels in {bad_files} depth "
+                      "files are NaN, infinite or negative; they are ignored (no depth)", stacklevel=2)
     return scene.with_images(images, torch.from_numpy(np.stack(depths)) if has_depth else None,
                              masks if has_mask else None)

@@ -106,13 +106,14 @@ class ColmapImage:
 @dataclass
 class ColmapModel:
     """A parsed sparse model: ``points (n, 3)`` float64 world xyz, ``colors (n, 3)`` uint8,
-    ``point_ids (n,)`` int64."""
+    ``point_ids (n,)`` int64, ``errors (n,)`` float64 mean reprojection errors in pixels."""
 
     cameras: dict[int, ColmapCamera]
     images: dict[int, ColmapImage]
     points: np.ndarray
     colors: np.ndarray
     point_ids: np.ndarray
+    errors: np.ndarray
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -196,21 +197,21 @@ def read_images_bin(file: Path) -> dict[int, ColmapImage]:
     return images
 
 
-def read_points3d_bin(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_points3d_bin(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``points3D.bin``: uint64 count, then per point ``uint64 id, float64 xyz[3], uint8 rgb[3],
     float64 error, uint64 n, (uint32 image_id, uint32 point2D_idx)[n]``.
-    Returns ``(xyz (n, 3) float64, rgb (n, 3) uint8, ids (n,) int64)``."""
+    Returns ``(xyz (n, 3) float64, rgb (n, 3) uint8, ids (n,) int64, errors (n,) float64)``."""
     b = _Bytes(file)
     n = b.unpack("<Q")[0]
     if n * 51 > len(b.data):
         raise b.corrupt(f"{n} points do not fit")
-    xyz, rgb, ids = np.zeros((n, 3)), np.zeros((n, 3), np.uint8), np.zeros(n, np.int64)
+    xyz, rgb, ids, errors = np.zeros((n, 3)), np.zeros((n, 3), np.uint8), np.zeros(n, np.int64), np.zeros(n)
     for k in range(n):
         values = b.unpack("<Q3d3BdQ")
-        ids[k], xyz[k], rgb[k] = values[0], values[1:4], values[4:7]
+        ids[k], xyz[k], rgb[k], errors[k] = values[0], values[1:4], values[4:7], values[7]
         b.array(np.dtype("<u4"), 2 * values[8])  # the track, not needed here
     b.done()
-    return xyz, rgb, ids
+    return xyz, rgb, ids, errors
 
 
 def _text_lines(file: Path) -> list[tuple[int, str]]:
@@ -271,9 +272,9 @@ def read_images_txt(file: Path) -> dict[int, ColmapImage]:
     return images
 
 
-def read_points3d_txt(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_points3d_txt(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``points3D.txt``: ``POINT3D_ID X Y Z R G B ERROR TRACK[]`` per line."""
-    xyz, rgb, ids = [], [], []
+    xyz, rgb, ids, errors = [], [], [], []
     for n, line in _text_lines(file):
         if not line:
             continue
@@ -282,12 +283,13 @@ def read_points3d_txt(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             ids.append(int(f[0]))
             xyz.append([float(x) for x in f[1:4]])
             rgb.append([int(x) for x in f[4:7]])
+            errors.append(float(f[7]))
             if len(xyz[-1]) != 3 or len(rgb[-1]) != 3:
                 raise ValueError
         except (IndexError, ValueError):
             raise RadfieldError(f"{file}: line {n}: malformed point line") from None
     return (np.array(xyz, np.float64).reshape(-1, 3), np.array(rgb, np.uint8).reshape(-1, 3),
-            np.array(ids, np.int64))
+            np.array(ids, np.int64), np.array(errors, np.float64))
 
 
 def _model_files(folder: Path) -> dict[str, Path] | None:
@@ -310,8 +312,8 @@ def read_model(folder: Path) -> ColmapModel:
     binary = files["cameras"].suffix == ".bin"
     cameras = (read_cameras_bin if binary else read_cameras_txt)(files["cameras"])
     images = (read_images_bin if binary else read_images_txt)(files["images"])
-    xyz, rgb, ids = (read_points3d_bin if binary else read_points3d_txt)(files["points3D"])
-    return ColmapModel(cameras, images, xyz, rgb, ids, files)
+    xyz, rgb, ids, errors = (read_points3d_bin if binary else read_points3d_txt)(files["points3D"])
+    return ColmapModel(cameras, images, xyz, rgb, ids, errors, files)
 
 
 def _count_images(files: dict[str, Path]) -> int:
@@ -433,12 +435,18 @@ def near_far_from_depths(depths: Tensor) -> tuple[float, float]:
     return 0.5 * float(np.percentile(d, 5)), 2.0 * float(np.percentile(d, 99))
 
 
+def observed_rows(model: ColmapModel, image_ids: list[int]) -> list[np.ndarray]:
+    """Per image of ``image_ids``, the rows of ``model.points`` it observes (int64; ids that
+    are not in ``points3D`` are dropped)."""
+    row_of = {int(i): k for k, i in enumerate(model.point_ids)}
+    return [np.array([row_of[i] for i in model.images[n].point3d_ids.tolist() if i in row_of],
+                     dtype=np.int64) for n in image_ids]
+
+
 def _point_depths(model: ColmapModel, image_ids: list[int], rot: np.ndarray) -> np.ndarray:
     """World-unit planar depths of the observed points of every image (all points in front
     of every camera when no image lists observations)."""
-    row_of = {int(i): k for k, i in enumerate(model.point_ids)}
-    observed = [np.array([row_of[i] for i in model.images[n].point3d_ids.tolist() if i in row_of],
-                         dtype=np.int64) for n in image_ids]
+    observed = observed_rows(model, image_ids)
     use_all = not any(len(o) for o in observed)
     depths = []
     for k, n in enumerate(image_ids):
@@ -579,6 +587,9 @@ def _read_views(path: str | Path, split: str, downscale: int, model: str | None,
                                     f"({v.camera.model}): {why}")
     cameras = Cameras(c2w_all[chosen].float(), k[:, 0], k[:, 1], k[:, 2], k[:, 3],
                       out_size[0], out_size[1], lens=lens)
+    rows = observed_rows(sfm, [ordered[c] for c in chosen])  # (image of the split, point row) pairs
+    observations = torch.from_numpy(np.stack(
+        [np.repeat(np.arange(len(rows)), [len(r) for r in rows]), np.concatenate(rows)], axis=-1))
     models = sorted({sfm.cameras[c].model for c in used})
     meta = {
         "format": "colmap", "colmap_model": name, "sparse": str(folder),
@@ -586,6 +597,7 @@ def _read_views(path: str | Path, split: str, downscale: int, model: str | None,
         "normalization": norm, "unbounded": True, "near": near, "far": far,
         "holdout_every": holdout_every, "points": points.float(),
         "point_colors": torch.from_numpy(sfm.colors.copy()),
+        "point_errors": torch.from_numpy(sfm.errors).float(), "observations": observations,
     }
     scene = SceneCameras(cameras=cameras, names=[str(v.file) for v in views],
                          aabb=points_aabb(points), meta=meta)
@@ -624,7 +636,10 @@ def load_colmap(path: str | Path, split: str = "train", downscale: int = 1,
     ``cameras`` (``c2w (n, 3, 4)`` OpenGL axes, normalised; ``lens`` for distorted models), ``names`` (image paths),
     ``aabb (6,)``, and ``meta`` with ``format``, ``colmap_model``, ``sparse``, ``camera_model``,
     ``normalization``, ``unbounded``, ``near``, ``far``, ``points (n_points, 3)`` float32
-    (normalised) and ``point_colors (n_points, 3)`` uint8.
+    (normalised), ``point_colors (n_points, 3)`` uint8, ``point_errors (n_points,)`` float32
+    (mean reprojection error in pixels) and ``observations (n_obs, 2)`` int64: the
+    ``(image index in the split, row of points)`` pairs of the points each image observes
+    (sparse depth, :func:`radfield.data.depth.sparse_depth_maps`).
     """
     scene, views, prescaled = _read_views(path, split, downscale, model, holdout_every,
                                           normalize, need_images=True)

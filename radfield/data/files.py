@@ -28,7 +28,7 @@ from PIL import Image
 from radfield.errors import MissingSplitError, RadfieldError
 
 __all__ = ["HOLDOUT_EVERY", "one_line", "resolve", "image_file", "read_json", "read_image",
-           "read_image_size", "read_depth", "read_mask", "downscale_image", "downscale_depth",
+           "read_image_size", "read_depth", "clean_depth", "read_mask", "downscale_image", "downscale_depth",
            "downscale_mask",
            "downscale_intrinsics", "check_rigid", "check_options", "holdout_split",
            "image_folder", "check_prescaled_size", "check_same_size", "channels_alike"]
@@ -132,6 +132,14 @@ def read_depth(file: Path, height: int, width: int, integer_scale: float | None 
         raise RadfieldError(f"{file}: depth shape {depth.shape} differs from image "
                             f"{height}x{width}")
     return depth.astype(np.float32)
+
+
+def clean_depth(depth: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(depth, n_bad)``: NaN, infinite and negative depths set to 0 (no depth, so ignored per
+    pixel) and how many there were. Example: ``[1, nan, -2, 0]`` -> ``[1, 0, 0, 0]``, 2."""
+    bad = ~np.isfinite(depth) | (depth < 0)
+    n_bad = int(bad.sum())
+    return (np.where(bad, 0.0, depth).astype(np.float32) if n_bad else depth), n_bad
 
 
 def read_mask(file: Path, image: Path, height: int, width: int) -> np.ndarray:

@@ -82,6 +82,9 @@ class SceneData:
             and the occupancy grid cover.
         masks: optional ``(n_images, height, width)`` bool, True = the pixel is used: masked
             (False) pixels are neither trained on nor scored. None: every pixel is used.
+        depth_uncertainty: optional ``(n_images, height, width)`` float32, the relative
+            uncertainty of each depth (it multiplies ``train.depth.eps``); None = 1 everywhere.
+            Set with sparse SfM depths (:mod:`radfield.data.depth`).
     """
 
     images: Tensor
@@ -92,6 +95,7 @@ class SceneData:
     times: Tensor | None = None
     meta: dict = field(default_factory=dict)
     masks: Tensor | None = None
+    depth_uncertainty: Tensor | None = None
 
     def __post_init__(self) -> None:
         # Every ray of a camera carries its time (per-ray attribute ``times``).
@@ -104,6 +108,24 @@ class SceneData:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def subset(self, indices: list[int]) -> "SceneData":
+        """The images ``indices`` (in that order) with everything that is per image: pixels,
+        cameras, names, depths, masks, times; ``meta["observations"]`` (sparse points seen by
+        each image, see :mod:`radfield.data.colmap`) keeps the rows of those images, renumbered."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        pick = lambda x: None if x is None else x[idx]  # noqa: E731
+        meta = dict(self.meta)
+        if meta.get("observations") is not None:
+            obs = meta["observations"]
+            new_index = torch.full((len(self),), -1, dtype=torch.long)
+            new_index[idx] = torch.arange(len(idx))
+            kept = obs[new_index[obs[:, 0]] >= 0]
+            meta["observations"] = torch.stack([new_index[kept[:, 0]], kept[:, 1]], dim=-1)
+        return SceneData(images=self.images[idx], cameras=self.cameras[idx],
+                         names=[self.names[i] for i in idx.tolist()], aabb=self.aabb,
+                         depths=pick(self.depths), times=pick(self.times), meta=meta,
+                         masks=pick(self.masks), depth_uncertainty=pick(self.depth_uncertainty))
 
     @property
     def has_alpha(self) -> bool:

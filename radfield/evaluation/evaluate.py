@@ -8,7 +8,13 @@ Runs trained with ``--pose-opt`` refined their training poses, so the given test
 sit exactly in the field's frame: each test view's pose is first fitted to the frozen field
 (:func:`radfield.evaluation.localize.fit_pose`, ``train.pose_opt.test_fit_steps`` steps from the
 given pose), as evaluations of pose-refining methods do, and the metrics say so (``pose_fit``,
-with each image's fitted motion in ``per_image``)."""
+with each image's fitted motion in ``per_image``).
+
+Depth: where the split has reference depths (its depth maps, else a COLMAP model's sparse points
+projected into each image, :func:`radfield.data.depth.with_depth` with ``auto``), each rendered
+planar depth map is scored against them (:func:`radfield.evaluation.metrics.depth_errors`:
+abs. rel. and RMSE over the pixels with depth), ``depth_reference`` names the reference, and a
+depth-error map is saved beside the renders."""
 
 from __future__ import annotations
 
@@ -22,8 +28,9 @@ from torch import Tensor
 
 from radfield.cameras import pixel_rays
 from radfield.data import SceneData, load_scene_groups
+from radfield.data.depth import with_depth
 from radfield.errors import RadfieldError
-from radfield.evaluation.metrics import lpips_fn, masked_prediction, psnr, psnr_uint8, ssim
+from radfield.evaluation.metrics import depth_errors, lpips_fn, masked_prediction, psnr, psnr_uint8, ssim
 from radfield.evaluation.localize import PoseFitOptions, fit_pose
 from radfield.evaluation.plots import colorize_depth
 from radfield.io import atomic_write, save_png
@@ -38,6 +45,9 @@ MASK_NOTE = ("scores on unmasked pixels only: masked PSNR; SSIM over windows cen
              "unmasked pixels; LPIPS with masked pixels set to the target")
 FIT_OPTIONS = {"steps": 100, "rays_per_step": 2048, "lr": 1e-2}
 """Options of :func:`fit_appearance_left` under ``appearance="fit-left"``."""
+DEPTH_REFERENCES = {"maps": "the split's depth maps", "sparse": "sparse SfM points (COLMAP)"}
+DEPTH_ERROR_RANGE = 0.2
+"""Depth-error maps colour ``|pred - ref| / ref`` from 0 (blue) to this (red); black: no reference."""
 
 
 def fit_appearance_left(model, cameras, index: int, target: Tensor, background: Tensor,
@@ -86,6 +96,7 @@ def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_
         c2w = cams.c2w.clone()
         c2w[i] = fit.c2w
         cams = dataclasses.replace(cams, c2w=c2w)
+    gt_depth = None if data.depths is None else data.depths[i]
     if appearance == "fit-left":
         code = fit_appearance_left(model, cams, i, gt, bg, mask=mask, **FIT_OPTIONS)
         r = render_image(model, cams, i, bg, appearance_code=code)
@@ -93,17 +104,35 @@ def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_
         r = type(r)(r.rgb[:, half:], r.depth[:, half:], r.opacity[:, half:],
                     None if r.normal is None else r.normal[:, half:])
         gt, mask = gt[:, half:], None if mask is None else mask[:, half:]
+        gt_depth = None if gt_depth is None else gt_depth[:, half:]
     else:
         r = render_image(model, cams, i, bg)
     name = Path(data.names[i]).stem + suffix
-    row = {"name": name, **_scores(r.rgb, gt, mask, lpips), **moved}
+    depth = None if gt_depth is None else depth_errors(r.depth, gt_depth, mask)
+    row = {"name": name, **_scores(r.rgb, gt, mask, lpips),
+           "depth_abs_rel": None if depth is None else depth["abs_rel"],
+           "depth_rmse": None if depth is None else depth["rmse"], **moved}
     if save_renders:
         save_png(out_dir / f"{name}_rgb.png", r.rgb)
         save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
+        if gt_depth is not None:
+            save_png(out_dir / f"{name}_depth_error.png", depth_error_map(r.depth, gt_depth, mask))
         save_png(out_dir / f"{name}_opacity.png", r.opacity)
         if r.normal is not None:  # world-space normals as colours, (n + 1) / 2
             save_png(out_dir / f"{name}_normal.png", ((r.normal + 1) / 2).clamp(0, 1))
     return row
+
+
+def depth_error_map(pred: Tensor, reference: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``(H, W, 3)`` colours of the relative depth error ``|pred - ref| / ref`` on the turbo
+    map from 0 to :data:`DEPTH_ERROR_RANGE`; black where there is no reference depth (or the
+    pixel is masked)."""
+    has = reference > 0
+    if mask is not None:
+        has &= mask
+    rel = (pred - reference).abs() / reference.clamp(min=1e-12)
+    # colorize_depth leaves values <= 0 black: an exact 0 error is lifted to the bottom colour.
+    return colorize_depth(torch.where(has, rel.clamp(min=1e-12), 0.0), near=0.0, far=DEPTH_ERROR_RANGE)
 
 
 def _scores(pred: Tensor, gt: Tensor, mask: Tensor | None, lpips) -> dict:
@@ -127,12 +156,14 @@ def _means(rows: list[dict]) -> dict:
         return float(sum(vals) / len(vals)) if vals else None
 
     return {"n_images": len(rows), "psnr": mean("psnr"), "psnr_uint8": mean("psnr_uint8"),
-            "ssim": mean("ssim"), "lpips": mean("lpips")}
+            "ssim": mean("ssim"), "lpips": mean("lpips"), "depth_abs_rel": mean("depth_abs_rel"),
+            "depth_rmse": mean("depth_rmse")}
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                  save_renders: bool = True, progress: bool = True, every: int = 1,
-                 appearance: str = "mean", fit_poses: bool | None = None) -> dict:
+                 appearance: str = "mean", model=None, tag: str | None = None,
+                 fit_poses: bool | None = None) -> dict:
     """Render ``split``, compute PSNR / PSNR(uint8) / SSIM / LPIPS per image and their means,
     write ``RUN_DIR/metrics.json`` (and ``metrics_<split>.json``) and the renders to
     ``RUN_DIR/renders/<split>/``. LPIPS is None when its weights are not available locally.
@@ -143,23 +174,33 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     render held-out views with the mean embedding (``appearance="mean"``), or fit a code to the
     left half of each image and score the right half (``"fit-left"``,
     :func:`fit_appearance_left`); ``metrics.json`` records which. A split with masks is scored
-    on its unmasked pixels only: ``masked`` is True and ``mask_note`` says how. ``fit_poses``
+    on its unmasked pixels only: ``masked`` is True and ``mask_note`` says how. Where the split
+    has reference depths (see the module doc), ``depth_abs_rel`` / ``depth_rmse`` are the means
+    over its images (per image in ``per_image``), ``depth_reference`` says what they are
+    measured against, and ``renders/<split>/*_depth_error.png`` shows the relative error.
+
+    ``model`` renders instead of the run's own (e.g. a baked MeRF,
+    :func:`radfield.export.baked.load_baked`), on the run's data; its scores go to
+    ``metrics_<tag>.json`` and its renders to ``RUN_DIR/renders/<split>_<tag>/`` (``metrics.json``
+    keeps the run's own). ``fit_poses``
     (None: when the run refined its poses, ``train.pose_opt``): fit each view's pose to the
     frozen field before scoring it (module docstring); ``pose_fit`` says how, or is None."""
     if appearance not in APPEARANCE_PROTOCOLS:
         raise RadfieldError(f"unknown appearance protocol {appearance!r} "
                             f"(choose from: {', '.join(APPEARANCE_PROTOCOLS)})")
     run_dir = Path(run_dir)
-    config, model = load_run(run_dir, device)
-    groups = load_scene_groups(config.data.path, split, config.data.downscale,
-                               colmap_model=config.data.colmap_model)
+    config, trained = load_run(run_dir, device)
+    model = trained if model is None else model
+    groups = [with_depth(g, "auto", config.data.path)
+              for g in load_scene_groups(config.data.path, split, config.data.downscale,
+                                         colmap_model=config.data.colmap_model)]
     bg = background_color(config.data.eval_background, device)
     lpips = lpips_fn(device=device)
     pose_opt = config.train.pose_opt
     if fit_poses is None:
         fit_poses = pose_opt.enabled and pose_opt.test_fit_steps > 0
     pose_fit = PoseFitOptions(steps=max(pose_opt.test_fit_steps, 1)) if fit_poses else None
-    out_dir = run_dir / "renders" / split
+    out_dir = run_dir / "renders" / (split if tag is None else f"{split}_{tag}")
     jobs = [(g, i) for g in groups for i in range(0, len(g), every)]
     has_appearance = model.appearance_codes() is not None
     bar = None
@@ -181,7 +222,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     if bar is not None:
         bar.close()
     masked = any(g.masks is not None for g in groups)
+    reference = groups[0].meta.get("depth_source")
     metrics = {"split": split, **_means(per_image), "masked": masked,
+               "depth_reference": DEPTH_REFERENCES.get(reference),
                "mask_note": MASK_NOTE if masked else None,
                "lpips_note": None if lpips else "unavailable: LPIPS weights not present locally",
                "eval_background": config.data.eval_background, "every": every,
@@ -196,20 +239,30 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     scored = [r for r in per_image if r["psnr"] is not None]
     worst = min(scored, key=lambda r: r["psnr"]) if scored else None
     metrics["worst"] = None if worst is None else {"name": worst["name"], "psnr": worst["psnr"]}
-    for name in ("metrics.json", f"metrics_{split}.json"):
+    names = ("metrics.json", f"metrics_{split}.json") if tag is None else (f"metrics_{tag}.json",)
+    if tag is not None:
+        metrics["model"] = tag
+    for name in names:
         with atomic_write(run_dir / name) as tmp:
             tmp.write_text(json.dumps(metrics, indent=1))
     return metrics
 
 
 def format_table(metrics: dict) -> str:
-    lines = [f"{'image':<24}{'PSNR':>8}{'PSNR8':>8}{'SSIM':>8}{'LPIPS':>8}"]
     fmt = lambda v, p=2: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+    has_depth = metrics.get("depth_reference") is not None
+
+    def depth_cols(row: dict) -> str:
+        return f"{fmt(row.get('depth_abs_rel'), 4):>8}{fmt(row.get('depth_rmse'), 4):>8}" if has_depth else ""
+
+    lines = [f"{'image':<24}{'PSNR':>8}{'PSNR8':>8}{'SSIM':>8}{'LPIPS':>8}"
+             + (f"{'AbsRel':>8}{'RMSE':>8}" if has_depth else "")]
     for row in metrics["per_image"]:
         lines.append(f"{row['name']:<24}{fmt(row['psnr']):>8}{fmt(row['psnr_uint8']):>8}"
-                     f"{fmt(row['ssim'], 4):>8}{fmt(row['lpips'], 4):>8}")
+                     f"{fmt(row['ssim'], 4):>8}{fmt(row['lpips'], 4):>8}{depth_cols(row)}")
     lines.append(f"{'mean (' + str(metrics['n_images']) + ' images)':<24}{fmt(metrics['psnr']):>8}"
-                 f"{fmt(metrics['psnr_uint8']):>8}{fmt(metrics['ssim'], 4):>8}{fmt(metrics['lpips'], 4):>8}")
+                 f"{fmt(metrics['psnr_uint8']):>8}{fmt(metrics['ssim'], 4):>8}{fmt(metrics['lpips'], 4):>8}"
+                 f"{depth_cols(metrics)}")
     if metrics.get("worst") and metrics["n_images"] > 1:  # one bad view hides in a mean
         lines.append(f"{'worst: ' + metrics['worst']['name']:<24}{fmt(metrics['worst']['psnr']):>8}")
     for scale, m in (metrics.get("per_scale") or {}).items():
@@ -221,4 +274,7 @@ def format_table(metrics: dict) -> str:
         lines.append(f"appearance: {metrics['appearance']} for held-out views")
     if metrics.get("pose_fit"):
         lines.append(f"poses: {metrics['pose_fit']}")
+    if has_depth:
+        lines.append(f"depth: planar depth against {metrics['depth_reference']} (AbsRel: mean "
+                     "|d - ref| / ref; RMSE in scene units)")
     return "\n".join(lines)

@@ -22,6 +22,9 @@ the unmasked pixels, as surface-reconstruction papers score DTU (IDR, NeuS, VolS
   averaged over the windows centred on a ``mask`` pixel;
 * LPIPS has no per-pixel form here: callers score ``masked_prediction`` against the target,
   i.e. the masked pixels count as perfect.
+
+Depth (:func:`depth_errors`): ``(H, W)`` planar depth maps, the rendering against a reference
+whose pixels with ``depth <= 0`` (or masked) have no depth and are not scored.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from torch import Tensor
 from radfield.losses.ssim import ssim_map
 
 __all__ = ["mse", "psnr", "psnr_uint8", "quantize_uint8", "ssim", "lpips_fn",
-           "masked_prediction"]
+           "masked_prediction", "depth_errors"]
 
 
 def _check_pair(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
@@ -175,3 +178,25 @@ def lpips_fn(net: str = "alex", device: torch.device | str = "cpu"
             return float(model(to_nchw(pred), to_nchw(target)).mean())
 
     return lpips_distance
+
+
+def depth_errors(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> dict[str, float] | None:
+    """Depth error of a rendered ``(H, W)`` depth map against a reference ``target`` over the
+    pixels where ``target > 0`` (and ``mask``, when given), in float64:
+
+    * ``abs_rel = mean(|pred - target| / target)`` (absolute relative error);
+    * ``rmse = sqrt(mean((pred - target)^2))``, in the units of the depths.
+
+    None when no pixel has a reference depth. Example: target ``(1, 2, 0)``, pred
+    ``(1.5, 2, 7)``: two pixels scored, ``abs_rel = (0.5 + 0) / 2 = 0.25``,
+    ``rmse = sqrt(0.25 / 2) = 0.35355``.
+    """
+    if pred.shape != target.shape or pred.ndim != 2:
+        raise ValueError(f"expected two (H, W) depth maps, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    scored = target > 0
+    if mask is not None:
+        scored &= mask.to(scored.device)
+    if not bool(scored.any()):
+        return None
+    p, t = pred.double()[scored], target.double()[scored]
+    return {"abs_rel": float(((p - t).abs() / t).mean()), "rmse": float(((p - t) ** 2).mean().sqrt())}

@@ -97,7 +97,8 @@ def marching_cubes(density_fn, aabb: Tensor, resolution: int, level: float, slab
 def surface_colours(model, vertices: Tensor, normals: Tensor, eps: float, chunk: int = 1 << 16) -> Tensor:
     """``(V, 3)`` colours of the field at ``vertices`` seen from outside along ``-normals``:
     each vertex is one sample ``[0, 2 eps]`` on a ray from ``vertex + eps * normal``, so every
-    model's own ``field_inputs`` applies (times default to 0, the canonical frame)."""
+    model's own ``field_inputs`` applies (times default to 0, the canonical frame), its colour
+    shaded by the model as if it were opaque (``Model.shade``, MeRF's deferred shading)."""
     out = []
     for i in range(0, vertices.shape[0], chunk):
         x, n = vertices[i:i + chunk], normals[i:i + chunk]
@@ -106,7 +107,8 @@ def surface_colours(model, vertices: Tensor, normals: Tensor, eps: float, chunk:
                     {"radii": torch.full((k,), 1e-4, device=x.device)})
         samples = Samples(torch.zeros(k, device=x.device), torch.full((k,), 2 * eps, device=x.device),
                           torch.arange(k, device=x.device), k, 1)
-        _, rgb = model.field.activate(model.field.raw(*model.field_inputs(rays, samples)).float())
+        _, values = model.field.activate(model.field.raw(*model.field_inputs(rays, samples)).float())
+        rgb = model.shade(rays, values, torch.ones(k, device=x.device))  # the sample seen as opaque
         out.append(rgb.clamp(0, 1))
     return torch.cat(out) if out else torch.zeros(0, 3)
 

@@ -70,6 +70,7 @@ __all__ = [
     "HashGrid",
     "hash_grid_reference",
     "level_resolutions",
+    "vertex_rows",
     "kernel_available",
 ]
 
@@ -110,17 +111,20 @@ def level_resolutions(n_levels: int, base_resolution: int, max_resolution: int) 
     return [int(math.floor(base_resolution * b**level + 1e-6)) for level in range(n_levels)]
 
 
-def _is_dense(res: int, table_rows: int) -> bool:
-    return (res + 1) ** 3 <= table_rows
-
-
-def _corner_rows(corner: Tensor, res: int, table_rows: int) -> Tensor:
-    """Row in the level's table of integer vertices `corner` (n, 3) int64 -> (n,) int64."""
-    cx, cy, cz = corner.unbind(-1)
-    if _is_dense(res, table_rows):
-        r1 = res + 1
-        return cx + cy * r1 + cz * (r1 * r1)
-    h = (cx * PRIMES[0]) ^ ((cy * PRIMES[1]) & _MASK32) ^ ((cz * PRIMES[2]) & _MASK32)
+def vertex_rows(corner: Tensor, res: int, table_rows: int) -> Tensor:
+    """Row in a level's table of integer vertices ``corner`` ``(..., D)`` int64, ``D`` = 3 (or 2
+    for planes: the same rule on the first two coordinates) -> ``(...)`` int64: dense
+    ``c_0 + c_1 (res + 1) + c_2 (res + 1)^2`` when ``(res + 1)^D <= table_rows``, else
+    ``(c_0 * 1 xor c_1 * 2654435761 xor c_2 * 805459861) mod 2^32 mod table_rows``."""
+    coords = corner.unbind(-1)
+    if (res + 1) ** len(coords) <= table_rows:
+        r1, row = res + 1, coords[0]
+        for power, c in enumerate(coords[1:], start=1):
+            row = row + c * r1 ** power
+        return row
+    h = coords[0] * PRIMES[0]
+    for c, prime in zip(coords[1:], PRIMES[1:]):
+        h = h ^ ((c * prime) & _MASK32)
     return (h & _MASK32) % table_rows
 
 
@@ -144,7 +148,7 @@ def hash_grid_reference(x: Tensor, tables: Sequence[Tensor], resolutions: Sequen
         for c in range(8):
             bits = (c & 1, (c >> 1) & 1, (c >> 2) & 1)
             offset = torch.tensor(bits, dtype=torch.long, device=x.device)
-            rows = _corner_rows(i0 + offset, res, table.shape[0])
+            rows = vertex_rows(i0 + offset, res, table.shape[0])
             wd = [t[:, d] if bits[d] else omt[:, d] for d in range(3)]
             w = (wd[0] * wd[1]) * wd[2]
             term = w[:, None] * table[rows]

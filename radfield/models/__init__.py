@@ -11,10 +11,12 @@ from radfield.config import RunConfig
 from radfield.errors import RadfieldError
 from radfield.models.base import Model, SceneInfo
 from radfield.models.dnerf import DNeRFModel
+from radfield.models.merf import MerfModel
 from radfield.models.nerf import MipNeRFModel, NeRFAEModel, NeRFModel, TinyNeRFModel
 from radfield.models.nerfacto import NerfactoModel
 from radfield.models.ngp import NGPModel
 from radfield.models.volsdf import VolSDFModel
+from radfield.models.voxels import VoxelsModel
 
 REGISTRY: dict[str, type[Model]] = {
     "ngp": NGPModel,
@@ -25,6 +27,8 @@ REGISTRY: dict[str, type[Model]] = {
     "nerfae": NeRFAEModel,
     "dnerf": DNeRFModel,
     "volsdf": VolSDFModel,
+    "voxels": VoxelsModel,
+    "merf": MerfModel,
 }
 """Model name (``--model``, ``RunConfig.model``, the name of its config section) -> class."""
 

@@ -17,6 +17,14 @@ A model is a field plus the sampler that feeds it, built for one scene:
   (an eikonal term on the field's spatial gradient, a smoothness term on a deformation; both
   training steps back-propagate those in full);
 * ``update(step, generator)``: the sampler's periodic bookkeeping (e.g. an occupancy grid);
+* ``grow(step) -> bool``: before ``step``, replace parameters by new ones of another shape
+  (coarse-to-fine grids); True when it did, and the trainer then rebuilds its optimiser
+  (:func:`radfield.training.trainer.make_optimizer`: parameters it still holds keep their
+  Adam state, the new ones start afresh). A grown parameter must load from a checkpoint of any
+  stage (its module takes the checkpoint's shape), so ``--resume`` continues exactly;
+* ``shade(rays, values, opacity) -> rgb``: deferred shading, per ray, of the accumulated
+  per-sample values ``sum_i w_i v_i`` that ``field.activate`` gives (the colour itself for
+  every model but MeRF), before the background;
 * ``param_groups(optim)``: optimiser parameter groups (a group may carry its own ``lr``);
 * ``log_scalars() -> dict``: the model's own figures for the training log;
 * ``appearance_codes()``: per-image appearance codes (evaluation protocols fit held-out ones);
@@ -135,6 +143,17 @@ class Model(nn.Module):
 
     def update(self, step: int, generator: torch.Generator | None = None) -> None:
         pass
+
+    def grow(self, step: int) -> bool:
+        """Change the shape of parameters before ``step``; True when new parameters replaced
+        old ones (default: never)."""
+        return False
+
+    def shade(self, rays: Rays, values: Tensor, opacity: Tensor) -> Tensor:
+        """``(n_rays, 3)`` colour before the background from the rays' accumulated values
+        ``(n_rays, C)`` (``sum_i w_i v_i`` of ``field.activate``'s colours) and opacity
+        ``(n_rays,)``. Default: the values are the colour."""
+        return values
 
     def normals(self, rays: Rays, samples: Samples) -> Tensor | None:
         """``(n_samples, 3)`` unit surface normals at the samples (rendered as normal maps), or

@@ -24,23 +24,42 @@ from radfield.samplers.proposal import s_to_t, sample_pdf, uniform_bins
 from radfield.samplers.samples import Level, Samples, packed_from_bins
 
 
+def ray_bounds(rays: Rays, aabb: Tensor, bounded: bool, near: float, far: float) -> tuple[Tensor, Tensor]:
+    """``(near, far)`` ``(n_rays,)`` of the proposal pipeline: the box's entry and exit
+    (``bounded``), else ``near`` and ``far`` scene radii (the radius: half the box's largest
+    side). Example: box ``[-2, 2]^3``, unbounded, near 0.05, far 1000: ``(0.1, 2000)``."""
+    if bounded:
+        return box_near_far(rays, aabb)
+    radius = ((aabb[3:] - aabb[:3]) / 2).max()
+    ones = torch.ones(len(rays), device=rays.origins.device)
+    return ones * (near * radius), ones * (far * radius)
+
+
 class NerfactoModel(Model):
+    section = "nerfacto"
+    """The config section this model reads (a :class:`ProposalPipelineConfig`; subclasses
+    trained under the same pipeline change it and ``make_field``)."""
+
     @classmethod
     def configure(cls, config: RunConfig, scene: SceneInfo) -> None:
         """``bounded`` unset: sample inside the box on RGBA data (an object scene)."""
-        if config.nerfacto.bounded is None:
-            config.nerfacto.bounded = scene.has_alpha
+        cfg = getattr(config, cls.section)
+        if cfg.bounded is None:
+            cfg.bounded = scene.has_alpha
 
     def __init__(self, config: RunConfig, scene: SceneInfo):
         super().__init__(config, scene)
-        cfg = self.config = config.nerfacto
+        cfg = self.config = getattr(config, self.section)
         if len(cfg.proposal_grids) != len(cfg.proposal_samples):
-            raise RadfieldError("nerfacto: proposal_grids and proposal_samples need one entry per proposal level")
-        aabb = self.aabb
-        self.field = NerfactoField(aabb, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
-                                   scene.n_images, cfg.contraction)
+            raise RadfieldError(f"{self.section}: proposal_grids and proposal_samples need one entry per "
+                                "proposal level")
+        self.field = self.make_field(cfg, scene)
         self.proposals = nn.ModuleList(
-            ProposalDensityField(aabb, res, cfg.proposal_hidden, cfg.contraction) for res in cfg.proposal_grids)
+            ProposalDensityField(self.aabb, res, cfg.proposal_hidden, cfg.contraction) for res in cfg.proposal_grids)
+
+    def make_field(self, cfg, scene: SceneInfo) -> nn.Module:
+        return NerfactoField(self.aabb, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
+                             scene.n_images, cfg.contraction)
 
     @property
     def spacing(self) -> str:
@@ -48,11 +67,7 @@ class NerfactoModel(Model):
 
     def near_far(self, rays: Rays) -> tuple[Tensor, Tensor]:
         """The scene box's entry and exit (bounded), else ``near`` and ``far`` scene radii."""
-        if self.config.bounded:
-            return box_near_far(rays, self.aabb)
-        radius = self.field.contraction.radius
-        ones = torch.ones(len(rays), device=rays.origins.device)
-        return ones * (self.config.near * radius), ones * (self.config.far * radius)
+        return ray_bounds(rays, self.aabb, self.config.bounded, self.config.near, self.config.far)
 
     def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:

@@ -1,6 +1,7 @@
 """The one render path: a model, rays and their samples -> pixels.
 
-``field -> activations -> volume rendering -> background``, in :func:`render_samples`. Training
+``field -> activations -> volume rendering -> shading -> background``, in :func:`render_samples`
+(shading is the model's, per ray: the identity but for deferred shading, MeRF's). Training
 (the baseline and the HSM step), the earlier levels of hierarchical models, image rendering,
 evaluation and pose-fitting protocols all call it, so a change to any stage reaches every one of
 them. Backgrounds are resolved by :func:`radfield.rendering.backgrounds.ray_background`.
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from radfield.cameras import Rays
-from radfield.rendering.volume import RenderOutput, render, render_weights
+from radfield.rendering.volume import RenderOutput, composite, render, render_weights
 from radfield.samplers.samples import Samples
 
 
@@ -40,9 +41,11 @@ def render_samples(model, rays: Rays, samples: Samples, background: Tensor | Non
     field = model.field if field is None else field
     if raw is None:
         raw = field_raw(model, rays, samples, field)
-    sigma, rgb = field.activate(raw.float())
-    return render(sigma, rgb, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays,
-                  background, model.opaque_last)
+    sigma, values = field.activate(raw.float())
+    out = render(sigma, values, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays,
+                 None, model.opaque_last)
+    rgb = model.shade(rays, out.rgb, out.opacity)
+    return RenderOutput(composite(rgb, out.opacity, background), out.opacity, out.depth, out.weights)
 
 
 @torch.no_grad()

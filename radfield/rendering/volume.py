@@ -118,7 +118,8 @@ def render(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_i
 
     Args:
         sigmas: ``(n_samples,)`` densities (activated, >= 0).
-        rgbs: ``(n_samples, 3)`` colours in [0, 1].
+        rgbs: ``(n_samples, 3)`` colours in [0, 1] (any ``(n_samples, C)`` values when
+            ``background`` is None: their weighted sums per ray).
         background: ``(3,)`` or ``(n_rays, 3)``; black when None.
         opaque_last: the last interval of each ray is opaque (see :func:`render_weights`).
     """
@@ -126,6 +127,12 @@ def render(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_i
     rgb = accumulate_along_rays(weights, ray_indices, n_rays, rgbs)
     opacity = accumulate_along_rays(weights, ray_indices, n_rays)
     depth = accumulate_along_rays(weights, ray_indices, n_rays, ((t_starts + t_ends) / 2)[:, None])[:, 0]
-    if background is not None:
-        rgb = rgb + (1.0 - opacity)[:, None] * background
-    return RenderOutput(rgb=rgb, opacity=opacity, depth=depth, weights=weights)
+    return RenderOutput(rgb=composite(rgb, opacity, background), opacity=opacity, depth=depth, weights=weights)
+
+
+def composite(rgb: Tensor, opacity: Tensor, background: Tensor | None) -> Tensor:
+    """``rgb + (1 - opacity) background`` (``rgb`` unchanged when ``background`` is None).
+    Example: ``rgb = (0.5, 0, 0)``, opacity 0.5, white -> ``(1, 0.5, 0.5)``."""
+    if background is None:
+        return rgb
+    return rgb + (1.0 - opacity)[:, None] * background

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from radfield.cameras import Rays
 from radfield.config import HSMConfig
+from radfield.losses.depth import DepthLoss
 from radfield.losses.interlevel import interlevel_loss
 from radfield.losses.regularisers import distortion
 from radfield.rendering.pipeline import render_samples
@@ -36,7 +37,8 @@ from radfield.samplers.samples import Samples
 
 @dataclass
 class StepBatch:
-    """One training batch: rays, their samples, target colours and backgrounds."""
+    """One training batch: rays, their samples, target colours and backgrounds, and, with depth
+    supervision, the rays' measured depths."""
 
     rays: Rays
     samples: Samples
@@ -47,6 +49,10 @@ class StepBatch:
     may carry a graph (a learned background)."""
     patch_size: int | None = None
     """Rays come as square patches of this size (row-major per patch) for patch losses."""
+    depth: Tensor | None = None
+    """``(n_rays,)`` measured depth **along the ray** (planar depth / ``z_per_t``), 0 = none."""
+    depth_eps: Tensor | None = None
+    """``(n_rays,)`` the depth loss's uncertainty (or window) per ray, in ray distance."""
 
 
 @dataclass
@@ -100,6 +106,25 @@ def photometric_objective(loss_fn: Callable[..., Tensor], distortion_weight: flo
         return loss
 
     return objective
+
+
+def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: float) -> Objective:
+    """``objective + weight * depth_loss(final weights, samples, batch.depth, batch.depth_eps)``
+    (:mod:`radfield.losses.depth`); batches without depths get ``objective`` alone. The depth
+    loss acts on the final level's weights, like the distortion loss, so the HSM step keeps it in
+    the gradient it injects."""
+    if depth_loss is None or weight == 0:
+        return objective
+
+    def total(out: RenderOutput, batch: StepBatch) -> Tensor:
+        loss = objective(out, batch)
+        if batch.depth is None:
+            return loss
+        s = batch.samples
+        return loss + weight * depth_loss(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays,
+                                          batch.depth, batch.depth_eps)
+
+    return total
 
 
 def loss_from_raw(model, raw: Tensor, batch: StepBatch, objective: Objective

@@ -7,10 +7,14 @@ One step:
    (``SceneData.masks``) only unmasked pixels, and only patches without a masked pixel;
    multi-scale datasets give every scale the same number of rays (mip-NeRF's area-weighted loss,
    in expectation); the rays carry their cameras' attributes and ``train_index``, the training
-   image they come from;
+   image they come from; with a depth loss (``train.depth``), ``train.depth.fraction`` of the
+   rays are drawn from the pixels that have depth (:func:`draw_depth_pixels`; not with patch
+   losses) and every ray carries its pixel's depth along the ray (0 = none);
 2. composite RGBA targets over the training background (random per ray by default: forces
    empty space to zero density);
-3. ``model.sample`` -> packed samples; ``baseline_step`` or the HSM step -> gradients;
+3. ``model.sample`` -> packed samples; ``baseline_step`` or the HSM step -> gradients (a model
+   that grows new parameters before the step, ``Model.grow``, gets its optimiser rebuilt:
+   :func:`make_optimizer`);
 4. Adam step, learning-rate schedule (one factor for every parameter group's own rate), the
    model's periodic update (e.g. the occupancy grid);
 5. adapt ``n_rays`` so the next step has about the model's ``optim.target_samples`` samples.
@@ -52,14 +56,17 @@ import torch
 from torch import Tensor
 
 from radfield.cameras import Cameras, Rays, pixel_rays
-from radfield.config import (LR_SCHEDULES, RunConfig, apply_overrides, run_config_from_dict,
-                             run_config_to_dict)
+from radfield.config import (LR_SCHEDULES, OptimConfig, RunConfig, apply_overrides,
+                             run_config_from_dict, run_config_to_dict)
 from radfield.data import SceneData, load_scene_groups
+from radfield.data.depth import DEPTH_SOURCES, with_depth
+from radfield.data.views import select_train_views
 from radfield.errors import MissingSplitError, PeerLost, RadfieldError
 from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
 from radfield.losses import PhotometricLoss
+from radfield.losses.depth import depth_weight, make_depth_loss, urf_window
 from radfield.models import SceneInfo, build_model
 from radfield.rendering.backgrounds import background_color, ray_background, training_colour
 from radfield.rendering.images import render_image
@@ -69,7 +76,7 @@ from radfield.training.distributed import current_world
 from radfield.training.pose_refinement import TRANSFORMS_NAME, PoseRefinement, write_refined_transforms
 from radfield.training.schedules import log_linear_lr_at
 from radfield.training.steps import (HardSampleMiner, StepBatch, StepResult, baseline_step,
-                                     photometric_objective)
+                                     photometric_objective, with_depth_loss)
 
 
 def learning_rate_factor(progress: float, step: int, warmup_steps: int,
@@ -78,6 +85,26 @@ def learning_rate_factor(progress: float, step: int, warmup_steps: int,
     (fractions of the run). Example: milestones (0.5, 0.75), gamma 0.33, progress 0.8 -> 0.1089."""
     warm = min(1.0, (step + 1) / max(warmup_steps, 1))
     return warm * gamma ** sum(progress >= m for m in milestones)
+
+
+def make_optimizer(model, optim: OptimConfig, previous: torch.optim.Optimizer | None = None
+                   ) -> torch.optim.Adam:
+    """Adam over ``model.param_groups(optim)`` (fused; each group's own rate kept as its
+    ``base_lr``, which the schedule scales). With ``previous`` (the optimiser of the model before
+    ``Model.grow`` replaced some of its parameters), every parameter ``previous`` also held keeps
+    its state (moments, step count); the new parameters start afresh, as in a new Adam (DVGO
+    restarts its optimiser at each growth, the MLP's moments included).
+    """
+    groups = model.param_groups(optim)
+    for group in groups:  # the schedule scales each group's own rate
+        group["base_lr"] = group.get("lr", optim.lr)
+    optimizer = torch.optim.Adam(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
+    if previous is not None:
+        kept = {p for group in groups for p in group["params"]}
+        for p, state in previous.state.items():
+            if p in kept:
+                optimizer.state[p] = state
+    return optimizer
 
 
 @dataclass
@@ -90,11 +117,18 @@ class ImageGroup:
     of ``P x P`` the top-left corners of the patches that lie in the image and hold no masked
     pixel. Example: one 2 x 3 image with mask ``[[T, T, F], [T, T, T]]``: pixels
     ``[0, 1, 3, 4, 5]``; 2 x 2 patches ``[0]`` (the patch at column 1 holds the masked pixel 2).
+
+    With depth supervision: ``depths`` ``(n_pixels,)`` planar depth per flat index (0 = none),
+    ``uncertainty`` ``(n_pixels,)`` its relative uncertainty (None = 1) and ``depth_starts``
+    the flat indices of the unmasked pixels that have depth, ascending.
     """
 
     cameras: Cameras
     pixels: Tensor
     starts: Tensor | None = None
+    depths: Tensor | None = None
+    uncertainty: Tensor | None = None
+    depth_starts: Tensor | None = None
 
     @property
     def n_pixels(self) -> int:
@@ -102,9 +136,24 @@ class ImageGroup:
 
     @classmethod
     def from_data(cls, data: SceneData, cameras: Cameras, patch: int | None,
-                  device: torch.device) -> "ImageGroup":
+                  device: torch.device, depth: bool = False) -> "ImageGroup":
         """The group of ``data``'s images with ``cameras``; ``patch``: the patch size ``P`` of
-        a patch loss (None: single pixels). RadfieldError when masks leave nothing to draw."""
+        a patch loss (None: single pixels); ``depth``: keep ``data.depths`` for depth
+        supervision. RadfieldError when masks leave nothing to draw, or no drawable pixel has
+        depth."""
+        depths = uncertainty = depth_starts = None
+        if depth:
+            depths = data.depths.reshape(-1).float()
+            has = depths > 0
+            if data.masks is not None:
+                has &= data.masks.reshape(-1)
+            depth_starts = has.nonzero()[:, 0]
+            if len(depth_starts) == 0:
+                raise RadfieldError(f"{data.names[0]}: no training pixel has depth (the depth "
+                                    "loss needs some)")
+            depths, depth_starts = depths.to(device), depth_starts.to(device)
+            if data.depth_uncertainty is not None:
+                uncertainty = data.depth_uncertainty.reshape(-1).float().to(device)
         starts = None
         if data.masks is not None:
             allowed, what = data.masks, "pixel"
@@ -122,7 +171,22 @@ class ImageGroup:
                 starts = starts.int()
             starts = starts.to(device)
         return cls(cameras.to(device), data.images.reshape(-1, data.images.shape[-1]).to(device),
-                   starts)
+                   starts, depths, uncertainty, depth_starts)
+
+
+def _flat_to_pixels(flat: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(flat, camera, column, row)`` of flat pixel indices of ``h x w`` images."""
+    cam, pix = flat // (h * w), flat % (h * w)
+    return flat, cam, pix % w, pix // w
+
+
+def draw_depth_pixels(group: ImageGroup, n_rays: int, generator: torch.Generator
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(flat pixel index, camera, column, row)`` of ``n_rays`` pixels drawn uniformly from the
+    pixels that have depth (``group.depth_starts``)."""
+    dev = group.pixels.device
+    pick = torch.randint(0, len(group.depth_starts), (n_rays,), device=dev, generator=generator)
+    return _flat_to_pixels(group.depth_starts[pick].long(), group.cameras.height, group.cameras.width)
 
 
 def draw_pixels(group: ImageGroup, n_rays: int, patch: int | None, generator: torch.Generator
@@ -155,8 +219,7 @@ def draw_pixels(group: ImageGroup, n_rays: int, patch: int | None, generator: to
                                               generator=gen)].long()
         else:
             flat = torch.randint(0, n_img * h * w, (n_rays,), device=dev, generator=gen)
-        cam, pix = flat // (h * w), flat % (h * w)
-        row, col = pix // w, pix % w
+        return _flat_to_pixels(flat, h, w)
     return cam * h * w + row * w + col, cam, col, row
 
 
@@ -198,14 +261,23 @@ class Trainer:
         if cfg.max_time is not None and not cfg.max_time > 0:
             raise RadfieldError(f"--max-time: must be positive, got {cfg.max_time}")
         self.loss = PhotometricLoss.from_spec(cfg.loss, cfg.loss_colour_space, cfg.loss_tonemap, cfg.loss_gamma)
-        self.objective = photometric_objective(self.loss, optim.distortion_weight)
+        self.depth_loss = make_depth_loss(cfg.depth)
+        if config.data.depth_source not in DEPTH_SOURCES:
+            raise RadfieldError(f"data.depth_source: unknown depth source {config.data.depth_source!r} "
+                                f"(choose from: {', '.join(DEPTH_SOURCES)})")
+        self.objective = with_depth_loss(photometric_objective(self.loss, optim.distortion_weight),
+                                         self.depth_loss, depth_weight(cfg.depth))
         scales = load_scene_groups(config.data.path, "train", config.data.downscale,
                                    colmap_model=config.data.colmap_model)
         if len(scales) > 1 and self.loss.needs_patches:
             raise RadfieldError(f"{config.data.path}: patch losses are not supported on multi-scale data")
+        scales = select_train_views(scales, config.data.train_views, config.data.path)
+        if self.depth_loss is not None:
+            scales = [self._with_depths(d) for d in scales]
         self.data = scales[0]
         self.patch_size = cfg.patch_size if self.loss.needs_patches else None
-        self.groups = [ImageGroup.from_data(d, self._training_cameras(d), self.patch_size, self.device)
+        self.groups = [ImageGroup.from_data(d, self._training_cameras(d), self.patch_size, self.device,
+                                            depth=self.depth_loss is not None)
                        for d in scales]
         self.has_alpha = self.data.has_alpha
         self.val = self._load_validation()
@@ -213,10 +285,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(config, SceneInfo.from_data(self.data)).to(self.device)
-        groups = self.model.param_groups(optim)
-        for group in groups:  # the schedule scales each group's own rate
-            group["base_lr"] = group.get("lr", optim.lr)
-        self.optimizer = torch.optim.Adam(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
+        self.optimizer = make_optimizer(self.model, optim)
         self.poses = (PoseRefinement(cfg.pose_opt, len(self.data), self.model.scene.size, self.device)
                       if cfg.pose_opt.enabled else None)
         if (self.poses is not None and cfg.pose_opt.coarse_to_fine is not None
@@ -247,6 +316,18 @@ class Trainer:
         self.lock = threading.RLock()
         self.paused = threading.Event()
         self.callbacks: list[Callable[["Trainer", StepResult, float], None]] = []
+
+    def _with_depths(self, data: SceneData) -> SceneData:
+        """``data`` with the depths of ``data.depth_source`` (:func:`radfield.data.depth.with_depth`);
+        RadfieldError when there are none."""
+        cfg = self.config.data
+        root = Path(cfg.path) if Path(cfg.path).is_dir() else Path(cfg.path).parent
+        mono = None if cfg.mono_depth is None else root / cfg.mono_depth
+        out = with_depth(data, cfg.depth_source, cfg.path, mono)
+        if out.depths is None:
+            raise RadfieldError(f"{cfg.path}: --depth-loss {self.config.train.depth.loss}: the dataset has "
+                                "no depth (no depth_file_path maps, no COLMAP points)")
+        return out
 
     @staticmethod
     def _training_cameras(data: SceneData) -> Cameras:
@@ -288,6 +369,8 @@ class Trainer:
 
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
+        # A grown model (Model.grow) took the checkpoint's parameter shapes: optimise those.
+        self.optimizer = make_optimizer(self.model, self.config.optim)
         self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
@@ -339,7 +422,9 @@ class Trainer:
             return
         self._write_config()
         scene = {"aabb": self.data.aabb.tolist(), "n_train_images": len(self.data),
-                 "normalization": self.data.meta.get("normalization")}
+                 "normalization": self.data.meta.get("normalization"),
+                 "train_views": self.data.names if self.config.data.train_views else None,
+                 "depth_source": self.data.meta.get("depth_source")}
         with atomic_write(self.run_dir / "scene.json") as tmp:
             tmp.write_text(json.dumps(scene, indent=1))
         state = self.checkpoint_state()
@@ -358,10 +443,34 @@ class Trainer:
         self._last_save = time.monotonic()
 
     # ------------------------------------------------------------------ one step
+    def _draw(self, group: ImageGroup, n_rays: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The pixels of ``group`` for one step: :func:`draw_pixels`, with a depth loss (and no
+        patch loss) ``round(fraction * n_rays)`` of them from the pixels that have depth."""
+        fraction = self.config.train.depth.fraction
+        if self.depth_loss is None or self.patch_size is not None or fraction == 0:
+            return draw_pixels(group, n_rays, self.patch_size, self.generator)
+        n_depth = int(round(fraction * n_rays))
+        uniform = draw_pixels(group, n_rays - n_depth, None, self.generator)
+        on_depth = draw_depth_pixels(group, n_depth, self.generator)
+        return tuple(torch.cat([a, b]) for a, b in zip(uniform, on_depth))
+
+    def _depth_targets(self, parts: list[tuple[Tensor, ...]], rays: Rays
+                       ) -> tuple[Tensor | None, Tensor | None]:
+        """Per ray: the pixel's depth along the ray (planar depth / ``z_per_t``; 0 = none) and the
+        loss's uncertainty: ``train.depth.eps`` (URF: its window at the run's progress) times the
+        pixel's relative uncertainty."""
+        if self.depth_loss is None:
+            return None, None
+        depth_cfg = self.config.train.depth
+        base = urf_window(depth_cfg, self.run_progress()) if depth_cfg.loss == "urf" else depth_cfg.eps
+        planar = torch.cat([g.depths[flat] for g, (flat, *_) in zip(self.groups, parts)])
+        rel = torch.cat([torch.ones(len(flat), device=flat.device) if g.uncertainty is None
+                         else g.uncertainty[flat] for g, (flat, *_) in zip(self.groups, parts)])
+        return planar / rays.z_per_t, base * rel
+
     def make_batch(self, n_rays: int) -> StepBatch:
         cfg = self.config.train
-        parts = [draw_pixels(g, max(n_rays // len(self.groups), 1), self.patch_size, self.generator)
-                 for g in self.groups]
+        parts = [self._draw(g, max(n_rays // len(self.groups), 1)) for g in self.groups]
         cams = [g.cameras if self.poses is None else self.poses.cameras(g.cameras) for g in self.groups]
         rays = Rays.cat([pixel_rays(c, cam, col, row) for c, (_, cam, col, row) in zip(cams, parts)])
         plain = rays.detach()  # what sampling and the background see (pose corrections: no graph)
@@ -377,10 +486,13 @@ class Trainer:
         with self.model.widened_sampling(widen) if widen > 0 else nullcontext():
             samples = self.model.sample(plain, training=True, generator=self.generator, early_stop=early)
         patch = min(cfg.patch_size, self.data.cameras.height, self.data.cameras.width)
-        return StepBatch(rays, samples, target, bg, patch if self.loss.needs_patches else None)
+        depth, depth_eps = self._depth_targets(parts, plain)
+        return StepBatch(rays, samples, target, bg, patch if self.loss.needs_patches else None,
+                         depth, depth_eps)
 
-    def fraction_done(self) -> float:
-        """The fraction of the run done: of ``max_steps`` or ``max_time``, whichever is nearer."""
+    def run_progress(self) -> float:
+        """How far the run is: the fraction of ``max_steps`` or of ``max_time`` done, whichever
+        is larger (the learning-rate schedule's and URF's window's clock)."""
         cfg = self.config.train
         progress = self.state.step / cfg.max_steps
         if cfg.max_time:
@@ -390,7 +502,7 @@ class Trainer:
     def lr_factor(self) -> float:
         """The schedule's factor on every parameter group's base rate at the current step."""
         optim = self.config.optim
-        progress = self.fraction_done()
+        progress = self.run_progress()
         if optim.schedule == "log_linear":
             return log_linear_lr_at(progress, self.state.step, optim.lr, optim.lr_final,
                                     optim.warmup_steps) / optim.lr
@@ -398,12 +510,14 @@ class Trainer:
                                     optim.gamma)
 
     def train_step(self):
+        if self.model.grow(self.state.step):  # new parameters (coarse-to-fine grids)
+            self.optimizer = make_optimizer(self.model, self.config.optim, self.optimizer)
         self.model.update(self.state.step, self.shared_generator)
         factor = self.lr_factor()
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         if self.poses is not None:
-            self.poses.schedule(self.model, self.fraction_done(), self.state.step)
+            self.poses.schedule(self.model, self.run_progress(), self.state.step)
             self.poses.optimizer.zero_grad(set_to_none=True)
         batch = self.make_batch(self.state.n_rays)
         self.optimizer.zero_grad(set_to_none=True)

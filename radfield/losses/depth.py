@@ -1,0 +1,243 @@
+"""Depth supervision: losses on the sample weights of rays whose depth is known
+(``shared/specs/depth-supervision.md``), on packed samples (see rendering/volume.py).
+
+Vocabulary, along one ray ``r``:
+
+* ``t_i`` the sample midpoints ``(t_start_i + t_end_i) / 2`` and ``dt_i = t_end_i - t_start_i``
+  (ray distance, the units of ``t``);
+* ``w_i`` the sample weights (sum <= 1) and ``W_i = sum_{k<=i} w_k`` their cumulative sum, the
+  CDF of ray termination (``1 - transmittance`` behind sample ``i``);
+* ``D`` the measured depth **along the ray** (planar depth / ``Rays.z_per_t``), per ray
+  ``(n_rays,)``; rays with ``D <= 0`` have no depth and are ignored by every loss;
+* ``eps`` the depth uncertainty (a standard deviation, or URF's window half-width), per ray
+  ``(n_rays,)`` in the units of ``t``;
+* ``Phi(x)`` the CDF of the Gaussian ``N(D, eps^2)`` at ``x``.
+
+Every loss is 0 (with a graph) when no ray of the batch has depth, and works with rays that have
+no samples and with batches of zero samples. They act on the final level's weights only, so any
+model gets them, and hard sample mining keeps them in the gradient it injects (they are part of
+the objective it differentiates).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from radfield.errors import RadfieldError
+from radfield.rendering.volume import accumulate_along_rays, exclusive_sum_per_ray
+
+DEPTH_LOSSES = ("none", "l2", "urf", "dsnerf", "bounded")
+REFERENCE_WEIGHTS = {"l2": 0.1, "urf": 0.1, "dsnerf": 0.1, "bounded": 1.0}
+"""The weight of each loss when ``train.depth.weight`` is None: the depth-supervised mip-NeRF
+code's ``lambda_depth = 0.1`` for L2, DS-NeRF's 0.1, radfield's 0.1 for URF, and 1 for the
+bounded loss, whose own ``lambda_empty`` / ``lambda_phi`` weigh its terms (the reference adds
+``L_cdf`` to the photometric loss unscaled)."""
+
+
+@dataclass
+class DepthConfig:
+    """Depth supervision of a run (``train.depth``): which loss, its weight and parameters, and
+    how many of each batch's rays are drawn from pixels that have depth."""
+
+    loss: str = "none"
+    """``none``, ``l2`` (expected depth), ``urf`` (line of sight + empty space), ``dsnerf`` (KL
+    on ray termination) or ``bounded`` (probabilistically bounded ray densities)."""
+    weight: float | None = None
+    """Weight of the depth loss in the training objective; None = the loss's reference weight
+    (:data:`REFERENCE_WEIGHTS`)."""
+    eps: float = 0.03
+    """Depth uncertainty (standard deviation, scene units along the ray) of ``dsnerf`` and
+    ``bounded``; sparse SfM depths scale it per point by their reprojection error."""
+    beta: float = 0.0
+    """``bounded``: the margin ``beta`` of the CDF bounds (0 for synthetic depth; the spec
+    suggests ``2 eps`` for sensor or monocular depth)."""
+    urf_window: tuple[float, float] = (0.45, 0.15)
+    """``urf``: window half-width ``eps`` at the start and at the end of the run (scene units),
+    annealed linearly with the run's progress."""
+    empty_weight: float = 1.0
+    """``bounded``: ``lambda_empty``, the weight of the empty-space term."""
+    cdf_weight: float = 0.1
+    """``bounded``: ``lambda_phi``, the weight of the two CDF terms."""
+    fraction: float = 0.25
+    """Fraction of each batch's rays drawn from pixels that have depth (the rest uniformly, as
+    without depth); 0 = depth only where uniform draws land on it."""
+
+
+def check_depth_config(config: DepthConfig) -> None:
+    """RadfieldError (one line naming the option) for a value that cannot be used."""
+    if config.loss not in DEPTH_LOSSES:
+        raise RadfieldError(f"train.depth.loss: unknown depth loss {config.loss!r} "
+                            f"(choose from: {', '.join(DEPTH_LOSSES)})")
+    bounds = {"weight": (depth_weight(config), 0.0, False), "eps": (config.eps, 0.0, True),
+              "beta": (config.beta, 0.0, False), "empty_weight": (config.empty_weight, 0.0, False),
+              "cdf_weight": (config.cdf_weight, 0.0, False)}
+    for name, (value, low, strict) in bounds.items():
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise RadfieldError(f"train.depth.{name}: must be {'>' if strict else '>='} {low:g} "
+                                f"and finite, got {value}")
+    if not 0.0 <= config.fraction <= 1.0:
+        raise RadfieldError(f"train.depth.fraction: must be in [0, 1], got {config.fraction}")
+    if not all(math.isfinite(v) and v > 0 for v in config.urf_window):
+        raise RadfieldError(f"train.depth.urf_window: both half-widths must be > 0, got "
+                            f"{list(config.urf_window)}")
+
+
+def depth_weight(config: DepthConfig) -> float:
+    """``config.weight``, or the loss's reference weight when it is None (0 for ``none``)."""
+    if config.weight is not None:
+        return config.weight
+    return REFERENCE_WEIGHTS.get(config.loss, 0.0)
+
+
+def urf_window(config: DepthConfig, progress: float) -> float:
+    """URF's window half-width at ``progress`` in [0, 1] of the run: linear from
+    ``urf_window[0]`` to ``urf_window[1]``. Example: (0.45, 0.15) at progress 0.5 -> 0.3."""
+    start, end = config.urf_window
+    p = min(max(progress, 0.0), 1.0)
+    return start + (end - start) * p
+
+
+def gaussian_cdf(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``Phi(x) = (1 + erf((x - mean) / (std sqrt 2))) / 2``. Example: ``Phi(mean + std) = 0.8413``."""
+    return 0.5 * (1.0 + torch.erf((x - mean) / (std * math.sqrt(2.0))))
+
+
+def _per_sample(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
+                depth: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(t_mid, D of the sample's ray, whether that ray has depth)``, each ``(n_samples,)``."""
+    d = depth.to(weights.dtype)[ray_indices]
+    return (t_starts + t_ends) / 2, d, d > 0
+
+
+def _mean_over_depth_rays(per_ray: Tensor, depth: Tensor, anchor: Tensor) -> Tensor:
+    """Mean of ``per_ray`` ``(n_rays,)`` over the rays with ``depth > 0``; ``0 * anchor.sum()``
+    (zero with a graph) when there are none."""
+    has = depth > 0
+    if not bool(has.any()):
+        return anchor.sum() * 0.0
+    return per_ray[has].sum() / has.sum()
+
+
+def expected_depth_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
+                        n_rays: int, depth: Tensor) -> Tensor:
+    """L2 on the rendered depth: ``(sum_i w_i t_i - D)^2``, mean over the rays with depth.
+
+    The rendered depth is not divided by the opacity (the spec's definition): a ray that is
+    not opaque is pulled towards the camera, so depth rays also learn opacity.
+
+    Example: one ray, intervals [0.5, 1.5] and [2.5, 3.5] (``t = 1, 3``), ``w = (0.5, 0.25)``:
+    rendered depth ``1.25``; ``D = 2`` gives ``L = 0.75^2 = 0.5625``.
+    """
+    rendered = accumulate_along_rays(weights, ray_indices, n_rays, ((t_starts + t_ends) / 2)[:, None])[:, 0]
+    return _mean_over_depth_rays((rendered - depth.to(weights.dtype)) ** 2, depth, weights)
+
+
+def urf_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor, n_rays: int,
+             depth: Tensor, eps: Tensor) -> Tensor:
+    """Urban Radiance Fields' line-of-sight loss with window half-width ``eps``, per ray
+
+    ``sum_{t_i < D - eps} w_i^2 + sum_{|t_i - D| <= eps} (w_i - K(t_i - D))^2``,
+
+    mean over the rays with depth; ``K(x) = exp(-x^2 / (2 (eps / 3)^2))`` is a Gaussian kernel
+    peaked at 1 whose standard deviation is a third of the window (URF's ``N(0, (eps/3)^2)``,
+    scaled to peak 1 because ``w_i`` are masses: a sample at the surface should carry it all).
+
+    Example: one ray, unit intervals with ``t = 1, 2, 3``, ``w = (0.1, 0.6, 0.2)``, ``D = 2``,
+    ``eps = 0.6``: empty space holds ``t = 1`` (``< 1.4``): ``0.01``; the window holds ``t = 2``
+    with ``K(0) = 1``: ``(0.6 - 1)^2 = 0.16``; ``L = 0.17``.
+    """
+    t, d, has = _per_sample(weights, t_starts, t_ends, ray_indices, depth)
+    e = eps.to(weights.dtype)[ray_indices]
+    empty = has & (t < d - e)
+    near = has & ((t - d).abs() <= e)
+    kernel = torch.exp(-((t - d) ** 2) / (2.0 * (e / 3.0) ** 2))
+    per_sample = torch.where(empty, weights ** 2, 0.0) + torch.where(near, (weights - kernel) ** 2, 0.0)
+    return _mean_over_depth_rays(accumulate_along_rays(per_sample, ray_indices, n_rays), depth, weights)
+
+
+def dsnerf_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor, n_rays: int,
+                depth: Tensor, eps: Tensor) -> Tensor:
+    """DS-NeRF's KL term on ray termination, per ray
+
+    ``sum_i -log(w_i + 1e-5) exp(-(t_i - D)^2 / (2 eps^2)) dt_i``,
+
+    mean over the rays with depth (up to a constant, the KL divergence from ``N(D, eps^2)`` to
+    the termination distribution, in the quadrature of the samples).
+
+    Example: one ray, unit intervals with ``t = 1, 2, 3``, ``w = (0.1, 0.6, 0.2)``, ``D = 2``,
+    ``eps = 1``: ``2.30249 e^-0.5 + 0.51081 + 1.60939 e^-0.5 = 2.88348``.
+    """
+    t, d, has = _per_sample(weights, t_starts, t_ends, ray_indices, depth)
+    e = eps.to(weights.dtype)[ray_indices]
+    per_sample = -torch.log(weights + 1e-5) * torch.exp(-((t - d) ** 2) / (2.0 * e ** 2)) * (t_ends - t_starts)
+    per_sample = torch.where(has, per_sample, 0.0)
+    return _mean_over_depth_rays(accumulate_along_rays(per_sample, ray_indices, n_rays), depth, weights)
+
+
+def _region_mean(values: Tensor, region: Tensor) -> Tensor:
+    """Mean of ``values`` over the elements of ``region`` (bool); 0 with a graph when empty."""
+    if not bool(region.any()):
+        return values.sum() * 0.0
+    return values[region].mean()
+
+
+def bounded_density_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
+                         n_rays: int, depth: Tensor, eps: Tensor, beta: float = 0.0,
+                         empty_weight: float = 1.0, cdf_weight: float = 0.1) -> Tensor:
+    """Probabilistically bounded ray densities: the termination CDF ``W`` is bounded by the CDF
+    ``Phi`` of ``N(D, eps^2)``. Over all samples of the batch's rays with depth:
+
+    * empty region ``t_i < D - 3 eps``: ``L_empty = mean(w_i^2)``;
+    * near region ``D - 3 eps <= t_i < D``: ``L_near = mean(max(W_i - Phi(t_i - beta), 0)^2)``
+      (the CDF must not run ahead of the Gaussian's);
+    * far region ``D <= t_i <= D + 3 eps``: ``L_far = mean(max(Phi(t_i + beta) - W_i, 0)^2)``
+      (it must have caught up);
+
+    ``L = empty_weight L_empty + cdf_weight (L_near + L_far)``, each mean over the elements of
+    its region (a region with no element adds 0). As the spec writes them, ``beta > 0``
+    evaluates ``Phi`` further from ``D`` on each side (``t - beta`` before it, ``t + beta``
+    behind it), so both bounds become stricter, not looser.
+
+    Example: one ray, ``D = 2``, ``eps = 0.1``, ``beta = 0``, samples at ``t = 1, 1.9, 2.1, 3``
+    with ``w = (0.1, 0.5, 0.3, 0.1)``, so ``W = (0.1, 0.6, 0.9, 1.0)``: ``t = 1`` is empty
+    space (``0.01``); ``t = 1.9`` is near, ``Phi = 0.15866``, ``(0.6 - 0.15866)^2 = 0.19478``;
+    ``t = 2.1`` is far, ``Phi = 0.84134 < 0.9``: 0; ``t = 3`` is in no region.
+    ``L = 0.01 + 0.1 * 0.19478 = 0.029478``.
+    """
+    t, d, has = _per_sample(weights, t_starts, t_ends, ray_indices, depth)
+    e = eps.to(weights.dtype)[ray_indices]
+    cdf = exclusive_sum_per_ray(weights, ray_indices, n_rays) + weights  # W_i, inclusive
+    empty = has & (t < d - 3.0 * e)
+    near = has & (t >= d - 3.0 * e) & (t < d)
+    far = has & (t >= d) & (t <= d + 3.0 * e)
+    l_empty = _region_mean(weights ** 2, empty)
+    l_near = _region_mean(torch.relu(cdf - gaussian_cdf(t - beta, d, e)) ** 2, near)
+    l_far = _region_mean(torch.relu(gaussian_cdf(t + beta, d, e) - cdf) ** 2, far)
+    return empty_weight * l_empty + cdf_weight * (l_near + l_far)
+
+
+DepthLoss = Callable[[Tensor, Tensor, Tensor, Tensor, int, Tensor, Tensor], Tensor]
+"""``loss(weights, t_starts, t_ends, ray_indices, n_rays, depth, eps) -> scalar`` (unweighted)."""
+
+
+def make_depth_loss(config: DepthConfig) -> DepthLoss | None:
+    """The loss ``config.loss`` names with its parameters bound, or None for ``none``."""
+    check_depth_config(config)
+    if config.loss == "none":
+        return None
+    if config.loss == "l2":
+        return lambda w, t0, t1, ri, n, depth, eps: expected_depth_loss(w, t0, t1, ri, n, depth)
+    if config.loss == "urf":
+        return urf_loss
+    if config.loss == "dsnerf":
+        return dsnerf_loss
+
+    def bounded(w, t0, t1, ri, n, depth, eps):
+        return bounded_density_loss(w, t0, t1, ri, n, depth, eps, config.beta, config.empty_weight,
+                                    config.cdf_weight)
+    return bounded
