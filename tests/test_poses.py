@@ -239,6 +239,9 @@ class BlobModel(nn.Module):
     def widened_sampling(self, distance):
         return contextlib.nullcontext()  # samples along the whole ray already
 
+    def shade(self, rays, values, opacity):
+        return values  # the field's colour as it is (no deferred shading)
+
 
 def blob_cameras(n: int = 2, size: int = 12) -> Cameras:
     eyes = torch.tensor([[3.5, 1.0, 1.5], [-1.0, 3.6, 1.2], [0.5, -3.0, 2.5]])[:n]
