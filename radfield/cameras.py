@@ -146,6 +146,10 @@ class Rays:
     def to(self, device: torch.device | str) -> "Rays":
         return self._map(lambda x: x.to(device))
 
+    def detach(self) -> "Rays":
+        """The same rays without their graph (sampling passes of pose-differentiable renders)."""
+        return self._map(lambda x: x.detach())
+
     def chunks(self, size: int):
         """Consecutive slices of at most ``size`` rays."""
         for i in range(0, len(self), size):
@@ -247,14 +251,15 @@ def pinhole_from_fov(c2w: Tensor, fov_y: Tensor, width: int, height: int) -> Cam
 
 
 def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
-    """``(3, 4)`` camera-to-world matrix (OpenGL axes) of a camera at ``eye`` looking at
-    ``target``. Differentiable in ``eye`` and ``target``."""
+    """``(..., 3, 4)`` camera-to-world matrices (OpenGL axes) of cameras at ``eye`` ``(..., 3)``
+    looking at ``target`` (``(3,)`` or ``(..., 3)``), world ``up`` (default z). Differentiable in
+    ``eye`` and ``target``."""
     if up is None:
         up = torch.tensor([0.0, 0.0, 1.0], dtype=eye.dtype, device=eye.device)
     back = eye - target
-    back = back / back.norm()
-    right = torch.linalg.cross(up, back)
-    right = right / right.norm()
+    back = back / back.norm(dim=-1, keepdim=True)
+    right = torch.linalg.cross(up.expand_as(back), back)
+    right = right / right.norm(dim=-1, keepdim=True)
     true_up = torch.linalg.cross(back, right)
     return torch.stack([right, true_up, back, eye], dim=-1)
 

@@ -1,4 +1,4 @@
-"""The ``radfield`` command line: train, eval, render, view, demo, process, multiscale.
+"""The ``radfield`` command line: train, eval, render, view, localize, demo, process, multiscale.
 
 Bad input (a missing file, a malformed dataset, an unknown option value) is reported as one line,
 ``radfield: error: <file or option>: <problem>``, with exit code 2; in a torchrun run, the loss of
@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hsm-min-fraction", type=float, default=None, help="lower bound of kept samples b/B (0.05)")
     p.add_argument("--hsm-max-fraction", type=float, default=None, help="upper bound of kept samples b/B (0.5)")
     p.add_argument("--hsm-ema", type=float, default=None, help="EMA decay of the hardness concentration (0.99)")
+    p.add_argument("--pose-opt", action="store_true",
+                   help="refine the camera poses while training (a per-image SE(3) correction, BARF's "
+                   "coarse-to-fine window; train.pose_opt.*); eval then fits each test view's pose first")
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")
     p.add_argument("--eval-every", type=float, default=None, help="seconds of training between validation renders (30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -160,6 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
     p.add_argument("--port", type=_port, default=8080, help="port (0: any free one)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    p = sub.add_parser("localize", help="estimate the camera pose of an image against a trained run",
+                       formatter_class=fmt,
+                       description="Fit the pose of one camera to IMAGE against the run's frozen field "
+                       "(Levenberg-Marquardt on se(3) over an image pyramid, iNeRF-style) and print it, "
+                       "with the photometric error and, given --gt, the pose error. POSE: a JSON file with "
+                       "a 3x4 or 4x4 camera-to-world matrix (OpenGL axes, the dataset's world coordinates; "
+                       "or an object with transform_matrix), or SPLIT:INDEX, an image of the run's dataset.")
+    p.add_argument("run_dir")
+    p.add_argument("image", help="the photo (RGB, or RGBA composited over the run's evaluation background); "
+                   "the intrinsics are the run's training camera's scaled to its size, or the --init image's")
+    p.add_argument("--init", default=None, metavar="POSE",
+                   help="the starting pose (default: the training view most like the image)")
+    p.add_argument("--gt", default=None, metavar="POSE", help="the true pose: print the pose error")
+    p.add_argument("--steps", type=_positive_int, default=60, help="Levenberg-Marquardt steps")
+    p.add_argument("--rays", type=_positive_int, default=2048, help="random pixels per step")
+    p.add_argument("--out", default=None, help="also write the result as JSON to this file")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("export", help="export a mesh (marching cubes), a point cloud or a baked MeRF of a "
@@ -239,6 +260,8 @@ def run_config_from_args(args) -> RunConfig:
     apply_overrides(config, {k: v for k, v in overrides.items() if v is not None})
     if args.hsm:
         config.train.hsm.enabled = True
+    if args.pose_opt:
+        config.train.pose_opt.enabled = True
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -340,6 +363,32 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_localize(args) -> int:
+    import json
+
+    from radfield.evaluation.localize import PoseFitOptions, localize_image
+    from radfield.io import atomic_write
+
+    result = localize_image(args.run_dir, args.image, args.init, args.gt,
+                            PoseFitOptions(steps=args.steps, rays_per_step=args.rays), _device(args.device))
+    rows = "\n".join(" [" + ", ".join(f"{v: .6f}" for v in row) + "]" for row in result["c2w"])
+    print(f"pose of {args.image} (camera-to-world, OpenGL axes, the dataset's world coordinates; "
+          f"start: {result['start']}):\n[{rows[1:]}]")
+    print(f"photometric error: MSE {result['mse']:.6f}, PSNR {result['psnr']:.2f} dB "
+          f"(at the start: {result['start_psnr']:.2f} dB)")
+    if "rotation_error_deg" in result:
+        print(f"error against --gt: rotation {result['rotation_error_deg']:.3f} deg, translation "
+              f"{result['translation_error']:.5f} ({100 * result['translation_error_fraction']:.2f} % of the "
+              "scene's size)")
+    if args.out:
+        with atomic_write(args.out) as tmp:
+            doc = dict(result)
+            doc["transform_matrix"] = doc.pop("c2w")
+            tmp.write_text(json.dumps(doc, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_render(args) -> int:
     from radfield.export.render_video import render_video
 
@@ -434,7 +483,7 @@ def cmd_multiscale(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export,
-            "demo": cmd_demo,
+            "localize": cmd_localize, "demo": cmd_demo,
             "process": cmd_process, "multiscale": cmd_multiscale}
 
 

@@ -78,6 +78,36 @@ class HSMConfig:
 
 
 @dataclass
+class PoseOptConfig:
+    """Camera-pose refinement while training (``--pose-opt``, BARF / nerfstudio's camera
+    optimiser; :mod:`radfield.training.pose_refinement`): one SE(3) correction per training
+    image, trained with the field by its own Adam."""
+
+    enabled: bool = False
+    lr: float = 3e-3
+    """Adam's rate on the corrections: rotation in radians, translation in units of the scene's
+    size (the box's largest side over ``aabb_scale``). BARF's 1e-3 is for 200k steps; radfield's
+    runs are thousands (on the built-in scene, 300 steps: 1e-2 drove the poses away, 3e-3 with
+    a warm-up reduced 2-degree errors most)."""
+    lr_final: float = 3e-5
+    """Log-linear decay from ``lr`` to this over the run."""
+    warmup: float = 0.1
+    """Fraction of the run over which the rate ramps linearly from 0 (the field first takes shape:
+    with Adam, the corrections would otherwise move at the full rate on the noise of a random
+    field)."""
+    widen: float = 0.0
+    """Samplers that skip empty space (occupancy grids) also keep samples within this fraction of
+    the scene's size of occupied space (``Model.widened_sampling``), so rays just off the scene
+    carry the gradient that pulls it toward them."""
+    coarse_to_fine: tuple[float, float] | None = (0.1, 0.5)
+    """Fractions of the run over which BARF's window opens the bands of the model's position
+    encoding (frequencies, or hash-grid levels) from the coarsest to all; None: no window."""
+    test_fit_steps: int = 30
+    """``eval``: steps of pose fitting of each test view to the frozen field before it is
+    scored (as evaluations of pose-refining methods do); 0 scores the given poses."""
+
+
+@dataclass
 class TrainConfig:
     """What a run does, whatever the model (the model's own recipe is its section's ``optim``)."""
 
@@ -113,6 +143,7 @@ class TrainConfig:
     mixed_precision: bool = True
     """float16 autocast and gradient scaling on CUDA (ignored on the CPU)."""
     hsm: HSMConfig = dc_field(default_factory=HSMConfig)
+    pose_opt: PoseOptConfig = dc_field(default_factory=PoseOptConfig)
     depth: DepthConfig = dc_field(default_factory=DepthConfig)
     """Depth supervision (``shared/specs/depth-supervision.md``); off by default."""
 
@@ -394,8 +425,9 @@ def _from_dict(cls, data: dict):
         value, hint = data[f.name], hints[f.name]
         if dataclasses.is_dataclass(hint):
             value = _from_dict(hint, value)
-        elif typing.get_origin(hint) is tuple:
-            value = tuple(value)
+        elif typing.get_origin(hint) is tuple or (
+                isinstance(value, list) and tuple in map(typing.get_origin, typing.get_args(hint))):
+            value = tuple(value)  # tuples, and optional ones (``tuple[...] | None``) given a list
         kwargs[f.name] = value
     return cls(**kwargs)
 

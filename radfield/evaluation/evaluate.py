@@ -4,6 +4,12 @@ A split with masks (``SceneData.masks``, e.g. DTU's object masks) is scored on i
 pixels only (masked PSNR; SSIM and LPIPS as :mod:`radfield.evaluation.metrics` says), and the
 metrics say so (``masked``).
 
+Runs trained with ``--pose-opt`` refined their training poses, so the given test poses no longer
+sit exactly in the field's frame: each test view's pose is first fitted to the frozen field
+(:func:`radfield.evaluation.localize.fit_pose`, ``train.pose_opt.test_fit_steps`` steps from the
+given pose), as evaluations of pose-refining methods do, and the metrics say so (``pose_fit``,
+with each image's fitted motion in ``per_image``).
+
 Depth: where the split has reference depths (its depth maps, else a COLMAP model's sparse points
 projected into each image, :func:`radfield.data.depth.with_depth` with ``auto``), each rendered
 planar depth map is scored against them (:func:`radfield.evaluation.metrics.depth_errors`:
@@ -12,6 +18,7 @@ depth-error map is saved beside the renders."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -24,8 +31,10 @@ from radfield.data import SceneData, load_scene_groups
 from radfield.data.depth import with_depth
 from radfield.errors import RadfieldError
 from radfield.evaluation.metrics import depth_errors, lpips_fn, masked_prediction, psnr, psnr_uint8, ssim
+from radfield.evaluation.localize import PoseFitOptions, fit_pose
 from radfield.evaluation.plots import colorize_depth
 from radfield.io import atomic_write, save_png
+from radfield.poses.corrections import pose_errors
 from radfield.rendering.backgrounds import background_color, ray_background
 from radfield.rendering.images import render_image
 from radfield.rendering.pipeline import render_samples
@@ -76,9 +85,17 @@ def fit_appearance_left(model, cameras, index: int, target: Tensor, background: 
 
 
 def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_renders: bool,
-                 suffix: str = "", appearance: str = "mean") -> dict:
+                 suffix: str = "", appearance: str = "mean", pose_fit: PoseFitOptions | None = None) -> dict:
     cams = data.cameras.to(bg.device)
     gt, mask = data.composited(i, bg.cpu()), data.mask(i)
+    moved = {}
+    if pose_fit is not None:
+        fit = fit_pose(model, cams, i, gt, bg, pose_fit, mask)
+        rot, dist = pose_errors(fit.c2w[None], cams.c2w[i:i + 1])
+        moved = {"pose_fit_deg": float(rot), "pose_fit_translation": float(dist)}
+        c2w = cams.c2w.clone()
+        c2w[i] = fit.c2w
+        cams = dataclasses.replace(cams, c2w=c2w)
     gt_depth = None if data.depths is None else data.depths[i]
     if appearance == "fit-left":
         code = fit_appearance_left(model, cams, i, gt, bg, mask=mask, **FIT_OPTIONS)
@@ -94,7 +111,7 @@ def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_
     depth = None if gt_depth is None else depth_errors(r.depth, gt_depth, mask)
     row = {"name": name, **_scores(r.rgb, gt, mask, lpips),
            "depth_abs_rel": None if depth is None else depth["abs_rel"],
-           "depth_rmse": None if depth is None else depth["rmse"]}
+           "depth_rmse": None if depth is None else depth["rmse"], **moved}
     if save_renders:
         save_png(out_dir / f"{name}_rgb.png", r.rgb)
         save_png(out_dir / f"{name}_depth.png", colorize_depth(r.depth, opacity=r.opacity))
@@ -145,7 +162,8 @@ def _means(rows: list[dict]) -> dict:
 
 def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                  save_renders: bool = True, progress: bool = True, every: int = 1,
-                 appearance: str = "mean", model=None, tag: str | None = None) -> dict:
+                 appearance: str = "mean", model=None, tag: str | None = None,
+                 fit_poses: bool | None = None) -> dict:
     """Render ``split``, compute PSNR / PSNR(uint8) / SSIM / LPIPS per image and their means,
     write ``RUN_DIR/metrics.json`` (and ``metrics_<split>.json``) and the renders to
     ``RUN_DIR/renders/<split>/``. LPIPS is None when its weights are not available locally.
@@ -164,7 +182,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
     ``model`` renders instead of the run's own (e.g. a baked MeRF,
     :func:`radfield.export.baked.load_baked`), on the run's data; its scores go to
     ``metrics_<tag>.json`` and its renders to ``RUN_DIR/renders/<split>_<tag>/`` (``metrics.json``
-    keeps the run's own)."""
+    keeps the run's own). ``fit_poses``
+    (None: when the run refined its poses, ``train.pose_opt``): fit each view's pose to the
+    frozen field before scoring it (module docstring); ``pose_fit`` says how, or is None."""
     if appearance not in APPEARANCE_PROTOCOLS:
         raise RadfieldError(f"unknown appearance protocol {appearance!r} "
                             f"(choose from: {', '.join(APPEARANCE_PROTOCOLS)})")
@@ -176,6 +196,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                                          colmap_model=config.data.colmap_model)]
     bg = background_color(config.data.eval_background, device)
     lpips = lpips_fn(device=device)
+    pose_opt = config.train.pose_opt
+    if fit_poses is None:
+        fit_poses = pose_opt.enabled and pose_opt.test_fit_steps > 0
+    pose_fit = PoseFitOptions(steps=max(pose_opt.test_fit_steps, 1)) if fit_poses else None
     out_dir = run_dir / "renders" / (split if tag is None else f"{split}_{tag}")
     jobs = [(g, i) for g in groups for i in range(0, len(g), every)]
     has_appearance = model.appearance_codes() is not None
@@ -189,7 +213,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
         rows = []
         for i in range(0, len(g), every):
             rows.append(_score_image(model, g, i, bg, lpips, out_dir, save_renders, suffix,
-                                     appearance if has_appearance else "mean"))
+                                     appearance if has_appearance else "mean", pose_fit))
             if bar is not None:
                 bar.update(1)
         per_image += rows
@@ -207,6 +231,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                "appearance": ({"mean": "mean embedding",
                                "fit-left": "code fitted on the left half, right half scored"}[appearance]
                               if has_appearance else None),
+               "pose_fit": (None if pose_fit is None else
+                            f"each view's pose fitted to the frozen field before scoring ({pose_fit.steps} "
+                            f"Levenberg-Marquardt steps of {pose_fit.rays_per_step} pixels over an image "
+                            f"pyramid, from the given pose)"),
                "per_scale": per_scale or None, "per_image": per_image}
     scored = [r for r in per_image if r["psnr"] is not None]
     worst = min(scored, key=lambda r: r["psnr"]) if scored else None
@@ -244,6 +272,8 @@ def format_table(metrics: dict) -> str:
         lines.append(f"masked: {metrics['mask_note']}")
     if metrics.get("appearance"):
         lines.append(f"appearance: {metrics['appearance']} for held-out views")
+    if metrics.get("pose_fit"):
+        lines.append(f"poses: {metrics['pose_fit']}")
     if has_depth:
         lines.append(f"depth: planar depth against {metrics['depth_reference']} (AbsRel: mean "
                      "|d - ref| / ref; RMSE in scene units)")

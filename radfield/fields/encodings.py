@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from radfield.errors import RadfieldError
 from radfield.fields.hashgrid import HashGrid, HashGridConfig
 from radfield.fields.sh import SH_DIM, sh_encode
+from radfield.fields.window import WindowedBands
 
 __all__ = [
     "PositionalEncoding",
@@ -55,12 +56,14 @@ def _check_input(x: Tensor, n_in: int, name: str) -> None:
         raise ValueError(f"{name}: input must have shape (n, {n_in}), got {tuple(x.shape)}")
 
 
-class PositionalEncoding(nn.Module):
+class PositionalEncoding(WindowedBands, nn.Module):
     """NeRF positional encoding with frequencies ``2^0 .. 2^(L-1)`` (no factor pi).
 
     Columns, for ``x = (x_1 .. x_n_in)``: ``[x]`` (if ``include_input``), then for each level
     ``l = 0 .. L-1`` the block ``[sin(2^l x_1) .. sin(2^l x_n_in), cos(2^l x_1) .. cos(2^l x_n_in)]``.
     ``n_out = n_in * (include_input + 2 L)``. Shapes: ``(n, n_in) -> (n, n_out)``.
+    ``set_window(alpha)``: BARF's coarse-to-fine weights on the levels (:mod:`radfield.fields.window`;
+    the input columns stay unweighted).
 
     Example: n_in = 1, L = 2, x = 0.25 ->
     [0.25, sin 0.25, cos 0.25, sin 0.5, cos 0.5] = [0.25, 0.247404, 0.968912, 0.479426, 0.877583].
@@ -70,13 +73,18 @@ class PositionalEncoding(nn.Module):
         super().__init__()
         self.n_in, self.n_freqs, self.include_input = n_in, n_freqs, include_input
         self.n_out = n_in * (int(include_input) + 2 * n_freqs)
+        self.n_bands = n_freqs
         self.register_buffer("freqs", 2.0 ** torch.arange(n_freqs, dtype=torch.float32),
                              persistent=False)
+        self.register_buffer("window", None, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.n_in, "PositionalEncoding")
         xf = x[:, None, :] * self.freqs.to(x.dtype)[None, :, None]  # (n, L, n_in)
         per_level = torch.cat([torch.sin(xf), torch.cos(xf)], dim=-1).reshape(x.shape[0], -1)
+        weights = self.band_weights(per_level, 2 * self.n_in)
+        if weights is not None:
+            per_level = per_level * weights
         return torch.cat([x, per_level], dim=-1) if self.include_input else per_level
 
     def extra_repr(self) -> str:
@@ -205,9 +213,10 @@ def integrated_pos_enc(mean: Tensor, var: Tensor, min_deg: int, max_deg: int) ->
     return torch.cat([torch.sin(scaled_mean) * damping, torch.cos(scaled_mean) * damping], dim=-1)
 
 
-class IntegratedPositionalEncoding(nn.Module):
+class IntegratedPositionalEncoding(WindowedBands, nn.Module):
     """Module form of :func:`integrated_pos_enc`: ``forward(mean, var)``, both ``(n, n_in)``,
     -> ``(n, n_out)`` with ``n_out = 2 n_in (max_deg - min_deg)`` (mip-NeRF: 0..16 for positions).
+    ``set_window(alpha)``: coarse-to-fine weights on the degrees (:mod:`radfield.fields.window`).
     """
 
     def __init__(self, min_deg: int = 0, max_deg: int = 16, n_in: int = 3):
@@ -216,10 +225,14 @@ class IntegratedPositionalEncoding(nn.Module):
             raise ValueError(f"need max_deg > min_deg, got {min_deg}..{max_deg}")
         self.min_deg, self.max_deg, self.n_in = min_deg, max_deg, n_in
         self.n_out = 2 * n_in * (max_deg - min_deg)
+        self.n_bands = max_deg - min_deg
+        self.register_buffer("window", None, persistent=False)
 
     def forward(self, mean: Tensor, var: Tensor) -> Tensor:
         _check_input(mean, self.n_in, "IntegratedPositionalEncoding")
-        return integrated_pos_enc(mean, var, self.min_deg, self.max_deg)
+        out = integrated_pos_enc(mean, var, self.min_deg, self.max_deg)
+        weights = self.band_weights(out, self.n_in)
+        return out if weights is None else out * weights.repeat(2)  # the sines, then the cosines
 
     def extra_repr(self) -> str:
         return f"min_deg={self.min_deg}, max_deg={self.max_deg}, n_in={self.n_in}"
@@ -240,7 +253,7 @@ class SHEncoding(nn.Module):
         return sh_encode(F.normalize(x, dim=-1))
 
 
-class HashGridEncoding(nn.Module):
+class HashGridEncoding(WindowedBands, nn.Module):
     """Hash grid encoding of world positions: ``HashGrid((x - lo) / (hi - lo))``.
 
     ``aabb`` ``(6,)`` is the box ``(xmin, ymin, zmin, xmax, ymax, zmax)`` mapped onto the unit
@@ -270,6 +283,10 @@ class HashGridEncoding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, 3, "HashGridEncoding")
         return self.grid(self.normalise(x))
+
+    def set_window(self, alpha: float | None) -> None:
+        """Coarse-to-fine weights on the grid's levels (:class:`HashGrid` applies them)."""
+        self.grid.set_window(alpha)
 
 
 @dataclass

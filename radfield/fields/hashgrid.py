@@ -63,6 +63,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from radfield.fields.window import WindowedBands
+
 __all__ = [
     "HashGridConfig",
     "HashGrid",
@@ -355,16 +357,22 @@ def hash_grid_kernel(x: Tensor, tables: Sequence[Tensor], resolutions: Sequence[
     return _HashGridFunction.apply(x, tuple(int(r) for r in resolutions), *tables)
 
 
-class HashGrid(nn.Module):
+class HashGrid(WindowedBands, nn.Module):
     """Multiresolution hash encoding: x (n, 3) in [0, 1]^3 -> (n, L * F).
 
     One `nn.Parameter` per level in `tables` (shape (T_l, F)); `resolutions[l]` is res_l.
+    `set_window(alpha)` weights the levels coarse to fine (`radfield.fields.window`, the coarsest
+    level always open): pose refinement's coarse-to-fine schedule.
     """
+
+    keep_first = True
 
     def __init__(self, config: HashGridConfig | None = None):
         super().__init__()
         self.config = config or HashGridConfig()
         cfg = self.config
+        self.n_bands = cfg.n_levels
+        self.register_buffer("window", None, persistent=False)
         self.resolutions = level_resolutions(
             cfg.n_levels, cfg.base_resolution, cfg.max_resolution
         )
@@ -382,8 +390,11 @@ class HashGrid(nn.Module):
         """x (n, 3) -> (n, L * F); the kernel path where it applies, else the reference."""
         tables = list(self.tables)
         if self.config.use_kernel and _kernel_applies(x, tables):
-            return hash_grid_kernel(x, tables, self.resolutions)
-        return hash_grid_reference(x, tables, self.resolutions)
+            out = hash_grid_kernel(x, tables, self.resolutions)
+        else:
+            out = hash_grid_reference(x, tables, self.resolutions)
+        weights = self.band_weights(out, self.config.features_per_level)
+        return out if weights is None else out * weights
 
     def extra_repr(self) -> str:
         cfg = self.config

@@ -30,6 +30,11 @@ A model is a field plus the sampler that feeds it, built for one scene:
 * ``appearance_codes()``: per-image appearance codes (evaluation protocols fit held-out ones);
 * ``level_set(level)``: the function whose level set is the surface (mesh export);
 * ``normals(rays, samples)``: per-sample surface normals, or None (normal maps);
+* ``widened_sampling(distance)``: a context in which ``sample`` keeps samples near, not only
+  in, occupied space (pose-gradient renders);
+* ``position_encodings()``: the encodings of sample positions that take BARF's coarse-to-fine
+  window (:mod:`radfield.fields.window`), which ``set_coarse_to_fine(alpha)`` sets (pose
+  refinement);
 * ``background``: a learned background module or None; ``opaque_last``: the "last sample"
   background (the last interval of each ray is opaque).
 
@@ -39,6 +44,7 @@ path from a model, rays and samples to pixels.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -46,6 +52,7 @@ from torch import Tensor, nn
 
 from radfield.cameras import Rays
 from radfield.config import OptimConfig, RunConfig
+from radfield.fields.window import WindowedBands
 from radfield.rendering.backgrounds import LearnedBackground, check_background
 from radfield.samplers.samples import Samples
 
@@ -84,6 +91,13 @@ class SceneInfo:
     def aabb_scale(self) -> float:
         """``meta["aabb_scale"]``, 1 when absent (the box is the region of interest)."""
         return float(self.meta.get("aabb_scale", 1))
+
+    @property
+    def size(self) -> float:
+        """The scene's size: the largest side of the region of interest (the box's over
+        ``aabb_scale``); pose corrections and errors measure translations in it. Example: box
+        ``[-1.5, 1.5]^3`` -> 3."""
+        return float((self.aabb[3:] - self.aabb[:3]).max()) / self.aabb_scale
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -150,6 +164,29 @@ class Model(nn.Module):
         """``(fn, level)``: the surface of the model is ``fn(x) = level``, ``fn`` larger inside
         (mesh export). Default: the density at ``level``."""
         return self.field.density, level
+
+    def position_encodings(self) -> list[WindowedBands]:
+        """The encodings of sample positions whose bands (frequencies, degrees, hash-grid levels)
+        take BARF's coarse-to-fine window during pose refinement; default none."""
+        return []
+
+    def widened_sampling(self, distance: float) -> AbstractContextManager:
+        """A context in which :meth:`sample` also keeps samples in the empty space within
+        ``distance`` (world units) of what it would keep: pose-gradient renders whose rays may
+        move that far (a ray that misses the scene by a little then carries samples near it, so
+        its gradient can pull the scene in; without them only rays already on the scene give a
+        gradient, which pushes it out of view). Default: nothing to widen (samplers that place
+        samples along the whole ray)."""
+        return nullcontext()
+
+    def set_coarse_to_fine(self, alpha: float | None) -> int:
+        """Open the fraction ``alpha`` in [0, 1] of the bands of every encoding of
+        :meth:`position_encodings` (None or 1: all, the model as without a window); returns how
+        many encodings took it."""
+        encodings = self.position_encodings()
+        for encoding in encodings:
+            encoding.set_window(alpha)
+        return len(encodings)
 
     def appearance_codes(self) -> Tensor | None:
         """``(n_images, k)`` per-training-image appearance codes, or None (no embeddings).

@@ -15,6 +15,7 @@ from radfield.cameras import Rays
 from radfield.config import RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.dnerf import DNeRFField
+from radfield.fields.window import WindowedBands
 from radfield.models.base import SceneInfo
 from radfield.models.ngp import NGPModel
 from radfield.samplers.samples import Samples
@@ -49,6 +50,14 @@ class DNeRFModel(NGPModel):
         if step % self.grid.config.update_every == 0:
             self.grid.update(lambda x: self.field.density_at(x, self.field.random_times(len(x), generator)),
                              generator=generator)
+
+    def position_encodings(self) -> list[WindowedBands]:
+        """The canonical field's and the deformation's position encodings (hash grids, or
+        positional encodings with the MLP backbone)."""
+        f = self.field
+        if f.backbone == "hash":
+            return [f.canonical.grid, f.deform_grid]
+        return [f.canonical.position_encoding, f.position_encoding]
 
     def occlusion_density(self, rays: Rays):
         times = ray_times(rays)

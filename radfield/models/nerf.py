@@ -19,6 +19,7 @@ from radfield.cameras import Rays
 from radfield.config import HierarchicalConfig, OptimConfig, RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.nerf import MipNeRFField, NeRFAEField, NeRFField
+from radfield.fields.window import WindowedBands
 from radfield.geometry import box_near_far
 from radfield.models.base import Model, SceneInfo
 from radfield.rendering.pipeline import render_samples
@@ -51,6 +52,13 @@ class HierarchicalModel(Model):
             t_fine = torch.sort(torch.cat([t, t_fine[:, 1:-1]], dim=-1), dim=-1).values
         levels = [Level(t, w, out.rgb, out.opacity, cfg.coarse_weight)] if training else []
         return packed_from_bins(t_fine, levels=levels)
+
+    def position_encodings(self) -> list[WindowedBands]:
+        """The position encodings of the field(s) that take a window: positional (NeRF, TinyNeRF;
+        NeRF-AE with ``--set nerfae.encoding.name=positional``), integrated positional
+        (mip-NeRF), hash grid; Fourier features and SIREN have no coarse-to-fine order."""
+        fields = [self.field] if self.coarse_field is self.field else [self.field, self.coarse_field]
+        return [f.position_encoding for f in fields if isinstance(f.position_encoding, WindowedBands)]
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
         separate = self.coarse_field is not self.field

@@ -16,6 +16,7 @@ from radfield.cameras import Rays
 from radfield.config import OptimConfig, RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.nerfacto import NerfactoField, ProposalDensityField
+from radfield.fields.window import WindowedBands
 from radfield.geometry import box_near_far
 from radfield.models.base import Model, SceneInfo
 from radfield.rendering.volume import render_weights
@@ -99,6 +100,10 @@ class NerfactoModel(Model):
                 index = torch.full((len(rays),), -1, dtype=torch.long, device=rays.origins.device)
             codes = self.field.appearance_code(index)
         return samples.positions(rays), rays.directions[ri], codes[ri]
+
+    def position_encodings(self) -> list[WindowedBands]:
+        """The main field's hash grid and the proposal networks' grids."""
+        return [self.field.grid] + [proposal.grid for proposal in self.proposals]
 
     def appearance_codes(self) -> Tensor | None:
         return self.field.appearance.weight if self.field.appearance_dim else None

@@ -7,6 +7,7 @@ import torch
 from radfield.cameras import Rays
 from radfield.config import OptimConfig, RunConfig
 from radfield.fields.ngp import NGPField
+from radfield.fields.window import WindowedBands
 from radfield.models.base import Model, SceneInfo
 from radfield.rendering.pipeline import prune_occluded
 from radfield.samplers.occupancy import OccupancyGrid, resolve_config
@@ -43,6 +44,14 @@ class NGPModel(Model):
             samples = prune_occluded(rays, samples, self.occlusion_density(rays),
                                      self.grid.config.early_stop_eps)
         return samples
+
+    def widened_sampling(self, distance: float):
+        """The occupancy grid grown by ``distance`` (:meth:`OccupancyGrid.widened`)."""
+        return self.grid.widened(distance)
+
+    def position_encodings(self) -> list[WindowedBands]:
+        """The hash grid (its levels)."""
+        return [self.field.grid]
 
     def update(self, step: int, generator: torch.Generator | None = None) -> None:
         if step % self.grid.config.update_every == 0:

@@ -27,6 +27,7 @@ from radfield.cameras import Rays
 from radfield.config import RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.volsdf import SDFField, eikonal_loss, sdf_gradient
+from radfield.fields.window import WindowedBands
 from radfield.models.base import SceneInfo
 from radfield.models.nerf import HierarchicalModel
 from radfield.rendering.backgrounds import OutsideSphereBackground
@@ -78,6 +79,10 @@ class VolSDFModel(HierarchicalModel):
     def level_set(self, level: float):
         """The surface is the SDF's zero level (``-d >= 0`` inside), whatever ``level``."""
         return (lambda x: -self.field.sdf(x)), 0.0
+
+    def position_encodings(self) -> list[WindowedBands]:
+        """The SDF's hash grid, or its positional encoding with the MLP backbone."""
+        return [self.field.grid if self.config.field.backbone == "hash" else self.field.encoding]
 
     def log_scalars(self) -> dict[str, float]:
         return {"beta": self.field.beta.item()}

@@ -25,6 +25,14 @@ class ImageRender:
     normal: Tensor | None = None
 
 
+def planar_depth(ray_depth: Tensor, opacity: Tensor, z_per_t: Tensor) -> Tensor:
+    """``(n,)`` planar camera z of the expected termination point: ``sum_i w_i t_i`` (``ray_depth``)
+    over the opacity, times ``z_per_t``; 0 where the opacity is below 1e-3 (nothing there).
+    Example: ray depth 1.5 at opacity 0.5 on a ray with ``z_per_t = 0.8`` -> ``3 * 0.8 = 2.4``."""
+    return torch.where(opacity > 1e-3, ray_depth / opacity.clamp(min=1e-3) * z_per_t,
+                       torch.zeros_like(ray_depth))
+
+
 @torch.no_grad()
 def render_rays(model, rays: Rays, background: Tensor | None, chunk: int = 1 << 13,
                 normals: bool = False):
@@ -64,8 +72,7 @@ def render_image(model, cameras: Cameras, index: int, background: Tensor | None,
     if appearance_code is not None:
         rays = rays.with_attrs(appearance=appearance_code.detach().expand(len(rays), -1))
     rgb, ray_depth, opacity, normal = render_rays(model, rays, background, chunk, normals=True)
-    planar = torch.where(opacity > 1e-3, ray_depth / opacity.clamp(min=1e-3) * rays.z_per_t,
-                         torch.zeros_like(ray_depth))
+    planar = planar_depth(ray_depth, opacity, rays.z_per_t)
     shape = (cameras.height, cameras.width)
     return ImageRender(rgb.reshape(*shape, 3).clamp(0, 1).cpu(), planar.reshape(shape).cpu(),
                        opacity.reshape(shape).cpu(),

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -411,6 +412,31 @@ class OccupancyGrid(nn.Module):
                 idx = idx[(idx <= u1).all(-1)].clamp(0, res - 1)
                 occ[k][idx[:, 0], idx[:, 1], idx[:, 2]] = True
         return occ
+
+    def grown(self, distance: float) -> Tensor:
+        """``(C R^3,)`` bool: ``occupied`` grown by ``distance`` (world units) in every direction,
+        in whole cells of each cascade: a ``(2k + 1)^3`` max filter with ``k = ceil(distance /
+        cell side)`` (the smallest side of the cascade's cells). Example: cells of 1/32 and
+        ``distance = 0.05``: ``k = 2``, every cell within 2 cells of an occupied one."""
+        res = self.config.resolution
+        occ = self.occupied.reshape(-1, 1, res, res, res).float()
+        out = []
+        for k in range(self.n_cascades):
+            cells = math.ceil(distance / float((self.box_size[k] / res).min()) - 1e-9)
+            size = 2 * max(cells, 0) + 1
+            out.append(torch.nn.functional.max_pool3d(occ[k:k + 1], size, 1, size // 2) > 0)
+        return torch.cat(out).reshape(-1)
+
+    @contextmanager
+    def widened(self, distance: float) -> Iterator[None]:
+        """Inside the block, march through :meth:`grown` instead of ``occupied`` (restored after):
+        samples also in the empty space within ``distance`` of occupied cells."""
+        kept = self.occupied
+        self.occupied = self.grown(distance)
+        try:
+            yield
+        finally:
+            self.occupied = kept
 
     def _occupied_version(self) -> tuple[int, int]:
         return (self.occupied._version, self.occupied.data_ptr())

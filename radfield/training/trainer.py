@@ -19,6 +19,11 @@ One step:
    model's periodic update (e.g. the occupancy grid);
 5. adapt ``n_rays`` so the next step has about the model's ``optim.target_samples`` samples.
 
+With ``--pose-opt`` (:mod:`radfield.training.pose_refinement`) the rays of step 1 come from the
+corrected poses of their images, sampling and the background see them without their graph, and
+step 4 also steps the corrections' own optimiser; their learning rate and the model's
+coarse-to-fine window are set before the batch.
+
 The trainer knows no model: what a model needs from the data, adds to the loss or reports to the
 log goes through its hooks (:mod:`radfield.models.base`).
 
@@ -68,6 +73,7 @@ from radfield.rendering.images import render_image
 from radfield.training.checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint,
                                           save_checkpoint)
 from radfield.training.distributed import current_world
+from radfield.training.pose_refinement import TRANSFORMS_NAME, PoseRefinement, write_refined_transforms
 from radfield.training.schedules import log_linear_lr_at
 from radfield.training.steps import (HardSampleMiner, StepBatch, StepResult, baseline_step,
                                      photometric_objective, with_depth_loss)
@@ -280,6 +286,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(config, SceneInfo.from_data(self.data)).to(self.device)
         self.optimizer = make_optimizer(self.model, optim)
+        self.poses = (PoseRefinement(cfg.pose_opt, len(self.data), self.model.scene.size, self.device)
+                      if cfg.pose_opt.enabled else None)
+        if (self.poses is not None and cfg.pose_opt.coarse_to_fine is not None
+                and not self.model.position_encodings() and self.world.is_main):
+            print(f"radfield: note: {config.model} has no position encoding with a coarse-to-fine "
+                  "order; --pose-opt refines the poses without the window", file=sys.stderr)
         self.amp = cfg.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         # `generator`: rays, jitter, HSM draws (each rank its own); `shared_generator`: model
@@ -371,11 +383,17 @@ class Trainer:
         if self.miner is not None:
             self.miner.tau = tau
         self.history = json.loads(ck["history"])
+        if self.poses is not None:
+            if "poses" not in ck:
+                raise RadfieldError(f"{self.run_dir / CHECKPOINT_NAME}: no pose corrections in the "
+                                    "checkpoint of a --pose-opt run")
+            self.poses.load_state_dict(ck["poses"])
         self._saved_step = self.state.step
 
     def checkpoint_state(self) -> dict:
         s = self.state
-        return {
+        poses = {} if self.poses is None else {"poses": self.poses.state_dict()}
+        return {**poses,
             "config": json.dumps(run_config_to_dict(self.config)),
             "build": json.dumps(self.model.build_args()),
             "model": self.model.state_dict(),
@@ -415,6 +433,10 @@ class Trainer:
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
         with atomic_write(self.run_dir / "history.json") as tmp:
             tmp.write_text(json.dumps(self.history, indent=1))
+        if self.poses is not None:
+            cams = self._training_cameras(self.data).to(self.device)
+            write_refined_transforms(self.run_dir / TRANSFORMS_NAME, self.data,
+                                     self.poses.corrected_poses(cams), self.config.data.downscale, self.poses)
         if any("psnr" in h for h in self.history):
             plot_training_curve(self.history, self.run_dir / "training_curve.png",
                                 title=f"{self.config.model}{' + HSM' if self.miner else ''}: validation PSNR")
@@ -449,18 +471,22 @@ class Trainer:
     def make_batch(self, n_rays: int) -> StepBatch:
         cfg = self.config.train
         parts = [self._draw(g, max(n_rays // len(self.groups), 1)) for g in self.groups]
-        rays = Rays.cat([pixel_rays(g.cameras, cam, col, row) for g, (_, cam, col, row) in zip(self.groups, parts)])
+        cams = [g.cameras if self.poses is None else self.poses.cameras(g.cameras) for g in self.groups]
+        rays = Rays.cat([pixel_rays(c, cam, col, row) for c, (_, cam, col, row) in zip(cams, parts)])
+        plain = rays.detach()  # what sampling and the background see (pose corrections: no graph)
         colour = torch.cat([g.pixels[flat] for g, (flat, *_) in zip(self.groups, parts)]).float() / 255.0
-        bg = ray_background(self.model, rays, training_colour(
+        bg = ray_background(self.model, plain, training_colour(
             cfg.background, self.has_alpha, colour.shape[0], self.eval_bg, self.generator))
         if colour.shape[-1] == 4:
             target = colour[:, :3] * colour[:, 3:] + bg.detach() * (1 - colour[:, 3:])
         else:
             target = colour
         early = self.config.optim.early_stop and self.miner is None
-        samples = self.model.sample(rays, training=True, generator=self.generator, early_stop=early)
+        widen = 0.0 if self.poses is None else self.config.train.pose_opt.widen * self.model.scene.size
+        with self.model.widened_sampling(widen) if widen > 0 else nullcontext():
+            samples = self.model.sample(plain, training=True, generator=self.generator, early_stop=early)
         patch = min(cfg.patch_size, self.data.cameras.height, self.data.cameras.width)
-        depth, depth_eps = self._depth_targets(parts, rays)
+        depth, depth_eps = self._depth_targets(parts, plain)
         return StepBatch(rays, samples, target, bg, patch if self.loss.needs_patches else None,
                          depth, depth_eps)
 
@@ -490,6 +516,9 @@ class Trainer:
         factor = self.lr_factor()
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
+        if self.poses is not None:
+            self.poses.schedule(self.model, self.run_progress(), self.state.step)
+            self.poses.optimizer.zero_grad(set_to_none=True)
         batch = self.make_batch(self.state.n_rays)
         self.optimizer.zero_grad(set_to_none=True)
         autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if self.amp else nullcontext
@@ -499,8 +528,11 @@ class Trainer:
         else:
             result = baseline_step(self.model, batch, self.objective, self.scaler.scale, autocast)
         # Under torchrun: gradients averaged over the ranks, sample counts added up.
-        result = self.world.average_step(self.model.parameters(), result)
+        pose_params = [] if self.poses is None else self.poses.parameters()
+        result = self.world.average_step([*self.model.parameters(), *pose_params], result)
         self.scaler.step(self.optimizer)
+        if self.poses is not None:
+            self.scaler.step(self.poses.optimizer)
         self.scaler.update()
         # Adaptive ray count: aim the next step at the model's target_samples samples (per rank).
         per_ray = max(result.n_samples, 1) / (batch.samples.n_rays * self.world.size)
@@ -631,6 +663,9 @@ class Trainer:
             w.add_scalar("train/rays", self.state.n_rays, s)
             for name, value in self.model.log_scalars().items():
                 w.add_scalar(f"model/{name}", value, s)
+            if self.poses is not None:
+                for name, value in self.poses.log_scalars().items():
+                    w.add_scalar(f"pose_correction/{name}", value, s)
             for k, v in result.timings.items():
                 w.add_scalar(f"time/{k}", v, s)
             if self.miner is not None:

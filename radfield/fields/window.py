@@ -1,0 +1,58 @@
+"""BARF's coarse-to-fine window over the bands of a position encoding.
+
+Vocabulary: an encoding has ``n`` **bands** ordered from coarse to fine (the frequencies
+``2^0 .. 2^(L-1)`` of a positional encoding, the degrees of an integrated positional encoding,
+the levels of a hash grid); the window ``alpha`` in ``[0, 1]`` opens them in turn.
+
+Band ``k`` gets the weight ``w_k = (1 - cos(pi clamp(a - k, 0, 1))) / 2`` (BARF, Lin et al. 2021,
+eq. 14), with ``a = alpha n`` for frequency bands (the encoding's raw input, when it has one,
+passes unweighted: at ``alpha = 0`` the network sees ``x`` alone) and ``a = 1 + alpha (n - 1)``
+for hash-grid levels, whose coarsest level stays open (a hash grid has no raw input to fall back
+on; the analogue of BARF for hash encodings, as in Heo et al. 2023). At ``alpha = 1`` every band
+has weight 1, the encoding unchanged.
+
+Example (frequency bands, ``n = 4``, ``alpha = 0.5``, so ``a = 2``): weights ``(1, 1, 0, 0)``;
+``alpha = 0.625`` (``a = 2.5``): ``(1, 1, 0.5, 0)``. Hash levels, ``n = 5``, ``alpha = 0.5``
+(``a = 3``): ``(1, 1, 1, 0, 0)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["window_weights"]
+
+
+def window_weights(alpha: float, n: int, keep_first: bool = False) -> Tensor:
+    """``(n,)`` float32 weights of the bands at window ``alpha`` (module docstring);
+    ``keep_first``: hash-grid levels (the coarsest always open)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"coarse-to-fine window alpha must lie in [0, 1], got {alpha}")
+    a = 1 + alpha * (n - 1) if keep_first else alpha * n
+    k = torch.arange(n, dtype=torch.float64)
+    w = (1 - torch.cos(math.pi * (a - k).clamp(0, 1))) / 2
+    return w.float()
+
+
+class WindowedBands:
+    """Mixin of the encodings that take the window: ``set_window(alpha)`` stores the weights of
+    their ``n_bands`` bands in ``self.window`` (a non-persistent buffer the encoding registers as
+    None: checkpoints do not change), which their ``forward`` applies; None or ``alpha >= 1``
+    removes it (the encoding exactly as without a window). ``keep_first``: hash-grid levels."""
+
+    n_bands: int
+    keep_first: bool = False
+
+    def set_window(self, alpha: float | None) -> None:
+        self.window = None if alpha is None or alpha >= 1 else window_weights(alpha, self.n_bands,
+                                                                              self.keep_first)
+
+    def band_weights(self, like: Tensor, repeat: int) -> Tensor | None:
+        """The weights of the window, each repeated ``repeat`` times (the columns of one band),
+        on ``like``'s device and dtype; None without a window."""
+        if self.window is None:
+            return None
+        return self.window.to(like.device, like.dtype).repeat_interleave(repeat)
