@@ -348,6 +348,12 @@ class DNeRFConfig(NGPConfig):
     deformation: DeformationConfig = dc_field(default_factory=DeformationConfig)
     backbone: str = "hash"
     """``hash`` (fast) or ``mlp`` (the paper's networks, ``mlp``; preset ``dnerf-mlp``)."""
+    coarse_to_fine: tuple[float, float] | None = None
+    """Nerfies' coarse-to-fine deformation: BARF's window (:mod:`radfield.fields.window`) opens
+    the bands of the deformation's position encoding (hash-grid levels, or frequencies with the
+    MLP backbone) between these fractions of the run; None: off."""
+    coarse_to_fine_canonical: bool = False
+    """The window also on the canonical field's position encoding."""
     mlp: DNeRFMLPConfig = dc_field(default_factory=DNeRFMLPConfig)
 
 

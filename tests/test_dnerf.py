@@ -15,6 +15,7 @@ from radfield.cli import main
 from radfield.config import HSMConfig, RunConfig, apply_overrides
 from radfield.data import load_scene
 from radfield.data.synthetic import make_scene
+from radfield.errors import RadfieldError
 from radfield.evaluation.evaluate import evaluate_run
 from radfield.losses import l2
 from radfield.models import SceneInfo, build_model
@@ -31,9 +32,9 @@ SMALL = {"grid.log2_table_size": 12, "grid.max_resolution": 128, "grid.n_levels"
          "occupancy.resolution": 16}
 
 
-def small_model(seed: int = 0, backbone: str = "hash") -> DNeRFModel:
+def small_model(seed: int = 0, backbone: str = "hash", **extra) -> DNeRFModel:
     torch.manual_seed(seed)
-    overrides = {f"dnerf.{k}": v for k, v in SMALL.items()}
+    overrides = {f"dnerf.{k}": v for k, v in {**SMALL, **extra}.items()}
     if backbone == "mlp":
         overrides.update({"dnerf.backbone": "mlp", "dnerf.mlp.width": 32, "dnerf.mlp.depth": 4, "dnerf.mlp.skip": 2})
     model = build_model(apply_overrides(RunConfig(model="dnerf"), overrides), SceneInfo(BOX, 4, True, (0.0, 1.0)))
@@ -102,6 +103,46 @@ def test_occupancy_update_takes_each_points_density_at_a_random_time():
     t = torch.cat(drawn)
     assert t.min() >= 0 and t.max() < 1 and abs(t.mean().item() - 0.5) < 0.01  # uniform over (0, 1)
     assert abs((t < 0.25).float().mean().item() - 0.25) < 0.01
+
+
+def test_coarse_to_fine_deformation_opens_its_levels_over_the_window():
+    """``dnerf.coarse_to_fine = (0.2, 0.6)``: at progress 0.4 the window is half open (alpha 0.5),
+    on the deformation's hash grid only (8 levels, the coarsest kept: a = 1 + 0.5 * 7 = 4.5, so
+    weights 1 1 1 1 0.5 0 0 0); the model then renders as a model whose deformation grid has those
+    levels scaled by hand. From progress 0.6 on the window is gone."""
+    model = small_model(coarse_to_fine=(0.2, 0.6))
+    f = model.field
+    x, d = points(300)
+    t = torch.full((300,), 0.7)
+    model.schedule(0.4)
+    expected = torch.tensor([1, 1, 1, 1, 0.5, 0, 0, 0])
+    torch.testing.assert_close(f.deform_grid.window, expected)
+    assert f.canonical.grid.window is None
+    with torch.no_grad():
+        windowed = f.raw(x, d, t)
+        u = (x - f.aabb[:3]) / (f.aabb[3:] - f.aabb[:3])
+        f.deform_grid.set_window(None)
+        feats = f.deform_grid(u).reshape(300, 8, -1) * expected[None, :, None]  # level-major columns
+        te = f.time_encoding(t[:, None])
+        by_hand = f.canonical.raw(x + f.deform_mlp(torch.cat([feats.reshape(300, -1), te], -1)), d)
+    torch.testing.assert_close(windowed, by_hand)
+    model.schedule(0.6)
+    assert f.deform_grid.window is None and f.canonical.grid.window is None
+    both = small_model(coarse_to_fine=(0.2, 0.6), coarse_to_fine_canonical=True)
+    both.schedule(0.4)
+    torch.testing.assert_close(both.field.canonical.grid.window, expected)
+    # pose refinement's wider window does not open the deformation's further
+    model.schedule(0.4)
+    model.set_coarse_to_fine(0.9)
+    torch.testing.assert_close(f.deform_grid.window, expected)
+    assert f.canonical.grid.window is not None
+
+
+def test_coarse_to_fine_window_must_lie_in_the_run(tmp_path):
+    scene = make_scene(tmp_path / "dyn", n_train=2, n_val=0, n_test=0, size=8, motion=(0.0, 0.0, -0.8))
+    config = make_config(scene, "dnerf", {"dnerf.coarse_to_fine": (0.5, 0.2)}, steps=1)
+    with pytest.raises(RadfieldError, match="dnerf.coarse_to_fine: need 0 <= start <= end <= 1"):
+        Trainer(config, tmp_path / "run", progress=False, log_tensorboard=False)
 
 
 def test_rays_bring_their_times_to_the_field_and_to_early_termination(tmp_path):

@@ -23,7 +23,18 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["window_weights"]
+__all__ = ["window_alpha", "window_weights"]
+
+
+def window_alpha(progress: float, coarse_to_fine: tuple[float, float] | None) -> float | None:
+    """BARF's ``alpha = clamp((progress - start) / (end - start), 0, 1)`` at ``progress``, the
+    fraction of the run done; None without a window. Example: ``(0.1, 0.5)`` at progress 0.3 -> 0.5."""
+    if coarse_to_fine is None:
+        return None
+    start, end = coarse_to_fine
+    if end <= start:
+        return 1.0 if progress >= end else 0.0
+    return min(max((progress - start) / (end - start), 0.0), 1.0)
 
 
 def window_weights(alpha: float, n: int, keep_first: bool = False) -> Tensor:

@@ -30,6 +30,7 @@ A model is a field plus the sampler that feeds it, built for one scene:
 * ``appearance_codes()``: per-image appearance codes (evaluation protocols fit held-out ones);
 * ``level_set(level)``: the function whose level set is the surface (mesh export);
 * ``normals(rays, samples)``: per-sample surface normals, or None (normal maps);
+* ``schedule(progress)``: what changes over the run (e.g. D-NeRF's coarse-to-fine window);
 * ``widened_sampling(distance)``: a context in which ``sample`` keeps samples near, not only
   in, occupied space (pose-gradient renders);
 * ``position_encodings()``: the encodings of sample positions that take BARF's coarse-to-fine
@@ -143,6 +144,10 @@ class Model(nn.Module):
 
     def update(self, step: int, generator: torch.Generator | None = None) -> None:
         pass
+
+    def schedule(self, progress: float) -> None:
+        """Set what depends on the fraction ``progress`` of the run done, before each training
+        step (default: nothing)."""
 
     def grow(self, step: int) -> bool:
         """Change the shape of parameters before ``step``; True when new parameters replaced

@@ -30,23 +30,13 @@ from radfield.cameras import Cameras
 from radfield.config import PoseOptConfig
 from radfield.data import SceneData
 from radfield.errors import RadfieldError
+from radfield.fields.window import window_alpha
 from radfield.io import atomic_write
 from radfield.lens import COEFFICIENTS
 from radfield.poses.corrections import PoseCorrections, to_world
 from radfield.training.schedules import log_linear_lr_at
 
 TRANSFORMS_NAME = "transforms.json"
-
-
-def window_alpha(progress: float, coarse_to_fine: tuple[float, float] | None) -> float | None:
-    """BARF's ``alpha = clamp((progress - start) / (end - start), 0, 1)``; None without a window.
-    Example: ``(0.1, 0.5)`` at progress 0.3 -> 0.5."""
-    if coarse_to_fine is None:
-        return None
-    start, end = coarse_to_fine
-    if end <= start:
-        return 1.0 if progress >= end else 0.0
-    return min(max((progress - start) / (end - start), 0.0), 1.0)
 
 
 class PoseRefinement:

@@ -512,6 +512,7 @@ class Trainer:
     def train_step(self):
         if self.model.grow(self.state.step):  # new parameters (coarse-to-fine grids)
             self.optimizer = make_optimizer(self.model, self.config.optim, self.optimizer)
+        self.model.schedule(self.run_progress())
         self.model.update(self.state.step, self.shared_generator)
         factor = self.lr_factor()
         for group in self.optimizer.param_groups:
