@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, default=None, help="step limit (default 20000)")
     p.add_argument("--max-time", type=_positive_float, default=None,
                    help="training-time limit in seconds: time in training steps, validation and "
-                   "checkpoint writing excluded (default: none)")
+                   "checkpoint writing excluded (default: none; see --wall-time)")
+    p.add_argument("--wall-time", action="store_true",
+                   help="--max-time counts wall time, validation and checkpoint writing included")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--hsm", action="store_true", help="hard sample mining (two-pass step, see README)")
@@ -249,6 +251,7 @@ def run_config_from_args(args) -> RunConfig:
     config.data.path = str(Path(args.data).resolve())
     config.data.downscale = args.downscale
     overrides = {"train.max_steps": args.max_steps, "train.max_time": args.max_time,
+                 "train.max_time_wall": True if args.wall_time else None,
                  "train.seed": args.seed, "train.eval_every": args.eval_every,
                  "train.hsm.min_fraction": args.hsm_min_fraction,
                  "train.hsm.max_fraction": args.hsm_max_fraction, "train.hsm.ema": args.hsm_ema,
@@ -287,7 +290,8 @@ def cmd_train(args) -> int:
             _warn(host_warning(args.host))
             check_port_free(args.host, args.viewer_port)
 
-    limits = {"train.max_steps": args.max_steps, "train.max_time": args.max_time}
+    limits = {"train.max_steps": args.max_steps, "train.max_time": args.max_time,
+              "train.max_time_wall": True if args.wall_time else None}
     # Under torchrun: join the other processes (rank 0 checks --out, alone writes, prints and
     # serves the viewer).
     with process_group(_device(args.device), args.dist_timeout) as world:

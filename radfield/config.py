@@ -113,8 +113,11 @@ class TrainConfig:
 
     max_steps: int = 20000
     max_time: float | None = None
-    """Training-time budget in seconds: the time spent in training steps, validation and
-    checkpoint writing excluded; None = no limit."""
+    """Time budget in seconds; None = no limit. By default the time spent in training steps,
+    validation and checkpoint writing excluded (models compare at equal training time); with
+    ``max_time_wall`` the wall time of the whole loop, validation and checkpoints included."""
+    max_time_wall: bool = False
+    """``max_time`` (and the schedules' progress) counts wall time (``--wall-time``)."""
     loss: str = "l2"
     """Photometric loss spec, e.g. ``l2``, ``l1+0.2*ssim`` (names: l2, l1, rmse, charbonnier,
     ssim, fft; ssim and fft train on square patches of ``patch_size``)."""

@@ -369,6 +369,35 @@ def test_non_positive_max_time_is_refused(scene, tmp_path, capsys, value):
     assert not (tmp_path / "r").exists()
 
 
+def test_wall_time_budget_counts_validation_and_training_time_does_not(scene, tmp_path):
+    """With validation after every step, ``--max-time 1.5`` stops after 1.5 s of steps alone by
+    default, and after 1.5 s of wall time (steps and validations) with ``--wall-time``: fewer
+    steps, and the wall clock, not the step clock, is what crossed the budget (and is the
+    schedules' progress)."""
+    runs = {}
+    for wall in (False, True):
+        config = config_for(scene, "tiny", {**TINY, "train.max_time": 1.5, "train.max_time_wall": wall,
+                                            "train.eval_every": 0.0}, steps=10 ** 6)
+        trainer = trainer_for(config, tmp_path / f"run-{wall}")
+        trainer.train()
+        runs[wall] = trainer
+        st = trainer.state
+        assert st.wall_time > st.train_time > 0  # validations take time on the wall clock only
+        assert trainer.clock() == (st.wall_time if wall else st.train_time) >= 1.5
+        assert trainer.run_progress() == pytest.approx(trainer.clock() / 1.5)
+    assert runs[True].state.step < runs[False].state.step
+    assert runs[True].state.train_time < 1.5  # stopped before the steps alone reached the budget
+    ck = torch.load(tmp_path / "run-True" / "checkpoint.pt", weights_only=False)
+    assert ck["state"]["wall_time"] == runs[True].state.wall_time
+
+
+def test_wall_time_flag_sets_the_clock(scene, tmp_path):
+    main(["train", str(scene), "--preset", "tiny", "--max-steps", "1", "--max-time", "100", "--wall-time",
+          "--out", str(tmp_path / "r"), "--no-progress"])
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["train"]["max_time_wall"] is True and saved["train"]["max_time"] == 100.0
+
+
 def test_gradient_scaler_state_is_in_the_checkpoint(scene, tmp_path, monkeypatch):
     """Resume under mixed precision is exact only if the loss scale comes back: an enabled
     scaler (on the CPU here, as CUDA's would be) whose scale grows every step."""

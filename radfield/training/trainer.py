@@ -229,6 +229,8 @@ class TrainState:
     train_time: float = 0.0
     n_rays: int = 1024
     last_eval_time: float = 0.0
+    wall_time: float = 0.0
+    """Wall time of the training loop: steps, validation and checkpoint writing."""
 
 
 class Trainer:
@@ -377,7 +379,7 @@ class Trainer:
         self.generator.set_state(ck["generator"].cpu())
         s = ck["state"]
         self.state = TrainState(int(s["step"]), float(s["train_time"]), int(s["n_rays"]),
-                                float(s["last_eval_time"]))
+                                float(s["last_eval_time"]), float(s.get("wall_time", s["train_time"])))
         tau = self.world.restore_streams(ck.get("distributed"), self.generator, self.shared_generator,
                                          self.config.train.seed, self.state.step, float(s["hsm_tau"]))
         if self.miner is not None:
@@ -401,7 +403,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
             "state": {"step": s.step, "train_time": s.train_time, "n_rays": s.n_rays,
-                      "last_eval_time": s.last_eval_time,
+                      "last_eval_time": s.last_eval_time, "wall_time": s.wall_time,
                       "hsm_tau": self.miner.tau if self.miner else 1.0},
             "history": json.dumps(self.history),
         }
@@ -496,8 +498,13 @@ class Trainer:
         cfg = self.config.train
         progress = self.state.step / cfg.max_steps
         if cfg.max_time:
-            progress = max(progress, self.state.train_time / cfg.max_time)
+            progress = max(progress, self.clock() / cfg.max_time)
         return progress
+
+    def clock(self) -> float:
+        """The seconds ``max_time`` counts: training steps only, or with ``max_time_wall`` the
+        wall time of the loop (validation and checkpoint writing included)."""
+        return self.state.wall_time if self.config.train.max_time_wall else self.state.train_time
 
     def lr_factor(self) -> float:
         """The schedule's factor on every parameter group's base rate at the current step."""
@@ -603,9 +610,12 @@ class Trainer:
         self._last_save = time.monotonic()
         previous = self._install_signal_handlers()
         try:
-            while self.state.step < cfg.max_steps and not (cfg.max_time and self.state.train_time >= cfg.max_time):
+            wall_mark = time.perf_counter()
+            while self.state.step < cfg.max_steps and not (cfg.max_time and self.clock() >= cfg.max_time):
+                paused_at = time.perf_counter()
                 while self.world.any(self.paused.is_set() and self._stop_signal is None):
                     time.sleep(0.05)  # under torchrun the other ranks wait with rank 0
+                wall_mark += time.perf_counter() - paused_at  # a pause (viewer) is not run time
                 with self.lock:
                     t0 = time.perf_counter()
                     result = self.train_step()
@@ -619,8 +629,11 @@ class Trainer:
                             or time.monotonic() - self._last_save >= cfg.checkpoint_every_s)
                 # Under torchrun every rank takes the slowest rank's step time (one clock for
                 # --max-time and the schedule) and stops or saves when any rank would.
-                dt, stop_now, save_now = self.world.max([dt, stop_now, save_now])
+                now = time.perf_counter()  # the wall time since the last step's mark: this step,
+                wall, wall_mark = now - wall_mark, now  # and the previous one's validation and saving
+                dt, wall, stop_now, save_now = self.world.max([dt, wall, stop_now, save_now])
                 self.state.train_time += dt
+                self.state.wall_time += wall
                 if stop_now:
                     interrupted = True
                     break
