@@ -663,3 +663,49 @@ def test_the_json_of_nerfstudio_and_instant_ngp_tools_reads_as_written(tmp_path,
     else:
         assert train.meta["applied_transform"][2] == [0.0, 0.0, -1.0, 0.0]
     assert load_scene(tmp_path, "train").images.shape == (7, 6, 8, 3)
+
+
+# ---------------------------------------------------------------------------- random scenes
+
+
+def test_random_layouts_are_seeded_inside_the_box_and_apart():
+    from radfield.data.synthetic import DEFAULT_LAYOUT, random_layout
+
+    layouts = [random_layout(seed) for seed in range(30)]
+    assert random_layout(7) == layouts[7] and len(set(layouts)) == 30 and DEFAULT_LAYOUT not in layouts
+    for lay in layouts:
+        half = [(h - l) / 2 for l, h in zip(lay.box.lo, lay.box.hi)]
+        box_centre = [(l + h) / 2 for l, h in zip(lay.box.lo, lay.box.hi)]
+        bounds = [(lay.textured.centre, lay.textured.radius), (lay.glossy.centre, lay.glossy.radius),
+                  (box_centre, math.sqrt(sum(h * h for h in half)))]
+        for centre, r in bounds[:2]:
+            assert all(abs(c) + r <= 0.95 + 1e-9 for c in centre)
+        assert all(-0.95 - 1e-9 <= v <= 0.95 + 1e-9 for v in (*lay.box.lo, *lay.box.hi))
+        for i in range(3):
+            for j in range(i + 1, 3):
+                assert math.dist(bounds[i][0], bounds[j][0]) > bounds[i][1] + bounds[j][1] + 0.05
+
+
+def test_a_random_scene_renders_its_own_objects(tmp_path):
+    """A ray aimed at each sphere's centre hits something no farther than that sphere's near
+    surface (|eye - c| - r, by hand); the signed distance is -radius at the spheres' centres; a
+    folder of scenes holds each scene's layout and differs from scene to scene."""
+    from radfield.data.synthetic import make_scenes, random_layout, signed_distance, trace
+
+    lay = random_layout(3)
+    eye = torch.tensor([0.0, 0.0, 4.0])
+    for centre in (lay.textured.centre, lay.glossy.centre):
+        c = torch.tensor(centre, dtype=torch.float32)
+        d = torch.nn.functional.normalize(c - eye, dim=0)
+        _, alpha, t = trace(eye[None], d[None], layout=lay)
+        r = lay.textured.radius if centre == lay.textured.centre else lay.glossy.radius
+        assert alpha.item() == 1.0 and t.item() <= (c - eye).norm().item() - r + 1e-4  # nearest hit
+    sd = signed_distance(torch.tensor([lay.textured.centre, lay.glossy.centre], dtype=torch.float32), lay)
+    torch.testing.assert_close(sd, -torch.tensor([lay.textured.radius, lay.glossy.radius]), atol=1e-5, rtol=0)
+    scenes = make_scenes(tmp_path, 2, first_seed=3, n_train=2, n_val=0, n_test=0, size=16)
+    assert [p.name for p in scenes] == ["scene_0003", "scene_0004"]
+    saved = json.loads((scenes[0] / "layout.json").read_text())
+    assert saved["glossy"]["radius"] == lay.glossy.radius
+    a = load_scene(scenes[0], "train").images
+    b = load_scene(scenes[1], "train").images
+    assert not torch.equal(a, b)

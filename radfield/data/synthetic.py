@@ -16,6 +16,11 @@ Cameras (OpenGL axes, :func:`radfield.cameras.look_at` with world z up, radius 4
 the origin, ``camera_angle_x = 0.6911112`` as in NeRF synthetic): train and val uniformly random
 in azimuth with elevation uniform in [10, 70] deg; test on a circle at 30 deg elevation.
 
+Other scenes of the same kind (:func:`random_layout`, ``make_scene(..., layout=...)``): the
+same three objects with random sizes, places (inside ``[-1, 1]^3``, apart) and colours, one
+scene per seed, for models trained across many scenes (PixelNeRF); :func:`make_scenes` writes a
+folder of them. ``DEFAULT_LAYOUT`` is the scene above.
+
 With ``motion`` (:func:`make_scene`) the scene is dynamic, in the D-NeRF format: frame ``k`` of a
 split of ``n`` frames has ``time = k / (n - 1)`` and the glossy sphere's centre moves to
 ``centre + time * motion`` (the other objects stay).
@@ -63,6 +68,65 @@ CHECKER_BOX = Box((0.0, -0.85, -0.85), (0.7, -0.15, -0.15))
 GLOSSY_SPHERE = Sphere((0.5, 0.45, 0.45), 0.3)
 # (specular k_s, shininess) of TEXTURED_SPHERE, CHECKER_BOX, GLOSSY_SPHERE (trace's order).
 _SPECULAR = ((0.3, 32.0), (0.1, 16.0), (0.7, 80.0))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A scene: the three objects and their colours (each checker's two albedos, the glossy
+    sphere's albedo)."""
+
+    textured: Sphere = TEXTURED_SPHERE
+    box: Box = CHECKER_BOX
+    glossy: Sphere = GLOSSY_SPHERE
+    sphere_colours: tuple[tuple[float, ...], tuple[float, ...]] = ((0.95, 0.55, 0.1), (0.15, 0.35, 0.85))
+    box_colours: tuple[tuple[float, ...], tuple[float, ...]] = ((0.9, 0.88, 0.8), (0.1, 0.5, 0.2))
+    glossy_colour: tuple[float, ...] = (0.8, 0.1, 0.1)
+
+    def to_dict(self) -> dict:
+        return {"textured": {"centre": list(self.textured.centre), "radius": self.textured.radius},
+                "box": {"lo": list(self.box.lo), "hi": list(self.box.hi)},
+                "glossy": {"centre": list(self.glossy.centre), "radius": self.glossy.radius},
+                "sphere_colours": [list(c) for c in self.sphere_colours],
+                "box_colours": [list(c) for c in self.box_colours], "glossy_colour": list(self.glossy_colour)}
+
+
+DEFAULT_LAYOUT = Layout()
+
+
+def random_layout(seed: int) -> Layout:
+    """A random scene of the three objects (one per ``seed``): sphere radii in [0.25, 0.55] and
+    [0.2, 0.4], box half-sides in [0.15, 0.4], each object inside ``[-0.95, 0.95]^3`` and its
+    bounding sphere 0.05 clear of the others' (rejection sampling); checker colours two random
+    colours of clearly different brightness, the glossy sphere one saturated colour."""
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def u(lo: float, hi: float, n: int = 1) -> list[float]:
+        return (lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)).tolist()
+
+    while True:
+        r_t, r_g = u(0.25, 0.55)[0], u(0.2, 0.4)[0]
+        half = u(0.15, 0.4, 3)
+        c_t = u(-0.95 + r_t, 0.95 - r_t, 3)
+        c_g = u(-0.95 + r_g, 0.95 - r_g, 3)
+        c_b = [u(-0.95 + h, 0.95 - h)[0] for h in half]
+        bound = [(c_t, r_t), (c_g, r_g), (c_b, math.sqrt(sum(h * h for h in half)))]
+        if all(math.dist(a, b) > ra + rb + 0.05 for i, (a, ra) in enumerate(bound) for b, rb in bound[i + 1:]):
+            break
+
+    def colour() -> tuple[float, ...]:
+        return tuple(round(v, 4) for v in u(0.05, 0.95, 3))
+
+    def pair() -> tuple[tuple[float, ...], tuple[float, ...]]:
+        while True:
+            a, b = colour(), colour()
+            if abs(sum(a) - sum(b)) > 0.6:
+                return a, b
+
+    glossy = [0.1, 0.1, 0.1]
+    glossy[int(torch.randint(0, 3, (1,), generator=gen))] = 0.85
+    return Layout(Sphere(tuple(c_t), r_t), Box(tuple(c - h for c, h in zip(c_b, half)),
+                                               tuple(c + h for c, h in zip(c_b, half))),
+                  Sphere(tuple(c_g), r_g), pair(), pair(), tuple(glossy))
 _EPS = 1e-6
 _VIEWS_PER_BATCH = 16
 
@@ -113,7 +177,7 @@ def box_normal(p: Tensor, box: Box) -> Tensor:
     return torch.zeros_like(p).scatter(-1, axis, rel.gather(-1, axis).sign())
 
 
-def signed_distance(p: Tensor) -> Tensor:
+def signed_distance(p: Tensor, layout: Layout = DEFAULT_LAYOUT) -> Tensor:
     """``(n,)`` signed distance of points ``p (n, 3)`` to the static scene's surfaces (the union
     of its two spheres and its box; negative inside): exact ground truth for surface
     reconstruction (meshes, SDF fields)."""
@@ -122,36 +186,37 @@ def signed_distance(p: Tensor) -> Tensor:
     def sphere(s: Sphere) -> Tensor:
         return (p - torch.tensor(s.centre)).norm(dim=-1) - s.radius
 
-    lo, hi = torch.tensor(CHECKER_BOX.lo), torch.tensor(CHECKER_BOX.hi)
+    lo, hi = torch.tensor(layout.box.lo), torch.tensor(layout.box.hi)
     q = (p - (lo + hi) / 2).abs() - (hi - lo) / 2
     box = q.clamp(min=0).norm(dim=-1) + q.amax(-1).clamp(max=0)
-    return torch.minimum(torch.minimum(sphere(TEXTURED_SPHERE), sphere(GLOSSY_SPHERE)), box)
+    return torch.minimum(torch.minimum(sphere(layout.textured), sphere(layout.glossy)), box)
 
 
 # ---------------------------------------------------------------------------- textures
 
 
-def sphere_checker(normal: Tensor) -> Tensor:
+def sphere_checker(normal: Tensor, colours=DEFAULT_LAYOUT.sphere_colours) -> Tensor:
     """``(n, 3)`` albedo: 30-degree checker in polar angle ``acos(n_z)`` and ``atan2(n_y, n_x)``."""
     theta = torch.acos(normal[:, 2].clamp(-1.0, 1.0))
     phi = torch.atan2(normal[:, 1], normal[:, 0])
     cell = math.pi / 6
     odd = ((torch.floor(theta / cell) + torch.floor(phi / cell)) % 2).unsqueeze(-1)
-    return odd * torch.tensor([0.95, 0.55, 0.1]) + (1 - odd) * torch.tensor([0.15, 0.35, 0.85])
+    return odd * torch.tensor(colours[0]) + (1 - odd) * torch.tensor(colours[1])
 
 
-def box_checker(p: Tensor, normal: Tensor) -> Tensor:
+def box_checker(p: Tensor, normal: Tensor, colours=DEFAULT_LAYOUT.box_colours) -> Tensor:
     """``(n, 3)`` albedo: 3D checker of cells 0.175, sampled just inside the surface."""
     cells = torch.floor((p - 1e-4 * normal) / 0.175).sum(-1)
     odd = (cells % 2).unsqueeze(-1)
-    return odd * torch.tensor([0.9, 0.88, 0.8]) + (1 - odd) * torch.tensor([0.1, 0.5, 0.2])
+    return odd * torch.tensor(colours[0]) + (1 - odd) * torch.tensor(colours[1])
 
 
 # ---------------------------------------------------------------------------- tracing
 
 
-def trace(origins: Tensor, directions: Tensor, shift: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Shade the nearest hit of each ray.
+def trace(origins: Tensor, directions: Tensor, shift: Tensor | None = None,
+          layout: Layout = DEFAULT_LAYOUT) -> tuple[Tensor, Tensor, Tensor]:
+    """Shade the nearest hit of each ray in the scene ``layout``.
 
     Args:
         origins, directions: ``(n, 3)`` float32; directions unit length.
@@ -164,16 +229,16 @@ def trace(origins: Tensor, directions: Tensor, shift: Tensor | None = None) -> t
     """
     o, d = origins.float(), directions.float()
     s = torch.zeros_like(o) if shift is None else shift.float()
-    t_all = torch.stack([hit_sphere(o, d, TEXTURED_SPHERE), hit_box(o, d, CHECKER_BOX),
-                         hit_sphere(o - s, d, GLOSSY_SPHERE)], dim=-1)
+    t_all = torch.stack([hit_sphere(o, d, layout.textured), hit_box(o, d, layout.box),
+                         hit_sphere(o - s, d, layout.glossy)], dim=-1)
     t_hit, which = t_all.min(dim=-1)
     hit = torch.isfinite(t_hit)
     p = o + torch.where(hit, t_hit, 0.0).unsqueeze(-1) * d
-    normals = torch.stack([sphere_normal(p, TEXTURED_SPHERE), box_normal(p, CHECKER_BOX),
-                           sphere_normal(p - s, GLOSSY_SPHERE)], dim=1)
+    normals = torch.stack([sphere_normal(p, layout.textured), box_normal(p, layout.box),
+                           sphere_normal(p - s, layout.glossy)], dim=1)
     n = normals[torch.arange(len(o)), which]
-    albedos = torch.stack([sphere_checker(n), box_checker(p, n),
-                           torch.tensor([0.8, 0.1, 0.1]).expand_as(p)], dim=1)
+    albedos = torch.stack([sphere_checker(n, layout.sphere_colours), box_checker(p, n, layout.box_colours),
+                           torch.tensor(layout.glossy_colour).expand_as(p)], dim=1)
     albedo = albedos[torch.arange(len(o)), which]
     ks, shininess = torch.tensor(_SPECULAR).T[:, which]
     half = torch.nn.functional.normalize(LIGHT_DIR - d, dim=-1)
@@ -184,7 +249,8 @@ def trace(origins: Tensor, directions: Tensor, shift: Tensor | None = None) -> t
     return rgb, hit.float(), t_hit
 
 
-def render_views(cameras: Cameras, views: Tensor, shifts: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render_views(cameras: Cameras, views: Tensor, shifts: Tensor | None = None,
+                 layout: Layout = DEFAULT_LAYOUT) -> tuple[np.ndarray, np.ndarray]:
     """``(k, H, W, 4)`` uint8 straight-alpha RGBA (2x2 supersampled, premultiplied averaging)
     and ``(k, H, W)`` float32 planar depth of the pixel-centre rays (0 on a miss) of the ``k``
     cameras ``views`` (``shifts (n_cams, 3)``: the glossy sphere's displacement per camera).
@@ -195,13 +261,13 @@ def render_views(cameras: Cameras, views: Tensor, shifts: Tensor | None = None) 
     premult, alpha = torch.zeros(len(idx), 3), torch.zeros(len(idx))
     for du, dv in ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)):
         rays = generate_rays(cameras, idx, i + du, j + dv)
-        rgb_s, alpha_s, _ = trace(rays.origins, rays.directions, None if shifts is None else shifts[idx])
+        rgb_s, alpha_s, _ = trace(rays.origins, rays.directions, None if shifts is None else shifts[idx], layout)
         premult += rgb_s * alpha_s.unsqueeze(-1) / 4
         alpha += alpha_s / 4
     rgb = premult / alpha.clamp_min(1e-12).unsqueeze(-1)
     rgba = torch.cat([rgb, alpha.unsqueeze(-1)], dim=-1).reshape(k, h, w, 4)
     centre = generate_rays(cameras, idx, i + 0.5, j + 0.5)
-    _, _, t_hit = trace(centre.origins, centre.directions, None if shifts is None else shifts[idx])
+    _, _, t_hit = trace(centre.origins, centre.directions, None if shifts is None else shifts[idx], layout)
     depth = torch.where(torch.isfinite(t_hit), t_hit * centre.z_per_t, 0.0).reshape(k, h, w)
     image = (rgba * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     return image, depth.numpy().astype(np.float32)
@@ -227,7 +293,7 @@ def intrinsics(size: int) -> dict:
 
 
 def write_split(out_dir: Path, split: str, poses: Tensor, size: int,
-                motion: tuple[float, float, float] | None = None) -> None:
+                motion: tuple[float, float, float] | None = None, layout: Layout = DEFAULT_LAYOUT) -> None:
     """Render ``poses`` and write ``transforms_{split}.json``, ``split/r_K.png`` and
     ``split/r_K_depth.npy`` (with ``motion``: frame K at time K / (n - 1), see the module)."""
     k = intrinsics(size)
@@ -240,7 +306,7 @@ def write_split(out_dir: Path, split: str, poses: Tensor, size: int,
     frames = []
     for start in range(0, n, _VIEWS_PER_BATCH):
         views = torch.arange(start, min(n, start + _VIEWS_PER_BATCH))
-        images, depths = render_views(cameras, views, shifts)
+        images, depths = render_views(cameras, views, shifts, layout)
         for index, image, depth in zip(views.tolist(), images, depths):
             iio.imwrite(out_dir / split / f"r_{index}.png", image)
             np.save(out_dir / split / f"r_{index}_depth.npy", depth)
@@ -254,8 +320,10 @@ def write_split(out_dir: Path, split: str, poses: Tensor, size: int,
 
 
 def make_scene(out_dir: str | Path, n_train: int = 40, n_val: int = 4, n_test: int = 8,
-               size: int = 64, seed: int = 0, motion: tuple[float, float, float] | None = None) -> Path:
+               size: int = 64, seed: int = 0, motion: tuple[float, float, float] | None = None,
+               layout: Layout = DEFAULT_LAYOUT) -> Path:
     """Write the synthetic scene as a Blender-format dataset in ``out_dir``; returns its path.
+    ``seed`` draws the cameras; ``layout`` is the scene (:func:`random_layout` for others);
     ``motion``: a dynamic scene (D-NeRF format), the glossy sphere moving by ``time * motion``.
 
     Renders with one torch thread (restored afterwards): the batches are small enough that
@@ -273,7 +341,17 @@ def make_scene(out_dir: str | Path, n_train: int = 40, n_val: int = 4, n_test: i
     try:
         for split, poses in splits.items():
             if len(poses):  # a split of no views is not written
-                write_split(out, split, poses, size, motion)
+                write_split(out, split, poses, size, motion, layout)
     finally:
         torch.set_num_threads(threads)
+    if layout != DEFAULT_LAYOUT:
+        (out / "layout.json").write_text(json.dumps(layout.to_dict(), indent=1))
     return out
+
+
+def make_scenes(out_dir: str | Path, n_scenes: int, first_seed: int = 0, **kwargs) -> list[Path]:
+    """``n_scenes`` random scenes (:func:`random_layout` of seeds ``first_seed ..``, cameras
+    drawn with the same seed) as ``out_dir/scene_SSSS`` (S the seed); ``kwargs`` as
+    :func:`make_scene`'s. Returns their paths."""
+    return [make_scene(Path(out_dir) / f"scene_{seed:04d}", seed=seed, layout=random_layout(seed), **kwargs)
+            for seed in range(first_seed, first_seed + n_scenes)]
