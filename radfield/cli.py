@@ -66,6 +66,17 @@ _positive_float = _number(float, "a positive number", lambda v: 0 < v < float("i
 _port = _number(int, "a port number", lambda v: 0 <= v <= 65535, "in 0..65535")
 
 
+def _view_counts(text: str) -> tuple[int, ...]:
+    """``"1,2,3"`` -> ``(1, 2, 3)``: positive integers, sorted, each once."""
+    try:
+        counts = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return tuple(counts)
+
+
 HOST_HELP = ("address the viewer listens on; anything but 127.0.0.1 exposes it, without authentication, "
              "to other machines")
 
@@ -81,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a radiance field. Models: " + ", ".join(MODELS)
                        + ". Presets: " + ", ".join(PRESETS) + " (a preset sets its model).")
     p.add_argument("data", help="dataset folder: Blender transforms_{split}.json, Instant-NGP transforms.json, "
-                   "COLMAP (images/ + sparse/), LLFF (poses_bounds.npy) or a multi-scale dataset")
+                   "COLMAP (images/ + sparse/), LLFF (poses_bounds.npy) or a multi-scale dataset; for "
+                   "pixelnerf a folder of scenes (one Blender dataset per subfolder)")
     p.add_argument("--model", default=None, help=f"model: {', '.join(MODELS)} (default: ngp, or the preset's)")
     p.add_argument("--preset", default=None, help=f"named preset: {', '.join(PRESETS)} (default: the model's name)")
     p.add_argument("--loss", default=None, help="photometric loss, e.g. l2, l1+0.2*ssim (l2, l1, rmse, "
@@ -143,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--appearance", default="mean", choices=["mean", "fit-left"],
                    help="held-out views of models with appearance embeddings: the mean embedding, or "
                    "a code fitted on the left half of each image with the right half scored")
+    p.add_argument("--scenes", default=None, metavar="FOLDER",
+                   help="models trained across scenes (pixelnerf): score the unseen scenes of FOLDER "
+                   "(one Blender dataset per subfolder), each from --sources views of its training split")
+    p.add_argument("--sources", type=_view_counts, default=(1, 2, 3), metavar="K,K,...",
+                   help="with --scenes: numbers of source views, e.g. 1,2,3 (farthest-point views from view 0)")
     p.add_argument("--baked", default=None, metavar="DIR",
                    help="also score the baked MeRF in DIR (radfield export baked) on the same images: "
                    "RUN_DIR/metrics_baked.json, its PSNR printed beside the trained model's")
@@ -275,7 +292,7 @@ def run_config_from_args(args) -> RunConfig:
 
 def cmd_train(args) -> int:
     from radfield.training.distributed import process_group
-    from radfield.training.trainer import Trainer
+    from radfield.training.multiscene import trainer_class
 
     config = run_config_from_args(args)
     out = Path(args.out or f"runs/{Path(args.data).resolve().name}-{config.model}")
@@ -296,9 +313,9 @@ def cmd_train(args) -> int:
     # serves the viewer).
     with process_group(_device(args.device), args.dist_timeout) as world:
         world.on_rank0(check_new_run)
-        trainer = Trainer(config, out, device=world.local_device(_device(args.device)), resume=args.resume,
-                          progress=not args.no_progress,
-                          overrides={k: v for k, v in limits.items() if v is not None})
+        trainer = trainer_class(config, out, args.resume)(
+            config, out, device=world.local_device(_device(args.device)), resume=args.resume,
+            progress=not args.no_progress, overrides={k: v for k, v in limits.items() if v is not None})
         viewer = _start_training_viewer(trainer, args) if args.viewer and world.is_main else None
         t0 = time.time()
         try:
@@ -348,6 +365,16 @@ def cmd_view(args) -> int:
 def cmd_eval(args) -> int:
     from radfield.evaluation.evaluate import evaluate_run, format_table
 
+    if args.scenes is not None:
+        from radfield.evaluation.unseen import evaluate_unseen, format_unseen_table
+
+        if args.baked is not None or args.appearance != "mean":
+            raise RadfieldError("--scenes: --baked and --appearance are options of single-scene runs")
+        metrics = evaluate_unseen(args.run_dir, args.scenes, args.sources, args.split, _device(args.device),
+                                  save_renders=not args.no_renders, every=args.every)
+        print(format_unseen_table(metrics))
+        print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
+        return 0
     baked = None
     if args.baked is not None:  # read the bake first: a bad folder fails before any render
         from radfield.export.baked import load_baked

@@ -18,6 +18,7 @@ from radfield.fields.encodings import EncodingConfig
 from radfield.fields.hashgrid import HashGridConfig
 from radfield.fields.merf import MerfFieldConfig
 from radfield.fields.ngp import NGPFieldConfig
+from radfield.fields.pixelnerf import PixelNeRFFieldConfig
 from radfield.fields.volsdf import SDFFieldConfig
 from radfield.fields.voxels import VoxelFieldConfig
 from radfield.losses.depth import DepthConfig
@@ -390,6 +391,23 @@ class VoxelsConfig(VoxelFieldConfig):
 
 
 @dataclass
+class PixelNeRFConfig:
+    """PixelNeRF: a CNN encoder over the source views, image features projected to every sample
+    and mean-pooled over the views inside the MLP (``field``); coarse + fine samples in the box
+    from one network; trained across scenes, ``1 .. max_sources`` source views per step."""
+
+    field: PixelNeRFFieldConfig = dc_field(default_factory=PixelNeRFFieldConfig)
+    sampler: HierarchicalConfig = dc_field(default_factory=lambda: HierarchicalConfig(
+        n_coarse=64, n_fine=32, union=True, padding=0.01))
+    max_sources: int = 3
+    """Each training step conditions on ``k`` source views, ``k`` uniform in ``1 .. max_sources``
+    (fewer when a scene has fewer training views: at least one is left to supervise)."""
+    optim: OptimConfig = dc_field(default_factory=lambda: mlp_optim(
+        lr=5e-4, lr_final=5e-5, warmup_steps=100, target_samples=1 << 14))
+    """PixelNeRF's Adam trains at 1e-4 for days; short CPU budgets start higher and decay."""
+
+
+@dataclass
 class RunConfig:
     """Everything a run does. ``model`` names the model (a key of
     :data:`radfield.models.REGISTRY`); its settings, training recipe included, are the section of
@@ -410,6 +428,7 @@ class RunConfig:
     volsdf: VolSDFConfig = dc_field(default_factory=VolSDFConfig)
     voxels: VoxelsConfig = dc_field(default_factory=VoxelsConfig)
     merf: MerfConfig = dc_field(default_factory=MerfConfig)
+    pixelnerf: PixelNeRFConfig = dc_field(default_factory=PixelNeRFConfig)
     train: TrainConfig = dc_field(default_factory=TrainConfig)
 
     @property
@@ -462,6 +481,7 @@ PRESETS: dict[str, dict] = {
     "volsdf": {"model": "volsdf"},
     "voxels": {"model": "voxels"},
     "merf": {"model": "merf"},
+    "pixelnerf": {"model": "pixelnerf"},
     # D-NeRF's own networks (8 x 256 MLPs for the deformation and the canonical NeRF), lr 5e-4
     # -> 5e-5 (the sampler stays the occupancy grid).
     "dnerf-mlp": {"model": "dnerf", "dnerf.backbone": "mlp", "dnerf.optim.lr": 5e-4,
@@ -497,6 +517,10 @@ PRESETS: dict[str, dict] = {
                    "merf.field.plane_resolution": 512, "merf.field.plane_levels": 4,
                    "merf.optim.warmup_steps": 256, "merf.optim.target_samples": 1 << 14,
                    "merf.proposal_samples": (128, 64), "merf.n_samples": 32},
+    # PixelNeRF on a CPU: a 16-32-32 encoder, a 64-wide MLP, 32 + 16 samples.
+    "pixelnerf-small": {"model": "pixelnerf", "pixelnerf.field.encoder_channels": (16, 32, 32),
+                        "pixelnerf.field.hidden": 64, "pixelnerf.sampler.n_coarse": 32,
+                        "pixelnerf.sampler.n_fine": 16},
 }
 """Named presets: dotted overrides of the defaults above. ``--model M`` alone uses preset ``M``,
 which sets only ``model``; every preset sets its model."""

@@ -109,7 +109,7 @@ def _score_image(model, data: SceneData, i: int, bg, lpips, out_dir: Path, save_
         r = render_image(model, cams, i, bg)
     name = Path(data.names[i]).stem + suffix
     depth = None if gt_depth is None else depth_errors(r.depth, gt_depth, mask)
-    row = {"name": name, **_scores(r.rgb, gt, mask, lpips),
+    row = {"name": name, **image_scores(r.rgb, gt, mask, lpips),
            "depth_abs_rel": None if depth is None else depth["abs_rel"],
            "depth_rmse": None if depth is None else depth["rmse"], **moved}
     if save_renders:
@@ -135,7 +135,7 @@ def depth_error_map(pred: Tensor, reference: Tensor, mask: Tensor | None = None)
     return colorize_depth(torch.where(has, rel.clamp(min=1e-12), 0.0), near=0.0, far=DEPTH_ERROR_RANGE)
 
 
-def _scores(pred: Tensor, gt: Tensor, mask: Tensor | None, lpips) -> dict:
+def image_scores(pred: Tensor, gt: Tensor, mask: Tensor | None, lpips) -> dict:
     """PSNR, PSNR(uint8), SSIM and LPIPS of one image, on its ``mask`` pixels when it has a mask
     (see :mod:`radfield.evaluation.metrics`). None where a score does not exist: every score of
     an image whose mask is empty, LPIPS without its weights, and SSIM when no 11 x 11 window fits
@@ -150,7 +150,7 @@ def _scores(pred: Tensor, gt: Tensor, mask: Tensor | None, lpips) -> dict:
             "ssim": structural, "lpips": lpips(masked_prediction(pred, gt, mask), gt) if lpips else None}
 
 
-def _means(rows: list[dict]) -> dict:
+def mean_scores(rows: list[dict]) -> dict:
     def mean(key):  # over the images that have the metric; None when none has it
         vals = [row[key] for row in rows if row[key] is not None]
         return float(sum(vals) / len(vals)) if vals else None
@@ -190,6 +190,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                             f"(choose from: {', '.join(APPEARANCE_PROTOCOLS)})")
     run_dir = Path(run_dir)
     config, trained = load_run(run_dir, device)
+    if trained.multi_scene:
+        raise RadfieldError(f"{run_dir}: {config.model} renders unseen scenes from their source views: "
+                            f"radfield eval {run_dir} --scenes FOLDER [--sources 1,2,3]")
     model = trained if model is None else model
     groups = [with_depth(g, "auto", config.data.path)
               for g in load_scene_groups(config.data.path, split, config.data.downscale,
@@ -218,12 +221,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                 bar.update(1)
         per_image += rows
         if len(groups) > 1:
-            per_scale[str(g.meta["scale"])] = _means(rows)
+            per_scale[str(g.meta["scale"])] = mean_scores(rows)
     if bar is not None:
         bar.close()
     masked = any(g.masks is not None for g in groups)
     reference = groups[0].meta.get("depth_source")
-    metrics = {"split": split, **_means(per_image), "masked": masked,
+    metrics = {"split": split, **mean_scores(per_image), "masked": masked,
                "depth_reference": DEPTH_REFERENCES.get(reference),
                "mask_note": MASK_NOTE if masked else None,
                "lpips_note": None if lpips else "unavailable: LPIPS weights not present locally",

@@ -15,6 +15,7 @@ from radfield.models.merf import MerfModel
 from radfield.models.nerf import MipNeRFModel, NeRFAEModel, NeRFModel, TinyNeRFModel
 from radfield.models.nerfacto import NerfactoModel
 from radfield.models.ngp import NGPModel
+from radfield.models.pixelnerf import PixelNeRFModel
 from radfield.models.volsdf import VolSDFModel
 from radfield.models.voxels import VoxelsModel
 
@@ -29,6 +30,7 @@ REGISTRY: dict[str, type[Model]] = {
     "volsdf": VolSDFModel,
     "voxels": VoxelsModel,
     "merf": MerfModel,
+    "pixelnerf": PixelNeRFModel,
 }
 """Model name (``--model``, ``RunConfig.model``, the name of its config section) -> class."""
 

@@ -37,7 +37,11 @@ A model is a field plus the sampler that feeds it, built for one scene:
   window (:mod:`radfield.fields.window`), which ``set_coarse_to_fine(alpha)`` sets (pose
   refinement);
 * ``background``: a learned background module or None; ``opaque_last``: the "last sample"
-  background (the last interval of each ray is opaque).
+  background (the last interval of each ray is opaque);
+* ``multi_scene``: the model renders a scene from source views it is given per scene
+  (``set_context(images, cameras)``, PixelNeRF), so it trains across a folder of scenes
+  (:mod:`radfield.training.multiscene`) and is evaluated on unseen ones
+  (:mod:`radfield.evaluation.unseen`); False for the per-scene models.
 
 Rendering is not a model method: :func:`radfield.rendering.pipeline.render_samples` is the one
 path from a model, rays and samples to pixels.
@@ -114,6 +118,9 @@ class SceneInfo:
 
 
 class Model(nn.Module):
+    multi_scene: bool = False
+    """Conditioned on per-scene source views (module doc)."""
+
     def __init__(self, config: RunConfig, scene: SceneInfo):
         super().__init__()
         check_background(config.train.background)

@@ -269,21 +269,9 @@ class Trainer:
                                 f"(choose from: {', '.join(DEPTH_SOURCES)})")
         self.objective = with_depth_loss(photometric_objective(self.loss, optim.distortion_weight),
                                          self.depth_loss, depth_weight(cfg.depth))
-        scales = load_scene_groups(config.data.path, "train", config.data.downscale,
-                                   colmap_model=config.data.colmap_model)
-        if len(scales) > 1 and self.loss.needs_patches:
-            raise RadfieldError(f"{config.data.path}: patch losses are not supported on multi-scale data")
-        scales = select_train_views(scales, config.data.train_views, config.data.path)
-        if self.depth_loss is not None:
-            scales = [self._with_depths(d) for d in scales]
-        self.data = scales[0]
         self.patch_size = cfg.patch_size if self.loss.needs_patches else None
-        self.groups = [ImageGroup.from_data(d, self._training_cameras(d), self.patch_size, self.device,
-                                            depth=self.depth_loss is not None)
-                       for d in scales]
-        self.has_alpha = self.data.has_alpha
-        self.val = self._load_validation()
         self.eval_bg = background_color(config.data.eval_background, self.device)
+        self.load_data()
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(config, SceneInfo.from_data(self.data)).to(self.device)
@@ -318,6 +306,27 @@ class Trainer:
         self.lock = threading.RLock()
         self.paused = threading.Event()
         self.callbacks: list[Callable[["Trainer", StepResult, float], None]] = []
+
+    def load_data(self) -> None:
+        """Read the training data: ``self.data`` (the training split, full scale; the model is
+        built for it), ``self.groups`` (the :class:`ImageGroup` of each scale), ``self.has_alpha``
+        and ``self.val`` (the validation split, or None). Trainers of other data (a folder of
+        scenes, :mod:`radfield.training.multiscene`) replace this with :meth:`make_batch`,
+        :meth:`validate` and :meth:`scene_record`."""
+        config = self.config
+        scales = load_scene_groups(config.data.path, "train", config.data.downscale,
+                                   colmap_model=config.data.colmap_model)
+        if len(scales) > 1 and self.loss.needs_patches:
+            raise RadfieldError(f"{config.data.path}: patch losses are not supported on multi-scale data")
+        scales = select_train_views(scales, config.data.train_views, config.data.path)
+        if self.depth_loss is not None:
+            scales = [self._with_depths(d) for d in scales]
+        self.data = scales[0]
+        self.groups = [ImageGroup.from_data(d, self._training_cameras(d), self.patch_size, self.device,
+                                            depth=self.depth_loss is not None)
+                       for d in scales]
+        self.has_alpha = self.data.has_alpha
+        self.val = self._load_validation()
 
     def _with_depths(self, data: SceneData) -> SceneData:
         """``data`` with the depths of ``data.depth_source`` (:func:`radfield.data.depth.with_depth`);
@@ -413,6 +422,13 @@ class Trainer:
         with atomic_write(self.run_dir / CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps(run_config_to_dict(self.config), indent=2))
 
+    def scene_record(self) -> dict:
+        """What ``RUN_DIR/scene.json`` says of the training data."""
+        return {"aabb": self.data.aabb.tolist(), "n_train_images": len(self.data),
+                "normalization": self.data.meta.get("normalization"),
+                "train_views": self.data.names if self.config.data.train_views else None,
+                "depth_source": self.data.meta.get("depth_source")}
+
     def save(self) -> None:
         """Write the checkpoint and the run's files (rank 0; every rank calls it, to hand in its
         random state)."""
@@ -423,12 +439,8 @@ class Trainer:
             self._last_save = time.monotonic()
             return
         self._write_config()
-        scene = {"aabb": self.data.aabb.tolist(), "n_train_images": len(self.data),
-                 "normalization": self.data.meta.get("normalization"),
-                 "train_views": self.data.names if self.config.data.train_views else None,
-                 "depth_source": self.data.meta.get("depth_source")}
         with atomic_write(self.run_dir / "scene.json") as tmp:
-            tmp.write_text(json.dumps(scene, indent=1))
+            tmp.write_text(json.dumps(self.scene_record(), indent=1))
         state = self.checkpoint_state()
         if streams is not None:
             state["distributed"] = streams
