@@ -224,8 +224,9 @@ def test_occupancy_grid_and_parameters_identical_across_ranks(workers):
     assert not torch.equal(a["generator"], b["generator"])
     assert torch.equal(a["shared"], b["shared"])
     # The all-reduced payload per step: every gradient once (float32) plus one has-gradient
-    # flag per tensor, and 8 float64 figures (4 counts, 3 agreed values, the pause flag).
-    per_step = 4 * (a["n_params"] + a["n_tensors"]) + 8 * 8
+    # flag per tensor, and 9 float64 figures (4 counts, 4 agreed values: step time, wall time, stop,
+    # save; the pause flag).
+    per_step = 4 * (a["n_params"] + a["n_tensors"]) + 9 * 8
     assert a["bytes"] == b["bytes"] == 12 * per_step
     assert a["collectives"] == 12 * 4
 
