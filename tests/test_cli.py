@@ -146,6 +146,40 @@ def _composite_white_uint8(rgba: np.ndarray) -> np.ndarray:
     return np.round(np.clip(rgb, 0, 1) * 255.0)
 
 
+@pytest.mark.parametrize("eps", [1e-4, 0.3])
+def test_image_renders_terminate_early_in_rounds_with_the_two_pass_pixels(trained_run, scene, eps):
+    """The trained NGP run: prune then render (two passes) and the rounds of
+    ``render_samples_in_rounds`` (what ``render_image`` uses) give the same pixels, and the rounds
+    evaluate fewer samples than the two passes together. After 40 steps the field is still thin:
+    transmittance 0.3 is where its rays terminate."""
+    from radfield.cameras import image_rays
+    from radfield.data import load_scene
+    from radfield.rendering import pipeline
+    from radfield.training.checkpoint import load_run
+    _, model = load_run(trained_run)
+    rays = image_rays(load_scene(scene, "test").cameras, 0)
+    bg = torch.ones(3)
+    evaluated = []
+    field_raw = pipeline.field_raw
+    def counting(model, rays, samples, field=None):
+        evaluated.append(len(samples))
+        return field_raw(model, rays, samples, field)
+    with torch.no_grad():
+        full = model.sample(rays, training=False, early_stop=False)
+        pruned = pipeline.prune_occluded(rays, full, model.occlusion_density(rays), eps)
+        two = pipeline.render_samples(model, rays, pruned, bg)
+        pipeline.field_raw = counting
+        try:
+            one, _ = pipeline.render_samples_in_rounds(model, rays, full, bg, eps=eps)
+        finally:
+            pipeline.field_raw = field_raw
+    assert len(full) > len(pruned) or eps < 0.01  # something is occluded
+    assert sum(evaluated) < len(full) + len(pruned)
+    assert torch.allclose(one.rgb, two.rgb, atol=1e-5)
+    assert torch.allclose(one.depth, two.depth, atol=1e-4)
+    assert torch.allclose(one.opacity, two.opacity, atol=1e-5)
+
+
 def test_eval_metrics_and_renders(evaluated_run, scene):
     metrics = json.loads((evaluated_run / "metrics.json").read_text())
     for key in ("split", "n_images", "psnr", "psnr_uint8", "ssim", "lpips", "per_image"):

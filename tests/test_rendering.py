@@ -311,3 +311,81 @@ def test_background_broadcast_single_and_per_ray():
     torch.testing.assert_close(per_ray[0], torch.tensor([0.5 + 0.125, 0.25, 0.125]), atol=1e-6, rtol=0)
     # A (3,) background equals the same background repeated per ray.
     torch.testing.assert_close(single, render(sig, rgbs, t0, t1, ri, n_rays, bg3.expand(n_rays, 3)).rgb)
+
+
+# ------------------------------------------------------------- early termination in rounds
+class _SlabField:
+    """Density ``sigma`` for x in [1, 2] (0 elsewhere), colour (x / 6, 1 - x / 6, 0.5); counts the
+    samples it evaluates."""
+
+    def __init__(self, sigma: float):
+        self.sigma, self.evaluated = sigma, 0
+
+    def raw(self, positions, directions):
+        self.evaluated += len(positions)
+        x = positions[:, 0]
+        inside = (x >= 1) & (x <= 2)
+        s = torch.where(inside, torch.full_like(x, math.log(self.sigma)), torch.full_like(x, -100.0))
+        rgb = torch.stack([x / 6, 1 - x / 6, torch.full_like(x, 0.5)], -1)
+        return torch.cat([s[:, None], torch.logit(rgb)], -1)
+
+    def activate(self, raw):
+        return torch.exp(raw[:, 0]), torch.sigmoid(raw[:, 1:])
+
+
+class _SlabModel:
+    def __init__(self, sigma: float, opaque_last: bool = False):
+        self.field, self.opaque_last = _SlabField(sigma), opaque_last
+
+    def field_inputs(self, rays, samples):
+        return samples.positions(rays), samples.directions(rays)
+
+    def shade(self, rays, values, opacity):
+        return values
+
+
+def _slab_rays(n_steps: list[int], dt: float = 0.05):
+    """Rays along +x from x = 0, ray r with ``n_steps[r]`` samples of length ``dt``."""
+    from radfield.cameras import Rays
+    from radfield.samplers.samples import Samples
+    n = len(n_steps)
+    rays = Rays(torch.zeros(n, 3), torch.tensor([[1.0, 0.0, 0.0]]).expand(n, 3).contiguous(), torch.ones(n))
+    ri = torch.cat([torch.full((k,), r, dtype=torch.long) for r, k in enumerate(n_steps)])
+    j = torch.cat([torch.arange(k) for k in n_steps]).float()
+    return rays, Samples(j * dt, (j + 1) * dt, ri, n)
+
+
+@pytest.mark.parametrize("round_size", [1, 3, 16, 200])
+@pytest.mark.parametrize("opaque_last", [False, True])
+def test_render_in_rounds_matches_a_float64_march_with_termination(round_size, opaque_last):
+    """Slab of sigma 40 in x in [1, 2], samples of 0.05 (tau = 2 each): a ray that reaches it
+    counts the samples in front and the slab samples while T > 1e-4 (T = 1, e^-2, .., e^-8 > 1e-4
+    > e^-10: five), then stops. Reference: a float64 loop over each ray's samples."""
+    from radfield.rendering.pipeline import render_samples_in_rounds
+    n_steps = [60, 0, 10, 25, 21, 100]
+    rays, samples = _slab_rays(n_steps)
+    model = _SlabModel(40.0, opaque_last)
+    bg = torch.tensor([0.1, 0.2, 0.3])
+    out, _ = render_samples_in_rounds(model, rays, samples, bg, eps=1e-4, round_size=round_size)
+    for r, k in enumerate(n_steps):
+        t, w_sum, c, d = 1.0, 0.0, np.zeros(3), 0.0
+        for j in range(k):
+            x = (j + 0.5) * 0.05
+            tau = 2.0 if 1 <= x <= 2 else 0.0
+            alpha = 1 - math.exp(-tau) if not (opaque_last and j == k - 1) else 1.0
+            if t <= 1e-4:
+                break
+            w = t * alpha
+            w_sum, d = w_sum + w, d + w * x
+            c += w * np.array([x / 6, 1 - x / 6, 0.5])
+            t *= 1 - alpha
+        expect = c + (1 - w_sum) * bg.numpy()
+        assert out.rgb[r].numpy() == pytest.approx(expect, abs=1e-5)
+        assert out.opacity[r].item() == pytest.approx(w_sum, abs=1e-5)
+        assert out.depth[r].item() == pytest.approx(d, abs=1e-5)
+    # Ray 0 reaches the slab at sample 20 and stops after its 5th slab sample (index 24): samples
+    # 25 .. 59 are evaluated only as far as the round holding sample 24 reaches.
+    evaluated_ray0 = min(60, -(-25 // round_size) * round_size)
+    total = evaluated_ray0 + 10 + 25 + 21 + min(100, -(-25 // round_size) * round_size)
+    assert model.field.evaluated == total
+

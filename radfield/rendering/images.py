@@ -9,8 +9,7 @@ from torch import Tensor
 
 from radfield.cameras import Cameras, Rays, image_rays
 from radfield.rendering.backgrounds import ray_background
-from radfield.rendering.pipeline import render_samples
-from radfield.rendering.volume import accumulate_along_rays
+from radfield.rendering.pipeline import render_samples_in_rounds
 
 
 @dataclass
@@ -41,17 +40,18 @@ def render_rays(model, rays: Rays, background: Tensor | None, chunk: int = 1 << 
     no surface normals).
 
     ``background`` ``(3,)`` is what the rays see behind the last sample unless the model has its
-    own (:func:`~radfield.rendering.backgrounds.ray_background`)."""
+    own (:func:`~radfield.rendering.backgrounds.ray_background`). Rays terminate early, in
+    rounds (:func:`~radfield.rendering.pipeline.render_samples_in_rounds`)."""
     rgbs, depths, opacities, normal_maps = [], [], [], []
     for r in rays.chunks(chunk):
-        samples = model.sample(r, training=False)
-        out = render_samples(model, r, samples, ray_background(model, r, background))
+        samples = model.sample(r, training=False, early_stop=False)
+        out, n = render_samples_in_rounds(model, r, samples, ray_background(model, r, background),
+                                          normals=normals)
         rgbs.append(out.rgb)
         depths.append(out.depth)
         opacities.append(out.opacity)
-        n = model.normals(r, samples) if normals else None
         if n is not None:
-            normal_maps.append(accumulate_along_rays(out.weights, samples.ray_indices, len(r), n))
+            normal_maps.append(n)
     result = (torch.cat(rgbs), torch.cat(depths), torch.cat(opacities))
     if normals:
         return result + (torch.cat(normal_maps) if normal_maps else None,)
