@@ -567,7 +567,9 @@ def test_eval_of_a_pose_refining_run_fits_the_test_poses(scene, tmp_path):
     from radfield.evaluation.evaluate import evaluate_run, format_table
     from radfield.training.trainer import Trainer
 
-    config = pose_opt_config(scene, 3, {"train.pose_opt.test_fit_steps": 2})
+    # A coarse march: after 3 steps every cell is occupied, and the fit back-propagates each sample
+    config = pose_opt_config(scene, 3, {"train.pose_opt.test_fit_steps": 2,
+                                        "ngp.occupancy.steps_per_diagonal": 128})
     Trainer(config, tmp_path / "run", device="cpu", progress=False, log_tensorboard=False).train()
     metrics = evaluate_run(tmp_path / "run", save_renders=False, progress=False)
     assert "fitted to the frozen field" in metrics["pose_fit"] and "2 Levenberg-Marquardt" in metrics["pose_fit"]
