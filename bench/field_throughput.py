@@ -3,7 +3,10 @@
 One step = forward (encode [+ NGP-sized MLP head] + MSE loss), backward, Adam step + zero_grad.
 Reports the median over a few steps after warm-up, split into its three phases, as samples/s.
 
-    python bench/field_throughput.py [--batch-log2 16] [--iters 5] [--threads N]
+    python bench/field_throughput.py [--batch-log2 16] [--iters 5] [--threads N] [--device cuda]
+
+On CUDA the "kernel" path is the Triton kernels (radfield/fields/hashgrid_triton.py), timed with
+torch.cuda.synchronize() around each phase.
 
 The reference path gets fewer steps (--ref-iters) because it is ~20-60x slower. On a shared
 machine, 2-thread numbers collapse when another process holds a core (OpenMP spin-waits):
@@ -19,7 +22,7 @@ import time
 import torch
 from torch import nn
 
-from radfield.fields.hashgrid import HashGrid, HashGridConfig, kernel_available
+from radfield.fields.hashgrid import HashGrid, HashGridConfig, kernel_available, triton_kernels
 
 
 def make_adam(params, lr: float) -> tuple[torch.optim.Adam, str]:
@@ -38,31 +41,36 @@ def make_adam(params, lr: float) -> tuple[torch.optim.Adam, str]:
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99), eps=1e-15, foreach=True), "foreach"
 
 
-def run(use_kernel: bool, with_head: bool, batch: int, iters: int, warmup: int) -> dict:
+def run(use_kernel: bool, with_head: bool, batch: int, iters: int, warmup: int, device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    grid = HashGrid(HashGridConfig(use_kernel=use_kernel))
+    grid = HashGrid(HashGridConfig(use_kernel=use_kernel)).to(device)
     params = list(grid.parameters())
     head = None
     if with_head:
         head = nn.Sequential(
             nn.Linear(grid.output_dim, 64, bias=False), nn.ReLU(), nn.Linear(64, 16, bias=False)
-        )
+        ).to(device)
         params += list(head.parameters())
     opt, adam_kind = make_adam(params, lr=1e-2)
     times = {"fwd": [], "bwd": [], "opt": []}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for step in range(warmup + iters):
-        x = torch.rand(batch, 3)
-        target = torch.rand(batch, 16 if with_head else grid.output_dim)
+        x = torch.rand(batch, 3, device=device)
+        target = torch.rand(batch, 16 if with_head else grid.output_dim, device=device)
+        sync()
         t0 = time.perf_counter()
         out = grid(x)
         if head is not None:
             out = head(out)
         loss = (out - target).square().mean()
+        sync()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         t3 = time.perf_counter()
         if step >= warmup:
             times["fwd"].append(t1 - t0)
@@ -80,6 +88,7 @@ def main() -> None:
     parser.add_argument("--ref-iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as is)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -87,9 +96,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 2^{args.batch_log2}, "
           f"hash grid L16 F2 T2^19, median of {args.iters} (reference {args.ref_iters}) steps "
           f"after {args.warmup} warm-up")  # fmt: skip
-    paths = [("kernel", True)] if kernel_available() else []
+    on_cuda = args.device.startswith("cuda")
+    paths = [("kernel", True)] if (triton_kernels() if on_cuda else kernel_available()) else []
     if not paths:
-        print("(CPU kernel unavailable: reference only)")
+        print(f"({'Triton kernels' if on_cuda else 'CPU kernel'} unavailable: reference only)")
     paths.append(("reference", False))
     header = f"{'path':<10} {'model':<14} {'fwd ms':>8} {'bwd ms':>8} {'adam ms':>8} {'step ms':>8} {'Msamples/s':>11}  adam"
     print(header)
@@ -97,7 +107,7 @@ def main() -> None:
     for name, use_kernel in paths:
         for with_head in (False, True):
             iters = args.iters if use_kernel else args.ref_iters
-            r = run(use_kernel, with_head, batch, iters, args.warmup)
+            r = run(use_kernel, with_head, batch, iters, args.warmup, args.device)
             model = "grid+MLP head" if with_head else "grid only"
             print(f"{name:<10} {model:<14} {r['fwd'] * 1e3:8.1f} {r['bwd'] * 1e3:8.1f} "
                   f"{r['opt'] * 1e3:8.1f} {r['total'] * 1e3:8.1f} {r['samples_s'] / 1e6:11.3f}  "

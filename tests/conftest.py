@@ -3,15 +3,21 @@ configs, forbidding image decoding and comparing cameras (reader tests)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import imageio.v3 as iio
-import PIL.ImageFile
-import pytest
-import torch
+# Triton kernels run on the CPU under Triton's interpreter (test_triton.py); the variable must be
+# set before anything imports triton (its own library functions are decorated at import).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from radfield.config import PRESETS, RunConfig, apply_overrides
-from radfield.data import SceneCameras, SceneData, blender, colmap, dtu, files, llff
+from pathlib import Path  # noqa: E402
+
+import imageio.v3 as iio  # noqa: E402
+import PIL.ImageFile  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from radfield.config import PRESETS, RunConfig, apply_overrides  # noqa: E402
+from radfield.data import SceneCameras, SceneData, blender, colmap, dtu, files, llff  # noqa: E402
 
 
 @pytest.fixture(scope="module")

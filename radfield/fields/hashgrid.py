@@ -38,10 +38,15 @@ Paths:
     write races). It also gives the input gradient (for pose refinement), so it needs no
     fallback when x requires grad.
     It is used when x and every table are float32 on the CPU, the compiler works, the config has
-    `use_kernel=True` and the environment has no RADFIELD_NO_KERNEL=1; otherwise the reference
-    runs (no gcc on PATH, a failed build or one over 180 s: with one warning). It is not twice
+    `use_kernel=True` and the environment has no RADFIELD_NO_KERNEL=1; otherwise the Triton
+    kernels or the reference run (no gcc on PATH, a failed build or one over 180 s: with one warning). It is not twice
     differentiable (use the reference for double backward). Under `torch.compile` the kernel
     call is a graph break (it is opaque to dynamo).
+    Triton kernels `radfield/fields/hashgrid_triton.py` -- the GPU path: on CUDA tensors (float32,
+    a power-of-two feature count, `use_kernel=True`, no RADFIELD_NO_KERNEL=1) when the `triton`
+    package imports (CUDA builds of torch ship it). Forward, table gradient and input gradient,
+    one launch per level; tested against the reference on the CPU under Triton's interpreter.
+    Not yet run on a GPU by this project (no GPU was lent to the sessions that wrote it).
 """
 
 from __future__ import annotations
@@ -280,6 +285,28 @@ def kernel_available() -> bool:
     return _get_library() is not None
 
 
+_triton: object | None = None
+_triton_failed = False
+
+
+def triton_kernels():
+    """:mod:`radfield.fields.hashgrid_triton`, or None: RADFIELD_NO_KERNEL=1, or the ``triton``
+    package missing or failing to import (then one warning, and the reference runs)."""
+    global _triton, _triton_failed
+    if _triton is None and not _triton_failed:
+        if os.environ.get("RADFIELD_NO_KERNEL") == "1":
+            _triton_failed = True
+            return None
+        try:
+            from radfield.fields import hashgrid_triton
+            _triton = hashgrid_triton
+        except Exception as exc:  # not installed, or a broken install
+            _triton_failed = True
+            warnings.warn(f"hash grid: no Triton kernels ({type(exc).__name__}: {exc}); the PyTorch "
+                          "reference runs on this GPU", RuntimeWarning, stacklevel=3)
+    return _triton
+
+
 def _kernel_applies(x: Tensor, tables: Sequence[Tensor]) -> bool:
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return False
@@ -391,6 +418,9 @@ class HashGrid(WindowedBands, nn.Module):
         tables = list(self.tables)
         if self.config.use_kernel and _kernel_applies(x, tables):
             out = hash_grid_kernel(x, tables, self.resolutions)
+        elif self.config.use_kernel and x.is_cuda and (triton_path := triton_kernels()) is not None \
+                and triton_path.applies(x, tables):
+            out = triton_path.hash_grid_triton(x, tables, self.resolutions)
         else:
             out = hash_grid_reference(x, tables, self.resolutions)
         weights = self.band_weights(out, self.config.features_per_level)
