@@ -45,8 +45,11 @@ def _corner_rows(i0x, i0y, i0z, res, rows, c: tl.constexpr, DENSE: tl.constexpr)
 
 
 @triton.jit
-def _cell(x_ptr, offs, mask, res):
-    """Per point: the cell's lower corner and the fraction inside it, per axis."""
+def _block(x_ptr, n, res, BLOCK: tl.constexpr):
+    """This program's points ``offs`` (and ``mask``, those below ``n``): per axis, the cell's lower
+    corner ``i0`` and the fraction ``t`` inside it."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
     xs = tl.minimum(tl.maximum(tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0), 0.0), 1.0)
     ys = tl.minimum(tl.maximum(tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0), 0.0), 1.0)
     zs = tl.minimum(tl.maximum(tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0), 0.0), 1.0)
@@ -54,7 +57,7 @@ def _cell(x_ptr, offs, mask, res):
     fx = tl.minimum(tl.floor(px), res - 1.0)
     fy = tl.minimum(tl.floor(py), res - 1.0)
     fz = tl.minimum(tl.floor(pz), res - 1.0)
-    return fx.to(tl.int32), fy.to(tl.int32), fz.to(tl.int32), px - fx, py - fy, pz - fz
+    return offs, mask, fx.to(tl.int32), fy.to(tl.int32), fz.to(tl.int32), px - fx, py - fy, pz - fz
 
 
 @triton.jit
@@ -68,10 +71,8 @@ def _weight(tx, ty, tz, c: tl.constexpr):
 @triton.jit
 def _forward_level(x_ptr, table_ptr, out_ptr, n, res, rows, out_cols, col,
                    DENSE: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    offs, mask, i0x, i0y, i0z, tx, ty, tz = _block(x_ptr, n, res, BLOCK)
     feats = tl.arange(0, F)
-    i0x, i0y, i0z, tx, ty, tz = _cell(x_ptr, offs, mask, res)
     acc = tl.zeros((BLOCK, F), dtype=tl.float32)
     for c in tl.static_range(8):
         row = _corner_rows(i0x, i0y, i0z, res, rows, c, DENSE)
@@ -83,10 +84,8 @@ def _forward_level(x_ptr, table_ptr, out_ptr, n, res, rows, out_cols, col,
 @triton.jit
 def _backward_table_level(x_ptr, grad_out_ptr, grad_table_ptr, n, res, rows, out_cols, col,
                           DENSE: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    offs, mask, i0x, i0y, i0z, tx, ty, tz = _block(x_ptr, n, res, BLOCK)
     feats = tl.arange(0, F)
-    i0x, i0y, i0z, tx, ty, tz = _cell(x_ptr, offs, mask, res)
     g = tl.load(grad_out_ptr + offs[:, None] * out_cols + col + feats[None, :], mask=mask[:, None], other=0.0)
     for c in tl.static_range(8):
         row = _corner_rows(i0x, i0y, i0z, res, rows, c, DENSE)
@@ -97,10 +96,8 @@ def _backward_table_level(x_ptr, grad_out_ptr, grad_table_ptr, n, res, rows, out
 @triton.jit
 def _backward_input_level(x_ptr, table_ptr, grad_out_ptr, grad_x_ptr, n, res, rows, out_cols, col,
                           DENSE: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    offs, mask, i0x, i0y, i0z, tx, ty, tz = _block(x_ptr, n, res, BLOCK)
     feats = tl.arange(0, F)
-    i0x, i0y, i0z, tx, ty, tz = _cell(x_ptr, offs, mask, res)
     g = tl.load(grad_out_ptr + offs[:, None] * out_cols + col + feats[None, :], mask=mask[:, None], other=0.0)
     gx = tl.zeros((BLOCK,), dtype=tl.float32)
     gy = tl.zeros((BLOCK,), dtype=tl.float32)
