@@ -1,12 +1,15 @@
 """Baseline vs hard sample mining at equal wall-clock budgets (issue: HSM benchmark).
 
     python bench/hsm_tabletop.py --budgets 300 1200 [--data ../shared/data/tabletop]
+        [--modes baseline hsm hsm-rising hsm-unbiased hsm-early hsm-2x]
 
 Each (mode, budget) trains in its own process (so peak memory is per run), records validation
 PSNR against training time (2 val images, every --eval-every seconds; validation time is not
-counted as training time), the median step time and its split, the peak resident memory, then
-scores the full test split. Writes bench/out/hsm_<budget>.json, a PSNR-vs-time PNG per budget,
-and prints a markdown table for bench/RESULTS.md.
+counted as training time), the median step time and its split, the peak resident memory, the
+peak of the training step's own allocations (:func:`step_peak_mb`), then scores the test split.
+Writes bench/out/hsm_<scene>_<budget>.json, a PSNR-vs-time PNG per budget, and prints a markdown
+table for bench/RESULTS.md. Modes: ``baseline``, ``hsm`` (the paper's step) and the variants of
+:data:`MODES` (radfield.config.HSMConfig).
 """
 
 from __future__ import annotations
@@ -20,9 +23,49 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
-TEST_EVERY = 3  # score every 3rd test image (10 of tabletop's 30): a full render is ~10 s on 2 cores
+TEST_EVERY = 3  # score every 3rd test image (10 of tabletop's 30)
+HSM = {"train.hsm.enabled": True}
+MODES = {
+    "baseline": {},
+    "hsm": HSM,
+    "hsm-rising": {**HSM, "train.hsm.final_min_fraction": 0.5},    # kept fraction rises to 0.5
+    "hsm-unbiased": {**HSM, "train.hsm.importance_weights": True},  # g / min(1, b p)
+    "hsm-early": {**HSM, "train.hsm.early_stop": True},             # early termination kept
+    "hsm-2x": {**HSM, "train.hsm.first_pass_samples": 2.0},         # twice the first-pass samples
+}
+PROBE_STEPS = 3
+
+
+def step_peak_mb(trainer, n_steps: int = PROBE_STEPS) -> float:
+    """The peak of the training step's own allocations (MB): the running sum of the allocation
+    and free events torch's profiler records during a step, maximised over ``n_steps`` steps
+    (on a GPU, ``torch.cuda.max_memory_allocated`` minus the memory at the step's start)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    peaks = []
+    for _ in range(n_steps):
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+            start = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            trainer.train_step()
+            torch.cuda.synchronize()
+            peaks.append((torch.cuda.max_memory_allocated() - start) / 2 ** 20)
+            continue
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            trainer.train_step()
+        events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                        key=lambda e: e.start_ns())
+        level = peak = 0
+        for e in events:
+            level += e.nbytes()
+            peak = max(peak, level)
+        peaks.append(peak / 2 ** 20)
+    return max(peaks)
 
 
 def run_one(mode: str, budget: float, data: str, eval_every: float) -> dict:
@@ -35,7 +78,7 @@ def run_one(mode: str, budget: float, data: str, eval_every: float) -> dict:
     config.train.max_time = budget
     config.train.max_steps = 10 ** 9
     config.train.eval_every = eval_every
-    config.train.hsm.enabled = mode == "hsm"
+    config = apply_overrides(config, MODES[mode])
     run_dir = OUT / f"run_{mode}_{int(budget)}"
     if run_dir.exists():
         import shutil
@@ -50,6 +93,7 @@ def run_one(mode: str, budget: float, data: str, eval_every: float) -> dict:
     history = trainer.train(on_step=on_step)
     wall = time.time() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step_mb = step_peak_mb(trainer)  # after the run (a few more steps; the checkpoint is written)
     metrics = evaluate_run(run_dir, "test", save_renders=False, progress=False, every=TEST_EVERY)
     med = lambda key: statistics.median(s[key] for s in steps if key in s)  # noqa: E731
     split_keys = sorted({k for s in steps for k in s} - {"t", "n", "b"})
@@ -58,7 +102,7 @@ def run_one(mode: str, budget: float, data: str, eval_every: float) -> dict:
         "median_step_s": med("t"), "median_samples": med("n"),
         "median_kept_fraction": statistics.median(s["b"] / max(s["n"], 1) for s in steps),
         "step_split_s": {k: med(k) for k in split_keys},
-        "peak_rss_mb": peak_mb, "history": history,
+        "peak_rss_mb": peak_mb, "step_peak_mb": step_mb, "history": history,
         "test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"], "test_n": metrics["n_images"],
     }
 
@@ -80,6 +124,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tabletop"))
     ap.add_argument("--budgets", type=float, nargs="+", default=[300.0, 1200.0])
+    ap.add_argument("--modes", nargs="+", default=["baseline", "hsm"], choices=list(MODES),
+                    help="baseline first: the others are compared with it")
     ap.add_argument("--eval-every", type=float, default=None, help="default: budget / 10")
     ap.add_argument("--one", nargs=2, metavar=("MODE", "BUDGET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -90,42 +136,51 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     from radfield.evaluation.plots import plot_curves
 
+    scene = Path(args.data).name
     rows = []
     for budget in args.budgets:
         res = {}
-        for mode in ("baseline", "hsm"):
+        for mode in args.modes:
             cmd = [sys.executable, __file__, "--one", mode, str(budget), "--data", args.data]
             if args.eval_every:
                 cmd += ["--eval-every", str(args.eval_every)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
             res[mode] = json.loads(out.strip().splitlines()[-1])
             print(f"{mode} {budget:.0f}s: test PSNR {res[mode]['test_psnr']:.2f}", flush=True)
-        b, h = res["baseline"], res["hsm"]
+        base = args.modes[0]
+        b = res[base]
         final_val = [x["psnr"] for x in b["history"] if "psnr" in x][-1]
         t_base = time_to_reach(b["history"], final_val)
-        t_hsm = time_to_reach(h["history"], final_val)
-        res["summary"] = {"baseline_final_val_psnr": final_val, "baseline_time_to_final": t_base,
-                          "hsm_time_to_baseline_final": t_hsm,
-                          "time_ratio": None if t_hsm is None or not t_base else t_hsm / t_base}
-        (OUT / f"hsm_{int(budget)}.json").write_text(json.dumps(res, indent=1))
+        res["summary"] = {"reference": base, "reference_final_val_psnr": final_val,
+                          "reference_time_to_final": t_base, "modes": {}}
+        for mode in args.modes[1:]:
+            t = time_to_reach(res[mode]["history"], final_val)
+            res["summary"]["modes"][mode] = {
+                "time_to_reference_final": t, "time_ratio": None if t is None or not t_base else t / t_base,
+                "test_psnr_gain": res[mode]["test_psnr"] - b["test_psnr"],
+                "step_peak_ratio": res[mode]["step_peak_mb"] / b["step_peak_mb"]}
+        (OUT / f"hsm_{scene}_{int(budget)}.json").write_text(json.dumps(res, indent=1))
         plot_curves({m: [(x["time_s"], x["psnr"]) for x in res[m]["history"] if "psnr" in x]
-                     for m in ("baseline", "hsm")}, OUT / f"hsm_{int(budget)}.png",
-                    title=f"tabletop, {budget / 60:.0f} min budget: validation PSNR vs training time")
+                     for m in args.modes}, OUT / f"hsm_{scene}_{int(budget)}.png",
+                    title=f"{scene}, {budget / 60:.0f} min budget: validation PSNR vs training time")
         rows.append((budget, res))
-    print("\n| budget | mode | steps | median step (s) | samples/step | kept b/B | peak RSS (MB) | test PSNR | test SSIM |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| budget | mode | steps | median step (s) | samples/step | kept b/B | peak RSS (MB) | step peak (MB) "
+          "| test PSNR | test SSIM |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for budget, res in rows:
-        for m in ("baseline", "hsm"):
+        for m in args.modes:
             r = res[m]
             print(f"| {budget / 60:.0f} min | {m} | {r['steps']} | {r['median_step_s']:.3f} | "
                   f"{r['median_samples']:.0f} | {r['median_kept_fraction']:.2f} | {r['peak_rss_mb']:.0f} | "
-                  f"{r['test_psnr']:.2f} | {r['test_ssim']:.4f} |")
+                  f"{r['step_peak_mb']:.0f} | {r['test_psnr']:.2f} | {r['test_ssim']:.4f} |")
     for budget, res in rows:
         s = res["summary"]
-        print(f"\n{budget / 60:.0f} min: baseline final val PSNR {s['baseline_final_val_psnr']:.2f} dB; "
-              f"HSM reaches it at {s['hsm_time_to_baseline_final']} s "
-              f"(baseline {s['baseline_time_to_final']} s, ratio {s['time_ratio']})")
-        for m in ("baseline", "hsm"):
+        print(f"\n{budget / 60:.0f} min: {s['reference']} final val PSNR {s['reference_final_val_psnr']:.2f} dB "
+              f"at {s['reference_time_to_final']} s")
+        for m, v in s["modes"].items():
+            print(f"  {m}: reaches it at {v['time_to_reference_final']} s (ratio {v['time_ratio']}), "
+                  f"test {v['test_psnr_gain']:+.2f} dB, step peak {v['step_peak_ratio']:.2f}x")
+        for m in args.modes:
             print(f"  {m} step split (median s): {json.dumps({k: round(v, 4) for k, v in res[m]['step_split_s'].items()})}")
 
 

@@ -76,6 +76,19 @@ class HSMConfig:
     """Upper clamp of the kept fraction b / B."""
     ema: float = 0.99
     """``tau <- ema * tau + (1 - ema) * tau_now`` whenever ``tau_now > 1``."""
+    final_min_fraction: float | None = None
+    """Variant: the lower clamp rises linearly over the run from ``min_fraction`` to this (the
+    kept fraction no longer falls as the field converges); None = a fixed ``min_fraction``."""
+    importance_weights: bool = False
+    """Variant: scale each kept sample's injected gradient by ``1 / min(1, b p_i)`` (the inverse
+    of its inclusion probability, Horvitz-Thompson), an unbiased estimate of the full gradient
+    instead of the paper's mining."""
+    early_stop: bool = False
+    """Variant: keep early ray termination (the model's ``optim.early_stop``) in the first pass,
+    which the paper's step drops."""
+    first_pass_samples: float = 1.0
+    """Variant: the adaptive ray count aims the first pass at this times ``optim.target_samples``
+    samples (more rays per step for the same back-propagated work)."""
 
 
 @dataclass

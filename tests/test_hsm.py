@@ -7,6 +7,7 @@ import torch
 
 from radfield.cameras import Rays
 from radfield.config import HSMConfig
+from radfield.errors import RadfieldError
 from radfield.config import RunConfig, apply_overrides
 from radfield.models import SceneInfo
 from radfield.models.ngp import NGPModel
@@ -167,6 +168,44 @@ def test_dynamic_b_matches_hand_computation():
     assert miner2.n_keep(1000) == 250
 
 
+def test_importance_weights_divide_each_kept_gradient_by_its_inclusion_probability():
+    """The variant injects ``g_i / min(1, b p_i)`` on the same drawn rows: the per-sample field's
+    gradient rows are the plain step's divided by that factor."""
+    batch = random_batch(n_rays=64, per_ray=16)
+    n = len(batch.samples)
+    rows = {}
+    for weighted in (False, True):
+        model = PerSampleModel(n)
+        miner = HardSampleMiner(HSMConfig(enabled=True, importance_weights=weighted))
+        miner.tau = 4.0
+        result = miner.step(model, batch, OBJECTIVE, generator=torch.Generator().manual_seed(0))
+        rows[weighted] = model.field.weight.grad
+    b = result.n_backward
+    p = result.hardness / result.hardness.sum()
+    kept = rows[False].abs().sum(-1) > 0
+    assert torch.equal(kept, rows[True].abs().sum(-1) > 0) and int(kept.sum()) == b
+    factor = (b * p[kept]).clamp(max=1.0)
+    assert (factor < 1).any() and (factor == 1).any()  # both kinds of rows occur
+    torch.testing.assert_close(rows[True][kept], rows[False][kept] / factor[:, None], rtol=1e-5, atol=1e-9)
+
+
+def test_rising_min_fraction_follows_the_run():
+    """0.05 -> 0.5 over the run: at progress 0.4 the clamp is 0.05 + 0.4 * 0.45 = 0.23, so with
+    tau = 100 (B / tau = 1 % of B) 230 of 1000 samples are kept; at the end 500."""
+    miner = HardSampleMiner(HSMConfig(min_fraction=0.05, max_fraction=0.5, final_min_fraction=0.5))
+    miner.tau = 100.0
+    assert miner.n_keep(1000) == 50
+    miner.progress = 0.4
+    assert miner.min_fraction() == pytest.approx(0.23) and miner.n_keep(1000) == 230
+    miner.progress = 1.0
+    assert miner.n_keep(1000) == 500
+    above = HardSampleMiner(HSMConfig(max_fraction=0.5, final_min_fraction=0.8))
+    above.progress, above.tau = 1.0, 100.0
+    assert above.n_keep(1000) == 800  # the lower clamp wins over a smaller upper one
+    with pytest.raises(RadfieldError, match="final_min_fraction"):
+        HardSampleMiner(HSMConfig(final_min_fraction=1.5))
+
+
 def raw_gradient(model, batch: StepBatch, objective) -> torch.Tensor:
     """``g = d loss / d raw`` of ``objective`` at the model's no-grad outputs: what HSM injects."""
     x, d = batch.samples.positions(batch.rays), batch.samples.directions(batch.rays)
@@ -186,3 +225,27 @@ def test_injected_gradient_includes_the_distortion_loss():
         out.weights, b.samples.t_starts, b.samples.t_ends, b.samples.ray_indices, b.samples.n_rays))
     assert g_dist.abs().max() > 1e-6
     torch.testing.assert_close(g_both, g_photo + g_dist, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("early_stop, first_pass", [(False, 1.0), (True, 2.0)])
+def test_trainer_variants_reach_sampling_and_the_ray_count(tmp_path, early_stop, first_pass):
+    """``train.hsm.early_stop`` reaches the sampler (the paper's step samples without early
+    termination); ``first_pass_samples`` scales the adaptive ray count's target: the next step
+    has ``target * factor / samples per ray`` rays."""
+    from conftest import make_config
+    from radfield.data.synthetic import make_scene
+    from radfield.training.trainer import Trainer
+
+    scene = make_scene(tmp_path / "scene", n_train=4, n_val=1, n_test=1, size=16)
+    config = make_config(scene, "ngp-small", {"train.hsm.enabled": True, "train.hsm.early_stop": early_stop,
+                                              "train.hsm.first_pass_samples": first_pass}, steps=1)
+    trainer = Trainer(config, tmp_path / "run", device="cpu", progress=False, log_tensorboard=False)
+    seen = []
+    sample = trainer.model.sample
+    trainer.model.sample = lambda *a, **kw: seen.append(kw["early_stop"]) or sample(*a, **kw)
+    n_rays = trainer.state.n_rays
+    result = trainer.train_step()
+    assert seen == [early_stop]
+    per_ray = result.n_samples / n_rays
+    expect = int(min(max(config.ngp.optim.target_samples * first_pass / per_ray, 64), config.train.max_rays))
+    assert trainer.state.n_rays == expect

@@ -30,6 +30,7 @@ from radfield.config import HSMConfig
 from radfield.losses.depth import DepthLoss
 from radfield.losses.interlevel import interlevel_loss
 from radfield.losses.regularisers import distortion
+from radfield.errors import RadfieldError
 from radfield.rendering.pipeline import render_samples
 from radfield.rendering.volume import RenderOutput
 from radfield.samplers.samples import Samples
@@ -171,14 +172,26 @@ class HardSampleMiner:
     5. draw ``b`` indices from ``p`` without replacement; forward them with the graph and
        back-propagate the injected gradient ``g[idx]`` (no 1 / (b p_i) re-weighting).
 
+    Variants (:class:`radfield.config.HSMConfig`, all off by default): ``final_min_fraction``
+    raises the lower clamp over the run (``progress``, set by the trainer before each step);
+    ``importance_weights`` injects ``g[idx] / min(1, b p[idx])`` instead.
+
     Example (step 4): ``B = 4``, ``p = (0.7, 0.1, 0.1, 0.1)``: ``sum p^2 = 0.52``,
     ``tau_now = sqrt(2.08) = 1.442``; from ``tau = 1`` with ``ema = 0.99``:
     ``tau = 1.00442``, ``b = int(clamp(3.98, 0.2, 2.0)) = 2``.
     """
 
     def __init__(self, config: HSMConfig):
+        for name in ("min_fraction", "max_fraction", "final_min_fraction"):
+            value = getattr(config, name)
+            if value is not None and not 0 < value <= 1:
+                raise RadfieldError(f"train.hsm.{name}={value}: use a fraction in (0, 1]")
+        if not config.first_pass_samples > 0:
+            raise RadfieldError(f"train.hsm.first_pass_samples={config.first_pass_samples}: use a positive factor")
         self.config = config
         self.tau = 1.0
+        self.progress = 0.0
+        """The fraction of the run done (``final_min_fraction``'s clock)."""
 
     def update_tau(self, p: Tensor) -> float:
         tau_now = math.sqrt(p.numel() * float((p.double() ** 2).sum()))
@@ -186,8 +199,18 @@ class HardSampleMiner:
             self.tau = self.config.ema * self.tau + (1.0 - self.config.ema) * tau_now
         return tau_now
 
+    def min_fraction(self) -> float:
+        """The lower clamp now: ``min_fraction``, or with ``final_min_fraction`` the linear ramp
+        between the two at ``progress``. Example: 0.05 -> 0.5 at progress 0.4: 0.23."""
+        cfg = self.config
+        if cfg.final_min_fraction is None:
+            return cfg.min_fraction
+        t = min(max(self.progress, 0.0), 1.0)
+        return cfg.min_fraction + t * (cfg.final_min_fraction - cfg.min_fraction)
+
     def n_keep(self, n_samples: int) -> int:
-        lo, hi = self.config.min_fraction * n_samples, self.config.max_fraction * n_samples
+        lo = self.min_fraction() * n_samples
+        hi = max(self.config.max_fraction * n_samples, lo)
         return int(min(max(n_samples / self.tau, lo), hi))
 
     def step(self, model, batch: StepBatch, objective: Objective,
@@ -227,7 +250,10 @@ class HardSampleMiner:
         if idx.numel():
             with autocast():
                 raw_b = field_.raw(*(x[idx] for x in inputs))
-            surrogate = (raw_b.float() * g[idx]).sum()  # d surrogate / d raw_b = g[idx]
+            g_b = g[idx]
+            if self.config.importance_weights:
+                g_b = g_b / (len(idx) * p[idx]).clamp(max=1.0)[:, None]
+            surrogate = (raw_b.float() * g_b).sum()  # d surrogate / d raw_b = g_b
             t3 = time.perf_counter()
             scale(surrogate).backward()
         else:

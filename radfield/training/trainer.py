@@ -495,7 +495,7 @@ class Trainer:
             target = colour[:, :3] * colour[:, 3:] + bg.detach() * (1 - colour[:, 3:])
         else:
             target = colour
-        early = self.config.optim.early_stop and self.miner is None
+        early = self.config.optim.early_stop and (self.miner is None or cfg.hsm.early_stop)
         widen = 0.0 if self.poses is None else self.config.train.pose_opt.widen * self.model.scene.size
         with self.model.widened_sampling(widen) if widen > 0 else nullcontext():
             samples = self.model.sample(plain, training=True, generator=self.generator, early_stop=early)
@@ -543,6 +543,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if self.amp else nullcontext
         if self.miner is not None:
+            self.miner.progress = self.run_progress()
             result = self.miner.step(self.model, batch, self.objective, self.generator,
                                      self.scaler.scale, autocast)
         else:
@@ -557,6 +558,8 @@ class Trainer:
         # Adaptive ray count: aim the next step at the model's target_samples samples (per rank).
         per_ray = max(result.n_samples, 1) / (batch.samples.n_rays * self.world.size)
         target = self.config.optim.target_samples
+        if self.miner is not None:
+            target *= self.config.train.hsm.first_pass_samples
         self.state.n_rays = int(min(max(target / per_ray, 64), self.config.train.max_rays))
         return result
 
