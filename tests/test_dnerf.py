@@ -121,7 +121,7 @@ def test_coarse_to_fine_deformation_opens_its_levels_over_the_window():
     with torch.no_grad():
         windowed = f.raw(x, d, t)
         u = (x - f.aabb[:3]) / (f.aabb[3:] - f.aabb[:3])
-        f.deform_grid.set_window(None)
+        f.deform_grid.set_window(None, "deformation")
         feats = f.deform_grid(u).reshape(300, 8, -1) * expected[None, :, None]  # level-major columns
         te = f.time_encoding(t[:, None])
         by_hand = f.canonical.raw(x + f.deform_mlp(torch.cat([feats.reshape(300, -1), te], -1)), d)
@@ -136,12 +136,18 @@ def test_coarse_to_fine_deformation_opens_its_levels_over_the_window():
     model.set_coarse_to_fine(0.9)
     torch.testing.assert_close(f.deform_grid.window, expected)
     assert f.canonical.grid.window is not None
+    # a narrower pose window applies, and withdrawing it brings the deformation's back
+    model.set_coarse_to_fine(0.0)
+    torch.testing.assert_close(f.deform_grid.window, torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0]))
+    model.set_coarse_to_fine(None)
+    torch.testing.assert_close(f.deform_grid.window, expected)
+    assert f.canonical.grid.window is None
 
 
 def test_coarse_to_fine_window_must_lie_in_the_run(tmp_path):
     scene = make_scene(tmp_path / "dyn", n_train=2, n_val=0, n_test=0, size=8, motion=(0.0, 0.0, -0.8))
     config = make_config(scene, "dnerf", {"dnerf.coarse_to_fine": (0.5, 0.2)}, steps=1)
-    with pytest.raises(RadfieldError, match="dnerf.coarse_to_fine: need 0 <= start <= end <= 1"):
+    with pytest.raises(RadfieldError, match=r"dnerf.coarse_to_fine: need \[start, end\] with 0 <= start <= end <= 1"):
         Trainer(config, tmp_path / "run", progress=False, log_tensorboard=False)
 
 

@@ -695,3 +695,13 @@ def test_cli_localize_bad_input_is_one_line(scene, short_run, tmp_path, capsys):
         assert rc == 2 and out == "", (argv, out)
         assert err.startswith("radfield: error: ")
         assert_one_line_naming(err.strip()[len("radfield: error: "):], named)
+
+
+@pytest.mark.parametrize("window", [(0.6, 0.2), (-0.1, 0.5), (0.2, 1.5), (0.5,)])
+def test_pose_window_must_lie_in_the_run(window):
+    from radfield.config import PoseOptConfig
+    from radfield.errors import RadfieldError
+    from radfield.training.pose_refinement import PoseRefinement
+
+    with pytest.raises(RadfieldError, match=r"train.pose_opt.coarse_to_fine: need \[start, end\]"):
+        PoseRefinement(PoseOptConfig(enabled=True, coarse_to_fine=window), 2, 1.0, torch.device("cpu"))

@@ -284,9 +284,9 @@ class HashGridEncoding(WindowedBands, nn.Module):
         _check_input(x, 3, "HashGridEncoding")
         return self.grid(self.normalise(x))
 
-    def set_window(self, alpha: float | None) -> None:
+    def set_window(self, alpha: float | None, source: str = "pose") -> None:
         """Coarse-to-fine weights on the grid's levels (:class:`HashGrid` applies them)."""
-        self.grid.set_window(alpha)
+        self.grid.set_window(alpha, source)
 
 
 @dataclass

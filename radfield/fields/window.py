@@ -23,7 +23,23 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["window_alpha", "window_weights"]
+from radfield.errors import RadfieldError
+
+__all__ = ["check_window", "window_alpha", "window_weights"]
+
+
+def check_window(option: str, coarse_to_fine) -> None:
+    """A one-line error unless ``coarse_to_fine`` is None or ``(start, end)`` with
+    ``0 <= start <= end <= 1`` (fractions of the run); ``option`` names the setting."""
+    if coarse_to_fine is None:
+        return
+    try:
+        start, end = coarse_to_fine
+        ok = 0 <= start <= end <= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise RadfieldError(f"{option}: need [start, end] with 0 <= start <= end <= 1, got {coarse_to_fine!r}")
 
 
 def window_alpha(progress: float, coarse_to_fine: tuple[float, float] | None) -> float | None:
@@ -49,17 +65,24 @@ def window_weights(alpha: float, n: int, keep_first: bool = False) -> Tensor:
 
 
 class WindowedBands:
-    """Mixin of the encodings that take the window: ``set_window(alpha)`` stores the weights of
-    their ``n_bands`` bands in ``self.window`` (a non-persistent buffer the encoding registers as
-    None: checkpoints do not change), which their ``forward`` applies; None or ``alpha >= 1``
-    removes it (the encoding exactly as without a window). ``keep_first``: hash-grid levels."""
+    """Mixin of the encodings that take the window: ``set_window(alpha, source)`` stores the
+    weights of their ``n_bands`` bands in ``self.window`` (a non-persistent buffer the encoding
+    registers as None: checkpoints do not change), which their ``forward`` applies. Several
+    schedules may window one encoding (pose refinement, D-NeRF's coarse-to-fine deformation):
+    each sets its own ``alpha`` under its ``source`` name and the narrowest open one applies;
+    None or ``alpha >= 1`` withdraws a source's window, and with none left the encoding is exactly
+    as without a window. ``keep_first``: hash-grid levels."""
 
     n_bands: int
     keep_first: bool = False
 
-    def set_window(self, alpha: float | None) -> None:
-        self.window = None if alpha is None or alpha >= 1 else window_weights(alpha, self.n_bands,
-                                                                              self.keep_first)
+    def set_window(self, alpha: float | None, source: str = "pose") -> None:
+        alphas = self.__dict__.setdefault("_window_alphas", {})
+        if alpha is None or alpha >= 1:
+            alphas.pop(source, None)
+        else:
+            alphas[source] = alpha
+        self.window = window_weights(min(alphas.values()), self.n_bands, self.keep_first) if alphas else None
 
     def band_weights(self, like: Tensor, repeat: int) -> Tensor | None:
         """The weights of the window, each repeated ``repeat`` times (the columns of one band),

@@ -194,10 +194,11 @@ class Model(nn.Module):
     def set_coarse_to_fine(self, alpha: float | None) -> int:
         """Open the fraction ``alpha`` in [0, 1] of the bands of every encoding of
         :meth:`position_encodings` (None or 1: all, the model as without a window); returns how
-        many encodings took it."""
+        many encodings took it. A narrower window the model sets itself (its ``schedule``) still
+        applies (:class:`~radfield.fields.window.WindowedBands`)."""
         encodings = self.position_encodings()
         for encoding in encodings:
-            encoding.set_window(alpha)
+            encoding.set_window(alpha, "pose")
         return len(encodings)
 
     def appearance_codes(self) -> Tensor | None:

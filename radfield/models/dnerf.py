@@ -15,7 +15,7 @@ from radfield.cameras import Rays
 from radfield.config import RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.dnerf import DNeRFField
-from radfield.fields.window import WindowedBands, window_alpha
+from radfield.fields.window import WindowedBands, check_window, window_alpha
 from radfield.models.base import SceneInfo
 from radfield.models.ngp import NGPModel
 from radfield.samplers.samples import Samples
@@ -35,16 +35,13 @@ class DNeRFModel(NGPModel):
         if scene.time_range is None:
             raise RadfieldError(f"{config.data.path}: --model dnerf needs frames with a 'time' "
                                 "(the D-NeRF format)")
-        window = config.dnerf.coarse_to_fine
-        if window is not None and not 0 <= window[0] <= window[1] <= 1:
-            raise RadfieldError(f"dnerf.coarse_to_fine: need 0 <= start <= end <= 1, got {list(window)}")
+        check_window("dnerf.coarse_to_fine", config.dnerf.coarse_to_fine)
         super().configure(config, scene)
 
     def __init__(self, config: RunConfig, scene: SceneInfo):
         super().__init__(config, scene)
         self.coarse_to_fine = config.dnerf.coarse_to_fine
         self.coarse_to_fine_canonical = config.dnerf.coarse_to_fine_canonical
-        self._window: float | None = None
 
     def make_field(self, config) -> DNeRFField:
         return DNeRFField(self.aabb, config, self.scene.time_range or (0.0, 1.0))
@@ -75,21 +72,12 @@ class DNeRFModel(NGPModel):
         return encodings if self.coarse_to_fine_canonical else encodings[1:]
 
     def schedule(self, progress: float) -> None:
-        """Nerfies' coarse-to-fine deformation (``dnerf.coarse_to_fine``)."""
-        self._window = window_alpha(progress, self.coarse_to_fine)
-        if self._window is not None:
+        """Nerfies' coarse-to-fine deformation (``dnerf.coarse_to_fine``); a pose-refinement
+        window on the same encodings applies too, the narrower of the two winning."""
+        alpha = window_alpha(progress, self.coarse_to_fine)
+        if alpha is not None:
             for encoding in self.deformation_encodings():
-                encoding.set_window(self._window)
-
-    def set_coarse_to_fine(self, alpha: float | None) -> int:
-        """The pose-refinement window on every position encoding; where D-NeRF's own window
-        (:meth:`schedule`) is narrower, it stays."""
-        n = super().set_coarse_to_fine(alpha)
-        own = self._window
-        if own is not None and (alpha is None or own < alpha):
-            for encoding in self.deformation_encodings():
-                encoding.set_window(own)
-        return n
+                encoding.set_window(alpha, "deformation")
 
     def occlusion_density(self, rays: Rays):
         times = ray_times(rays)

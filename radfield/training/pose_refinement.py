@@ -30,7 +30,7 @@ from radfield.cameras import Cameras
 from radfield.config import PoseOptConfig
 from radfield.data import SceneData
 from radfield.errors import RadfieldError
-from radfield.fields.window import window_alpha
+from radfield.fields.window import check_window, window_alpha
 from radfield.io import atomic_write
 from radfield.lens import COEFFICIENTS
 from radfield.poses.corrections import PoseCorrections, to_world
@@ -43,11 +43,7 @@ class PoseRefinement:
     """The corrections of ``n_images`` training images, their optimiser and schedule."""
 
     def __init__(self, config: PoseOptConfig, n_images: int, size: float, device: torch.device):
-        if config.coarse_to_fine is not None:
-            start, end = config.coarse_to_fine
-            if not 0 <= start <= end <= 1:
-                raise RadfieldError(f"train.pose_opt.coarse_to_fine: need 0 <= start <= end <= 1, "
-                                    f"got {list(config.coarse_to_fine)}")
+        check_window("train.pose_opt.coarse_to_fine", config.coarse_to_fine)
         if not (config.lr > 0 and config.lr_final > 0):
             raise RadfieldError(f"train.pose_opt.lr and lr_final must be positive, got {config.lr} "
                                 f"and {config.lr_final}")
