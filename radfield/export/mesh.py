@@ -113,15 +113,18 @@ def surface_colours(model, vertices: Tensor, normals: Tensor, eps: float, chunk:
     return torch.cat(out) if out else torch.zeros(0, 3)
 
 
-def density_normals(density_fn, x: Tensor, eps: float) -> Tensor:
-    """Outward unit normals ``-grad density / |grad density|`` by central differences."""
-    grads = []
-    for axis in range(3):
-        e = torch.zeros(3, device=x.device)
-        e[axis] = eps
-        grads.append(density_fn(x + e) - density_fn(x - e))
-    g = torch.stack(grads, dim=-1)
-    return -torch.nn.functional.normalize(g, dim=-1)
+def density_normals(density_fn, x: Tensor, eps: float, chunk: int = 1 << 16) -> Tensor:
+    """Outward unit normals ``-grad density / |grad density|`` by central differences, in chunks
+    of ``chunk`` points (a fine mesh has millions of vertices)."""
+    out = []
+    for i in range(0, x.shape[0], chunk):
+        xc, grads = x[i:i + chunk], []
+        for axis in range(3):
+            e = torch.zeros(3, device=x.device)
+            e[axis] = eps
+            grads.append(density_fn(xc + e) - density_fn(xc - e))
+        out.append(-torch.nn.functional.normalize(torch.stack(grads, dim=-1), dim=-1))
+    return torch.cat(out) if out else x.new_zeros(0, 3)
 
 
 def check_out(out: Path, formats: tuple[str, ...]) -> None:
