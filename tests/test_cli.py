@@ -178,18 +178,6 @@ def test_image_renders_terminate_early_in_rounds_with_the_two_pass_pixels(traine
     assert torch.allclose(one.rgb, two.rgb, atol=1e-5)
     assert torch.allclose(one.depth, two.depth, atol=1e-4)
     assert torch.allclose(one.opacity, two.opacity, atol=1e-5)
-    # The occupancy grid's march as units (what render_image takes): segments of steps, marched
-    # only as far as the rays go; the same pixels.
-    march = model.image_samples(rays)
-    marched = []
-    take = march.take
-    march.take = lambda index=None: marched.append(take(index)) or marched[-1]
-    lazy, _ = pipeline.render_samples_in_rounds(model, rays, march, bg, eps=eps)
-    assert sum(len(s) for s in marched) <= len(full)
-    assert eps < 0.01 or sum(len(s) for s in marched) < len(full)
-    assert torch.allclose(lazy.rgb, two.rgb, atol=1e-5)
-    assert torch.allclose(lazy.depth, two.depth, atol=1e-4)
-    assert torch.allclose(lazy.opacity, two.opacity, atol=1e-5)
 
 
 def test_eval_metrics_and_renders(evaluated_run, scene):

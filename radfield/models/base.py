@@ -10,9 +10,6 @@ A model is a field plus the sampler that feeds it, built for one scene:
 * ``sample(rays, training, generator, early_stop) -> Samples``: packed samples of the final
   level; hierarchical samplers put their earlier levels (with graphs, when training) in
   ``samples.levels`` for the training loss;
-* ``image_samples(rays)``: every sample of a no-grad image render, unpruned (default
-  ``sample(rays, False, early_stop=False)``; an occupancy grid hands out segments of steps a few
-  per ray at a time, :func:`radfield.rendering.pipeline.render_samples_in_rounds`);
 * ``field_inputs(rays, samples) -> tuple``: the field's per-sample inputs, ``field.raw(*inputs)``;
 * ``extra_losses(rays, samples, raw) -> dict``: weighted training losses beyond the shared
   objective, from the final level's pre-activation outputs ``raw`` (a per-sample penalty, which
@@ -143,13 +140,6 @@ class Model(nn.Module):
     def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:
         raise NotImplementedError
-
-    def image_samples(self, rays: Rays):
-        """Every sample of a no-grad image render, unpruned: packed :class:`Samples`, or units
-        that hand them out a few per ray at a time
-        (:func:`~radfield.rendering.pipeline.render_samples_in_rounds`). Default: all of
-        ``sample(rays, training=False, early_stop=False)``."""
-        return self.sample(rays, training=False, early_stop=False)
 
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
         """``(positions (n_samples, 3), unit directions (n_samples, 3))``."""

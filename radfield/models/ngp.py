@@ -45,12 +45,6 @@ class NGPModel(Model):
                                      self.grid.config.early_stop_eps)
         return samples
 
-    def image_samples(self, rays: Rays):
-        """The occupancy grid's march, whose fine pass runs a few segments per ray at a time (all
-        at once with the "last sample" background, which needs each ray's last sample)."""
-        march = self.grid.march(rays)
-        return march.take() if self.opaque_last else march
-
     def widened_sampling(self, distance: float):
         """The occupancy grid grown by ``distance`` (:meth:`OccupancyGrid.widened`)."""
         return self.grid.widened(distance)

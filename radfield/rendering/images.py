@@ -44,7 +44,8 @@ def render_rays(model, rays: Rays, background: Tensor | None, chunk: int = 1 << 
     rounds (:func:`~radfield.rendering.pipeline.render_samples_in_rounds`)."""
     rgbs, depths, opacities, normal_maps = [], [], [], []
     for r in rays.chunks(chunk):
-        out, n = render_samples_in_rounds(model, r, model.image_samples(r), ray_background(model, r, background),
+        samples = model.sample(r, training=False, early_stop=False)
+        out, n = render_samples_in_rounds(model, r, samples, ray_background(model, r, background),
                                           normals=normals)
         rgbs.append(out.rgb)
         depths.append(out.depth)

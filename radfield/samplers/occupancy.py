@@ -49,7 +49,7 @@ from radfield.errors import RadfieldError
 from radfield.geometry import ray_aabb_intersect
 from radfield.samplers.samples import Samples
 
-__all__ = ["March", "OccupancyGrid", "OccupancyGridConfig", "Samples", "StepSchedule", "cascade_boxes",
+__all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples", "StepSchedule", "cascade_boxes",
            "resolve_config"]
 
 LARGE_SCENE_CONE_ANGLE = 1 / 256
@@ -193,42 +193,6 @@ class StepSchedule:
         return torch.ceil(s).clamp(min=0).long()
 
 
-@dataclass
-class March:
-    """A march's coarse pass: each ray's segments of ``K`` steps (``coarse_factor``) that may hold
-    occupied steps, in order along the ray. :meth:`take` runs the fine pass on any of them.
-
-    Renders that stop rays early (:func:`radfield.rendering.pipeline.render_samples_in_rounds`)
-    take a few segments per ray at a time (``round_size``), as units: ``counts`` ``(n_rays,)``
-    segments per ray, the ray's segments at ``offsets[r] : offsets[r] + counts[r]``."""
-
-    grid: "OccupancyGrid"
-    o: Tensor
-    d: Tensor
-    steps: StepSchedule
-    t_far: Tensor
-    seg_ray: Tensor
-    seg: Tensor
-    n_rays: int
-    round_size: int = 2
-
-    def __post_init__(self):
-        self.counts = torch.bincount(self.seg_ray, minlength=self.n_rays)
-        self.offsets = torch.cumsum(self.counts, 0) - self.counts
-
-    def take(self, index: Tensor | None = None) -> Samples:
-        """Packed samples of the segments ``index`` (sorted; None: all), in chunks of at most
-        ``max_points_per_chunk`` steps."""
-        seg_ray, seg = (self.seg_ray, self.seg) if index is None else (self.seg_ray[index], self.seg[index])
-        per_chunk = max(1, self.grid.config.max_points_per_chunk // self.grid.coarse_factor)
-        parts = [self.grid._fine(self.o, self.d, self.steps, self.t_far, seg_ray[i:i + per_chunk],
-                                 seg[i:i + per_chunk]) for i in range(0, len(seg), per_chunk)]
-        ray_indices = torch.cat([torch.zeros(0, dtype=torch.long, device=self.o.device), *(p[0] for p in parts)])
-        t_mid, dt = (torch.cat([self.o.new_zeros(0), *(p[i] for p in parts)]) for i in (1, 2))
-        t_starts = t_mid - dt / 2
-        return Samples(t_starts, t_starts + dt, ray_indices, self.n_rays)
-
-
 class OccupancyGrid(nn.Module):
     """Instant-NGP's cascaded occupancy grid and ray marcher (see the module's vocabulary).
 
@@ -349,14 +313,6 @@ class OccupancyGrid(nn.Module):
             Packed :class:`Samples`, each an interval of length ``dt(t_start)`` (``step_size``
             without a cone angle).
         """
-        return self.march(rays, near, jitter_generator, jitter).take()
-
-    @torch.no_grad()
-    def march(self, rays: Rays, near: float = 0.0, jitter_generator: torch.Generator | None = None,
-              jitter: bool = False) -> "March":
-        """The coarse pass of :meth:`sample` (each ray's segments that may hold occupied steps);
-        the fine pass runs when :meth:`March.take` asks for segments' samples (renders that stop
-        rays early never march the rest)."""
         o, d = rays.origins.detach(), rays.directions.detach()
         n_rays, dev = o.shape[0], o.device
         t_near, t_far = ray_aabb_intersect(o, d, self.aabb)
@@ -366,24 +322,26 @@ class OccupancyGrid(nn.Module):
                   else torch.full((n_rays,), 0.5, device=dev))
         steps = StepSchedule.start(t_near, offset, self.step_size, self.max_step, self.config.cone_angle)
         n_steps = int(steps.steps_before(t_far).max().item()) + 1 if n_rays else 0
-        per_chunk = max(1, self.config.max_points_per_chunk // max(n_steps // self.coarse_factor, 1))
-        parts = [self._segments(o[r:r + per_chunk], d[r:r + per_chunk], steps.rows(slice(r, r + per_chunk)),
-                                t_far[r:r + per_chunk], n_steps) for r in range(0, n_rays, per_chunk)]
-        seg_ray = torch.cat([torch.zeros(0, dtype=torch.long, device=dev),
-                             *(p[0] + r for p, r in zip(parts, range(0, n_rays, per_chunk)))])
-        seg = torch.cat([torch.zeros(0, dtype=torch.long, device=dev), *(p[1] for p in parts)])
-        return March(self, o, d, steps, t_far, seg_ray, seg, n_rays)
+        per_chunk = max(1, self.config.max_points_per_chunk // max(n_steps, 1))
+        parts = [self._march(o[r:r + per_chunk], d[r:r + per_chunk], steps.rows(slice(r, r + per_chunk)),
+                             t_far[r:r + per_chunk], n_steps, r) for r in range(0, n_rays, per_chunk)]
+        ray_indices = torch.cat([torch.zeros(0, dtype=torch.long, device=dev), *(p[0] for p in parts)])
+        t_mid, dt = (torch.cat([o.new_zeros(0), *(p[i] for p in parts)]) for i in (1, 2))
+        t_starts = t_mid - dt / 2
+        return Samples(t_starts, t_starts + dt, ray_indices, n_rays)
 
-    def _segments(self, o: Tensor, d: Tensor, steps: StepSchedule, t_far: Tensor,
-                  n_steps: int) -> tuple[Tensor, Tensor]:
-        """Coarse pass over a chunk of rays: ``(ray, segment)`` of the segments kept, sorted.
+    def _march(self, o: Tensor, d: Tensor, steps: StepSchedule, t_far: Tensor, n_steps: int,
+               first_ray: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The kept steps ``j < n_steps`` of a chunk of rays, as ``(ray index + first_ray,
+        midpoint, dt)`` sorted by ray then ``j``.
 
-        Segments of K consecutive steps, tested at the middle ``x_c`` of their first and last
-        midpoints against the grid dilated by one cell (finer cascades OR-ed into coarser ones),
-        in ``x_c``'s cascade and the next coarser one. When the segment's midpoints lie within
-        one cell of ``x_c`` per axis, every one of them lies in a cell adjacent to ``x_c``'s in one
-        of those two cascades, so the pass never drops an occupied step; a segment longer than
-        that (large steps in a fine cascade) is kept for the fine pass."""
+        Coarse pass: segments of K consecutive steps, tested at the middle ``x_c`` of their first
+        and last midpoints against the grid dilated by one cell (finer cascades OR-ed into coarser
+        ones), in ``x_c``'s cascade and the next coarser one. When the segment's midpoints lie
+        within one cell of ``x_c`` per axis, every one of them lies in a cell adjacent to ``x_c``'s
+        in one of those two cascades, so the pass never drops an occupied step; a segment longer
+        than that (large steps in a fine cascade) is kept for the fine pass.
+        Fine pass: the kept segments' steps, tested against the grid itself."""
         k = self.coarse_factor
         first = torch.arange(0, n_steps, k, device=o.device, dtype=o.dtype).expand(o.shape[0], -1)
         mid0, _ = steps.at(first)
@@ -393,19 +351,13 @@ class OccupancyGrid(nn.Module):
         seg_ray = keep.nonzero()[:, 0]
         x_c = o[seg_ray] + t_c[keep][:, None] * d[seg_ray]
         keep[keep.clone()] = self._may_be_occupied(x_c, reach[keep][:, None] * d[seg_ray].abs())
-        return keep.nonzero(as_tuple=True)
-
-    def _fine(self, o: Tensor, d: Tensor, steps: StepSchedule, t_far: Tensor, seg_ray: Tensor,
-              seg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Fine pass: the steps of segments ``(seg_ray, seg)`` that lie before the box exit in
-        occupied cells, as ``(ray index, midpoint, dt)`` sorted by ray then step."""
-        k = self.coarse_factor
+        seg_ray, seg = keep.nonzero(as_tuple=True)
         j = (seg[:, None] * k + torch.arange(k, device=o.device)).to(o.dtype)
         t_mid, dt = steps.rows(seg_ray).at(j)
         fine = t_mid < t_far[seg_ray, None]
         x = o[seg_ray, None, :] + t_mid[..., None] * d[seg_ray, None, :]
         fine &= self.occupied[self.cell_index(x.reshape(-1, 3))].reshape(fine.shape)
-        return seg_ray[:, None].expand_as(fine)[fine], t_mid[fine], dt[fine]
+        return seg_ray[:, None].expand_as(fine)[fine] + first_ray, t_mid[fine], dt[fine]
 
     def _may_be_occupied(self, x: Tensor, reach: Tensor) -> Tensor:
         """``(n,)`` bool: may a point within ``reach`` ``(n, 3)`` of ``x`` ``(n, 3)`` per axis be
