@@ -422,8 +422,10 @@ def test_view_errors(run, tmp_path, capsys):
 
 
 def _lines(stream) -> "queue.Queue[str]":
+    """The stream's lines, read by a thread (``q.reader``, which ends at the end of the stream)."""
     q: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [q.put(line) for line in stream], daemon=True).start()
+    q.reader = threading.Thread(target=lambda: [q.put(line) for line in stream], daemon=True)
+    q.reader.start()
     return q
 
 
@@ -451,17 +453,27 @@ def _serve_and_interrupt(argv: list[str], ready: str) -> tuple[str, str, str]:
     proc = subprocess.Popen([sys.executable, "-m", "radfield", *argv], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        out = _lines(proc.stdout)
+        out, err = _lines(proc.stdout), _lines(proc.stderr)  # both drained: a full pipe blocks the child
         seen: list[str] = []
         url = _wait_line(out, r"radfield viewer: (http://\S+)", 90, seen).group(1)
         _wait_line(out, ready, 90, seen)
         with urllib.request.urlopen(url, timeout=10) as page:  # the viewer's page, from this machine
             assert page.status == 200 and b"<html" in page.read().lower()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = None
+        errors = []
+        if code is not None:
+            out.reader.join(10)
+            err.reader.join(10)
+        while not err.empty():
+            errors.append(err.get())
+        assert code == 0, f"exit code {code} after Ctrl-C; stderr ends: {''.join(errors)[-2000:]}"
         while not out.empty():
             seen.append(out.get())
-        return url, "".join(seen), proc.stderr.read()
+        return url, "".join(seen), "".join(errors)
     finally:
         if proc.poll() is None:
             proc.kill()
