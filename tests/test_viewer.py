@@ -449,9 +449,12 @@ def _serve_and_interrupt(argv: list[str], ready: str) -> tuple[str, str, str]:
     """Run ``python -m radfield ARGV``, wait for its URL and for ``ready``, fetch the page,
     Ctrl-C it; returns (url, stdout, stderr) and checks exit code 0."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}  # SIGABRT dumps every thread's stack
+    # A runner started in the background (`cmd &` in a script) hands its children SIGINT ignored,
+    # and Python then installs no Ctrl-C handler: the child gets the default disposition back.
     proc = subprocess.Popen([sys.executable, "-m", "radfield", *argv], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         out, err = _lines(proc.stdout), _lines(proc.stderr)  # both drained: a full pipe blocks the child
         seen: list[str] = []
@@ -462,15 +465,16 @@ def _serve_and_interrupt(argv: list[str], ready: str) -> tuple[str, str, str]:
         proc.send_signal(signal.SIGINT)
         try:
             code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # where does it hang? the stacks go to stderr
             code = None
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
         errors = []
-        if code is not None:
-            out.reader.join(10)
-            err.reader.join(10)
+        out.reader.join(10)
+        err.reader.join(10)
         while not err.empty():
             errors.append(err.get())
-        assert code == 0, f"exit code {code} after Ctrl-C; stderr ends: {''.join(errors)[-2000:]}"
+        assert code == 0, f"exit code {code} after Ctrl-C; stderr ends: {''.join(errors)[-6000:]}"
         while not out.empty():
             seen.append(out.get())
         return url, "".join(seen), "".join(errors)
