@@ -104,6 +104,7 @@ def render_samples_in_rounds(model, rays: Rays, samples: Samples, background: Te
     opacity = torch.zeros(n_rays, device=device)
     depth = torch.zeros(n_rays, device=device)
     values, normal_sum = None, None
+    last = offsets + counts - 1  # each ray's last sample (the opaque one with opaque_last)
     active = (counts > 0).nonzero()[:, 0]
     steps = torch.arange(round_size, device=device)
     first = 0
@@ -119,7 +120,7 @@ def render_samples_in_rounds(model, rays: Rays, samples: Samples, background: Te
         tau[valid] = (sigma * (part.t_ends - part.t_starts)).clamp(max=1e3)
         alpha = 1.0 - torch.exp(-tau)
         if model.opaque_last:
-            alpha[valid] = torch.where(index == (offsets + counts - 1)[part.ray_indices], 1.0, alpha[valid])
+            alpha[valid] = torch.where(index == last[part.ray_indices], 1.0, alpha[valid])
         t_in = trans[active][:, None] * torch.exp(-(torch.cumsum(tau, 1) - tau))
         w = torch.where(valid & (t_in > eps), t_in * alpha, 0.0)
         w_part = w[valid]
