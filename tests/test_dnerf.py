@@ -17,6 +17,7 @@ from radfield.data import load_scene
 from radfield.data.synthetic import make_scene
 from radfield.errors import RadfieldError
 from radfield.evaluation.evaluate import evaluate_run
+from radfield.fields.hashgrid import HashGrid
 from radfield.losses import l2
 from radfield.models import SceneInfo, build_model
 from radfield.models.dnerf import DNeRFModel
@@ -39,7 +40,8 @@ def small_model(seed: int = 0, backbone: str = "hash", **extra) -> DNeRFModel:
         overrides.update({"dnerf.backbone": "mlp", "dnerf.mlp.width": 32, "dnerf.mlp.depth": 4, "dnerf.mlp.skip": 2})
     model = build_model(apply_overrides(RunConfig(model="dnerf"), overrides), SceneInfo(BOX, 4, True, (0.0, 1.0)))
     if backbone == "hash":
-        for t in [*model.field.canonical.grid.tables, *model.field.deform_grid.tables]:
+        time_grid = [] if model.field.time_grid is None else list(model.field.time_grid.tables)
+        for t in [*model.field.canonical.grid.tables, *model.field.deform_grid.tables, *time_grid]:
             torch.nn.init.uniform_(t, -0.5, 0.5)
         for layer in model.field.deform_mlp:  # a deformation that is not zero
             if isinstance(layer, torch.nn.Linear):
@@ -62,10 +64,35 @@ def test_time_zero_is_the_canonical_field_and_other_times_deform(backbone):
     zero, half = torch.zeros(len(x)), torch.full((len(x),), 0.5)
     with torch.no_grad():
         assert torch.equal(field.deformation(x, zero), torch.zeros_like(x))
-        assert torch.equal(field.raw(x, d, zero), field.canonical.raw(x, d))
+        assert torch.equal(field.raw(x, d, zero), field.canonical_raw(x, d, zero))
         dx = field.deformation(x, half)
         assert dx.abs().max() > 1e-3
-        torch.testing.assert_close(field.raw(x, d, half), field.canonical.raw(x + dx, d))
+        torch.testing.assert_close(field.raw(x, d, half), field.canonical_raw(x + dx, d, half))
+
+
+def test_canonical_field_reads_the_time_sliced_grid_at_its_slices_and_between():
+    """The canonical field's density MLP sees [static grid(u), time grid(u, t)]: at a slice's
+    time exactly that slice's features, halfway between two slices their mean (by hand from
+    the time grid's one lookup of every slice); without ``time_slices`` the static field."""
+    model = small_model()
+    field, grid = model.field, model.field.time_grid
+    x, d = points()
+    u = field.canonical._normalise(x)
+    n, L, K = len(x), grid.config.n_levels, grid.slices
+    with torch.no_grad():
+        every = HashGrid.forward(grid, u).view(n, L, K, 2)  # every slice, one lookup
+        for t, expect in ((0.0, every[:, :, 0]), (3 / 7, every[:, :, 3]), (1.0, every[:, :, 7]),
+                          (0.5, 0.5 * (every[:, :, 3] + every[:, :, 4]))):
+            feats = field._features(x, torch.full((n,), t))
+            torch.testing.assert_close(feats[:, field.canonical.grid.output_dim:],
+                                       expect.reshape(n, L * 2), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(feats[:, :field.canonical.grid.output_dim], field.canonical.grid(u))
+        t = torch.rand(n)
+        h = field.canonical.density_mlp(field._features(x, t))
+        torch.testing.assert_close(field.canonical_density(x, t), torch.exp(h[:, 0]), rtol=1e-5, atol=0)
+    static = small_model(**{"deformation.time_slices": 0})
+    assert static.field.time_grid is None
+    torch.testing.assert_close(static.field.canonical_raw(x, d, torch.rand(n)), static.field.canonical.raw(x, d))
 
 
 def test_occupancy_density_is_the_maximum_over_times():
@@ -73,8 +100,8 @@ def test_occupancy_density_is_the_maximum_over_times():
     x, _ = points(200)
     with torch.no_grad():
         times = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0])  # 4 times over the range (0, 1)
-        by_hand = torch.stack([model.field.canonical.density(x + model.field.deformation(x, t.expand(200)))
-                               for t in times]).amax(0)
+        by_hand = torch.stack([model.field.canonical_density(x + model.field.deformation(x, t.expand(200)),
+                                                             t.expand(200)) for t in times]).amax(0)
         torch.testing.assert_close(model.field.density(x), by_hand, rtol=1e-4, atol=1e-6)
 
 
@@ -124,7 +151,7 @@ def test_coarse_to_fine_deformation_opens_its_levels_over_the_window():
         f.deform_grid.set_window(None, "deformation")
         feats = f.deform_grid(u).reshape(300, 8, -1) * expected[None, :, None]  # level-major columns
         te = f.time_encoding(t[:, None])
-        by_hand = f.canonical.raw(x + f.deform_mlp(torch.cat([feats.reshape(300, -1), te], -1)), d)
+        by_hand = f.canonical_raw(x + f.deform_mlp(torch.cat([feats.reshape(300, -1), te], -1)), d, t)
     torch.testing.assert_close(windowed, by_hand)
     model.schedule(0.6)
     assert f.deform_grid.window is None and f.canonical.grid.window is None
@@ -156,7 +183,7 @@ def test_rays_bring_their_times_to_the_field_and_to_early_termination(tmp_path):
     test = load_scene(scene, "test")
     model = small_model()
     model.grid.occupied.fill_(True)
-    model.field.canonical.density_mlp[-1].weight.data *= 20  # dense enough to stop rays
+    model.field.canonical.density_mlp[-1].weight.data *= 150  # dense enough to stop rays
     rays = image_rays(test.cameras, 1)  # time 1
     samples = model.grid.sample(rays)
     inputs = model.field_inputs(rays, samples)
@@ -164,7 +191,7 @@ def test_rays_bring_their_times_to_the_field_and_to_early_termination(tmp_path):
     with torch.no_grad():
         kept = prune_occluded(rays, samples, model.occlusion_density(rays))
         at_one = prune_occluded(rays, samples, lambda x, ri: model.field.density_at(x, torch.ones(len(x))))
-        at_zero = prune_occluded(rays, samples, lambda x, ri: model.field.canonical.density(x))
+        at_zero = prune_occluded(rays, samples, lambda x, ri: model.field.canonical_density(x, torch.zeros(len(x))))
     assert torch.equal(kept.t_starts, at_one.t_starts) and torch.equal(kept.ray_indices, at_one.ray_indices)
     assert len(kept) < 0.9 * len(samples)  # rays do stop
     assert len(kept) != len(at_zero) or not torch.equal(kept.t_starts, at_zero.t_starts)

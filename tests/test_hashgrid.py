@@ -139,6 +139,75 @@ def test_module_forward_uses_kernel_and_falls_back(monkeypatch):
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
 
 
+@needs_kernel
+def test_gradient_storage_is_reused_only_when_free():
+    """The tables' gradients land on kept storage once the optimiser dropped the last ones, on
+    new storage while anything holds them, and equal the reference's in every case (including
+    accumulation into kept gradients, where a reused storage would double-count)."""
+    torch.manual_seed(2)
+    grid = HashGrid(HashGridConfig(n_levels=3, log2_table_size=10, max_resolution=32))
+    x = torch.rand(400, 3)
+    w = torch.randn(400, grid.output_dim)
+    ref = torch.autograd.grad((hash_grid_reference(x, list(grid.tables), grid.resolutions) * w).sum(),
+                              list(grid.tables))
+
+    def backward():
+        (grid(x) * w).sum().backward()
+        return [t.grad.data_ptr() for t in grid.tables]
+
+    first = backward()
+    for g, r in zip(grid.tables, ref):
+        torch.testing.assert_close(g.grad, r, atol=1e-6, rtol=0)
+        g.grad = None  # what zero_grad(set_to_none=True) does
+    assert backward() == first  # the same storage again
+    kept = [t.grad for t in grid.tables]  # someone holds the gradients
+    for t in grid.tables:
+        t.grad = None
+    third = backward()
+    assert all(a != b for a, b in zip(third, first))  # held storage is not overwritten
+    for k, g, r in zip(kept, grid.tables, ref):
+        torch.testing.assert_close(k, r, atol=1e-6, rtol=0)
+        torch.testing.assert_close(g.grad, r, atol=1e-6, rtol=0)
+    backward()  # accumulates into .grad (zero_grad(set_to_none=False) style): twice the gradient
+    for g, r in zip(grid.tables, ref):
+        torch.testing.assert_close(g.grad, 2 * r, atol=1e-6, rtol=0)
+    copy = __import__("copy").deepcopy(grid)
+    assert copy.gradient_storage is not grid.gradient_storage
+
+
+def test_time_sliced_grid_interpolates_its_slices_linearly_in_time():
+    """Each slice k is the grid whose table holds columns k F .. k F + F - 1 of every row; at time
+    t the output is the slices around tau = (t - t0) / (t1 - t0) (K - 1), blended linearly
+    (computed here per point with python floats); gradients reach only those two slices."""
+    from radfield.fields.hashgrid import TimeSlicedHashGrid
+
+    torch.manual_seed(3)
+    K, F = 5, 2
+    grid = TimeSlicedHashGrid(HashGridConfig(n_levels=3, log2_table_size=10, max_resolution=32), K, (2.0, 4.0))
+    with torch.no_grad():
+        for table in grid.tables:
+            table.uniform_(-1.0, 1.0)
+    x = torch.rand(40, 3)
+    times = torch.cat([torch.tensor([2.0, 4.0, 2.5, 3.0, 5.0, 1.0]), 2.0 + 2.0 * torch.rand(34)])
+    out = grid(x, times)
+    assert out.shape == (40, 3 * F)
+    slices = [hash_grid_reference(x, [t[:, k * F:(k + 1) * F] for t in grid.tables], grid.resolutions)
+              for k in range(K)]
+    for i, t in enumerate(times.tolist()):
+        tau = min(max((t - 2.0) / 2.0, 0.0), 1.0) * (K - 1)
+        k = min(math.floor(tau), K - 2)
+        w = tau - k
+        expect = (1 - w) * slices[k][i] + w * slices[k + 1][i]
+        torch.testing.assert_close(out[i], expect, atol=1e-5, rtol=1e-5)
+    # t = 2.5 -> tau = 1: slice 1 alone; its gradient touches slice 1's columns only
+    grid(x[2:3], times[2:3]).sum().backward()
+    g = grid.tables[0].grad
+    assert g[:, F:2 * F].abs().sum() > 0
+    assert g[:, :F].abs().sum() == 0 and g[:, 2 * F:].abs().sum() == 0
+    with pytest.raises(ValueError, match="at least 2 slices"):
+        TimeSlicedHashGrid(HashGridConfig(), 1)
+
+
 # ---------------------------------------------------------------- building the kernel
 
 

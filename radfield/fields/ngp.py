@@ -40,20 +40,26 @@ class NGPFieldConfig:
 class NGPField(nn.Module):
     """Instant-NGP radiance field over the box ``aabb`` (implements :class:`RadianceField`)."""
 
-    def __init__(self, aabb: Tensor, config: NGPFieldConfig = NGPFieldConfig()):
+    def __init__(self, aabb: Tensor, config: NGPFieldConfig = NGPFieldConfig(), extra_features: int = 0):
+        """``extra_features``: more inputs of the density MLP after the grid's (a subclass or an
+        owner that calls :meth:`shade` with them, e.g. D-NeRF's time-sliced grid)."""
         super().__init__()
         self.config = config
         self.register_buffer("aabb", aabb.float().clone())
         self.grid = HashGrid(config.grid)
         n_enc = config.grid.n_levels * config.grid.features_per_level
-        self.density_mlp = mlp(n_enc, config.hidden, 1, 1 + config.geo_features)
+        self.density_mlp = mlp(n_enc + extra_features, config.hidden, 1, 1 + config.geo_features)
         self.color_mlp = mlp(16 + config.geo_features, config.hidden, config.color_layers, 3)
 
     def _normalise(self, positions: Tensor) -> Tensor:
         return (positions - self.aabb[:3]) / (self.aabb[3:] - self.aabb[:3])
 
     def raw(self, positions: Tensor, directions: Tensor) -> Tensor:
-        h = self.density_mlp(self.grid(self._normalise(positions)))
+        return self.shade(self.grid(self._normalise(positions)), directions)
+
+    def shade(self, encoding: Tensor, directions: Tensor) -> Tensor:
+        """``raw`` from the grid's features ``encoding`` ``(n, density_mlp's inputs)``."""
+        h = self.density_mlp(encoding)
         c = self.color_mlp(torch.cat([sh_encode(directions), h[:, 1:]], dim=-1))
         return torch.cat([h[:, :1], c], dim=-1)
 
@@ -61,8 +67,11 @@ class NGPField(nn.Module):
         return trunc_exp(raw[:, 0]), torch.sigmoid(raw[:, 1:])
 
     def density(self, positions: Tensor) -> Tensor:
-        h = self.density_mlp(self.grid(self._normalise(positions)))
-        return trunc_exp(h[:, 0])
+        return self.density_of(self.grid(self._normalise(positions)))
+
+    def density_of(self, encoding: Tensor) -> Tensor:
+        """``density`` from the grid's features ``encoding``."""
+        return trunc_exp(self.density_mlp(encoding)[:, 0])
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Adam groups: hash tables without weight decay, MLPs with it (Instant-NGP)."""

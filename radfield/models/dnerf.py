@@ -57,19 +57,25 @@ class DNeRFModel(NGPModel):
             self.grid.update(lambda x: self.field.density_at(x, self.field.random_times(len(x), generator)),
                              generator=generator)
 
+    def canonical_encodings(self) -> list[WindowedBands]:
+        """The canonical field's position encodings: its hash grid and the time-sliced grid (or
+        the positional encoding with the MLP backbone)."""
+        f = self.field
+        if f.backbone == "mlp":
+            return [f.canonical.position_encoding]
+        return [f.canonical.grid] + ([] if f.time_grid is None else [f.time_grid])
+
     def position_encodings(self) -> list[WindowedBands]:
         """The canonical field's and the deformation's position encodings (hash grids, or
         positional encodings with the MLP backbone)."""
         f = self.field
-        if f.backbone == "hash":
-            return [f.canonical.grid, f.deform_grid]
-        return [f.canonical.position_encoding, f.position_encoding]
+        return self.canonical_encodings() + [f.deform_grid if f.backbone == "hash" else f.position_encoding]
 
     def deformation_encodings(self) -> list[WindowedBands]:
         """The encodings that ``dnerf.coarse_to_fine`` windows: the deformation's position
         encoding, and the canonical field's with ``coarse_to_fine_canonical``."""
         encodings = self.position_encodings()
-        return encodings if self.coarse_to_fine_canonical else encodings[1:]
+        return encodings if self.coarse_to_fine_canonical else encodings[-1:]
 
     def schedule(self, progress: float) -> None:
         """Nerfies' coarse-to-fine deformation (``dnerf.coarse_to_fine``); a pose-refinement
