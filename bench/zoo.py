@@ -6,7 +6,7 @@
     python bench/zoo.py dynamic --budget 1200  # dynamic: D-NeRF fast and MLP vs ngp ignoring time
     python bench/zoo.py lens --budget 600      # garden through a lens (Instant-NGP json): applied vs ignored
 
-Options: --budget SECONDS per run, --only NAME[,NAME] to run a subset. Each run trains in its own
+Options: --budget SECONDS per run, --only NAME[,NAME] to run a subset, --no-validation. Each run trains in its own
 process (``python bench/zoo.py one ...``) for a wall-clock budget (validation excluded), records
 the median step time, then scores the test split (every ``--test-every``-th image). Results go to
 ``bench/out/<suite>.json`` and a markdown table is printed for ``bench/RESULTS.md``.
@@ -62,7 +62,7 @@ def dataset_path(name: str) -> Path:
 
 
 def run_one(name: str, preset: str, data: str, downscale: int, hsm: bool, budget: float,
-            test_every: int) -> dict:
+            test_every: int, validate: bool = True) -> dict:
     from radfield.config import PRESETS, RunConfig, apply_overrides
     from radfield.evaluation.evaluate import evaluate_run
     from radfield.training.trainer import Trainer
@@ -72,7 +72,8 @@ def run_one(name: str, preset: str, data: str, downscale: int, hsm: bool, budget
     config.data.downscale = downscale
     config.train.max_time = budget
     config.train.max_steps = 10 ** 9
-    config.train.eval_every = budget  # validation renders are slow on a CPU: only at the end
+    # validation renders are slow on a CPU: only at the end, or (--no-validation) never
+    config.train.eval_every = budget if validate else 10 ** 12
     config.train.val_images = 1
     config.train.hsm.enabled = hsm
     run_dir = OUT / "runs" / name.replace("@", "_").replace("+", "_")
@@ -119,12 +120,16 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=90.0)
     ap.add_argument("--test-every", type=int, default=5)
     ap.add_argument("--only", default=None)
+    ap.add_argument("--no-validation", action="store_true",
+                    help="no validation render at the end of training (a barely trained MLP model "
+                         "renders a 200 x 200 image in minutes); the test split is scored anyway")
     ap.add_argument("--name", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--of", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.suite == "one":
         suite = SUITES[args.of] if args.of else next(s for s in SUITES.values() if args.name in s)
-        print(json.dumps(run_one(args.name, *suite[args.name], args.budget, args.test_every)))
+        print(json.dumps(run_one(args.name, *suite[args.name], args.budget, args.test_every,
+                                 not args.no_validation)))
         return
     OUT.mkdir(parents=True, exist_ok=True)
     names = list(SUITES[args.suite]) if args.only is None else args.only.split(",")
@@ -132,7 +137,9 @@ def main() -> None:
     for name in names:
         proc = subprocess.run([sys.executable, __file__, "one", "--of", args.suite, "--name", name,
                                "--budget", str(args.budget),
-                               "--test-every", str(args.test_every)], capture_output=True, text=True)
+                               "--test-every", str(args.test_every),
+                               *(["--no-validation"] if args.no_validation else [])],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
