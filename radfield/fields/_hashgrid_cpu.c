@@ -15,6 +15,10 @@
  *
  * Layouts: x (n, 3) contiguous; out and grad_out (n, L * F) contiguous; table l (T_l, F)
  * contiguous, addressed through an array of L int64 addresses.
+ *
+ * The *_sliced entry points serve time-sliced tables (T_l, K * F): K slices of F features per
+ * row, of which each point blends two (gather_block_sliced); they share their loops with the
+ * static ones (k = NULL, K = 1).
  */
 #include <math.h>
 #include <stdint.h>
@@ -81,73 +85,159 @@ static inline void gather_block(const Cell *cells, int64_t m, const float *tab, 
     }
 }
 
-/* out (n, L*F). order 0: each thread takes blocks of points and does all levels per block;
- * order 1: levels outer, blocks of points inner (parallel over blocks within each level). */
-void hg_forward(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *res,
-                const int64_t *tsize, const int64_t *tables, float *out, int32_t nthreads,
-                int32_t order) {
-    const int64_t stride = (int64_t)L * F;
-    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
-    if (order == 0) {
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-        for (int64_t b = 0; b < nblocks; ++b) {
-            Cell cells[BLOCK];
-            int64_t i = b * BLOCK, m = n - i < BLOCK ? n - i : BLOCK;
-            for (int32_t l = 0; l < L; ++l) {
-                const float *tab = (const float *)(intptr_t)tables[l];
-                locate_block(x + 3 * i, m, res[l], tsize[l], tab, F, cells);
-                gather_block(cells, m, tab, F, out + i * stride + (int64_t)l * F, stride);
+/* Time-sliced tables (TimeSlicedHashGrid): a row holds K slices of F features, row layout
+ * [slice 0: F floats][slice 1: F floats]...; point j blends slices k_j and k_j + 1:
+ *   out[j, f] = sum_c w_c * ((1 - a_j) * table[row_c, k_j F + f] + a_j * table[row_c, (k_j + 1) F + f])
+ * (the blend inside the corner sum, in that order); 0 <= k_j <= K - 2. */
+static inline void gather_block_sliced(const Cell *cells, int64_t m, const float *tab, int32_t F,
+                                       int64_t row_len, const int32_t *k, const float *a,
+                                       float *out, int64_t stride) {
+    for (int64_t j = 0; j < m; ++j) {
+        const Cell *cell = &cells[j];
+        const int64_t s0 = (int64_t)k[j] * F;
+        const float a1 = a[j], a0 = 1.0f - a1;
+        float *o = out + j * stride;
+        for (int32_t f = 0; f < F; ++f) {
+            float acc = 0.0f;
+            for (int c = 0; c < 8; ++c) {
+                const float *row = tab + cell->c[c] * row_len + s0 + f;
+                acc = acc + cell->w[c] * (a0 * row[0] + a1 * row[F]);
             }
-        }
-    } else {
-        for (int32_t l = 0; l < L; ++l) {
-            const float *tab = (const float *)(intptr_t)tables[l];
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-            for (int64_t b = 0; b < nblocks; ++b) {
-                Cell cells[BLOCK];
-                int64_t i = b * BLOCK, m = n - i < BLOCK ? n - i : BLOCK;
-                locate_block(x + 3 * i, m, res[l], tsize[l], tab, F, cells);
-                gather_block(cells, m, tab, F, out + i * stride + (int64_t)l * F, stride);
-            }
+            o[f] = acc;
         }
     }
 }
 
-/* Table gradients. grads[l] is the address of a (T_l, F) float buffer, or 0 to skip the level;
- * each buffer is zero-filled here, then grad_out * w_c is scatter-added into row idx_c.
- * Parallel over levels (one table per level, so no write races); finest levels first. */
-void hg_backward_tables(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *res,
-                        const int64_t *tsize, const int64_t *grads, const float *grad_out,
-                        int32_t nthreads) {
+/* Each thread takes blocks of points and does all levels per block; static tables (k = NULL,
+ * K = 1) or time-sliced ones (k, a per point). out (n, L * F). */
+static inline void forward_blocks(const float *x, const int32_t *k, const float *a, int64_t n,
+                                  int32_t L, int32_t F, int32_t K, const int32_t *res,
+                                  const int64_t *tsize, const int64_t *tables, float *out,
+                                  int32_t nthreads) {
+    const int64_t stride = (int64_t)L * F, row_len = (int64_t)K * F;
+    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t b = 0; b < nblocks; ++b) {
+        Cell cells[BLOCK];
+        int64_t i = b * BLOCK, m = n - i < BLOCK ? n - i : BLOCK;
+        for (int32_t l = 0; l < L; ++l) {
+            const float *tab = (const float *)(intptr_t)tables[l];
+            float *o = out + i * stride + (int64_t)l * F;
+            locate_block(x + 3 * i, m, res[l], tsize[l], tab, row_len, cells);
+            if (k == NULL)
+                gather_block(cells, m, tab, F, o, stride);
+            else
+                gather_block_sliced(cells, m, tab, F, row_len, k + i, a + i, o, stride);
+        }
+    }
+}
+
+/* out (n, L*F). order 0: forward_blocks (all levels per block of points); order 1: levels
+ * outer, blocks of points inner (parallel over blocks within each level). */
+void hg_forward(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *res,
+                const int64_t *tsize, const int64_t *tables, float *out, int32_t nthreads,
+                int32_t order) {
+    if (order == 0) {
+        forward_blocks(x, NULL, NULL, n, L, F, 1, res, tsize, tables, out, nthreads);
+        return;
+    }
     const int64_t stride = (int64_t)L * F;
+    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
+    for (int32_t l = 0; l < L; ++l) {
+        const float *tab = (const float *)(intptr_t)tables[l];
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+        for (int64_t b = 0; b < nblocks; ++b) {
+            Cell cells[BLOCK];
+            int64_t i = b * BLOCK, m = n - i < BLOCK ? n - i : BLOCK;
+            locate_block(x + 3 * i, m, res[l], tsize[l], tab, F, cells);
+            gather_block(cells, m, tab, F, out + i * stride + (int64_t)l * F, stride);
+        }
+    }
+}
+
+void hg_forward_sliced(const float *x, const int32_t *k, const float *a, int64_t n, int32_t L,
+                       int32_t F, int32_t K, const int32_t *res, const int64_t *tsize,
+                       const int64_t *tables, float *out, int32_t nthreads) {
+    forward_blocks(x, k, a, n, L, F, K, res, tsize, tables, out, nthreads);
+}
+
+/* Table gradients. grads[l] is the address of a (T_l, K * F) float buffer, or 0 to skip the
+ * level; each buffer is zero-filled here, then grad_out * w_c is scatter-added into row idx_c
+ * (static tables: K = 1, k = NULL), or for time-sliced tables grad_out * w_c * (1 - a_i) into
+ * slice k_i and grad_out * w_c * a_i into slice k_i + 1 of that row. Parallel over levels (one
+ * table per level, so no write races); finest levels first. */
+static inline void backward_tables(const float *x, const int32_t *k, const float *a, int64_t n,
+                                   int32_t L, int32_t F, int32_t K, const int32_t *res,
+                                   const int64_t *tsize, const int64_t *grads,
+                                   const float *grad_out, int32_t nthreads) {
+    const int64_t stride = (int64_t)L * F, row_len = (int64_t)K * F;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (int32_t k = 0; k < L; ++k) {
-        int32_t l = L - 1 - k;
+    for (int32_t q = 0; q < L; ++q) {
+        int32_t l = L - 1 - q;
         float *g = (float *)(intptr_t)grads[l];
         if (g == NULL) continue;
-        memset(g, 0, (size_t)tsize[l] * (size_t)F * sizeof(float));
+        memset(g, 0, (size_t)tsize[l] * (size_t)row_len * sizeof(float));
         Cell cells[BLOCK];
         for (int64_t i = 0; i < n; i += BLOCK) {
             int64_t m = n - i < BLOCK ? n - i : BLOCK;
-            locate_block(x + 3 * i, m, res[l], tsize[l], g, F, cells);
+            locate_block(x + 3 * i, m, res[l], tsize[l], g, row_len, cells);
             for (int64_t j = 0; j < m; ++j) {
                 const Cell *cell = &cells[j];
                 const float *go = grad_out + (i + j) * stride + (int64_t)l * F;
+                if (k == NULL) {
+                    for (int c = 0; c < 8; ++c) {
+                        float *row = g + cell->c[c] * F;
+                        for (int32_t f = 0; f < F; ++f) row[f] += go[f] * cell->w[c];
+                    }
+                    continue;
+                }
+                const int64_t s0 = (int64_t)k[i + j] * F;
+                const float a1 = a[i + j], a0 = 1.0f - a1;
                 for (int c = 0; c < 8; ++c) {
-                    float *row = g + cell->c[c] * F;
-                    for (int32_t f = 0; f < F; ++f) row[f] += go[f] * cell->w[c];
+                    float *row = g + cell->c[c] * row_len + s0;
+                    for (int32_t f = 0; f < F; ++f) {
+                        const float gw = go[f] * cell->w[c];
+                        row[f] += gw * a0;
+                        row[F + f] += gw * a1;
+                    }
                 }
             }
         }
     }
 }
 
+void hg_backward_tables(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *res,
+                        const int64_t *tsize, const int64_t *grads, const float *grad_out,
+                        int32_t nthreads) {
+    backward_tables(x, NULL, NULL, n, L, F, 1, res, tsize, grads, grad_out, nthreads);
+}
+
+/* d enc / d x of one level, given dot[c] = sum_f grad_out[f] * value of corner c:
+ * gx[d] += res * sum_c dot[c] * d w_c / d t_d. */
+static inline void add_input_grad(const Cell *cell, const float dot[8], int32_t res, float *gx) {
+    const float *t = cell->t;
+    float omt[3] = {1.0f - t[0], 1.0f - t[1], 1.0f - t[2]};
+    float gl[3] = {0.0f, 0.0f, 0.0f};
+    for (int c = 0; c < 8; ++c) {
+        int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
+        float wx = bx ? t[0] : omt[0];
+        float wy = by ? t[1] : omt[1];
+        float wz = bz ? t[2] : omt[2];
+        gl[0] += dot[c] * (bx ? 1.0f : -1.0f) * wy * wz;
+        gl[1] += dot[c] * (by ? 1.0f : -1.0f) * wx * wz;
+        gl[2] += dot[c] * (bz ? 1.0f : -1.0f) * wx * wy;
+    }
+    for (int d = 0; d < 3; ++d) gx[d] += gl[d] * (float)res;
+}
+
 /* Gradient with respect to the (unclamped) input x, before the clamp mask (applied by the
- * caller): d out / d x_d = res * sum_c table[idx_c] * d w_c / d t_d. Parallel over points. */
-void hg_backward_input(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *res,
-                       const int64_t *tsize, const int64_t *tables, const float *grad_out,
-                       float *grad_x, int32_t nthreads) {
-    const int64_t stride = (int64_t)L * F;
+ * caller): d out / d x_d = res * sum_c value_c * d w_c / d t_d, value_c the corner's row
+ * (static, k = NULL) or its blend of slices k_i and k_i + 1 (time-sliced). Parallel over points. */
+static inline void backward_input(const float *x, const int32_t *k, const float *a, int64_t n,
+                                  int32_t L, int32_t F, int32_t K, const int32_t *res,
+                                  const int64_t *tsize, const int64_t *tables,
+                                  const float *grad_out, float *grad_x, int32_t nthreads) {
+    const int64_t stride = (int64_t)L * F, row_len = (int64_t)K * F;
     const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t b = 0; b < nblocks; ++b) {
@@ -157,28 +247,49 @@ void hg_backward_input(const float *x, int64_t n, int32_t L, int32_t F, const in
         for (int64_t j = 0; j < m; ++j) gx[j][0] = gx[j][1] = gx[j][2] = 0.0f;
         for (int32_t l = 0; l < L; ++l) {
             const float *tab = (const float *)(intptr_t)tables[l];
-            locate_block(x + 3 * i, m, res[l], tsize[l], tab, F, cells);
+            locate_block(x + 3 * i, m, res[l], tsize[l], tab, row_len, cells);
             for (int64_t j = 0; j < m; ++j) {
                 const Cell *cell = &cells[j];
                 const float *go = grad_out + (i + j) * stride + (int64_t)l * F;
-                const float *t = cell->t;
-                float omt[3] = {1.0f - t[0], 1.0f - t[1], 1.0f - t[2]};
-                float gl[3] = {0.0f, 0.0f, 0.0f};
-                for (int c = 0; c < 8; ++c) {
-                    float dot = 0.0f;
-                    for (int32_t f = 0; f < F; ++f) dot += go[f] * tab[cell->c[c] * F + f];
-                    int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
-                    float wx = bx ? t[0] : omt[0];
-                    float wy = by ? t[1] : omt[1];
-                    float wz = bz ? t[2] : omt[2];
-                    gl[0] += dot * (bx ? 1.0f : -1.0f) * wy * wz;
-                    gl[1] += dot * (by ? 1.0f : -1.0f) * wx * wz;
-                    gl[2] += dot * (bz ? 1.0f : -1.0f) * wx * wy;
+                float dot[8];
+                if (k == NULL) {
+                    for (int c = 0; c < 8; ++c) {
+                        dot[c] = 0.0f;
+                        for (int32_t f = 0; f < F; ++f) dot[c] += go[f] * tab[cell->c[c] * F + f];
+                    }
+                } else {
+                    const int64_t s0 = (int64_t)k[i + j] * F;
+                    const float a1 = a[i + j], a0 = 1.0f - a1;
+                    for (int c = 0; c < 8; ++c) {
+                        const float *row = tab + cell->c[c] * row_len + s0;
+                        dot[c] = 0.0f;
+                        for (int32_t f = 0; f < F; ++f) dot[c] += go[f] * (a0 * row[f] + a1 * row[F + f]);
+                    }
                 }
-                for (int d = 0; d < 3; ++d) gx[j][d] += gl[d] * (float)res[l];
+                add_input_grad(cell, dot, res[l], gx[j]);
             }
         }
         for (int64_t j = 0; j < m; ++j)
             for (int d = 0; d < 3; ++d) grad_x[3 * (i + j) + d] = gx[j][d];
     }
+}
+
+void hg_backward_input(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *res,
+                       const int64_t *tsize, const int64_t *tables, const float *grad_out,
+                       float *grad_x, int32_t nthreads) {
+    backward_input(x, NULL, NULL, n, L, F, 1, res, tsize, tables, grad_out, grad_x, nthreads);
+}
+
+void hg_backward_tables_sliced(const float *x, const int32_t *k, const float *a, int64_t n,
+                               int32_t L, int32_t F, int32_t K, const int32_t *res,
+                               const int64_t *tsize, const int64_t *grads, const float *grad_out,
+                               int32_t nthreads) {
+    backward_tables(x, k, a, n, L, F, K, res, tsize, grads, grad_out, nthreads);
+}
+
+void hg_backward_input_sliced(const float *x, const int32_t *k, const float *a, int64_t n,
+                              int32_t L, int32_t F, int32_t K, const int32_t *res,
+                              const int64_t *tsize, const int64_t *tables, const float *grad_out,
+                              float *grad_x, int32_t nthreads) {
+    backward_input(x, k, a, n, L, F, K, res, tsize, tables, grad_out, grad_x, nthreads);
 }

@@ -37,6 +37,8 @@ Paths:
     over points; the table gradient runs in parallel over levels (each level its own table: no
     write races). It also gives the input gradient (for pose refinement), so it needs no
     fallback when x requires grad.
+    Time-sliced tables (:class:`TimeSlicedHashGrid`) have their own entry points, which gather
+    only the two slices each point blends.
     It is used when x and every table are float32 on the CPU, the compiler works, the config has
     `use_kernel=True` and the environment has no RADFIELD_NO_KERNEL=1; otherwise the Triton
     kernels or the reference run (no gcc on PATH, a failed build or one over 180 s: with one warning). It is not twice
@@ -254,7 +256,11 @@ def _build_library() -> ctypes.CDLL:
     lib.hg_forward.argtypes = [p, i64, i32, i32, p, p, p, p, i32, i32]
     lib.hg_backward_tables.argtypes = [p, i64, i32, i32, p, p, p, p, i32]
     lib.hg_backward_input.argtypes = [p, i64, i32, i32, p, p, p, p, p, i32]
-    for fn in (lib.hg_forward, lib.hg_backward_tables, lib.hg_backward_input):
+    lib.hg_forward_sliced.argtypes = [p, p, p, i64, i32, i32, i32, p, p, p, p, i32]
+    lib.hg_backward_tables_sliced.argtypes = [p, p, p, i64, i32, i32, i32, p, p, p, p, i32]
+    lib.hg_backward_input_sliced.argtypes = [p, p, p, i64, i32, i32, i32, p, p, p, p, p, i32]
+    for fn in (lib.hg_forward, lib.hg_backward_tables, lib.hg_backward_input, lib.hg_forward_sliced,
+               lib.hg_backward_tables_sliced, lib.hg_backward_input_sliced):
         fn.restype = None
     return lib
 
@@ -360,27 +366,42 @@ class GradientStorage:
 
 class _HashGridFunction(torch.autograd.Function):
     """Kernel forward/backward. Inputs: x (n, 3) contiguous float32, resolutions, the gradient
-    storage (or None: fresh gradients), *tables."""
+    storage (or None: fresh gradients), the time slices (None, or ``(k, a, K)``: per point the
+    int32 slice ``k`` and float32 blend ``a`` of :class:`TimeSlicedHashGrid`, whose tables hold
+    ``K`` slices per row), *tables."""
+
+    @staticmethod
+    def _head(x: Tensor, resolutions, tables, slices) -> list:
+        """The leading arguments of every kernel call: x, (k, a,) n, L, F, (K,) res, sizes."""
+        res_t = torch.tensor(resolutions, dtype=torch.int32)
+        size_t = torch.tensor([t.shape[0] for t in tables], dtype=torch.int64)
+        n_slices = 1 if slices is None else slices[2]
+        sliced = [] if slices is None else [slices[0].data_ptr(), slices[1].data_ptr()]
+        counts = [x.shape[0], len(tables), tables[0].shape[1] // n_slices]
+        if slices is not None:
+            counts.append(n_slices)
+        # the tensors ride along so that their memory outlives the call
+        return [x.data_ptr(), *sliced, *counts, res_t.data_ptr(), size_t.data_ptr()], (res_t, size_t)
 
     @staticmethod
     def forward(ctx, x: Tensor, resolutions: tuple[int, ...], storage: GradientStorage | None,
-                *tables: Tensor) -> Tensor:
+                slices: tuple[Tensor, Tensor, int] | None, *tables: Tensor) -> Tensor:
         lib = _get_library()
         assert lib is not None
         x = x.contiguous()
         tables = tuple(t.contiguous() for t in tables)
-        n, n_levels, n_feat = x.shape[0], len(tables), tables[0].shape[1]
-        res_t = torch.tensor(resolutions, dtype=torch.int32)
-        size_t = torch.tensor([t.shape[0] for t in tables], dtype=torch.int64)
+        head, keep = _HashGridFunction._head(x, resolutions, tables, slices)
+        n_feat = tables[0].shape[1] // (1 if slices is None else slices[2])
         ptrs = _addresses(tables)
-        out = torch.empty(n, n_levels * n_feat, dtype=torch.float32)
-        lib.hg_forward(
-            x.data_ptr(), n, n_levels, n_feat, res_t.data_ptr(), size_t.data_ptr(),
-            ptrs.data_ptr(), out.data_ptr(), torch.get_num_threads(), _FORWARD_ORDER,
-        )  # fmt: skip
+        out = torch.empty(x.shape[0], len(tables) * n_feat, dtype=torch.float32)
+        if slices is None:
+            lib.hg_forward(*head, ptrs.data_ptr(), out.data_ptr(), torch.get_num_threads(), _FORWARD_ORDER)
+        else:
+            lib.hg_forward_sliced(*head, ptrs.data_ptr(), out.data_ptr(), torch.get_num_threads())
         ctx.save_for_backward(x, *tables)
         ctx.resolutions = resolutions
         ctx.storage = storage
+        ctx.slices = slices
         return out
 
     @staticmethod
@@ -390,43 +411,40 @@ class _HashGridFunction(torch.autograd.Function):
         assert lib is not None
         x, *tables = ctx.saved_tensors
         grad_out = grad_out.contiguous().float()
-        n, n_levels, n_feat = x.shape[0], len(tables), tables[0].shape[1]
-        res_t = torch.tensor(ctx.resolutions, dtype=torch.int32)
-        size_t = torch.tensor([t.shape[0] for t in tables], dtype=torch.int64)
+        head, keep = _HashGridFunction._head(x, ctx.resolutions, tables, ctx.slices)
+        sliced = ctx.slices is not None
         nthreads = torch.get_num_threads()
-        grad_tables: list[Tensor | None] = [None] * n_levels
-        if any(ctx.needs_input_grad[3:]):
+        grad_tables: list[Tensor | None] = [None] * len(tables)
+        if any(ctx.needs_input_grad[4:]):
             for level, table in enumerate(tables):
-                if ctx.needs_input_grad[3 + level]:  # zero-filled by the kernel
+                if ctx.needs_input_grad[4 + level]:  # zero-filled by the kernel
                     grad_tables[level] = (torch.empty_like(table) if ctx.storage is None
                                           else ctx.storage.take(level, table))
             # keep every address array in a variable: a temporary would be freed before the call
             grad_ptrs = _addresses(grad_tables)
-            lib.hg_backward_tables(
-                x.data_ptr(), n, n_levels, n_feat, res_t.data_ptr(), size_t.data_ptr(),
-                grad_ptrs.data_ptr(), grad_out.data_ptr(), nthreads,
-            )  # fmt: skip
+            call = lib.hg_backward_tables_sliced if sliced else lib.hg_backward_tables
+            call(*head, grad_ptrs.data_ptr(), grad_out.data_ptr(), nthreads)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x)
             table_ptrs = _addresses(tables)
-            lib.hg_backward_input(
-                x.data_ptr(), n, n_levels, n_feat, res_t.data_ptr(), size_t.data_ptr(),
-                table_ptrs.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(), nthreads,
-            )  # fmt: skip
+            call = lib.hg_backward_input_sliced if sliced else lib.hg_backward_input
+            call(*head, table_ptrs.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(), nthreads)
             inside = (x >= 0.0) & (x <= 1.0)  # the clamp's gradient, as torch.clamp defines it
             grad_x = grad_x * inside
-        return (grad_x, None, None, *grad_tables)
+        return (grad_x, None, None, None, *grad_tables)
 
 
 @torch.compiler.disable
 def hash_grid_kernel(x: Tensor, tables: Sequence[Tensor], resolutions: Sequence[int],
-                     storage: GradientStorage | None = None) -> Tensor:
+                     storage: GradientStorage | None = None,
+                     slices: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
     """The compiled CPU kernel: same contract as `hash_grid_reference` (float32 CPU only).
-    ``storage``: where the tables' gradients are written (reused between steps), or None."""
+    ``storage``: where the tables' gradients are written (reused between steps), or None.
+    ``slices``: ``(k, a, K)`` for time-sliced tables (:class:`TimeSlicedHashGrid`)."""
     if x.ndim != 2 or x.shape[-1] != 3:
         raise ValueError(f"x must have shape (n, 3), got {tuple(x.shape)}")
-    return _HashGridFunction.apply(x, tuple(int(r) for r in resolutions), storage, *tables)
+    return _HashGridFunction.apply(x, tuple(int(r) for r in resolutions), storage, slices, *tables)
 
 
 class HashGrid(WindowedBands, nn.Module):
@@ -510,13 +528,24 @@ class TimeSlicedHashGrid(HashGrid):
         lo, hi = self.time_range
         tau = ((times.to(x.dtype) - lo) / max(hi - lo, 1e-12)).clamp(0.0, 1.0) * (self.slices - 1)
         k = tau.floor().clamp(max=self.slices - 2)
+        tables = list(self.tables)
+        if self.config.use_kernel and _kernel_applies(x, tables):
+            slices = (k.to(torch.int32).contiguous(), (tau - k).float().contiguous(), self.slices)
+            out = hash_grid_kernel(x, tables, self.resolutions, self.gradient_storage, slices)
+            weights = self.band_weights(out, self.slice_features)
+            return out if weights is None else out * weights
         w = (tau - k)[:, None, None]
         n, L, K, F = x.shape[0], self.config.n_levels, self.slices, self.slice_features
-        every = super().forward(x).view(n, L, K, F)
+        every = self.lookup_every_slice(x).view(n, L, K, F)
         index = k.long()[:, None, None, None].expand(n, L, 1, F)
         below = every.gather(2, index).squeeze(2)
         above = every.gather(2, index + 1).squeeze(2)
         return ((1.0 - w) * below + w * above).reshape(n, L * F)
+
+    def lookup_every_slice(self, x: Tensor) -> Tensor:
+        """``(n, L * K * F)``: every slice's features (the static grid's lookup of whole rows;
+        the kernel's sliced path gathers only the two slices it blends)."""
+        return HashGrid.forward(self, x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", slices={self.slices}"
