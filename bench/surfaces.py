@@ -4,6 +4,7 @@
     python bench/surfaces.py density --budget 600    # ngp's density mesh on the same scene (levels)
     python bench/surfaces.py tabletop --budget 1200  # VolSDF on ../shared/data/tabletop: PSNR, mesh picture
     python bench/surfaces.py export --budget 300     # export time and memory, ngp and nerfacto, R 256 / 512
+                                                     # (--only ngp: one preset)
 
 The built-in scene's surfaces are analytic (:func:`radfield.data.synthetic.signed_distance`), so
 the exported meshes are scored exactly: the Chamfer distance (mean of the two one-sided mean
@@ -186,10 +187,12 @@ def picture(mesh_path: Path, out: Path, size: int = 640, n_points: int = 4_000_0
     Image.fromarray((img.reshape(size, size) * 255).astype(np.uint8)).save(out)
 
 
-def suite_export(budget: float) -> dict:
+def suite_export(budget: float, only: list[str] | None = None) -> dict:
     runs = {"ngp": OUT / "runs" / "ngp-tabletop-export", "nerfacto": OUT / "runs" / "nerfacto-tabletop-export"}
     res = {}
     for preset, run in runs.items():
+        if only and preset not in only:
+            continue
         res[preset] = {"train": train(preset, DATA / "tabletop", budget, run),
                        "exports": [export(run, OUT / f"{preset}-export-{r}.ply", r) for r in (256, 512)]}
     return res
@@ -202,9 +205,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("suite", choices=list(SUITES))
     ap.add_argument("--budget", type=float, default=600.0, help="training seconds per run")
+    ap.add_argument("--only", default=None, help="export suite: these presets only (comma-separated)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "suite": args.suite, **SUITES[args.suite](args.budget),
+    extra = {"only": args.only.split(",")} if args.only and args.suite == "export" else {}
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "suite": args.suite, **SUITES[args.suite](args.budget, **extra),
               "bench_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     (OUT / f"surfaces_{args.suite}.json").write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps(result, indent=1, default=str))
