@@ -582,7 +582,8 @@ def test_eval_of_a_pose_refining_run_fits_the_test_poses(scene, tmp_path):
 
 def test_windows_follow_the_schedule_and_the_model():
     """BARF's alpha over the run; a model opens the bands of its position encodings only (NeRF:
-    not the direction encoding; NeRF-AE's Fourier features have no order)."""
+    not the direction encoding; NeRF-AE's Fourier features have no order; D-NeRF: the canonical
+    grid, the time-sliced grid and the deformation's grid)."""
     from radfield.config import PRESETS, RunConfig, apply_overrides
     from radfield.models import build_model
     from radfield.training.pose_refinement import window_alpha
@@ -596,7 +597,7 @@ def test_windows_follow_the_schedule_and_the_model():
         model = build_model(apply_overrides(RunConfig(), PRESETS[preset]), scene_info)
         counts[preset] = model.set_coarse_to_fine(0.5)
     assert counts == {"ngp-small": 1, "nerfacto-small": 3, "nerf-small": 2, "mipnerf-small": 1, "tiny": 1,
-                      "nerfae": 0, "dnerf": 2, "volsdf": 1}
+                      "nerfae": 0, "dnerf": 3, "volsdf": 1}
     nerf = build_model(apply_overrides(RunConfig(), PRESETS["nerf-small"]), scene_info)
     nerf.set_coarse_to_fine(0.5)
     assert nerf.field.direction_encoding.window is None and nerf.field.position_encoding.window is not None

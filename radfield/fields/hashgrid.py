@@ -63,7 +63,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -513,7 +513,6 @@ class TimeSlicedHashGrid(HashGrid):
     def __init__(self, config: HashGridConfig, slices: int, time_range: tuple[float, float] = (0.0, 1.0)):
         if slices < 2:
             raise ValueError(f"a time-sliced hash grid needs at least 2 slices, got {slices}")
-        from dataclasses import replace
         super().__init__(replace(config, features_per_level=config.features_per_level * slices))
         self.slices = slices
         self.slice_features = config.features_per_level
