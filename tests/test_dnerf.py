@@ -77,7 +77,7 @@ def test_canonical_field_reads_the_time_sliced_grid_at_its_slices_and_between():
     model = small_model()
     field, grid = model.field, model.field.time_grid
     x, d = points()
-    u = field.canonical._normalise(x)
+    u = field.canonical.normalise(x)
     n, L, K = len(x), grid.config.n_levels, grid.slices
     with torch.no_grad():
         every = HashGrid.forward(grid, u).view(n, L, K, 2)  # every slice, one lookup

@@ -142,7 +142,7 @@ class DNeRFField(nn.Module):
 
     def _features(self, xc: Tensor, t: Tensor) -> Tensor:
         """The static grid's features of ``xc`` and the time-sliced grid's at ``t`` after them."""
-        u = self.canonical._normalise(xc)
+        u = self.canonical.normalise(xc)
         return torch.cat([self.canonical.grid(u), self.time_grid(u, t)], dim=-1)
 
     def raw(self, x: Tensor, d: Tensor, t: Tensor) -> Tensor:

@@ -51,11 +51,12 @@ class NGPField(nn.Module):
         self.density_mlp = mlp(n_enc + extra_features, config.hidden, 1, 1 + config.geo_features)
         self.color_mlp = mlp(16 + config.geo_features, config.hidden, config.color_layers, 3)
 
-    def _normalise(self, positions: Tensor) -> Tensor:
+    def normalise(self, positions: Tensor) -> Tensor:
+        """Positions in the box ``aabb`` -> the grid's unit cube."""
         return (positions - self.aabb[:3]) / (self.aabb[3:] - self.aabb[:3])
 
     def raw(self, positions: Tensor, directions: Tensor) -> Tensor:
-        return self.shade(self.grid(self._normalise(positions)), directions)
+        return self.shade(self.grid(self.normalise(positions)), directions)
 
     def shade(self, encoding: Tensor, directions: Tensor) -> Tensor:
         """``raw`` from the grid's features ``encoding`` ``(n, density_mlp's inputs)``."""
@@ -67,7 +68,7 @@ class NGPField(nn.Module):
         return trunc_exp(raw[:, 0]), torch.sigmoid(raw[:, 1:])
 
     def density(self, positions: Tensor) -> Tensor:
-        return self.density_of(self.grid(self._normalise(positions)))
+        return self.density_of(self.grid(self.normalise(positions)))
 
     def density_of(self, encoding: Tensor) -> Tensor:
         """``density`` from the grid's features ``encoding``."""
