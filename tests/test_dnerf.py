@@ -178,6 +178,14 @@ def test_coarse_to_fine_window_must_lie_in_the_run(tmp_path):
         Trainer(config, tmp_path / "run", progress=False, log_tensorboard=False)
 
 
+@pytest.mark.parametrize("slices", [1, -2])
+def test_one_time_slice_is_a_clear_error(tmp_path, slices):
+    scene = make_scene(tmp_path / "dyn", n_train=2, n_val=0, n_test=0, size=8, motion=(0.0, 0.0, -0.8))
+    config = make_config(scene, "dnerf", {"dnerf.deformation.time_slices": slices}, steps=1)
+    with pytest.raises(RadfieldError, match=rf"dnerf.deformation.time_slices: 0 .* or at least 2, got {slices}"):
+        Trainer(config, tmp_path / "run", progress=False, log_tensorboard=False)
+
+
 def test_rays_bring_their_times_to_the_field_and_to_early_termination(tmp_path):
     scene = make_scene(tmp_path / "dyn", n_train=2, n_val=0, n_test=2, size=12, motion=(0.0, 0.0, -0.8))
     test = load_scene(scene, "test")

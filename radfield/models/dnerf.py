@@ -36,6 +36,9 @@ class DNeRFModel(NGPModel):
             raise RadfieldError(f"{config.data.path}: --model dnerf needs frames with a 'time' "
                                 "(the D-NeRF format)")
         check_window("dnerf.coarse_to_fine", config.dnerf.coarse_to_fine)
+        slices = config.dnerf.deformation.time_slices
+        if slices == 1 or slices < 0:
+            raise RadfieldError(f"dnerf.deformation.time_slices: 0 (no time-sliced grid) or at least 2, got {slices}")
         super().configure(config, scene)
 
     def __init__(self, config: RunConfig, scene: SceneInfo):
