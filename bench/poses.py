@@ -9,7 +9,9 @@
 Options: ``--budget SECONDS`` of training per run (default 300, validation excluded), ``--preset``
 (default ``ngp-small``; ``garden`` defaults to ``nerfacto-small``), ``--test-every K`` (score every
 K-th test image), ``--fit-steps N`` (pose fits: localize, and the test views of ``--pose-opt``
-runs; 30), ``--views N`` (localize: test views), ``--iters N`` (neuralsim).
+runs; 30), ``--views N`` (localize: test views), ``--iters N`` (neuralsim), ``--set KEY=VALUE``
+(config overrides of the ``--pose-opt`` runs, e.g. ``train.pose_opt.lr=6e-4``), ``--runs`` (a
+subset of a suite's runs), ``--tag`` (the JSON's name).
 
 * **refine**: ``../shared/data/tabletop`` with every training pose turned by exactly 2 degrees
   about its centre (random axis) and moved by exactly 2 % of the scene's size (the largest side of
@@ -76,6 +78,10 @@ def aligned_errors(poses: torch.Tensor, truth: torch.Tensor, size: float) -> dic
     return {"rotation_deg": float(r.mean()), "translation_pct": 100 * float(d.mean()) / size}
 
 
+OVERRIDES: dict = {}
+"""``--set KEY=VALUE`` overrides of the ``--pose-opt`` runs' configs."""
+
+
 def train(name: str, data: Path, preset: str, budget: float, downscale: int = 1,
           pose_opt: bool = False, fit_steps: int = 30) -> tuple[Path, dict]:
     from radfield.training.trainer import Trainer
@@ -87,6 +93,8 @@ def train(name: str, data: Path, preset: str, budget: float, downscale: int = 1,
     config.train.eval_every, config.train.val_images = budget, 1
     config.train.pose_opt.enabled = pose_opt
     config.train.pose_opt.test_fit_steps = fit_steps
+    if pose_opt and OVERRIDES:
+        apply_overrides(config, OVERRIDES)
     run = OUT / "runs" / name
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.time()
@@ -111,6 +119,8 @@ def suite_refine(args) -> list[dict]:
     rows = []
     for name, data, pose_opt in (("clean", DATA / "tabletop", False), ("noisy", noisy, False),
                                  ("noisy+pose-opt", noisy, True)):
+        if args.runs and name not in args.runs:
+            continue
         run, row = train(f"poses-tabletop-{name}", data, args.preset, args.budget, pose_opt=pose_opt,
                          fit_steps=args.fit_steps)
         row["test"] = score(run, args.test_every)
@@ -123,6 +133,8 @@ def suite_refine(args) -> list[dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
     rows[0]["perturbation"] = {"rotation_deg": 2.0, "translation": translation, "scene_size": size}
+    for row in rows:
+        row["pose_opt_set"] = OVERRIDES if row["pose_opt"] else {}
     return rows
 
 
@@ -131,11 +143,14 @@ def suite_garden(args) -> list[dict]:
     rows = []
     for pose_opt in (False, True):
         name = f"poses-garden-{'pose-opt' if pose_opt else 'baseline'}"
+        if args.runs and name.removeprefix("poses-garden-") not in args.runs:
+            continue
         run, row = train(name, DATA / "garden-colmap", preset, args.budget, downscale=2, pose_opt=pose_opt,
                          fit_steps=args.fit_steps)
         row["test"] = score(run, args.test_every)
         if pose_opt:
             row["test_given_poses"] = score(run, args.test_every, fit_poses=False)
+            row["pose_opt_set"] = OVERRIDES
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -225,15 +240,28 @@ def main() -> None:
     ap.add_argument("--fit-steps", type=int, default=30,
                     help="Levenberg-Marquardt steps of a pose fit (localize; test views of --pose-opt runs)")
     ap.add_argument("--iters", type=int, default=150, help="neuralsim: iterations")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override of the --pose-opt runs, e.g. train.pose_opt.lr=6e-4 (repeatable)")
+    ap.add_argument("--runs", default="", help="refine: some of clean,noisy,noisy+pose-opt; "
+                    "garden: some of baseline,pose-opt (default: all)")
+    ap.add_argument("--tag", default="", help="suffix of the JSON's name (bench/out/poses_SUITE_TAG.json)")
     args = ap.parse_args()
+    args.runs = [r for r in args.runs.split(",") if r]
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            OVERRIDES[key] = json.loads(value)
+        except ValueError:
+            OVERRIDES[key] = None if value == "None" else value
     for suite in (SUITES if args.suite == "all" else [args.suite]):
         t0 = time.time()
         rows = SUITES[suite](args)
         doc = {"suite": suite, "budget_s": args.budget, "preset": args.preset, "wall_s": time.time() - t0,
                "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
-        with atomic_write(OUT / f"poses_{suite}.json") as tmp:
+        name = f"poses_{suite}{'_' + args.tag if args.tag else ''}.json"
+        with atomic_write(OUT / name) as tmp:
             tmp.write_text(json.dumps(doc, indent=1))
-        print(f"\n{suite} ({OUT / f'poses_{suite}.json'}):\n{table(suite, rows)}\n", flush=True)
+        print(f"\n{suite} ({OUT / name}):\n{table(suite, rows)}\n", flush=True)
 
 
 if __name__ == "__main__":
