@@ -235,7 +235,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                                "fit-left": "code fitted on the left half, right half scored"}[appearance]
                               if has_appearance else None),
                "pose_fit": (None if pose_fit is None else
-                            f"each view's pose fitted to the frozen field before scoring ({pose_fit.steps} "
+                            f"each view's pose fitted to the frozen field before scoring (a search of "
+                            f"turns within {pose_fit.search_deg:g} degrees, then {pose_fit.steps} "
                             f"Levenberg-Marquardt steps of {pose_fit.rays_per_step} pixels over an image "
                             f"pyramid, from the given pose)"),
                "per_scale": per_scale or None, "per_image": per_image}

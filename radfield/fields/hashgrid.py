@@ -136,14 +136,25 @@ def vertex_rows(corner: Tensor, res: int, table_rows: int) -> Tensor:
     return (h & _MASK32) % table_rows
 
 
+def check_points(x: Tensor) -> None:
+    """A ValueError unless ``x`` has shape ``(n, 3)``: the input check of every hash-grid path."""
+    if x.ndim != 2 or x.shape[-1] != 3:
+        raise ValueError(f"x must have shape (n, 3), got {tuple(x.shape)}")
+
+
+def clamp_gradient(x: Tensor, grad_x: Tensor) -> Tensor:
+    """``grad_x`` carried back through ``clamp(x, 0, 1)``: zero where ``x`` lies outside [0, 1]
+    (the bounds themselves pass, as ``torch.clamp`` defines it). The kernels' input gradient."""
+    return grad_x * ((x >= 0.0) & (x <= 1.0))
+
+
 def hash_grid_reference(x: Tensor, tables: Sequence[Tensor], resolutions: Sequence[int]) -> Tensor:
     """Plain PyTorch hash encoding: x (n, 3) in [0, 1]^3 -> (n, L * F), level-major columns.
 
     `tables[l]` has shape (T_l, F); level l is dense iff (res_l + 1) ** 3 <= T_l. Gradients flow
     to the tables and to x (through the fractional position t; zero where x is clamped).
     """
-    if x.ndim != 2 or x.shape[-1] != 3:
-        raise ValueError(f"x must have shape (n, 3), got {tuple(x.shape)}")
+    check_points(x)
     xc = x.clamp(0.0, 1.0)
     outs = []
     for table, res in zip(tables, resolutions):
@@ -430,8 +441,7 @@ class _HashGridFunction(torch.autograd.Function):
             table_ptrs = _addresses(tables)
             call = lib.hg_backward_input_sliced if sliced else lib.hg_backward_input
             call(*head, table_ptrs.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(), nthreads)
-            inside = (x >= 0.0) & (x <= 1.0)  # the clamp's gradient, as torch.clamp defines it
-            grad_x = grad_x * inside
+            grad_x = clamp_gradient(x, grad_x)
         return (grad_x, None, None, None, *grad_tables)
 
 
@@ -442,8 +452,7 @@ def hash_grid_kernel(x: Tensor, tables: Sequence[Tensor], resolutions: Sequence[
     """The compiled CPU kernel: same contract as `hash_grid_reference` (float32 CPU only).
     ``storage``: where the tables' gradients are written (reused between steps), or None.
     ``slices``: ``(k, a, K)`` for time-sliced tables (:class:`TimeSlicedHashGrid`)."""
-    if x.ndim != 2 or x.shape[-1] != 3:
-        raise ValueError(f"x must have shape (n, 3), got {tuple(x.shape)}")
+    check_points(x)
     return _HashGridFunction.apply(x, tuple(int(r) for r in resolutions), storage, slices, *tables)
 
 

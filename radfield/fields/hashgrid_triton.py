@@ -26,6 +26,8 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
+from radfield.fields.hashgrid import check_points, clamp_gradient
+
 BLOCK = 128
 """Points per program."""
 
@@ -163,7 +165,7 @@ class _TritonHashGrid(torch.autograd.Function):
                 _backward_input_level[grid](x, table, grad_out, grad_x, n, res, rows, grad_out.shape[1],
                                             level * n_feat, DENSE=dense, F=n_feat, BLOCK=BLOCK)
         if grad_x is not None:
-            grad_x = grad_x * ((x >= 0.0) & (x <= 1.0))  # the clamp's gradient, as torch.clamp defines it
+            grad_x = clamp_gradient(x, grad_x)
         return (grad_x, None, *grad_tables)
 
 
@@ -177,6 +179,5 @@ def applies(x: Tensor, tables: Sequence[Tensor]) -> bool:
 @torch.compiler.disable
 def hash_grid_triton(x: Tensor, tables: Sequence[Tensor], resolutions: Sequence[int]) -> Tensor:
     """Same contract as :func:`radfield.fields.hashgrid.hash_grid_reference` (float32)."""
-    if x.ndim != 2 or x.shape[-1] != 3:
-        raise ValueError(f"x must have shape (n, 3), got {tuple(x.shape)}")
+    check_points(x)
     return _TritonHashGrid.apply(x, tuple(int(r) for r in resolutions), *tables)
