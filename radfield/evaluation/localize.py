@@ -259,8 +259,8 @@ def search_rotation(model, one: Cameras, target: Tensor, background: Tensor | No
     for step, n in ((reach / 8, 8), (reach / 32, 4)):
         phis = grid(best, step, n)
         err = errors(phis)
-        best = phis[err.argmin()]
-    if float(errors(best[None])[0]) > 0.5 * start_error:  # not clearly better: keep the start
+        best, best_error = phis[err.argmin()], float(err.min())
+    if best_error > 0.5 * start_error:  # not clearly better: keep the start
         return torch.eye(3, device=dev), 0.0
     return so3_exp(best), math.degrees(float(best.norm()))
 
