@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 OUT = ROOT / "bench" / "out"
 DATA = ROOT.parent / "shared" / "data"
 
-from radfield.config import PRESETS, RunConfig, apply_overrides  # noqa: E402
+from radfield.config import PRESETS, RunConfig, apply_overrides, parse_override  # noqa: E402
 from radfield.data import load_scene  # noqa: E402
 from radfield.evaluation.evaluate import evaluate_run  # noqa: E402
 from radfield.io import atomic_write  # noqa: E402
@@ -247,12 +247,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the JSON's name (bench/out/poses_SUITE_TAG.json)")
     args = ap.parse_args()
     args.runs = [r for r in args.runs.split(",") if r]
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            OVERRIDES[key] = json.loads(value)
-        except ValueError:
-            OVERRIDES[key] = None if value == "None" else value
+    OVERRIDES.update(parse_override(item) for item in args.set)
     for suite in (SUITES if args.suite == "all" else [args.suite]):
         t0 = time.time()
         rows = SUITES[suite](args)

@@ -13,7 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
-from radfield.config import PRESETS, RunConfig, apply_overrides
+from radfield.config import PRESETS, RunConfig, apply_overrides, parse_override
 from radfield.errors import PeerLost, RadfieldError, RankZeroError
 from radfield.models import REGISTRY
 
@@ -246,16 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_value(text: str):
-    """A ``--set`` value: JSON when it parses (numbers, true/false, null, lists), else a string."""
-    import json
-
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def run_config_from_args(args) -> RunConfig:
     if args.model is not None and args.model not in MODELS:
         raise RadfieldError(f"--model: unknown model {args.model!r} (choose from: {', '.join(MODELS)})")
@@ -282,11 +272,7 @@ def run_config_from_args(args) -> RunConfig:
         config.train.hsm.enabled = True
     if args.pose_opt:
         config.train.pose_opt.enabled = True
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise RadfieldError(f"--set {item!r}: expected KEY=VALUE")
-        apply_overrides(config, {key.strip(): _parse_value(value.strip())})
+    apply_overrides(config, dict(parse_override(item) for item in args.set))
     return config
 
 

@@ -609,3 +609,18 @@ def apply_overrides(config: RunConfig, overrides: dict) -> RunConfig:
                                 f"(e.g. {dotted}.{dataclasses.fields(hint)[0].name})")
         setattr(obj, leaf, check_value(dotted, value, hint))
     return config
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """One ``KEY=VALUE`` override as typed on a command line (``--set``): the value is JSON when
+    it parses (numbers, true/false, null, lists), ``None`` as in Python, else a string."""
+    import json
+
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise RadfieldError(f"--set {item!r}: expected KEY=VALUE")
+    text = text.strip()
+    try:
+        return key.strip(), json.loads(text)
+    except ValueError:
+        return key.strip(), None if text == "None" else text

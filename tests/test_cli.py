@@ -32,8 +32,9 @@ import pytest
 import torch
 
 from radfield.cli import main
-from radfield.config import PRESETS, RunConfig, apply_overrides
+from radfield.config import PRESETS, RunConfig, apply_overrides, parse_override
 from radfield.data.synthetic import make_scene
+from radfield.errors import RadfieldError
 from radfield.models import REGISTRY
 from radfield.training.checkpoint import CHECKPOINT_NAME, REQUIRED_KEYS, load_checkpoint, save_checkpoint
 from radfield.training.trainer import Trainer
@@ -496,6 +497,24 @@ def test_bad_option_value_is_one_line(capsys):
     assert_clean_error(rc, *capsys.readouterr(), ["--path", "bogus"])
 
 
+@pytest.mark.parametrize("item,expected", [
+    ("train.pose_opt.lr=6e-4", ("train.pose_opt.lr", 6e-4)),
+    (" train.hsm.enabled = true", ("train.hsm.enabled", True)),
+    ("train.pose_opt.coarse_to_fine=None", ("train.pose_opt.coarse_to_fine", None)),
+    ("train.pose_opt.coarse_to_fine=[0.1, 0.5]", ("train.pose_opt.coarse_to_fine", [0.1, 0.5])),
+    ("data.path=a=b", ("data.path", "a=b")),
+])
+def test_parse_override(item, expected):
+    """``--set KEY=VALUE`` (the CLI's and the benchmarks'): JSON values, Python's None, else text."""
+    assert parse_override(item) == expected
+
+
+@pytest.mark.parametrize("item", ["train.max_time", "=3"])
+def test_parse_override_needs_key_and_value(item):
+    with pytest.raises(RadfieldError, match="expected KEY=VALUE"):
+        parse_override(item)
+
+
 def test_resume_keeps_saved_step_limit(trained_run):
     """``train DATA --out RUN --resume`` of a 40-step run must not turn it into a 20000-step one
     (Trainer: 'its saved config wins, except max_steps / max_time given anew')."""
@@ -518,8 +537,6 @@ def test_resume_of_finished_run_adds_no_history(trained_run, scene, tmp_path, ca
 
 
 def test_malformed_val_split_is_an_error(scene, tmp_path):
-    from radfield.errors import RadfieldError
-
     data = shutil.copytree(scene, tmp_path / "data")
     (data / "val" / "r_0.png").unlink()
     config = _config(data, 1)
