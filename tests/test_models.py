@@ -204,7 +204,7 @@ FULL = HSMConfig(enabled=True, min_fraction=1.0, max_fraction=1.0)
 HIER = {
     "nerf": ("nerf-small", {"nerf.width": 32, "nerf.density_activation": "softplus",
                             "nerf.sampler.n_coarse": 8, "nerf.sampler.n_fine": 16}),
-    "nerfacto": ("nerfacto-small", {"nerfacto.bounded": False, "nerfacto.far": 4.0, "nerfacto.grid.log2_table_size": 12,
+    "nerfacto": ("nerfacto-small", {"nerfacto.bounded": False, "nerfacto.far": 1.5, "nerfacto.grid.log2_table_size": 12,
                                     "nerfacto.grid.max_resolution": 128,
                                     "nerfacto.proposal_samples": (16, 12), "nerfacto.n_samples": 8}),
     "nerfae": ("nerfae", {"nerfae.width": 32, "nerfae.latent": 8, "nerfae.sampler.n_coarse": 8,
@@ -235,9 +235,10 @@ def test_hsm_with_b_equal_B_matches_baseline_for_hierarchical_models(scene, trai
     assert any(k.startswith("field.") for k in gb) and any(k.startswith(earlier) for k in gb)
     for k in gb:
         torch.testing.assert_close(gh[k], gb[k], rtol=1e-4, atol=1e-7, msg=k)
-    # The comparisons are not between zeros: fine and earlier-level networks both learn.
+    # The comparisons are not between zeros: fine and earlier-level networks both learn (the
+    # proposals' largest gradient is about 1e-5 on this tiny batch).
     for prefix in ("field.", earlier):
-        assert max(float(gb[k].abs().max()) for k in gb if k.startswith(prefix)) > 1e-5, prefix
+        assert max(float(gb[k].abs().max()) for k in gb if k.startswith(prefix)) > 1e-6, prefix
 
 
 def test_nerfae_latent_penalty_is_in_the_hsm_gradient(scene, train_data):

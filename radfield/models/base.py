@@ -75,7 +75,9 @@ class SceneInfo:
             when the reader normalised the scene, so exports can return to world coordinates;
             ``aabb_scale`` (Instant-NGP's) when the box is that many times larger than the
             region of interest, a cube of ``1 / aabb_scale`` the box's size about its centre
-            (cascaded occupancy grids cover the region finely and the rest coarsely).
+            (cascaded occupancy grids cover the region finely and the rest coarsely);
+            ``camera_radius``, the farthest training camera's distance from the box's centre
+            (the proposal pipeline measures unbounded scenes in it).
     """
 
     aabb: Tensor
@@ -89,6 +91,10 @@ class SceneInfo:
         """From a :class:`radfield.data.SceneData` (the training split)."""
         times = data.cameras.attrs.get("times")
         meta = {k: data.meta[k] for k in ("normalization", "aabb_scale") if data.meta.get(k)}
+        aabb = data.aabb.double()
+        centres = data.cameras.centers.double()
+        if len(centres):
+            meta["camera_radius"] = float((centres - (aabb[:3] + aabb[3:]) / 2).norm(dim=-1).max())
         return cls(data.aabb.float().clone(), len(data), bool(data.has_alpha),
                    None if times is None else (float(times.min()), float(times.max())), meta)
 

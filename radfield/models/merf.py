@@ -30,6 +30,10 @@ from radfield.samplers.samples import Samples, packed_from_bins
 class MerfModel(NerfactoModel):
     section = "merf"
 
+    def scene_frame(self, scene: SceneInfo) -> tuple[Tensor, float | None]:
+        """The box and its radius, as the bake's sampler (``BakedMerfModel``) measures them."""
+        return self.aabb, None
+
     def make_field(self, cfg, scene: SceneInfo) -> MerfField:
         return MerfField(self.aabb, cfg.field, cfg.bounded, cfg.contraction)
 

@@ -24,13 +24,14 @@ from radfield.samplers.proposal import s_to_t, sample_pdf, uniform_bins
 from radfield.samplers.samples import Level, Samples, packed_from_bins
 
 
-def ray_bounds(rays: Rays, aabb: Tensor, bounded: bool, near: float, far: float) -> tuple[Tensor, Tensor]:
+def ray_bounds(rays: Rays, aabb: Tensor, bounded: bool, near: float, far: float,
+               unit: float | None = None) -> tuple[Tensor, Tensor]:
     """``(near, far)`` ``(n_rays,)`` of the proposal pipeline: the box's entry and exit
-    (``bounded``), else ``near`` and ``far`` scene radii (the radius: half the box's largest
-    side). Example: box ``[-2, 2]^3``, unbounded, near 0.05, far 1000: ``(0.1, 2000)``."""
+    (``bounded``), else ``near`` and ``far`` times ``unit`` (default: the scene radius, half the
+    box's largest side). Example: box ``[-2, 2]^3``, unbounded, near 0.05, far 1000: ``(0.1, 2000)``."""
     if bounded:
         return box_near_far(rays, aabb)
-    radius = ((aabb[3:] - aabb[:3]) / 2).max()
+    radius = ((aabb[3:] - aabb[:3]) / 2).max() if unit is None else unit
     ones = torch.ones(len(rays), device=rays.origins.device)
     return ones * (near * radius), ones * (far * radius)
 
@@ -53,12 +54,31 @@ class NerfactoModel(Model):
         if len(cfg.proposal_grids) != len(cfg.proposal_samples):
             raise RadfieldError(f"{self.section}: proposal_grids and proposal_samples need one entry per "
                                 "proposal level")
+        self.contraction_box, self.unit = self.scene_frame(scene)
         self.field = self.make_field(cfg, scene)
         self.proposals = nn.ModuleList(
-            ProposalDensityField(self.aabb, res, cfg.proposal_hidden, cfg.contraction) for res in cfg.proposal_grids)
+            ProposalDensityField(self.contraction_box, res, cfg.proposal_hidden, cfg.contraction)
+            for res in cfg.proposal_grids)
+
+    def scene_frame(self, scene: SceneInfo) -> tuple[Tensor, float | None]:
+        """``(contraction box, distance unit)`` of an unbounded scene, as nerfstudio's are after
+        it scales the cameras into the unit cube: distances (``near``, ``far``, the spacing
+        function's linear part) in units of the farthest camera's distance from the box's centre,
+        and a contraction that starts no closer than the cameras, so the space between them and
+        the scene keeps full resolution. Scenes kept in their capture's units (Blender,
+        Instant-NGP ``transforms.json``: cameras 4 units from the object) otherwise spend the
+        linear part on the first unit in front of each camera and squash the rest. Bounded scenes,
+        and runs saved without ``camera_radius``: ``(box, None)``, the box's radius as the unit.
+        Example: box ``[-1.5, 1.5]^3``, cameras at 4: a cube of half-size 4, unit 4."""
+        radius = scene.meta.get("camera_radius")
+        if self.config.bounded or not radius:
+            return self.aabb, None
+        centre, half = (self.aabb[:3] + self.aabb[3:]) / 2, ((self.aabb[3:] - self.aabb[:3]) / 2).max()
+        half = torch.clamp(half, min=radius)
+        return torch.cat([centre - half, centre + half]), float(radius)
 
     def make_field(self, cfg, scene: SceneInfo) -> nn.Module:
-        return NerfactoField(self.aabb, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
+        return NerfactoField(self.contraction_box, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
                              scene.n_images, cfg.contraction)
 
     @property
@@ -67,14 +87,16 @@ class NerfactoModel(Model):
 
     def near_far(self, rays: Rays) -> tuple[Tensor, Tensor]:
         """The scene box's entry and exit (bounded), else ``near`` and ``far`` scene radii."""
-        return ray_bounds(rays, self.aabb, self.config.bounded, self.config.near, self.config.far)
+        return ray_bounds(rays, self.aabb, self.config.bounded, self.config.near, self.config.far, self.unit)
 
     def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:
         cfg, n_rays, spacing = self.config, len(rays), self.spacing
-        near, far = self.near_far(rays)
+        unit = self.unit or 1.0  # the spacing function sees distances in units of scene_frame's
+        near, far = (bound / unit for bound in self.near_far(rays))
         t, s = uniform_bins(near, far, cfg.proposal_samples[0], spacing, jitter=training,
                             generator=generator)
+        t = t * unit
         levels = []
         n_next = list(cfg.proposal_samples[1:]) + [cfg.n_samples]
         for proposal, n in zip(self.proposals, n_next):
@@ -85,7 +107,7 @@ class NerfactoModel(Model):
             w = w.view(n_rays, -1)
             levels.append(Level(s, w, weight=cfg.interlevel_weight))
             s = sample_pdf(s, w, n, jitter=training, generator=generator)
-            t = s_to_t(s, near, far, spacing)
+            t = s_to_t(s, near, far, spacing) * unit
         return packed_from_bins(t, s, levels if training else [])
 
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
