@@ -162,6 +162,10 @@ class TrainConfig:
     """... or seconds of wall-clock time since the last one, whichever comes first (a killed run
     loses at most this much)."""
     seed: int = 0
+    near_gradient: float = 0.0
+    """Scale the gradient of samples nearer their camera than this many camera radii (the
+    farthest training camera's distance from the box's centre) by ``(t / d)^2`` ("Floaters No
+    More", nerfstudio's ``use_gradient_scaling``: 1 scene unit after its pose scaling); 0 = off."""
     mixed_precision: bool = True
     """float16 autocast and gradient scaling on CUDA (ignored on the CPU)."""
     hsm: HSMConfig = dc_field(default_factory=HSMConfig)

@@ -15,7 +15,7 @@ from radfield.losses import l2
 from radfield.losses.regularisers import distortion
 from radfield.samplers.samples import Samples
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, loss_from_raw,
-                                     photometric_objective)
+                                     photometric_objective, scale_near_gradients)
 
 AABB = torch.tensor([-1.0, -1, -1, 1, 1, 1])
 # Photometric loss plus a loss on all sample weights: HSM must keep the latter's gradient too.
@@ -249,3 +249,18 @@ def test_trainer_variants_reach_sampling_and_the_ray_count(tmp_path, early_stop,
     per_ray = result.n_samples / n_rays
     expect = int(min(max(config.ngp.optim.target_samples * first_pass / per_ray, 64), config.train.max_rays))
     assert trainer.state.n_rays == expect
+
+
+def test_near_gradients_scaled_by_squared_distance():
+    """Floaters No More: a sample at distance t < d keeps (t / d)^2 of its gradient, the rest all
+    of it; the forward value is untouched. Hand-computed for d = 2: midpoints 0.5, 1, 3."""
+    samples = Samples(t_starts=torch.tensor([0.25, 0.75, 2.5]), t_ends=torch.tensor([0.75, 1.25, 3.5]),
+                      ray_indices=torch.zeros(3, dtype=torch.long), n_rays=1)
+    raw = torch.tensor([[1.0, -2.0], [0.5, 0.0], [3.0, 4.0]], requires_grad=True)
+    weights = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    out = scale_near_gradients(raw, samples, 2.0)
+    assert torch.equal(out, raw)
+    (out * weights).sum().backward()
+    expected = weights * torch.tensor([[1 / 16], [1 / 4], [1.0]])
+    torch.testing.assert_close(raw.grad, expected, rtol=0, atol=1e-7)
+    assert scale_near_gradients(raw, samples, 0.0) is raw  # off

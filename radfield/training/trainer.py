@@ -501,8 +501,9 @@ class Trainer:
             samples = self.model.sample(plain, training=True, generator=self.generator, early_stop=early)
         patch = min(cfg.patch_size, self.data.cameras.height, self.data.cameras.width)
         depth, depth_eps = self._depth_targets(parts, plain)
+        near_gradient = cfg.near_gradient * self.model.scene.meta.get("camera_radius", 1.0)
         return StepBatch(rays, samples, target, bg, patch if self.loss.needs_patches else None,
-                         depth, depth_eps)
+                         depth, depth_eps, near_gradient)
 
     def run_progress(self) -> float:
         """How far the run is: the fraction of ``max_steps`` or of ``max_time`` done, whichever
