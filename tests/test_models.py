@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from radfield.cameras import pixel_rays, project
+from radfield.cameras import Rays, pixel_rays, project
 from radfield.cli import main
 from radfield.config import HSMConfig, RunConfig
 from radfield.data import load_scene
@@ -135,10 +135,16 @@ def raw_of(model, batch: StepBatch):
     return model.field.raw(*field_inputs(model, batch))
 
 
-def build(scene, train_data, preset, overrides, seed=0):
+def build(scene, train_data, preset, overrides, seed=0, box_frame=True):
+    """``box_frame``: the scene without ``camera_radius``, so the proposal pipeline measures in
+    the box (unit 1.5) as these tests' magnitudes were set for; its camera frame (unit 4 on the
+    built-in scene) has fields 4x thinner there and is tested on its own."""
     config = make_config(scene, preset, overrides)
     torch.manual_seed(seed)
-    model = build_model(config, SceneInfo.from_data(train_data))
+    info = SceneInfo.from_data(train_data)
+    if box_frame:
+        info.meta.pop("camera_radius", None)
+    model = build_model(config, info)
     if config.model == "nerfacto":
         # Hash tables start near zero, so at initialisation the main field's weights follow the
         # proposals' and the interlevel loss is 0; rough tables make it (and its gradient) live.
@@ -204,7 +210,7 @@ FULL = HSMConfig(enabled=True, min_fraction=1.0, max_fraction=1.0)
 HIER = {
     "nerf": ("nerf-small", {"nerf.width": 32, "nerf.density_activation": "softplus",
                             "nerf.sampler.n_coarse": 8, "nerf.sampler.n_fine": 16}),
-    "nerfacto": ("nerfacto-small", {"nerfacto.bounded": False, "nerfacto.far": 1.5, "nerfacto.grid.log2_table_size": 12,
+    "nerfacto": ("nerfacto-small", {"nerfacto.bounded": False, "nerfacto.far": 4.0, "nerfacto.grid.log2_table_size": 12,
                                     "nerfacto.grid.max_resolution": 128,
                                     "nerfacto.proposal_samples": (16, 12), "nerfacto.n_samples": 8}),
     "nerfae": ("nerfae", {"nerfae.width": 32, "nerfae.latent": 8, "nerfae.sampler.n_coarse": 8,
@@ -235,10 +241,30 @@ def test_hsm_with_b_equal_B_matches_baseline_for_hierarchical_models(scene, trai
     assert any(k.startswith("field.") for k in gb) and any(k.startswith(earlier) for k in gb)
     for k in gb:
         torch.testing.assert_close(gh[k], gb[k], rtol=1e-4, atol=1e-7, msg=k)
-    # The comparisons are not between zeros: fine and earlier-level networks both learn (the
-    # proposals' largest gradient is about 1e-5 on this tiny batch).
+    # The comparisons are not between zeros: fine and earlier-level networks both learn.
     for prefix in ("field.", earlier):
-        assert max(float(gb[k].abs().max()) for k in gb if k.startswith(prefix)) > 1e-6, prefix
+        assert max(float(gb[k].abs().max()) for k in gb if k.startswith(prefix)) > 1e-5, prefix
+
+
+def test_nerfacto_measures_unbounded_scenes_in_the_cameras_radius(scene, train_data):
+    """Built-in scene: box [-1.5, 1.5]^3, cameras 4 from its centre. The camera frame: a
+    contraction cube of half-size 4, near/far 0.05 / 1000 times 4, densities per 4 units
+    (sigma = exp(raw) / 4); the box frame keeps 1.5 and exp(raw)."""
+    preset, overrides = HIER["nerfacto"]
+    model = build(scene, train_data, preset, {**overrides, "nerfacto.far": 1000.0}, box_frame=False)
+    assert model.unit == pytest.approx(4.0, abs=1e-5)
+    torch.testing.assert_close(model.contraction_box, torch.tensor([-4.0, -4, -4, 4, 4, 4]), rtol=0, atol=1e-5)
+    assert float(model.field.contraction.radius) == pytest.approx(4.0, abs=1e-5)
+    assert all(float(p.contraction.radius) == pytest.approx(4.0, abs=1e-5) for p in model.proposals)
+    rays = Rays(torch.zeros(2, 3), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]), torch.ones(2))
+    near, far = model.near_far(rays)
+    torch.testing.assert_close(near, torch.full((2,), 0.2), rtol=1e-5, atol=0)
+    torch.testing.assert_close(far, torch.full((2,), 4000.0), rtol=1e-5, atol=0)
+    raw = torch.tensor([[0.0, 0, 0, 0], [math.log(8.0), 0, 0, 0]])
+    torch.testing.assert_close(model.field.activate(raw)[0], torch.tensor([0.25, 2.0]), rtol=1e-5, atol=0)
+    boxed = build(scene, train_data, preset, overrides)
+    assert boxed.unit is None and float(boxed.field.contraction.radius) == pytest.approx(1.5)
+    torch.testing.assert_close(boxed.field.activate(raw)[0], torch.tensor([1.0, 8.0]), rtol=1e-5, atol=0)
 
 
 def test_nerfae_latent_penalty_is_in_the_hsm_gradient(scene, train_data):

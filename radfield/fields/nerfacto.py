@@ -40,9 +40,13 @@ class Contraction(nn.Module):
 
 
 class ProposalDensityField(nn.Module):
-    def __init__(self, aabb: Tensor, max_resolution: int, hidden: int = 16, norm: str = "inf"):
+    def __init__(self, aabb: Tensor, max_resolution: int, hidden: int = 16, norm: str = "inf",
+                 unit: float = 1.0):
         super().__init__()
         self.contraction = Contraction(aabb, norm)
+        self.unit = unit
+        """Densities are per ``unit`` of distance (the scene's frame), so a network's output means
+        the same opacity whatever units the capture uses."""
         grid = HashGridConfig(n_levels=5, features_per_level=2, log2_table_size=17, base_resolution=16,
                               max_resolution=max_resolution)
         self.grid = HashGrid(grid)
@@ -50,14 +54,16 @@ class ProposalDensityField(nn.Module):
 
     def density(self, x: Tensor) -> Tensor:
         """``(n,)`` density at world points ``x (n, 3)``."""
-        return trunc_exp(self.mlp(self.grid(self.contraction(x)))[:, 0])
+        return trunc_exp(self.mlp(self.grid(self.contraction(x)))[:, 0]) / self.unit
 
 
 class NerfactoField(nn.Module):
     def __init__(self, aabb: Tensor, grid: HashGridConfig, hidden: int = 64, geo_features: int = 15,
-                 appearance_dim: int = 32, n_images: int = 0, norm: str = "inf"):
+                 appearance_dim: int = 32, n_images: int = 0, norm: str = "inf", unit: float = 1.0):
         super().__init__()
         self.contraction = Contraction(aabb, norm)
+        self.unit = unit
+        """Densities are per ``unit`` of distance (as :class:`ProposalDensityField`'s)."""
         self.grid = HashGrid(grid)
         self.density_mlp = mlp(grid.output_dim, hidden, 1, 1 + geo_features)
         self.appearance_dim = appearance_dim if n_images > 0 else 0
@@ -82,7 +88,7 @@ class NerfactoField(nn.Module):
         return torch.cat([h[:, :1], c], dim=-1)
 
     def activate(self, raw: Tensor) -> tuple[Tensor, Tensor]:
-        return trunc_exp(raw[:, 0]), torch.sigmoid(raw[:, 1:4])
+        return trunc_exp(raw[:, 0]) / self.unit, torch.sigmoid(raw[:, 1:4])
 
     def density(self, x: Tensor) -> Tensor:
-        return trunc_exp(self.density_mlp(self.grid(self.contraction(x)))[:, 0])
+        return trunc_exp(self.density_mlp(self.grid(self.contraction(x)))[:, 0]) / self.unit

@@ -57,7 +57,7 @@ class NerfactoModel(Model):
         self.contraction_box, self.unit = self.scene_frame(scene)
         self.field = self.make_field(cfg, scene)
         self.proposals = nn.ModuleList(
-            ProposalDensityField(self.contraction_box, res, cfg.proposal_hidden, cfg.contraction)
+            ProposalDensityField(self.contraction_box, res, cfg.proposal_hidden, cfg.contraction, self.unit or 1.0)
             for res in cfg.proposal_grids)
 
     def scene_frame(self, scene: SceneInfo) -> tuple[Tensor, float | None]:
@@ -65,7 +65,7 @@ class NerfactoModel(Model):
         it scales the cameras into the unit cube: distances (``near``, ``far``, the spacing
         function's linear part) in units of the farthest camera's distance from the box's centre,
         and a contraction that starts no closer than the cameras, so the space between them and
-        the scene keeps full resolution. Scenes kept in their capture's units (Blender,
+        the scene keeps full resolution; densities per unit too. Scenes kept in their capture's units (Blender,
         Instant-NGP ``transforms.json``: cameras 4 units from the object) otherwise spend the
         linear part on the first unit in front of each camera and squash the rest. Bounded scenes,
         and runs saved without ``camera_radius``: ``(box, None)``, the box's radius as the unit.
@@ -79,7 +79,7 @@ class NerfactoModel(Model):
 
     def make_field(self, cfg, scene: SceneInfo) -> nn.Module:
         return NerfactoField(self.contraction_box, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
-                             scene.n_images, cfg.contraction)
+                             scene.n_images, cfg.contraction, self.unit or 1.0)
 
     @property
     def spacing(self) -> str:
