@@ -292,7 +292,8 @@ class ProposalPipelineConfig:
     spacing: str = "unbounded"
     near: float = 0.05
     far: float = 1000.0
-    """Ray bounds in units of the scene radius (half the largest side of the scene box)."""
+    """Ray bounds in units of the farthest training camera's distance from the box's centre
+    (runs saved without it, and MeRF: the scene radius, half the largest side of the box)."""
     proposal_samples: tuple[int, ...] = (256, 96)
     n_samples: int = 48
     proposal_grids: tuple[int, ...] = (128, 256)
