@@ -66,9 +66,9 @@ def pixelnerf(train: Path, test: Path, budget: float) -> dict:
     train_s = time.time() - t0
     t0 = time.time()
     metrics = evaluate_unseen(run, test, SOURCES, save_renders=False, progress=False)
-    n_scenes = len(metrics["per_scene"])
-    return {"steps": trainer.state.step, "train_wall_s": train_s, "eval_s": time.time() - t0,
-            "eval_s_per_scene": (time.time() - t0) / n_scenes, "sources": metrics["sources"],
+    eval_s = time.time() - t0
+    return {"steps": trainer.state.step, "train_wall_s": train_s, "eval_s": eval_s,
+            "eval_s_per_scene": eval_s / len(metrics["per_scene"]), "sources": metrics["sources"],
             "per_scene": metrics["per_scene"]}
 
 
