@@ -16,6 +16,11 @@ import PIL.ImageFile  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Under pytest-xdist (the README's `-n 2`) each of the two workers owns one core: one torch
+# thread each, since two workers with two threads apiece would fight over the same two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 from radfield.config import PRESETS, RunConfig, apply_overrides  # noqa: E402
 from radfield.data import SceneCameras, SceneData, blender, colmap, dtu, files, llff  # noqa: E402
 
