@@ -252,8 +252,8 @@ def test_nerfacto_measures_unbounded_scenes_in_the_cameras_radius(scene, train_d
     (sigma = exp(raw) / 4); the box frame keeps 1.5 and exp(raw)."""
     preset, overrides = HIER["nerfacto"]
     model = build(scene, train_data, preset, {**overrides, "nerfacto.far": 1000.0}, box_frame=False)
-    assert model.unit == pytest.approx(4.0, abs=1e-5)
-    torch.testing.assert_close(model.contraction_box, torch.tensor([-4.0, -4, -4, 4, 4, 4]), rtol=0, atol=1e-5)
+    assert model.frame.unit == pytest.approx(4.0, abs=1e-5) and model.frame.bounds_unit == pytest.approx(4.0, abs=1e-5)
+    torch.testing.assert_close(model.frame.box, torch.tensor([-4.0, -4, -4, 4, 4, 4]), rtol=0, atol=1e-5)
     assert float(model.field.contraction.radius) == pytest.approx(4.0, abs=1e-5)
     assert all(float(p.contraction.radius) == pytest.approx(4.0, abs=1e-5) for p in model.proposals)
     rays = Rays(torch.zeros(2, 3), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]), torch.ones(2))
@@ -263,7 +263,8 @@ def test_nerfacto_measures_unbounded_scenes_in_the_cameras_radius(scene, train_d
     raw = torch.tensor([[0.0, 0, 0, 0], [math.log(8.0), 0, 0, 0]])
     torch.testing.assert_close(model.field.activate(raw)[0], torch.tensor([0.25, 2.0]), rtol=1e-5, atol=0)
     boxed = build(scene, train_data, preset, overrides)
-    assert boxed.unit is None and float(boxed.field.contraction.radius) == pytest.approx(1.5)
+    assert boxed.frame.unit == 1.0 and boxed.frame.bounds_unit == pytest.approx(1.5)
+    assert float(boxed.field.contraction.radius) == pytest.approx(1.5)
     torch.testing.assert_close(boxed.field.activate(raw)[0], torch.tensor([1.0, 8.0]), rtol=1e-5, atol=0)
 
 

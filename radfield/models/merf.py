@@ -21,7 +21,7 @@ from radfield.cameras import Rays
 from radfield.config import OptimConfig
 from radfield.fields.merf import BakedMerfField, MerfField, table_parameters
 from radfield.models.base import Model, SceneInfo
-from radfield.models.nerfacto import NerfactoModel, ray_bounds
+from radfield.models.nerfacto import NerfactoModel, SceneFrame, ray_bounds
 from radfield.rendering.volume import render_weights
 from radfield.samplers.proposal import s_to_t, sample_pdf, uniform_bins
 from radfield.samplers.samples import Samples, packed_from_bins
@@ -30,9 +30,9 @@ from radfield.samplers.samples import Samples, packed_from_bins
 class MerfModel(NerfactoModel):
     section = "merf"
 
-    def scene_frame(self, scene: SceneInfo) -> tuple[Tensor, float | None]:
-        """The box and its radius, as the bake's sampler (``BakedMerfModel``) measures them."""
-        return self.aabb, None
+    def scene_frame(self, scene: SceneInfo) -> SceneFrame:
+        """The box frame, as the bake's sampler (``BakedMerfModel``) measures the scene."""
+        return self.box_frame()
 
     def make_field(self, cfg, scene: SceneInfo) -> MerfField:
         return MerfField(self.aabb, cfg.field, cfg.bounded, cfg.contraction)

@@ -9,6 +9,8 @@ and the distortion loss is computed in ``s``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
@@ -36,6 +38,16 @@ def ray_bounds(rays: Rays, aabb: Tensor, bounded: bool, near: float, far: float,
     return ones * (near * radius), ones * (far * radius)
 
 
+class SceneFrame(NamedTuple):
+    """Where the proposal pipeline measures a scene: ``box`` is the contraction box, ``unit`` the
+    length in which the spacing function sees distances and densities are given (sigma per
+    ``unit``), ``bounds_unit`` the length that ``near`` and ``far`` multiply."""
+
+    box: Tensor
+    unit: float
+    bounds_unit: float
+
+
 class NerfactoModel(Model):
     section = "nerfacto"
     """The config section this model reads (a :class:`ProposalPipelineConfig`; subclasses
@@ -54,32 +66,37 @@ class NerfactoModel(Model):
         if len(cfg.proposal_grids) != len(cfg.proposal_samples):
             raise RadfieldError(f"{self.section}: proposal_grids and proposal_samples need one entry per "
                                 "proposal level")
-        self.contraction_box, self.unit = self.scene_frame(scene)
+        self.frame = self.scene_frame(scene)
         self.field = self.make_field(cfg, scene)
         self.proposals = nn.ModuleList(
-            ProposalDensityField(self.contraction_box, res, cfg.proposal_hidden, cfg.contraction, self.unit or 1.0)
+            ProposalDensityField(self.frame.box, res, cfg.proposal_hidden, cfg.contraction, self.frame.unit)
             for res in cfg.proposal_grids)
 
-    def scene_frame(self, scene: SceneInfo) -> tuple[Tensor, float | None]:
-        """``(contraction box, distance unit)`` of an unbounded scene, as nerfstudio's are after
+    def box_frame(self) -> SceneFrame:
+        """The scene box as the contraction box, raw lengths, ``near`` / ``far`` in units of the
+        box's radius (half its largest side)."""
+        return SceneFrame(self.aabb, 1.0, float(((self.aabb[3:] - self.aabb[:3]) / 2).max()))
+
+    def scene_frame(self, scene: SceneInfo) -> SceneFrame:
+        """The :class:`SceneFrame` of an unbounded scene, as nerfstudio's is after
         it scales the cameras into the unit cube: distances (``near``, ``far``, the spacing
         function's linear part) in units of the farthest camera's distance from the box's centre,
         and a contraction that starts no closer than the cameras, so the space between them and
         the scene keeps full resolution; densities per unit too. Without it, scenes kept in their
         capture's units (Blender, Instant-NGP ``transforms.json``: cameras 4 units from the
         object) trained 4.5 dB worse than scaled ones (``bench/RESULTS.md``). Bounded scenes,
-        and runs saved without ``camera_radius``: ``(box, None)``, the box's radius as the unit.
+        and runs saved without ``camera_radius``: :meth:`box_frame`.
         Example: box ``[-1.5, 1.5]^3``, cameras at 4: a cube of half-size 4, unit 4."""
         radius = scene.meta.get("camera_radius")
         if self.config.bounded or not radius:
-            return self.aabb, None
+            return self.box_frame()
         centre, half = (self.aabb[:3] + self.aabb[3:]) / 2, ((self.aabb[3:] - self.aabb[:3]) / 2).max()
         half = torch.clamp(half, min=radius)
-        return torch.cat([centre - half, centre + half]), float(radius)
+        return SceneFrame(torch.cat([centre - half, centre + half]), float(radius), float(radius))
 
     def make_field(self, cfg, scene: SceneInfo) -> nn.Module:
-        return NerfactoField(self.contraction_box, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
-                             scene.n_images, cfg.contraction, self.unit or 1.0)
+        return NerfactoField(self.frame.box, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
+                             scene.n_images, cfg.contraction, self.frame.unit)
 
     @property
     def spacing(self) -> str:
@@ -88,12 +105,13 @@ class NerfactoModel(Model):
     def near_far(self, rays: Rays) -> tuple[Tensor, Tensor]:
         """The scene box's entry and exit (bounded), else ``near`` and ``far`` units of
         :meth:`scene_frame`."""
-        return ray_bounds(rays, self.aabb, self.config.bounded, self.config.near, self.config.far, self.unit)
+        cfg = self.config
+        return ray_bounds(rays, self.aabb, cfg.bounded, cfg.near, cfg.far, self.frame.bounds_unit)
 
     def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:
         cfg, n_rays, spacing = self.config, len(rays), self.spacing
-        unit = self.unit or 1.0  # the spacing function sees distances in units of scene_frame's
+        unit = self.frame.unit  # the spacing function sees distances in this unit
         near, far = (bound / unit for bound in self.near_far(rays))
         t, s = uniform_bins(near, far, cfg.proposal_samples[0], spacing, jitter=training,
                             generator=generator)
