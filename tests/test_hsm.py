@@ -264,3 +264,18 @@ def test_near_gradients_scaled_by_squared_distance():
     expected = weights * torch.tensor([[1 / 16], [1 / 4], [1.0]])
     torch.testing.assert_close(raw.grad, expected, rtol=0, atol=1e-7)
     assert scale_near_gradients(raw, samples, 0.0) is raw  # off
+
+
+def test_near_gradient_reaches_the_batch_in_camera_radius_units(tmp_path):
+    """``train.near_gradient`` 0.5 on the built-in scene: the batch's distance is half the
+    farthest training camera's distance from the box's centre (computed here from the poses)."""
+    from conftest import make_config
+    from radfield.data.synthetic import make_scene
+    from radfield.training.trainer import Trainer
+
+    scene = make_scene(tmp_path / "scene", n_train=4, n_val=1, n_test=1, size=16)
+    config = make_config(scene, "ngp-small", {"train.near_gradient": 0.5}, steps=1)
+    trainer = Trainer(config, tmp_path / "run", device="cpu", progress=False, log_tensorboard=False)
+    aabb = trainer.data.aabb
+    radius = (trainer.data.cameras.c2w[:, :3, 3] - (aabb[:3] + aabb[3:]) / 2).norm(dim=-1).max()
+    assert trainer.make_batch(64).near_gradient == pytest.approx(0.5 * float(radius), rel=1e-5)

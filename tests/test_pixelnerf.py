@@ -282,9 +282,20 @@ def one_view_scene(tmp_path):
     return folder
 
 
-def _trainer(folder, tmp_path):
+def test_multiscene_batches_carry_the_near_gradient(tmp_path):
+    """``train.near_gradient`` reaches training across scenes too, in units of the first
+    scene's farthest camera distance from the box's centre (computed here from its poses)."""
+    folder = tmp_path / "scenes"
+    make_scenes(folder, 2, 0, n_train=3, n_val=0, n_test=0, size=8)
+    trainer = _trainer(folder, tmp_path, {"train.near_gradient": 0.5})
+    aabb = trainer.data.aabb
+    radius = (trainer.data.cameras.c2w[:, :3, 3] - (aabb[:3] + aabb[3:]) / 2).norm(dim=-1).max()
+    assert trainer.make_batch(16).near_gradient == pytest.approx(0.5 * float(radius), rel=1e-5)
+
+
+def _trainer(folder, tmp_path, overrides=None):
     from radfield.training.multiscene import MultiSceneTrainer
 
-    config = apply_overrides(RunConfig(), PRESETS["pixelnerf-small"])
+    config = apply_overrides(RunConfig(), {**PRESETS["pixelnerf-small"], **(overrides or {})})
     config.data.path = str(folder)
     return MultiSceneTrainer(config, tmp_path / "r", progress=False, log_tensorboard=False)

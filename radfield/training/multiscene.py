@@ -136,7 +136,7 @@ class MultiSceneTrainer(Trainer):
             self.config.train.background, self.has_alpha, n_rays, self.eval_bg, gen))
         target = colour if colour.shape[-1] == 3 else colour[:, :3] * colour[:, 3:] + bg.detach() * (1 - colour[:, 3:])
         samples = self.model.sample(rays, training=True, generator=gen, early_stop=False)
-        return StepBatch(rays, samples, target, bg)
+        return StepBatch(rays, samples, target, bg, near_gradient=self.near_gradient)
 
     def validate(self) -> float | None:
         if self.val is None:

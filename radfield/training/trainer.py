@@ -501,9 +501,14 @@ class Trainer:
             samples = self.model.sample(plain, training=True, generator=self.generator, early_stop=early)
         patch = min(cfg.patch_size, self.data.cameras.height, self.data.cameras.width)
         depth, depth_eps = self._depth_targets(parts, plain)
-        near_gradient = cfg.near_gradient * self.model.scene.meta.get("camera_radius", 1.0)
         return StepBatch(rays, samples, target, bg, patch if self.loss.needs_patches else None,
-                         depth, depth_eps, near_gradient)
+                         depth, depth_eps, self.near_gradient)
+
+    @property
+    def near_gradient(self) -> float:
+        """``train.near_gradient`` as a distance (:attr:`StepBatch.near_gradient`): in units of
+        the farthest training camera's distance from the box's centre, where the scene has one."""
+        return self.config.train.near_gradient * self.model.scene.meta.get("camera_radius", 1.0)
 
     def run_progress(self) -> float:
         """How far the run is: the fraction of ``max_steps`` or of ``max_time`` done, whichever
