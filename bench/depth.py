@@ -31,9 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out"
-DATA = ROOT.parent / "shared" / "data"
+from runs import DATA, OUT, ROOT, budgeted_config, fresh  # this checkout first on sys.path
+
 LOSSES = ("none", "l2", "urf", "dsnerf", "bounded")
 SUITES = {
     "tabletop": {"data": DATA / "tabletop", "views": ["3", "6", "all"], "overrides": {}},
@@ -56,25 +55,18 @@ def run_one(spec: dict) -> dict:
     """Train and score one (suite, views, loss) run in this process."""
     import torch
 
-    from radfield.config import PRESETS, RunConfig, apply_overrides
+    from radfield.config import apply_overrides
     from radfield.evaluation.evaluate import evaluate_run
     from radfield.losses.depth import depth_weight
     from radfield.training.trainer import Trainer
 
-    config = apply_overrides(RunConfig(), PRESETS[spec["preset"]])
-    config.data.path = str(Path(spec["data"]).resolve())
+    config = budgeted_config(spec["preset"], spec["data"], spec["budget"], eval_every=spec["budget"] / 5,
+                             val_images=None, overrides={"train.depth.loss": spec["loss"]})
     config.data.train_views = None if spec["views"] == "all" else int(spec["views"])
-    config.train.max_time = spec["budget"]
-    config.train.max_steps = 10 ** 9
-    config.train.eval_every = spec["budget"] / 5
-    config.train.depth.loss = spec["loss"]
     if spec.get("beta_eps") and spec["loss"] == "bounded":
         config.train.depth.beta = spec["beta_eps"] * config.train.depth.eps
     apply_overrides(config, spec["overrides"])
-    run_dir = Path(spec["run_dir"])
-    if run_dir.exists():
-        import shutil
-        shutil.rmtree(run_dir)
+    run_dir = fresh(Path(spec["run_dir"]))
     trainer = Trainer(config, run_dir, progress=False, log_tensorboard=False)
     t0 = time.time()
     history = trainer.train()

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out"
+from runs import DATA, OUT, ROOT, budgeted_config, fresh  # this checkout first on sys.path
+
 TEST_EVERY = 3  # score every 3rd test image (10 of tabletop's 30)
 HSM = {"train.hsm.enabled": True}
 MODES = {
@@ -69,20 +69,11 @@ def step_peak_mb(trainer, n_steps: int = PROBE_STEPS) -> float:
 
 
 def run_one(mode: str, budget: float, data: str, eval_every: float) -> dict:
-    from radfield.config import RunConfig, apply_overrides, PRESETS
     from radfield.evaluation.evaluate import evaluate_run
     from radfield.training.trainer import Trainer
 
-    config = apply_overrides(RunConfig(), PRESETS["ngp"])
-    config.data.path = str(Path(data).resolve())
-    config.train.max_time = budget
-    config.train.max_steps = 10 ** 9
-    config.train.eval_every = eval_every
-    config = apply_overrides(config, MODES[mode])
-    run_dir = OUT / f"run_{mode}_{int(budget)}"
-    if run_dir.exists():
-        import shutil
-        shutil.rmtree(run_dir)
+    config = budgeted_config("ngp", data, budget, eval_every=eval_every, val_images=None, overrides=MODES[mode])
+    run_dir = fresh(OUT / f"run_{mode}_{int(budget)}")
     steps: list[dict] = []
 
     def on_step(trainer, result, seconds):
@@ -122,7 +113,7 @@ def time_to_reach(history: list[dict], target: float) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tabletop"))
+    ap.add_argument("--data", default=str(DATA / "tabletop"))
     ap.add_argument("--budgets", type=float, nargs="+", default=[300.0, 1200.0])
     ap.add_argument("--modes", nargs="+", default=["baseline", "hsm"], choices=list(MODES),
                     help="baseline first: the others are compared with it")

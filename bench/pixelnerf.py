@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
-OUT = ROOT / "bench" / "out"
+from runs import OUT, budgeted_config, fresh  # this checkout first on sys.path
 
-from radfield.config import PRESETS, RunConfig, apply_overrides  # noqa: E402
 from radfield.data.scenes import scene_folders  # noqa: E402
 from radfield.data.synthetic import make_scenes  # noqa: E402
 from radfield.evaluation.evaluate import evaluate_run  # noqa: E402
@@ -43,25 +38,15 @@ SOURCES = (1, 2, 3)
 
 def scenes(folder: Path, n: int, first_seed: int) -> list[Path]:
     if not (folder.is_dir() and len([q for q in folder.iterdir() if q.is_dir()]) == n):
-        shutil.rmtree(folder, ignore_errors=True)
-        make_scenes(folder, n, first_seed)
+        make_scenes(fresh(folder), n, first_seed)
     return scene_folders(folder)
 
 
-def config_for(preset: str, data: Path, budget: float) -> RunConfig:
-    config = apply_overrides(RunConfig(), PRESETS[preset])
-    config.data.path = str(data.resolve())
-    config.train.max_time, config.train.max_steps = budget, 10 ** 9
-    config.train.eval_every, config.train.val_images = 10 ** 9, 1
-    return config
-
-
 def pixelnerf(train: Path, test: Path, budget: float) -> dict:
-    run = OUT / "runs" / "pixelnerf"
-    shutil.rmtree(run, ignore_errors=True)
+    run = fresh(OUT / "runs" / "pixelnerf")
     t0 = time.time()
-    trainer = MultiSceneTrainer(config_for("pixelnerf-small", train, budget), run, progress=False,
-                                log_tensorboard=False)
+    trainer = MultiSceneTrainer(budgeted_config("pixelnerf-small", train, budget, eval_every=1e12), run,
+                                progress=False, log_tensorboard=False)
     trainer.train()
     train_s = time.time() - t0
     t0 = time.time()
@@ -73,10 +58,8 @@ def pixelnerf(train: Path, test: Path, budget: float) -> dict:
 
 
 def ngp(scene: Path, k: int, budget: float) -> dict:
-    run = OUT / "runs" / "pixelnerf-ngp"
-    shutil.rmtree(run, ignore_errors=True)
-    config = config_for("ngp-small", scene, budget)
-    config.data.train_views = k
+    run = fresh(OUT / "runs" / "pixelnerf-ngp")
+    config = budgeted_config("ngp-small", scene, budget, eval_every=1e12, overrides={"data.train_views": k})
     t0 = time.time()
     trainer = Trainer(config, run, progress=False, log_tensorboard=False)
     trainer.train()

@@ -39,19 +39,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
-OUT = ROOT / "bench" / "out"
-DATA = ROOT.parent / "shared" / "data"
+from runs import DATA, OUT, ROOT, budgeted_config, fresh  # this checkout first on sys.path
 
-from radfield.config import PRESETS, RunConfig, apply_overrides, parse_override  # noqa: E402
+from radfield.config import apply_overrides, parse_override  # noqa: E402
 from radfield.data import load_scene  # noqa: E402
 from radfield.evaluation.evaluate import evaluate_run  # noqa: E402
 from radfield.io import atomic_write  # noqa: E402
@@ -86,17 +82,11 @@ def train(name: str, data: Path, preset: str, budget: float, downscale: int = 1,
           pose_opt: bool = False, fit_steps: int = 30) -> tuple[Path, dict]:
     from radfield.training.trainer import Trainer
 
-    config = apply_overrides(RunConfig(), PRESETS[preset])
-    config.data.path = str(data.resolve())
-    config.data.downscale = downscale
-    config.train.max_time, config.train.max_steps = budget, 10 ** 9
-    config.train.eval_every, config.train.val_images = budget, 1
-    config.train.pose_opt.enabled = pose_opt
-    config.train.pose_opt.test_fit_steps = fit_steps
+    config = budgeted_config(preset, data, budget, overrides={
+        "data.downscale": downscale, "train.pose_opt.enabled": pose_opt, "train.pose_opt.test_fit_steps": fit_steps})
     if pose_opt and OVERRIDES:
         apply_overrides(config, OVERRIDES)
-    run = OUT / "runs" / name
-    shutil.rmtree(run, ignore_errors=True)
+    run = fresh(OUT / "runs" / name)
     t0 = time.time()
     trainer = Trainer(config, run, progress=False, log_tensorboard=False)
     trainer.train()

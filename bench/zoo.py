@@ -25,10 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
-OUT = ROOT / "bench" / "out"
-DATA = ROOT.parent / "shared" / "data"
+from runs import DATA, OUT, budgeted_config, fresh  # this checkout first on sys.path
 
 # name -> (preset, dataset, downscale, hsm)
 SUITES: dict[str, dict[str, tuple[str, str, int, bool]]] = {
@@ -74,23 +71,13 @@ def dataset_path(name: str) -> Path:
 
 def run_one(name: str, preset: str, data: str, downscale: int, hsm: bool, budget: float,
             test_every: int, validate: bool = True) -> dict:
-    from radfield.config import PRESETS, RunConfig, apply_overrides
     from radfield.evaluation.evaluate import evaluate_run
     from radfield.training.trainer import Trainer
 
-    config = apply_overrides(RunConfig(), PRESETS[preset])
-    config.data.path = str(dataset_path(data).resolve())
-    config.data.downscale = downscale
-    config.train.max_time = budget
-    config.train.max_steps = 10 ** 9
     # validation renders are slow on a CPU: only at the end, or (--no-validation) never
-    config.train.eval_every = budget if validate else 10 ** 12
-    config.train.val_images = 1
-    config.train.hsm.enabled = hsm
-    run_dir = OUT / "runs" / name.replace("@", "_").replace("+", "_")
-    if run_dir.exists():
-        import shutil
-        shutil.rmtree(run_dir)
+    config = budgeted_config(preset, dataset_path(data), budget, eval_every=None if validate else 1e12,
+                             overrides={"data.downscale": downscale, "train.hsm.enabled": hsm})
+    run_dir = fresh(OUT / "runs" / name.replace("@", "_").replace("+", "_"))
     steps: list[dict] = []
     trainer = Trainer(config, run_dir, progress=False, log_tensorboard=False)
     t0 = time.time()
