@@ -7,6 +7,8 @@
     python bench/zoo.py lens --budget 600      # garden through a lens (Instant-NGP json): applied vs ignored
     python bench/zoo.py lens-strong --budget 600  # the same through a wide-angle amount of distortion
     python bench/zoo.py floaters --budget 600 --test-every 1  # nerfacto on garden-colmap, per-view PSNR
+    python bench/zoo.py backbones --budget 600 # garden-colmap: MeRF (baked too) vs nerfacto vs ngp, +-hsm
+    python bench/zoo.py voxels --budget 600    # voxels vs ngp on tabletop and on dynamic
 
 Options: --budget SECONDS per run, --only NAME[,NAME] to run a subset, --no-validation. Each run trains in its own
 process (``python bench/zoo.py one ...``) for a wall-clock budget (validation excluded), records
@@ -41,6 +43,11 @@ SUITES: dict[str, dict[str, tuple[str, str, int, bool]]] = {
                 "ngp-ignores-time": ("ngp", "dynamic", 1, False)},
     # the issue-10 floater check: nerfacto's default preset, full size, every held-out view (every 8th)
     "floaters": {"nerfacto@garden-colmap": ("nerfacto", "garden-colmap", 1, False)},
+    # issue 14: the backbones under the same budget, with and without HSM (MeRF also scored baked)
+    "backbones": {f"{p}{'+hsm' if h else ''}": (p, "garden-colmap", 1, h)
+                  for p in ("merf", "nerfacto", "ngp") for h in (False, True)},
+    # issue 14: DVGO's voxel grids against Instant-NGP, static and (a time axis; ngp ignores time) dynamic
+    "voxels": {f"{p}@{d}": (p, d, 1, False) for d in ("tabletop", "dynamic") for p in ("voxels", "ngp")},
     # garden through an OpenCV lens, Instant-NGP transforms with aabb_scale 4 (bench/lens_capture.py):
     # the lens applied by the reader, and ignored (camera_model PINHOLE, the same photos)
     "lens": {f"{p}@{how}": (p, f"LENS-{how.upper()}", 1, False) for p in ("ngp", "nerfacto")
@@ -86,30 +93,50 @@ def run_one(name: str, preset: str, data: str, downscale: int, hsm: bool, budget
     wall = time.time() - t0
     t1 = time.time()
     metrics = evaluate_run(run_dir, "test", save_renders=False, progress=False, every=test_every)
+    eval_s = time.time() - t1
+    baked = bake_and_score(run_dir, test_every) if config.model == "merf" else None
     return {"name": name, "preset": preset, "model": config.model, "data": data, "downscale": downscale,
             "hsm": hsm, "budget_s": budget, "steps": len(steps), "train_wall_s": wall,
-            "eval_s": time.time() - t1, "median_step_s": statistics.median(s["t"] for s in steps),
+            "eval_s": eval_s, "median_step_s": statistics.median(s["t"] for s in steps),
             "median_samples": statistics.median(s["n"] for s in steps),
             "median_kept_fraction": statistics.median(s["b"] / max(s["n"], 1) for s in steps),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "history": history, "test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"],
+            "model_mb": sum(t.numel() * t.element_size() for t in trainer.model.state_dict().values()) / 2 ** 20,
+            "baked": baked, "history": history, "test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"],
             "test_n": metrics["n_images"], "per_scale": metrics.get("per_scale"),
             "test_worst": metrics.get("worst"),
             "test_per_image": [(r["name"], r["psnr"]) for r in metrics.get("per_image", [])]}
 
 
+def bake_and_score(run_dir: Path, test_every: int) -> dict:
+    """Bake a MeRF run (``radfield export baked``) and score the bake on the same test images."""
+    from radfield.evaluation.evaluate import evaluate_run
+    from radfield.export.baked import export_baked, load_baked
+
+    info = export_baked(run_dir, run_dir / "baked")
+    m = evaluate_run(run_dir, "test", save_renders=False, progress=False, every=test_every,
+                     model=load_baked(run_dir / "baked"), tag="baked")
+    files_mb = sum(f.stat().st_size for f in (run_dir / "baked").rglob("*") if f.is_file()) / 2 ** 20
+    return {"psnr": m["psnr"], "ssim": m["ssim"], "grid_mb": info["bytes"] / 2 ** 20, "files_mb": files_mb}
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| run | model | data | steps | median step (s) | kept b/B | test PSNR | worst view | test SSIM | test images |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | model | data | steps | median step (s) | kept b/B | model (MB) | test PSNR | worst view | "
+             "test SSIM | test images |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         worst = r.get("test_worst")
         worst = f"{worst['psnr']:.2f} ({worst['name']})" if worst else "n/a"
+        size = f"{r['model_mb']:.1f}" if "model_mb" in r else "n/a"
         lines.append(f"| {r['name']} | {r['model']} | {r['data']} x1/{r['downscale']} | {r['steps']} | "
-                     f"{r['median_step_s']:.3f} | {r['median_kept_fraction']:.2f} | {r['test_psnr']:.2f} | "
+                     f"{r['median_step_s']:.3f} | {r['median_kept_fraction']:.2f} | {size} | {r['test_psnr']:.2f} | "
                      f"{worst} | {r['test_ssim']:.4f} | {r['test_n']} |")
         for scale, m in (r.get("per_scale") or {}).items():
-            lines.append(f"| {r['name']} scale 1/{scale} | | | | | | {m['psnr']:.2f} | | {m['ssim']:.4f} | "
+            lines.append(f"| {r['name']} scale 1/{scale} | | | | | | | {m['psnr']:.2f} | | {m['ssim']:.4f} | "
                          f"{m['n_images']} |")
+        if r.get("baked"):
+            b = r["baked"]
+            lines.append(f"| {r['name']} baked | | | | | | {b['files_mb']:.1f} (files) | {b['psnr']:.2f} "
+                         f"({b['psnr'] - r['test_psnr']:+.2f}) | | {b['ssim']:.4f} | {r['test_n']} |")
     return "\n".join(lines)
 
 
