@@ -300,6 +300,13 @@ class ProposalPipelineConfig:
     """Maximum resolution of each proposal network's hash grid (5 levels, 2^17 entries)."""
     proposal_hidden: int = 16
     interlevel_weight: float = 1.0
+    proposal_anneal_steps: int = 0
+    """nerfstudio's proposal weight annealing: over the first this many steps the weights each
+    level resamples from are raised to a power rising from 0 (uniform: the proposals are
+    ignored) to 1, ``bias(step / steps)`` with ``bias(x) = s x / ((s - 1) x + 1)``, ``s``
+    ``proposal_anneal_slope``; so early, unformed proposals cannot starve regions of samples.
+    0 = off (nerfstudio: 1000)."""
+    proposal_anneal_slope: float = 10.0
 
 
 @dataclass

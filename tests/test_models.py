@@ -268,6 +268,33 @@ def test_nerfacto_measures_unbounded_scenes_in_the_cameras_radius(scene, train_d
     torch.testing.assert_close(boxed.field.activate(raw)[0], torch.tensor([1.0, 8.0]), rtol=1e-5, atol=0)
 
 
+def test_proposal_weights_anneal_from_uniform_to_the_proposals(scene, train_data):
+    """nerfstudio's annealing, 1000 steps, slope 10: exponent 0 at step 0, 10 x / (9 x + 1) =
+    5 / 5.5 at step 500, 1 from step 1000 on. At exponent 0 the resampled bins do not depend on
+    the proposal networks (re-initialising them changes nothing); at 1 they do."""
+    preset, overrides = HIER["nerfacto"]
+    model = build(scene, train_data, preset, {**overrides, "nerfacto.proposal_anneal_steps": 1000})
+    for step, expected in ((0, 0.0), (500, 5 / 5.5), (1000, 1.0), (4000, 1.0)):
+        model.update(step)
+        assert model.anneal == pytest.approx(expected, abs=1e-12)
+    g = torch.Generator().manual_seed(0)
+    rays = Rays(torch.randn(16, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, 3.0]),
+                torch.nn.functional.normalize(torch.randn(16, 3, generator=g) * 0.2 + torch.tensor([0.0, 0, -1]), dim=-1),
+                torch.ones(16))
+
+    def bins_with_fresh_proposals(step: int, seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        for proposal in model.proposals:
+            for table in proposal.grid.tables:
+                torch.nn.init.uniform_(table, -1.0, 1.0)
+        model.update(step)
+        with torch.no_grad():
+            return model.sample(rays, training=False).t_starts
+
+    assert torch.equal(bins_with_fresh_proposals(0, 1), bins_with_fresh_proposals(0, 2))
+    assert not torch.equal(bins_with_fresh_proposals(1000, 1), bins_with_fresh_proposals(1000, 2))
+
+
 def test_nerfae_latent_penalty_is_in_the_hsm_gradient(scene, train_data):
     preset, overrides = HIER["nerfae"]
     model = build(scene, train_data, preset, overrides)

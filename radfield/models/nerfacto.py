@@ -67,6 +67,7 @@ class NerfactoModel(Model):
             raise RadfieldError(f"{self.section}: proposal_grids and proposal_samples need one entry per "
                                 "proposal level")
         self.frame = self.scene_frame(scene)
+        self.anneal = 1.0  # the exponent of the proposal weights (ProposalPipelineConfig.proposal_anneal_steps)
         self.field = self.make_field(cfg, scene)
         self.proposals = nn.ModuleList(
             ProposalDensityField(self.frame.box, res, cfg.proposal_hidden, cfg.contraction, self.frame.unit)
@@ -102,6 +103,12 @@ class NerfactoModel(Model):
     def spacing(self) -> str:
         return "linear" if self.config.bounded else self.config.spacing
 
+    def update(self, step: int, generator: torch.Generator | None = None) -> None:
+        """The proposal weights' annealing exponent at ``step`` (1 once the annealing is over)."""
+        steps, slope = self.config.proposal_anneal_steps, self.config.proposal_anneal_slope
+        x = min(step / steps, 1.0) if steps > 0 else 1.0
+        self.anneal = slope * x / ((slope - 1) * x + 1)
+
     def near_far(self, rays: Rays) -> tuple[Tensor, Tensor]:
         """The scene box's entry and exit (bounded), else ``near`` and ``far`` units of
         :meth:`scene_frame`."""
@@ -125,7 +132,8 @@ class NerfactoModel(Model):
                 w = render_weights(sigma, bins.t_starts, bins.t_ends, bins.ray_indices, n_rays)[0]
             w = w.view(n_rays, -1)
             levels.append(Level(s, w, weight=cfg.interlevel_weight))
-            s = sample_pdf(s, w, n, jitter=training, generator=generator)
+            s = sample_pdf(s, w if self.anneal == 1.0 else w.detach().pow(self.anneal), n, jitter=training,
+                           generator=generator)
             t = s_to_t(s, near, far, spacing) * unit
         return packed_from_bins(t, s, levels if training else [])
 
