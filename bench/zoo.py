@@ -9,8 +9,10 @@
     python bench/zoo.py floaters --budget 600 --test-every 1  # nerfacto on garden-colmap, per-view PSNR
     python bench/zoo.py backbones --budget 600 # garden-colmap: MeRF (baked too) vs nerfacto vs ngp, +-hsm
     python bench/zoo.py voxels --budget 600    # voxels vs ngp on tabletop and on dynamic
+    python bench/zoo.py floaters-anneal --budget 600 --test-every 1  # both gardens, +-proposal annealing
 
-Options: --budget SECONDS per run, --only NAME[,NAME] to run a subset, --no-validation. Each run trains in its own
+Options: --budget SECONDS per run, --only NAME[,NAME] to run a subset, --no-validation,
+--set KEY=VALUE (a config override for every run, e.g. --set train.near_gradient=1). Each run trains in its own
 process (``python bench/zoo.py one ...``) for a wall-clock budget (validation excluded), records
 the median step time, then scores the test split (every ``--test-every``-th image). Results go to
 ``bench/out/<suite>.json`` and a markdown table is printed for ``bench/RESULTS.md``.
@@ -26,34 +28,52 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from runs import DATA, OUT, budgeted_config, fresh  # this checkout first on sys.path
 
-# name -> (preset, dataset, downscale, hsm)
-SUITES: dict[str, dict[str, tuple[str, str, int, bool]]] = {
-    "zoo": {f"{p}{'+hsm' if h else ''}": (p, "tabletop", 2, h)
+from radfield.config import parse_override  # noqa: E402  (after runs: this checkout's radfield)
+
+
+class Run(NamedTuple):
+    """One run of a suite: a preset on a dataset, and what it changes (``--set`` style overrides)."""
+    preset: str
+    data: str
+    downscale: int = 1
+    hsm: bool = False
+    overrides: tuple[tuple[str, object], ...] = ()
+
+
+ANNEAL = (("nerfacto.proposal_anneal_steps", 1000),)
+"""nerfstudio's proposal weight annealing over the first 1000 steps (issue 10's floater probe)."""
+
+SUITES: dict[str, dict[str, Run]] = {
+    "zoo": {f"{p}{'+hsm' if h else ''}": Run(p, "tabletop", 2, h)
             for p in ("ngp-small", "nerfacto-small", "nerf-small", "mipnerf-small", "tiny", "nerfae")
             for h in (False, True)},
-    "multiscale": {"mipnerf-small": ("mipnerf-small", "MULTISCALE", 1, False),
-                   "nerf-small": ("nerf-small", "MULTISCALE", 1, False)},
-    "captures": {f"{p}@{d}": (p, d, 2, False) for d in ("garden-colmap", "garden")
+    "multiscale": {"mipnerf-small": Run("mipnerf-small", "MULTISCALE"),
+                   "nerf-small": Run("nerf-small", "MULTISCALE")},
+    "captures": {f"{p}@{d}": Run(p, d, 2) for d in ("garden-colmap", "garden")
                  for p in ("nerfacto-small", "ngp-small")},
     # ngp on the dynamic scene ignores the frames' times: the floor D-NeRF must clearly beat.
-    "dynamic": {"dnerf": ("dnerf", "dynamic", 1, False), "dnerf-mlp": ("dnerf-mlp", "dynamic", 1, False),
-                "ngp-ignores-time": ("ngp", "dynamic", 1, False)},
+    "dynamic": {"dnerf": Run("dnerf", "dynamic"), "dnerf-mlp": Run("dnerf-mlp", "dynamic"),
+                "ngp-ignores-time": Run("ngp", "dynamic")},
     # the issue-10 floater check: nerfacto's default preset, full size, every held-out view (every 8th)
-    "floaters": {"nerfacto@garden-colmap": ("nerfacto", "garden-colmap", 1, False)},
+    "floaters": {"nerfacto@garden-colmap": Run("nerfacto", "garden-colmap")},
+    # the same on both gardens, with and without proposal weight annealing (use --test-every 1)
+    "floaters-anneal": {f"nerfacto{'+anneal' if a else ''}@{d}": Run("nerfacto", d, overrides=ANNEAL if a else ())
+                        for d in ("garden", "garden-colmap") for a in (False, True)},
     # issue 14: the backbones under the same budget, with and without HSM (MeRF also scored baked)
-    "backbones": {f"{p}{'+hsm' if h else ''}": (p, "garden-colmap", 1, h)
+    "backbones": {f"{p}{'+hsm' if h else ''}": Run(p, "garden-colmap", 1, h)
                   for p in ("merf", "nerfacto", "ngp") for h in (False, True)},
     # issue 14: DVGO's voxel grids against Instant-NGP, static and (a time axis; ngp ignores time) dynamic
-    "voxels": {f"{p}@{d}": (p, d, 1, False) for d in ("tabletop", "dynamic") for p in ("voxels", "ngp")},
+    "voxels": {f"{p}@{d}": Run(p, d) for d in ("tabletop", "dynamic") for p in ("voxels", "ngp")},
     # garden through an OpenCV lens, Instant-NGP transforms with aabb_scale 4 (bench/lens_capture.py):
     # the lens applied by the reader, and ignored (camera_model PINHOLE, the same photos)
-    "lens": {f"{p}@{how}": (p, f"LENS-{how.upper()}", 1, False) for p in ("ngp", "nerfacto")
+    "lens": {f"{p}@{how}": Run(p, f"LENS-{how.upper()}") for p in ("ngp", "nerfacto")
              for how in ("applied", "ignored")},
     # the same with a wide-angle phone's amount of distortion (STRONG_LENS: 10 px at the corners)
-    "lens-strong": {f"{p}@strong-{how}": (p, f"LENS-STRONG-{how.upper()}", 1, False) for p in ("ngp", "nerfacto")
+    "lens-strong": {f"{p}@strong-{how}": Run(p, f"LENS-STRONG-{how.upper()}") for p in ("ngp", "nerfacto")
                     for how in ("applied", "ignored")},
 }
 STRONG_LENS = (0.2, -0.05)
@@ -76,14 +96,17 @@ def dataset_path(name: str) -> Path:
     return DATA / name
 
 
-def run_one(name: str, preset: str, data: str, downscale: int, hsm: bool, budget: float,
-            test_every: int, validate: bool = True) -> dict:
+def run_one(name: str, run: Run, budget: float, test_every: int, validate: bool = True,
+            extra: dict | None = None) -> dict:
+    """Train ``run`` for ``budget`` seconds in its own folder, score its test split; ``extra``:
+    overrides on top of the run's own (``--set``)."""
     from radfield.evaluation.evaluate import evaluate_run
     from radfield.training.trainer import Trainer
 
     # validation renders are slow on a CPU: only at the end, or (--no-validation) never
-    config = budgeted_config(preset, dataset_path(data), budget, eval_every=None if validate else 1e12,
-                             overrides={"data.downscale": downscale, "train.hsm.enabled": hsm})
+    config = budgeted_config(run.preset, dataset_path(run.data), budget, eval_every=None if validate else 1e12,
+                             overrides={"data.downscale": run.downscale, "train.hsm.enabled": run.hsm,
+                                        **dict(run.overrides), **(extra or {})})
     run_dir = fresh(OUT / "runs" / name.replace("@", "_").replace("+", "_"))
     steps: list[dict] = []
     trainer = Trainer(config, run_dir, progress=False, log_tensorboard=False)
@@ -95,8 +118,9 @@ def run_one(name: str, preset: str, data: str, downscale: int, hsm: bool, budget
     metrics = evaluate_run(run_dir, "test", save_renders=False, progress=False, every=test_every)
     eval_s = time.time() - t1
     baked = bake_and_score(run_dir, test_every) if config.model == "merf" else None
-    return {"name": name, "preset": preset, "model": config.model, "data": data, "downscale": downscale,
-            "hsm": hsm, "budget_s": budget, "steps": len(steps), "train_wall_s": wall,
+    return {"name": name, "preset": run.preset, "model": config.model, "data": run.data, "downscale": run.downscale,
+            "hsm": run.hsm, "overrides": {**dict(run.overrides), **(extra or {})}, "budget_s": budget,
+            "steps": len(steps), "train_wall_s": wall,
             "eval_s": eval_s, "median_step_s": statistics.median(s["t"] for s in steps),
             "median_samples": statistics.median(s["n"] for s in steps),
             "median_kept_fraction": statistics.median(s["b"] / max(s["n"], 1) for s in steps),
@@ -149,13 +173,15 @@ def main() -> None:
     ap.add_argument("--no-validation", action="store_true",
                     help="no validation render at the end of training (a barely trained MLP model "
                          "renders a 200 x 200 image in minutes); the test split is scored anyway")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every run of the suite (as radfield train --set)")
     ap.add_argument("--name", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--of", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.suite == "one":
         suite = SUITES[args.of] if args.of else next(s for s in SUITES.values() if args.name in s)
-        print(json.dumps(run_one(args.name, *suite[args.name], args.budget, args.test_every,
-                                 not args.no_validation)))
+        print(json.dumps(run_one(args.name, suite[args.name], args.budget, args.test_every,
+                                 not args.no_validation, dict(map(parse_override, args.set)))))
         return
     OUT.mkdir(parents=True, exist_ok=True)
     names = list(SUITES[args.suite]) if args.only is None else args.only.split(",")
@@ -164,7 +190,8 @@ def main() -> None:
         proc = subprocess.run([sys.executable, __file__, "one", "--of", args.suite, "--name", name,
                                "--budget", str(args.budget),
                                "--test-every", str(args.test_every),
-                               *(["--no-validation"] if args.no_validation else [])],
+                               *(["--no-validation"] if args.no_validation else []),
+                               *(f"--set={item}" for item in args.set)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
