@@ -185,6 +185,8 @@ def test_baked_files_read_back_as_the_trained_model(scene, trained):
     description = json.loads((baked_dir / "baked.json").read_text())
     assert description["grid"]["resolution"] == 8 and description["planes"]["xz"]["resolution"] == 32
     assert description["mapping"]["kind"] == "box" and description["sampler"]["bounded"] is True
+    lo, hi = description["mapping"]["aabb"][:3], description["mapping"]["aabb"][3:]
+    assert description["sampler"]["unit"] == pytest.approx(max(b - a for a, b in zip(lo, hi)) / 2)  # the radius
     m = description["quantisation"]["max"][0]
     # The atlas layout: vertex (i, j, k) of the grid at pixel [j, i] of tile k, channels 4-7 in
     # grid_1.png; plane xz's vertex (v_x, v_z) at pixel [v_z, v_x].
@@ -302,8 +304,11 @@ def test_a_damaged_bake_is_one_line(trained, tmp_path):
     (damaged / "plane_yz_1.png").unlink()
     with pytest.raises(RadfieldError, match="plane_yz_1.png: missing"):
         load_baked(damaged)
-    d = json.loads((damaged / "baked.json").read_text())
-    del d["grid"]
-    (damaged / "baked.json").write_text(json.dumps(d))
-    with pytest.raises(RadfieldError, match="baked.json: malformed"):
-        load_baked(damaged)
+    (damaged / "plane_yz_1.png").write_bytes((baked_dir / "plane_yz_1.png").read_bytes())
+    d = json.loads((baked_dir / "baked.json").read_text())
+    for section, key in (("grid", None), ("sampler", "unit")):
+        broken = json.loads(json.dumps(d))
+        del (broken[section] if key else broken)[key or section]
+        (damaged / "baked.json").write_text(json.dumps(broken))
+        with pytest.raises(RadfieldError, match="baked.json: malformed.*KeyError"):
+            load_baked(damaged)

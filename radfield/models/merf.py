@@ -61,7 +61,8 @@ class BakedMerfModel(Model):
     Args:
         field: the baked field.
         shader: the deferred shader (the baked MLP weights).
-        sampler: ``{"bounded", "spacing", "near", "far", "coarse_samples", "fine_samples"}``.
+        sampler: ``{"bounded", "spacing", "near", "far", "unit", "coarse_samples", "fine_samples"}``
+            (``near`` and ``far`` in ``unit`` lengths).
         opaque_last: the run's ``last_sample`` background.
     """
 
@@ -81,7 +82,7 @@ class BakedMerfModel(Model):
     def sample(self, rays: Rays, training: bool = False, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:
         cfg, n_rays = self.sampler, len(rays)
-        near, far = ray_bounds(rays, self.aabb, cfg["bounded"], cfg["near"], cfg["far"])
+        near, far = ray_bounds(rays, self.aabb, cfg["bounded"], cfg["near"], cfg["far"], cfg["unit"])
         t, s = uniform_bins(near, far, cfg["coarse_samples"], self.spacing)
         coarse = packed_from_bins(t)
         sigma = self.field.density(coarse.positions(rays))

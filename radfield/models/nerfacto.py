@@ -27,15 +27,14 @@ from radfield.samplers.samples import Level, Samples, packed_from_bins
 
 
 def ray_bounds(rays: Rays, aabb: Tensor, bounded: bool, near: float, far: float,
-               unit: float | None = None) -> tuple[Tensor, Tensor]:
+               unit: float) -> tuple[Tensor, Tensor]:
     """``(near, far)`` ``(n_rays,)`` of the proposal pipeline: the box's entry and exit
-    (``bounded``), else ``near`` and ``far`` times ``unit`` (default: the scene radius, half the
-    box's largest side). Example: box ``[-2, 2]^3``, unbounded, near 0.05, far 1000: ``(0.1, 2000)``."""
+    (``bounded``), else ``near`` and ``far`` times ``unit`` (:attr:`SceneFrame.bounds_unit`).
+    Example: unbounded, near 0.05, far 1000, unit 2: ``(0.1, 2000)``."""
     if bounded:
         return box_near_far(rays, aabb)
-    radius = ((aabb[3:] - aabb[:3]) / 2).max() if unit is None else unit
     ones = torch.ones(len(rays), device=rays.origins.device)
-    return ones * (near * radius), ones * (far * radius)
+    return ones * (near * unit), ones * (far * unit)
 
 
 class SceneFrame(NamedTuple):
@@ -67,7 +66,9 @@ class NerfactoModel(Model):
             raise RadfieldError(f"{self.section}: proposal_grids and proposal_samples need one entry per "
                                 "proposal level")
         self.frame = self.scene_frame(scene)
-        self.anneal = 1.0  # the exponent of the proposal weights (ProposalPipelineConfig.proposal_anneal_steps)
+        # the exponent of the proposal weights (ProposalPipelineConfig.proposal_anneal_steps): set
+        # from the step by update() each training step, so not saved; a loaded model renders with 1
+        self.anneal = 1.0
         self.field = self.make_field(cfg, scene)
         self.proposals = nn.ModuleList(
             ProposalDensityField(self.frame.box, res, cfg.proposal_hidden, cfg.contraction, self.frame.unit)
