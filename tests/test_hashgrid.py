@@ -12,6 +12,7 @@ import torch
 
 from radfield.fields import hashgrid
 from radfield.fields.hashgrid import (
+    GradientStorage,
     HashGrid,
     HashGridConfig,
     hash_grid_kernel,
@@ -173,6 +174,25 @@ def test_gradient_storage_is_reused_only_when_free():
         torch.testing.assert_close(g.grad, 2 * r, atol=1e-6, rtol=0)
     copy = __import__("copy").deepcopy(grid)
     assert copy.gradient_storage is not grid.gradient_storage
+
+
+@needs_kernel
+def test_gradient_storage_without_torchs_use_count_gives_fresh_gradients(monkeypatch):
+    """A PyTorch without the private storage use count: every backward allocates anew and
+    nothing is kept (a kept storage could be overwritten while someone holds it), with the
+    reference's gradients."""
+    monkeypatch.setattr(GradientStorage, "_use_count", None)
+    torch.manual_seed(3)
+    grid = HashGrid(HashGridConfig(n_levels=2, log2_table_size=8, max_resolution=16))
+    x, w = torch.rand(100, 3), torch.randn(100, grid.output_dim)
+    ref = torch.autograd.grad((hash_grid_reference(x, list(grid.tables), grid.resolutions) * w).sum(),
+                              list(grid.tables))
+    for _ in range(2):
+        (grid(x) * w).sum().backward()
+        for t, r in zip(grid.tables, ref):
+            torch.testing.assert_close(t.grad, r, atol=1e-6, rtol=0)
+            t.grad = None
+    assert grid.gradient_storage._kept == {}
 
 
 def test_time_sliced_grid_interpolates_its_slices_linearly_in_time():

@@ -348,17 +348,25 @@ class GradientStorage:
     storage is free for the next backward. A storage is reused only while nothing else holds it
     (a kept gradient, ``zero_grad(set_to_none=False)``, ``torch.autograd.grad``): otherwise the
     backward allocates a new one, so results never depend on it.
+
+    Who holds a storage is read from PyTorch's private ``torch._C._storage_Use_Count`` (there is
+    no public count; a weak reference cannot tell, since autograd adopts the gradient's C++
+    tensor, not the Python object). A PyTorch without it gets a fresh gradient every backward.
     """
+
+    _use_count = getattr(torch._C, "_storage_Use_Count", None)
 
     def __init__(self):
         self._kept: dict[int, tuple[Tensor, int]] = {}  # level -> (storage holder, its free count)
 
-    @staticmethod
-    def _users(holder: Tensor) -> int:
-        return torch._C._storage_Use_Count(holder.untyped_storage()._cdata)
+    @classmethod
+    def _users(cls, holder: Tensor) -> int:
+        return cls._use_count(holder.untyped_storage()._cdata)
 
     def take(self, level: int, like: Tensor) -> Tensor:
         """An uninitialised tensor shaped like ``like`` whose storage no one else holds."""
+        if self._use_count is None:
+            return torch.empty_like(like, memory_format=torch.contiguous_format)
         kept = self._kept.get(level)
         if kept is None or kept[0].shape != like.shape or self._users(kept[0]) != kept[1]:
             holder = torch.empty_like(like, memory_format=torch.contiguous_format)
