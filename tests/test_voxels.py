@@ -116,6 +116,32 @@ def test_time_axis_is_linear_between_slices():
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("times", ["spread", "one slice pair", "last pair"])
+def test_time_sliced_lookup_and_its_gradients_match_slice_by_slice(times):
+    """The batched lookup (one grid_sample over the slices in use) against each point's two
+    slices interpolated on their own: values, and gradients to the grid and to the points."""
+    g = torch.Generator().manual_seed(4)
+    values = torch.randn(5, 3, 4, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    u = torch.rand(40, 3, generator=g, dtype=torch.float64).requires_grad_()
+    tau = {"spread": torch.rand(40, generator=g, dtype=torch.float64),
+           "one slice pair": torch.full((40,), 0.4, dtype=torch.float64),
+           "last pair": 0.8 + 0.2 * torch.rand(40, generator=g, dtype=torch.float64)}[times]
+    w = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    (lookup(values, u, tau) * w).sum().backward()
+    got = values.grad.clone(), u.grad.clone()
+    values.grad, u.grad = None, None
+    s = tau * 4
+    k0 = s.floor().clamp(max=3).long()
+    f = (s - k0)[:, None]
+    expected = torch.stack([(1 - f[i]) * trilinear(values[k0[i]], u[i:i + 1])[0]
+                            + f[i] * trilinear(values[k0[i] + 1], u[i:i + 1])[0] for i in range(40)])
+    (expected * w).sum().backward()
+    torch.testing.assert_close(lookup(values, u, tau), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[0], values.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[1], u.grad, rtol=0, atol=1e-12)
+    assert lookup(values, u[:0], tau[:0]).shape == (0, 3)
+
+
 # ---------------------------------------------------------------------------- 2. total variation
 
 

@@ -37,6 +37,7 @@ at every new vertex, and everywhere for fields linear within the old cells).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -78,21 +79,34 @@ def lookup(values: Tensor, u: Tensor, tau: Tensor | None = None) -> Tensor:
     and times ``tau (n,)`` in ``[0, 1]``: trilinear in space, linear in time between slices
     ``k0 = min(floor(tau (T - 1)), T - 2)`` and ``k0 + 1``. ``T = 1``: ``tau`` is ignored.
 
+    One ``grid_sample`` over the slices in use (slices as its batch, each point looked up in
+    its two slices), so the backward writes one gradient of the grid, not one per slice.
+
     Example: ``T = 3`` slices, ``tau = 0.75``: ``0.5 * slice 1 + 0.5 * slice 2``."""
     t_slices = values.shape[0]
     if t_slices == 1 or tau is None:
         return trilinear(values[0], u)
+    n, c = u.shape[0], values.shape[1]
+    if n == 0:
+        return values.new_zeros(0, c) + 0.0 * values.sum()
     s = tau.to(u.dtype).clamp(0.0, 1.0) * (t_slices - 1)
     k0 = s.floor().clamp(max=t_slices - 2).long()
     f = s - k0
-    out = u.new_zeros(u.shape[0], values.shape[1])
-    for k in range(t_slices):
-        idx = ((k0 == k) | (k0 == k - 1)).nonzero()[:, 0]
-        if idx.numel() == 0:
-            continue
-        w = torch.where(k0[idx] == k, 1.0 - f[idx], f[idx])
-        out = out.index_add(0, idx, w[:, None] * trilinear(values[k], u[idx]))
-    return out
+    first, last = int(k0.min()), int(k0.max()) + 1  # the slices in use (a view of them: no copy)
+    used = values if (first, last) == (0, t_slices - 1) else values[first:last + 1]
+    slot = torch.cat([k0, k0 + 1]) - first                               # (2n,) each point's two slices
+    weight = torch.cat([1.0 - f, f])
+    order = torch.argsort(slot, stable=True)
+    counts = torch.bincount(slot, minlength=used.shape[0])
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(2 * n, device=u.device) - starts[slot[order]]   # place within its slice
+    point = order % n
+    g = (u.to(values.dtype).clamp(0.0, 1.0) * 2.0 - 1.0).flip(-1)       # grid_sample's (z, y, x)
+    grid = g.new_zeros(used.shape[0], int(counts.max()), 3).index_put((slot[order], rank), g[point])
+    out = F.grid_sample(used, grid[:, None, None], mode="bilinear", padding_mode="border",
+                        align_corners=True)                              # (T', C, 1, 1, M)
+    picked = out[:, :, 0, 0].transpose(1, 2)[slot[order], rank]          # (2n, C)
+    return values.new_zeros(n, c).index_add(0, point, weight[order, None].to(values.dtype) * picked)
 
 
 def resample(values: Tensor, shape: tuple[int, int, int]) -> Tensor:
@@ -124,21 +138,14 @@ def total_variation(values: Tensor, cells: Tensor | None = None) -> Tensor:
     shape = values.shape
     lo = torch.stack([cells[:, 0].clamp(0, max(t_slices - 2, 0)), cells[:, 1].clamp(0, shape[2] - 2),
                       cells[:, 2].clamp(0, shape[3] - 2), cells[:, 3].clamp(0, shape[4] - 2)], -1)
-    channels_last = values.permute(0, 2, 3, 4, 1)  # (T, X, Y, Z, C)
-    span = [0, 1] if t_slices > 1 else [0]
-    corners = {}
-    for dt in span:
-        for di in (0, 1):
-            for dj in (0, 1):
-                for dk in (0, 1):
-                    corners[dt, di, dj, dk] = channels_last[lo[:, 0] + dt, lo[:, 1] + di,
-                                                            lo[:, 2] + dj, lo[:, 3] + dk]
-    total = values.new_zeros(())
-    for axis in ([0] if t_slices > 1 else []) + [1, 2, 3]:
-        diffs = [corners[key[:axis] + (1,) + key[axis + 1:]] - corners[key]
-                 for key in corners if key[axis] == 0]
-        total = total + torch.stack(diffs).square().mean()
-    return total
+    span = (0, 1) if t_slices > 1 else (0,)
+    offsets = torch.tensor(list(itertools.product(span, (0, 1), (0, 1), (0, 1))), device=cells.device)
+    corner = lo[:, None, :] + offsets                                   # (n, 2^D, 4): t, i, j, k
+    spatial = (corner[..., 1] * shape[3] + corner[..., 2]) * shape[4] + corner[..., 3]
+    # one gather for every corner of every block: its backward writes one gradient of the grid
+    values_at = values.flatten(2)[corner[..., 0], :, spatial]           # (n, 2^D, C)
+    blocks = values_at.view(len(cells), *([2] * len(axes)), shape[1])   # a block's corners, axis by axis
+    return sum(blocks.diff(dim=1 + axis).square().mean() for axis in range(blocks.dim() - 2))
 
 
 def grid_shape(aabb: Tensor, vertices: float) -> tuple[int, int, int]:
