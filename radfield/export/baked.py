@@ -13,8 +13,8 @@ Files in the output folder (every one written atomically):
   ``contraction`` with its ``norm``), ``activations``, ``deferred_mlp`` (layers of ``weight``
   ``(out, in)`` and ``bias``, ReLU between them; input ``[D (3), F (4), SH(d) (16)]``; colour
   ``D + opacity * mlp``), ``sampler`` (the baked renderer's: ``bounded``, ``spacing``,
-  ``near``, ``far`` in lengths of ``unit``, the scene radius, ``coarse_samples``, ``fine_samples``), ``opaque_last``, and
-  where it came from (``run``, ``step``).
+  ``near``, ``far`` in lengths of ``unit``, the scene radius, ``coarse_samples``,
+  ``fine_samples``), ``opaque_last``, and where it came from (``run``, ``step``).
 * ``grid_0.png``, ``grid_1.png``: channels 0-3 and 4-7 of the 3D grid as RGBA, an atlas of its
   ``R + 1`` z-slices: slice ``k`` is the tile at row ``k // tiles_per_row``, column
   ``k % tiles_per_row``, and pixel ``[j, i]`` of a tile is vertex ``(i, j, k)``.
@@ -99,7 +99,8 @@ def export_baked(run_dir: str | Path, out: str | Path, device: str = "cpu") -> d
                                   "view direction (16)",
                          "output": "colour = diffuse + opacity * mlp, then + (1 - opacity) * background"},
         "sampler": {"bounded": bool(cfg.bounded), "spacing": cfg.spacing, "near": cfg.near, "far": cfg.far,
-                    "unit": model.frame.bounds_unit, "coarse_samples": cfg.baked_samples[0], "fine_samples": cfg.baked_samples[1]},
+                    "unit": model.frame.bounds_unit, "coarse_samples": cfg.baked_samples[0],
+                    "fine_samples": cfg.baked_samples[1]},
         "opaque_last": bool(model.opaque_last),
         "run": str(run_dir.resolve()), "step": int(ck["state"]["step"]),
     }
