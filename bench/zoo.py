@@ -103,10 +103,10 @@ def run_one(name: str, run: Run, budget: float, test_every: int, validate: bool 
     from radfield.evaluation.evaluate import evaluate_run
     from radfield.training.trainer import Trainer
 
+    overrides = {**dict(run.overrides), **(extra or {})}
     # validation renders are slow on a CPU: only at the end, or (--no-validation) never
     config = budgeted_config(run.preset, dataset_path(run.data), budget, eval_every=None if validate else 1e12,
-                             overrides={"data.downscale": run.downscale, "train.hsm.enabled": run.hsm,
-                                        **dict(run.overrides), **(extra or {})})
+                             overrides={"data.downscale": run.downscale, "train.hsm.enabled": run.hsm, **overrides})
     run_dir = fresh(OUT / "runs" / name.replace("@", "_").replace("+", "_"))
     steps: list[dict] = []
     trainer = Trainer(config, run_dir, progress=False, log_tensorboard=False)
@@ -119,7 +119,7 @@ def run_one(name: str, run: Run, budget: float, test_every: int, validate: bool 
     eval_s = time.time() - t1
     baked = bake_and_score(run_dir, test_every) if config.model == "merf" else None
     return {"name": name, "preset": run.preset, "model": config.model, "data": run.data, "downscale": run.downscale,
-            "hsm": run.hsm, "overrides": {**dict(run.overrides), **(extra or {})}, "budget_s": budget,
+            "hsm": run.hsm, "overrides": overrides, "budget_s": budget,
             "steps": len(steps), "train_wall_s": wall,
             "eval_s": eval_s, "median_step_s": statistics.median(s["t"] for s in steps),
             "median_samples": statistics.median(s["n"] for s in steps),
