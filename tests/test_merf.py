@@ -22,8 +22,8 @@ from radfield.data.synthetic import make_scene
 from radfield.errors import RadfieldError
 from radfield.export.baked import export_baked, load_baked
 from radfield.fields.hashgrid import PRIMES
-from radfield.fields.merf import (MerfField, MerfFieldConfig, NestedGrid, dequantise, fake_quantise,
-                                  interpolate, quantise, squash)
+from radfield.fields.cells import interpolate
+from radfield.fields.merf import MerfField, MerfFieldConfig, NestedGrid, dequantise, fake_quantise, quantise, squash
 from radfield.models import SceneInfo, build_model
 from radfield.rendering.pipeline import render_samples
 from radfield.training.checkpoint import load_run

@@ -40,7 +40,6 @@ are ``v0 + 10 v1`` at ``u = (0.25, 0.75)``: cell ``(0, 1)``, ``f = (0.5, 0.5)``,
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -48,12 +47,13 @@ from torch import Tensor, nn
 
 from radfield.errors import RadfieldError
 from radfield.fields.base import trunc_exp
+from radfield.fields.cells import cell_of, corner_offsets, interpolate
 from radfield.fields.hashgrid import vertex_rows
 from radfield.fields.nerfacto import Contraction
 from radfield.fields.sh import SH_DIM, sh_encode
 
 __all__ = ["CHANNELS", "PLANES", "MerfFieldConfig", "MerfField", "BakedMerfField", "DeferredShader",
-           "NestedGrid", "UnitCube", "cell_of", "corner_offsets", "interpolate", "quantise", "dequantise",
+           "NestedGrid", "UnitCube", "quantise", "dequantise",
            "fake_quantise", "squash", "table_parameters"]
 
 CHANNELS = ("density", "diffuse_r", "diffuse_g", "diffuse_b", "feature_0", "feature_1", "feature_2",
@@ -90,43 +90,6 @@ def fake_quantise(v: Tensor, m: float) -> Tensor:
 
 
 # --------------------------------------------------------------------------- grid lookups
-
-def corner_offsets(dims: int, device=None) -> Tensor:
-    """``(2^D, D)`` long: the corner offsets ``b in {0, 1}^D``, last axis fastest (for ``D = 2``:
-    ``(0, 0), (0, 1), (1, 0), (1, 1)``)."""
-    return torch.tensor(list(itertools.product((0, 1), repeat=dims)), dtype=torch.long, device=device)
-
-
-def cell_of(u: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
-    """``(i0 (n, D) long, f (n, D))``: the cell ``min(floor(u R), R - 1)`` of points ``u`` (clamped to
-    ``[0, 1]``) and their fraction ``u R - i0`` in ``[0, 1]``."""
-    p = u.clamp(0.0, 1.0) * resolution
-    i0 = p.detach().floor().clamp(max=resolution - 1)
-    return i0.long(), p - i0
-
-
-def corner_weights(f: Tensor) -> Tensor:
-    """``(n, 2^D)`` D-linear weights ``prod_a (f_a if b_a else 1 - f_a)`` of the corners ``b``
-    (:func:`corner_offsets` order) for fractions ``f (n, D)``; built axis by axis (outer products).
-    Example: ``f = (0.25, 0.5)`` -> ``(0.375, 0.375, 0.125, 0.125)``."""
-    w = None
-    for a in range(f.shape[-1]):
-        pair = torch.stack([1 - f[:, a], f[:, a]], dim=-1)
-        w = pair if w is None else (w[:, :, None] * pair[:, None, :]).reshape(f.shape[0], -1)
-    return w
-
-
-def interpolate(corners: Tensor, f: Tensor) -> Tensor:
-    """D-linear interpolation: ``sum_b prod_a (f_a if b_a else 1 - f_a) corners[:, b]``.
-
-    Args:
-        corners: ``(n, 2^D, C)`` values at the corners (:func:`corner_offsets` order).
-        f: ``(n, D)`` fractions.
-    Returns:
-        ``(n, C)``.
-    """
-    return torch.bmm(corner_weights(f.to(corners.dtype))[:, None, :], corners)[:, 0]
-
 
 def corner_rows(c: Tensor, resolution: int, table_rows: int) -> Tensor:
     """``(n, 2^D)`` table rows of the corners ``c + b`` of cells ``c (n, D)``

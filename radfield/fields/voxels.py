@@ -37,7 +37,6 @@ at every new vertex, and everywhere for fields linear within the old cells).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from radfield.errors import RadfieldError
+from radfield.fields.cells import corner_offsets
 from radfield.fields.ngp import mlp
 from radfield.fields.sh import SH_DIM, sh_encode
 
@@ -138,8 +138,9 @@ def total_variation(values: Tensor, cells: Tensor | None = None) -> Tensor:
     shape = values.shape
     lo = torch.stack([cells[:, 0].clamp(0, max(t_slices - 2, 0)), cells[:, 1].clamp(0, shape[2] - 2),
                       cells[:, 2].clamp(0, shape[3] - 2), cells[:, 3].clamp(0, shape[4] - 2)], -1)
-    span = (0, 1) if t_slices > 1 else (0,)
-    offsets = torch.tensor(list(itertools.product(span, (0, 1), (0, 1), (0, 1))), device=cells.device)
+    offsets = corner_offsets(len(axes), cells.device)                   # (2^D, D): (t,) i, j, k
+    if t_slices == 1:
+        offsets = F.pad(offsets, (1, 0))                                  # every corner in slice 0
     corner = lo[:, None, :] + offsets                                   # (n, 2^D, 4): t, i, j, k
     spatial = (corner[..., 1] * shape[3] + corner[..., 2]) * shape[4] + corner[..., 3]
     # one gather for every corner of every block: its backward writes one gradient of the grid
