@@ -239,6 +239,67 @@ def project(cameras: Cameras, index: int, points: Tensor) -> tuple[Tensor, Tenso
     return torch.stack([u, v], dim=-1), z
 
 
+def frustum_slopes(cameras: Cameras, per_side: int = 64) -> Tensor:
+    """``(n_cams, 4)``: each camera's image as the slopes ``(x_min, x_max, y_min, y_max)`` of its
+    border rays in its own frame (``x / f``, ``y / f`` with ``f = -z`` the forward distance, x
+    right, y up), from rays through ``per_side`` points of each side of the image's outer
+    border (through the lens, if any). A lens whose border rays do not all point forward (a
+    fisheye wider than 180 degrees) gets infinite slopes.
+
+    Example: a pinhole with ``fx = fy = 100``, ``cx = cy = 50`` and a 100 x 100 image:
+    ``(-0.5, 0.5, -0.5, 0.5)``."""
+    w, h, dev = float(cameras.width), float(cameras.height), cameras.device
+    s = torch.linspace(0.0, 1.0, per_side, device=dev)
+    u = torch.cat([s * w, s * w, torch.zeros_like(s), torch.full_like(s, w)])
+    v = torch.cat([torch.zeros_like(s), torch.full_like(s, h), s * h, s * h])
+    n = len(cameras)
+    idx = torch.arange(n, device=dev).repeat_interleave(len(u))
+    rays = generate_rays(cameras, idx, u.repeat(n), v.repeat(n))
+    rot = cameras.c2w[:, :3, :3].detach()[idx]
+    d = (rays.directions.detach()[:, None, :] @ rot)[:, 0].view(n, -1, 3)  # R^T d: camera frame
+    forward = -d[..., 2]
+    x, y = d[..., 0] / forward.clamp(min=1e-12), d[..., 1] / forward.clamp(min=1e-12)
+    slopes = torch.stack([x.amin(1), x.amax(1), y.amin(1), y.amax(1)], -1)
+    wide = (forward <= 1e-6).any(1)
+    inf = torch.tensor([-torch.inf, torch.inf, -torch.inf, torch.inf], device=dev, dtype=slopes.dtype)
+    return torch.where(wide[:, None], inf, slopes)
+
+
+def near_frustum(points: Tensor, radius: Tensor, cameras: Cameras, chunk: int = 1 << 13) -> Tensor:
+    """``(n,)`` bool: is each point of ``points`` ``(n, 3)`` within ``radius`` ``(n,)`` of at least
+    one camera's viewing frustum (the pyramid of :func:`frustum_slopes`, from the camera's
+    centre forward without a far end)? A point is kept when it lies on the inner side of, or
+    within ``radius`` of, each of the pyramid's four side planes and the camera's image plane
+    through its centre; so every point within ``radius`` of the frustum is kept, and a point in
+    front of a pinhole that projects outside its image by more than the radius is not.
+
+    Example: a pinhole at the origin looking down -z with slopes ``+-0.5``: ``(0, 0, -5)`` is
+    kept, ``(4, 0, -5)`` (slope 0.8) is not at radius 0.1, nor is ``(0, 0, 5)`` (behind)."""
+    slopes = frustum_slopes(cameras).to(points.dtype)
+    c2w = cameras.c2w.detach().to(points.dtype)
+    rot, centre = c2w[:, :3, :3], c2w[:, :3, 3]
+    # inward normals in the camera frame, (n_cams, 5, 3): the four sides, then "in front"
+    x0, x1, y0, y1 = (c.nan_to_num(posinf=1e30, neginf=-1e30) for c in slopes.unbind(-1))
+    one, zero = torch.ones_like(x0), torch.zeros_like(x0)
+    # a side plane through the centre containing the forward axis's slope s: x - s f >= 0 (x_min)
+    normals = torch.stack([torch.stack([one, zero, x0], -1), torch.stack([-one, zero, -x1], -1),
+                           torch.stack([zero, one, y0], -1), torch.stack([zero, -one, -y1], -1),
+                           torch.stack([zero, zero, -one], -1)], 1)            # f = -z: x - s f = x + s z
+    normals = normals / normals.norm(dim=-1, keepdim=True)
+    world = normals @ rot.transpose(1, 2)                                       # (n_cams, 5, 3): R n
+    offset = -(world * centre[:, None, :]).sum(-1)                              # plane: n . p + offset >= 0
+    infinite = slopes.isinf().any(-1)
+    world = world.reshape(-1, 3)
+    offset = offset.reshape(-1)
+    out = []
+    for i in range(0, points.shape[0], chunk):
+        p, r = points[i:i + chunk], radius[i:i + chunk]
+        dist = (p @ world.T + offset).view(p.shape[0], len(cameras), 5)
+        inside = (dist >= -r[:, None, None]).all(-1) | infinite
+        out.append(inside.any(-1))
+    return torch.cat(out) if out else points.new_zeros(0, dtype=torch.bool)
+
+
 def pinhole_from_fov(c2w: Tensor, fov_y: Tensor, width: int, height: int) -> Cameras:
     """Cameras with square pixels and the principal point at the image centre, from poses
     ``c2w`` ``(n_cams, 3, 4)`` and vertical fields of view ``fov_y`` ``(n_cams,)`` in radians:

@@ -11,11 +11,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
-from radfield.cameras import Rays
+from radfield.cameras import (Cameras, Rays, frustum_slopes, generate_rays, near_frustum, orbit_poses,
+                              project)
 from radfield.cli import build_parser, run_config_from_args
 from radfield.data.synthetic import make_scene
 from radfield.errors import RadfieldError
+from radfield.lens import Lens
 from radfield.geometry import ray_aabb_intersect
 from radfield.models import SceneInfo, build_model
 from radfield.rendering.pipeline import prune_occluded
@@ -614,12 +617,12 @@ def test_cascaded_cone_march_matches_brute_force(aabb_scale):
 def test_single_cascade_is_the_fixed_step_march_to_the_bit():
     """Without an aabb_scale the defaults (cascades 0, cone angle -1) are one grid and fixed steps:
     the samples are those of the single grid's formula ``t_near + (k + offset) dt`` over all
-    steps (no coarse pass), bit for bit; its checkpoint buffers keep their names and shapes."""
+    steps (no coarse pass), bit for bit; its checkpoint buffers are the single grid's (and ``seen``)."""
     occ = _sub_box_occupancy()
     grid = _grid(occ=occ)
     assert (grid.n_cascades, grid.config.cone_angle) == (1, 0.0)
     assert {k: tuple(v.shape) for k, v in grid.state_dict().items()} == {
-        "aabb": (6,), "density": (8 ** 3,), "occupied": (8 ** 3,), "n_updates": ()}
+        "aabb": (6,), "density": (8 ** 3,), "occupied": (8 ** 3,), "seen": (8 ** 3,), "n_updates": ()}
     rays = _rays(*_random_rays(64, seed=2))
     o, d = rays.origins, rays.directions
     dt = grid.step_size
@@ -720,3 +723,102 @@ def test_tiny_ngp_trains_with_aabb_scale_4(tmp_path):
                                       "--set", "ngp.occupancy.cascades=2"])
     two = build_model(run_config_from_args(args), SceneInfo(grid.aabb, meta={"aabb_scale": 4}))
     assert two.grid.n_cascades == 2 and two.grid.boxes[0].tolist() == [-1.5] * 3 + [1.5] * 3
+
+
+def _ring_cameras(n: int = 6, lens=None) -> Cameras:
+    """``n`` cameras 4 units from the origin looking at it, 40 x 30 pixels, fx = fy = 40."""
+    c2w = orbit_poses(n, 4.0, elevation_deg=20.0)
+    one = torch.ones(n)
+    return Cameras(c2w, 40.0 * one, 40.0 * one, 20.0 * one, 15.0 * one, 40, 30, lens=lens)
+
+
+def _visible_brute_force(points: Tensor, cameras: Cameras) -> Tensor:
+    """``(n,)`` bool: does each point project into some camera's image, in front of it? Through
+    a lens, only points within the angle of the image's farthest corner count: beyond it a
+    polynomial distortion folds back into the image (points no real lens sees)."""
+    seen = torch.zeros(len(points), dtype=torch.bool)
+    corners = torch.tensor([[0.0, 0.0], [cameras.width, 0.0], [0.0, cameras.height],
+                            [cameras.width, cameras.height]])
+    for c in range(len(cameras)):
+        uv, z = project(cameras, c, points)
+        inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= cameras.width) & (uv[:, 1] >= 0) & \
+            (uv[:, 1] <= cameras.height)
+        if cameras.lens is not None:
+            rays = generate_rays(cameras, torch.full((4,), c), corners[:, 0], corners[:, 1])
+            cos_max = (rays.z_per_t.min() - 1e-6).clamp(min=0)  # the farthest corner's cos(angle to the axis)
+            axis = -cameras.c2w[c, :3, 2]
+            to_point = points - cameras.c2w[c, :3, 3]
+            inside &= (to_point @ axis) >= cos_max * to_point.norm(dim=-1)
+        seen |= inside
+    return seen
+
+
+def test_frustum_slopes_and_plane_distances_by_hand():
+    """A pinhole at the origin looking down -z, fx = fy = 100, 100 x 100: slopes +-0.5. The
+    point (x, 0, -5) is 0.8944 (x - 2.5) outside the x_max side (its plane x = 0.5 f has unit
+    normal (-1, 0, -0.5) / 1.118 inward, f = -z): kept at radius 0.1 up to x = 2.6118."""
+    one = torch.ones(1)
+    cam = Cameras(torch.eye(4)[:3][None], 100 * one, 100 * one, 50 * one, 50 * one, 100, 100)
+    assert torch.allclose(frustum_slopes(cam), torch.tensor([[-0.5, 0.5, -0.5, 0.5]]), atol=1e-6)
+    pts = torch.tensor([[0.0, 0.0, -5.0], [2.61, 0.0, -5.0], [2.615, 0.0, -5.0], [0.0, -2.61, -5.0],
+                        [0.0, 0.0, 5.0], [0.0, 0.0, 0.09], [0.0, 0.0, 0.11]])
+    kept = near_frustum(pts, torch.full((len(pts),), 0.1), cam)
+    assert kept.tolist() == [True, True, False, True, False, True, False]
+
+
+@pytest.mark.parametrize("lens", [None, "opencv", "fisheye"])
+def test_near_frustum_keeps_every_visible_point_and_drops_far_ones(lens):
+    """Against projection through the lens (radfield.cameras.project): every point that lands in
+    some image is kept at radius 0; a pinhole keeps no point that lands outside every image by
+    more than a pixel's worth; the frustum with a lens bounds its (barrel or pincushion) image."""
+    lenses = {None: None,
+              "opencv": Lens(torch.tensor([[0.2, -0.05, 0.0, 0.0, 0.01, 0.0]]).repeat(6, 1),
+                             torch.zeros(6, dtype=torch.bool)),
+              "fisheye": Lens(torch.tensor([[0.05, 0.01, 0.0, 0.0, 0.0, 0.0]]).repeat(6, 1),
+                              torch.ones(6, dtype=torch.bool))}
+    cams = _ring_cameras(lens=lenses[lens])
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(20000, 3, generator=g) * 16 - 8
+    visible = _visible_brute_force(pts, cams)
+    kept = near_frustum(pts, torch.zeros(len(pts)), cams)
+    assert visible.float().mean() > 0.1 and (~visible).float().mean() > 0.1  # both kinds are tested
+    assert kept[visible].all()
+    if lens is None:  # the pyramid is the image: no point far outside is kept
+        shrunk = near_frustum(pts, torch.full((len(pts),), -0.05), cams)
+        assert not shrunk[~visible].any()
+    else:
+        assert (kept & ~visible).float().mean() < 0.05
+
+
+def test_unseen_cells_are_never_occupied(tmp_path):
+    """A ring of cameras in a box with aabb_scale 4: mark_seen keeps every cell that a point
+    inside it is visible from (brute force over 8 random points per cell and every camera), the
+    cells behind every camera stay unoccupied under a field dense everywhere, and rays march no
+    sample there (while the rays' ends are unseen); a state dict without ``seen`` (older
+    checkpoints) loads as all seen."""
+    cams = _ring_cameras()
+    grid = OccupancyGrid(torch.tensor([-6.0] * 3 + [6.0] * 3), OccupancyGridConfig(resolution=8), 4.0)
+    state = {k: v.clone() for k, v in grid.state_dict().items() if k != "seen"}
+    grid.mark_seen(cams)
+    seen = grid.seen.view(grid.n_cascades, -1)
+    assert seen[0].all() and not seen[-1].all()
+    centres, radius = grid.cell_centres()
+    g = torch.Generator().manual_seed(1)
+    res = grid.config.resolution
+    k = torch.arange(grid.n_cascades).repeat_interleave(res ** 3)
+    for _ in range(8):
+        u = (grid.cell_ijk.repeat(grid.n_cascades, 1) + torch.rand(len(k), 3, generator=g)) / res
+        x = grid.box_lo[k] + u * grid.box_size[k]
+        assert grid.seen[_visible_brute_force(x, cams)].all()
+    grid.update(lambda x: torch.full((len(x),), 100.0))
+    assert grid.occupied.equal(grid.seen)
+    o = torch.tensor([[0.0, 0.0, 0.0]]).repeat(2, 1)
+    d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])  # straight up, straight down: out of every view
+    s = grid.sample(Rays(o, d, torch.ones(2)))
+    x = o[s.ray_indices] + ((s.t_starts + s.t_ends) / 2)[:, None] * d[s.ray_indices]
+    assert len(s) > 0 and grid.seen[grid.cell_index(x)].all()
+    assert not grid.seen[grid.cell_index(torch.tensor([[0.0, 0.0, 5.5], [0.0, 0.0, -5.5]]))].any()
+    fresh = OccupancyGrid(torch.tensor([-6.0] * 3 + [6.0] * 3), OccupancyGridConfig(resolution=8), 4.0)
+    fresh.seen.zero_()
+    fresh.load_state_dict(state)
+    assert fresh.seen.all()

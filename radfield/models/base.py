@@ -50,7 +50,7 @@ path from a model, rays and samples to pixels.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +78,9 @@ class SceneInfo:
             (cascaded occupancy grids cover the region finely and the rest coarsely);
             ``camera_radius``, the farthest training camera's distance from the box's centre
             (the proposal pipeline measures unbounded scenes in it).
+        cameras: the training cameras (:class:`radfield.cameras.Cameras`) when the model is
+            built for training, else None (not saved: what a model derives from them, such as
+            the occupancy grid's seen cells, is in its state).
     """
 
     aabb: Tensor
@@ -85,6 +88,7 @@ class SceneInfo:
     has_alpha: bool = False
     time_range: tuple[float, float] | None = None
     meta: dict = field(default_factory=dict)
+    cameras: object = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_data(cls, data) -> "SceneInfo":
@@ -96,7 +100,7 @@ class SceneInfo:
         if len(centres):
             meta["camera_radius"] = float((centres - (aabb[:3] + aabb[3:]) / 2).norm(dim=-1).max())
         return cls(data.aabb.float().clone(), len(data), bool(data.has_alpha),
-                   None if times is None else (float(times.min()), float(times.max())), meta)
+                   None if times is None else (float(times.min()), float(times.max())), meta, data.cameras)
 
     @property
     def aabb_scale(self) -> float:
@@ -111,7 +115,8 @@ class SceneInfo:
         return float((self.aabb[3:] - self.aabb[:3]).max()) / self.aabb_scale
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, cameras=None))
+        del d["cameras"]
         d["aabb"] = [float(v) for v in self.aabb.tolist()]
         return d
 

@@ -29,6 +29,8 @@ class NGPModel(Model):
         cfg = getattr(config, self.section)
         self.field = self.make_field(cfg)
         self.grid = OccupancyGrid(self.aabb, cfg.occupancy, scene.aabb_scale)
+        if scene.cameras is not None and cfg.occupancy.skip_unseen:
+            self.grid.mark_seen(scene.cameras)
 
     def make_field(self, config) -> NGPField:
         return NGPField(self.aabb, config)

@@ -15,6 +15,12 @@ Vocabulary:
 * **density** and **occupied**: each cell keeps an exponential moving average of the field's
   density at jittered points inside it; it is occupied when its opacity over one marching step
   of its cascade, ``density * step_k``, exceeds ``min(threshold, mean opacity of cascade 0)``.
+* **seen** cells (Instant-NGP's untrained cells): a cell is seen when it lies within its
+  half-diagonal of some training camera's viewing frustum (:func:`radfield.cameras.near_frustum`,
+  through the cameras' lenses); no training ray passes through an unseen cell, so whatever
+  density the field learns there is unconstrained (floaters in front of novel views, and work
+  for every ray through it), and it is never occupied. Without training cameras every cell is
+  seen.
 * **marching**: steps ``dt(t) = clamp(cone_angle * t, dt_min, dt_max)``, so with a cone angle
   samples grow sparse with distance (``cone_angle = 0``: fixed steps ``dt_min``). Boundaries
   ``t_{j+1} = t_j + dt(t_j)`` from ``t_0 = t_near + (offset - 1/2) dt(t_near)`` (``offset``
@@ -76,6 +82,8 @@ class OccupancyGridConfig:
     steps_per_diagonal: int = 1024
     """``dt_min`` = cascade 0's diagonal / this (Instant-NGP: sqrt(3) * 2 * bound / 1024)."""
     early_stop_eps: float = 1e-4
+    skip_unseen: bool = True
+    """Cells that no training camera sees are never occupied (Instant-NGP's untrained cells)."""
     max_points_per_chunk: int = 1 << 21
 
 
@@ -197,7 +205,8 @@ class OccupancyGrid(nn.Module):
     """Instant-NGP's cascaded occupancy grid and ray marcher (see the module's vocabulary).
 
     Buffers (saved in checkpoints): ``density`` ``(C R^3,)`` EMA of density, ``occupied``
-    ``(C R^3,)`` bool (one cascade: the names and shapes of the single grid), ``n_updates``.
+    ``(C R^3,)`` bool (one cascade: the names and shapes of the single grid), ``seen``
+    ``(C R^3,)`` bool (:meth:`mark_seen`; all True in checkpoints written before it), ``n_updates``.
     ``aabb_scale`` comes from the scene (:class:`radfield.models.SceneInfo`), not the buffers.
     """
 
@@ -209,6 +218,7 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("aabb", aabb.float().clone())
         self.register_buffer("density", torch.zeros(n * res ** 3))
         self.register_buffer("occupied", torch.ones(n * res ** 3, dtype=torch.bool))
+        self.register_buffer("seen", torch.ones(n * res ** 3, dtype=torch.bool))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
         ijk = torch.stack(torch.meshgrid(*[torch.arange(res)] * 3, indexing="ij"), -1).reshape(-1, 3)
         self.register_buffer("cell_ijk", ijk, persistent=False)
@@ -218,6 +228,28 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("box_size", boxes[:, 3:] - boxes[:, :3], persistent=False)
         self._dilated: Tensor | None = None
         self._dilated_version = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "seen", torch.ones_like(self.seen))  # older checkpoints
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def cell_centres(self) -> tuple[Tensor, Tensor]:
+        """``((C R^3, 3) centres, (C R^3,) half-diagonals)`` of every cell, in index order."""
+        res = self.config.resolution
+        k = torch.arange(self.n_cascades, device=self.density.device).repeat_interleave(res ** 3)
+        u = (self.cell_ijk.repeat(self.n_cascades, 1).float() + 0.5) / res
+        half_diagonal = (self.box_size / res).norm(dim=-1) / 2
+        return self.box_lo[k] + u * self.box_size[k], half_diagonal[k]
+
+    @torch.no_grad()
+    def mark_seen(self, cameras) -> None:
+        """``seen``: the cells within their half-diagonal of some camera's frustum (the training
+        cameras, :class:`radfield.cameras.Cameras`); the others are unoccupied from now on."""
+        from radfield.cameras import near_frustum
+
+        centres, radius = self.cell_centres()
+        self.seen.copy_(near_frustum(centres, radius, cameras.to(centres.device)))
+        self.occupied &= self.seen
 
     @property
     def n_cascades(self) -> int:
@@ -298,7 +330,7 @@ class OccupancyGrid(nn.Module):
         decayed.scatter_reduce_(0, cells, new, reduce="amax", include_self=True)
         self.density.copy_(decayed)
         opacity = self.density.view(self.n_cascades, -1) * self.cascade_steps()[:, None]
-        self.occupied.copy_((opacity > min(cfg.threshold, opacity[0].mean().item())).view(-1))
+        self.occupied.copy_((opacity > min(cfg.threshold, opacity[0].mean().item())).view(-1) & self.seen)
         self.n_updates += 1
 
     @torch.no_grad()
