@@ -154,8 +154,12 @@ class TrainConfig:
     """random (per ray, RGBA data), white, black, learned (an MLP on the direction) or
     last_sample (the last interval is opaque); see :mod:`radfield.rendering.backgrounds`."""
     eval_every: float = 30.0
-    """Seconds of training between validation renders."""
+    """Seconds of training between validation renders (at least; see ``val_max_share``)."""
     val_images: int = 2
+    val_max_share: float = 0.1
+    """Validation's largest share of the wall clock: after a validation that took ``V`` seconds
+    the next one waits at least ``V (1 - share) / share`` seconds of training, so large images
+    that render slowly on a CPU do not crowd out the training; 1 = every ``eval_every``."""
     checkpoint_every: int = 2000
     """Steps between checkpoints ..."""
     checkpoint_every_s: float = 60.0

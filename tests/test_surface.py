@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 
 import pytest
 import torch
@@ -377,7 +378,8 @@ def test_wall_time_budget_counts_validation_and_training_time_does_not(scene, tm
     runs = {}
     for wall in (False, True):
         config = config_for(scene, "tiny", {**TINY, "train.max_time": 1.5, "train.max_time_wall": wall,
-                                            "train.eval_every": 0.0}, steps=10 ** 6)
+                                            "train.eval_every": 0.0, "train.val_max_share": 1.0},
+                            steps=10 ** 6)
         trainer = trainer_for(config, tmp_path / f"run-{wall}")
         trainer.train()
         runs[wall] = trainer
@@ -389,6 +391,30 @@ def test_wall_time_budget_counts_validation_and_training_time_does_not(scene, tm
     assert runs[True].state.train_time < 1.5  # stopped before the steps alone reached the budget
     ck = torch.load(tmp_path / "run-True" / "checkpoint.pt", weights_only=False)
     assert ck["state"]["wall_time"] == runs[True].state.wall_time
+
+
+def test_validation_takes_at_most_its_share_of_the_wall_clock(scene, tmp_path):
+    """A validation that takes 0.2 s (a stand-in that sleeps) with ``val_max_share`` 0.25 is
+    followed by at least 0.2 * 0.75 / 0.25 = 0.6 s of training before the next, although
+    ``eval_every`` asks for one after every step; share 1 validates after every step; a share
+    outside (0, 1] is a one-line error."""
+    counts = {}
+    for share in (0.25, 1.0):
+        config = config_for(scene, "tiny", {**TINY, "train.max_time": 2.0, "train.eval_every": 0.0,
+                                            "train.val_max_share": share}, steps=10 ** 6)
+        trainer = trainer_for(config, tmp_path / f"run-{share}")
+        trainer.validate = lambda: (time.sleep(0.2 if share < 1 else 0.0), 10.0)[1]
+        trainer.train()
+        times = [h["time_s"] for h in trainer.history]
+        counts[share] = len(times)
+        if share < 1:  # every gap but the last (the end-of-run validation) is at least 0.6 s
+            assert all(b - a >= 0.6 - 1e-3 for a, b in zip(times[:-2], times[1:-1]))
+            assert 2 <= len(times) <= 2.0 / 0.6 + 2
+    assert counts[1.0] > 3 * counts[0.25]
+    for bad in (0.0, 1.5):
+        with pytest.raises(RadfieldError, match="train.val_max_share"):
+            trainer_for(config_for(scene, "tiny", {**TINY, "train.val_max_share": bad}, steps=1),
+                        tmp_path / f"bad-{bad}")
 
 
 def test_wall_time_flag_sets_the_clock(scene, tmp_path):

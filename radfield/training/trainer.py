@@ -262,6 +262,9 @@ class Trainer:
                                 f"{optim.schedule!r} (choose from: {', '.join(LR_SCHEDULES)})")
         if cfg.max_time is not None and not cfg.max_time > 0:
             raise RadfieldError(f"--max-time: must be positive, got {cfg.max_time}")
+        if not 0 < cfg.val_max_share <= 1:
+            raise RadfieldError(f"train.val_max_share: must be in (0, 1], got {cfg.val_max_share}")
+        self._eval_wait = cfg.eval_every  # training seconds between validations (val_max_share)
         self.loss = PhotometricLoss.from_spec(cfg.loss, cfg.loss_colour_space, cfg.loss_tonemap, cfg.loss_gamma)
         self.depth_loss = make_depth_loss(cfg.depth)
         if config.data.depth_source not in DEPTH_SOURCES:
@@ -658,7 +661,7 @@ class Trainer:
                 if stop_now:
                     interrupted = True
                     break
-                if self.state.train_time - self.state.last_eval_time >= cfg.eval_every:
+                if self.state.train_time - self.state.last_eval_time >= self._eval_wait:
                     self._evaluate_and_log()
                 if save_now:
                     self.save()
@@ -713,7 +716,10 @@ class Trainer:
         self.state.last_eval_time = self.state.train_time
         if not self.world.is_main:  # rank 0 validates and keeps the history
             return
+        start = time.perf_counter()
         val_psnr = self.validate()
+        share = self.config.train.val_max_share
+        self._eval_wait = max(self.config.train.eval_every, (time.perf_counter() - start) * (1 - share) / share)
         entry = {"step": self.state.step, "time_s": round(self.state.train_time, 3)}
         if val_psnr is not None:
             entry["psnr"] = round(val_psnr, 4)
