@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refine the camera poses while training (a per-image SE(3) correction, BARF's "
                    "coarse-to-fine window; train.pose_opt.*); eval then fits each test view's pose first")
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")
-    p.add_argument("--eval-every", type=float, default=None, help="seconds of training between validation renders (30; more when validation would take over "
-                   "train.val_max_share of the wall clock)")
+    p.add_argument("--eval-every", type=float, default=None,
+                   help="seconds of training between validation renders (30; more when validation would take "
+                        "over train.val_max_share of the wall clock)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--dist-timeout", type=_positive_float, default=300.0, metavar="S",
                    help="under torchrun: seconds a process waits for the others (rank 0 validates "
