@@ -112,7 +112,10 @@ def level_corner_values(table: Tensor, level_resolution: int, factor: int, i0: T
     ``2^D x 2^D`` weights are the axes' ``2 x 2`` ones multiplied out."""
     n, dims = i0.shape
     c = torch.div(i0, factor, rounding_mode="floor").clamp(max=level_resolution - 1)
-    values = table[corner_rows(c, level_resolution, table.shape[0])]
+    rows = corner_rows(c, level_resolution, table.shape[0])
+    # index_select, not table[rows]: on a CPU its forward is about 4x and its backward (a
+    # scatter-add of the rows) about 1.7x faster than advanced indexing's (bench/RESULTS.md)
+    values = table.index_select(0, rows.reshape(-1)).view(*rows.shape, table.shape[1])
     if factor == 1:
         return values
     t0 = (i0 - c * factor).to(table.dtype) / factor  # (n, D): t of corner bit 0
