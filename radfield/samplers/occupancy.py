@@ -50,7 +50,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from radfield.cameras import Rays
+from radfield.cameras import Rays, near_frustum
 from radfield.errors import RadfieldError
 from radfield.geometry import ray_aabb_intersect
 from radfield.samplers.samples import Samples
@@ -245,8 +245,6 @@ class OccupancyGrid(nn.Module):
     def mark_seen(self, cameras) -> None:
         """``seen``: the cells within their half-diagonal of some camera's frustum (the training
         cameras, :class:`radfield.cameras.Cameras`); the others are unoccupied from now on."""
-        from radfield.cameras import near_frustum
-
         centres, radius = self.cell_centres()
         self.seen.copy_(near_frustum(centres, radius, cameras.to(centres.device)))
         self.occupied &= self.seen
