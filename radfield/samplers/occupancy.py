@@ -233,13 +233,19 @@ class OccupancyGrid(nn.Module):
         state_dict.setdefault(prefix + "seen", torch.ones_like(self.seen))  # older checkpoints
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def cell_points(self, cells: Tensor, offset: Tensor | float) -> Tensor:
+        """``(n, 3)`` world points at ``offset`` (in ``[0, 1]^3`` of a cell; 0.5: the centre)
+        inside flat cells ``cells`` ``(n,)``."""
+        res = self.config.resolution
+        k = cells // res ** 3
+        u = (self.cell_ijk[cells % res ** 3].float() + offset) / res
+        return self.box_lo[k] + u * self.box_size[k]
+
     def cell_centres(self) -> tuple[Tensor, Tensor]:
         """``((C R^3, 3) centres, (C R^3,) half-diagonals)`` of every cell, in index order."""
-        res = self.config.resolution
-        k = torch.arange(self.n_cascades, device=self.density.device).repeat_interleave(res ** 3)
-        u = (self.cell_ijk.repeat(self.n_cascades, 1).float() + 0.5) / res
-        half_diagonal = (self.box_size / res).norm(dim=-1) / 2
-        return self.box_lo[k] + u * self.box_size[k], half_diagonal[k]
+        cells = torch.arange(self.density.shape[0], device=self.density.device)
+        half_diagonal = (self.box_size / self.config.resolution).norm(dim=-1) / 2
+        return self.cell_points(cells, 0.5), half_diagonal[cells // self.config.resolution ** 3]
 
     @torch.no_grad()
     def mark_seen(self, cameras) -> None:
@@ -304,7 +310,7 @@ class OccupancyGrid(nn.Module):
         points ``x_k`` drawn in ``c`` this update (a cell may be drawn more than once); the
         others decay. Example: ``decay = 0.5``, ``density_c = 0.8``, two draws in ``c`` giving
         2 and 1 -> ``density_c = max(0.4, 2, 1) = 2``."""
-        cfg, res = self.config, self.config.resolution
+        cfg = self.config
         n_cells = self.density.shape[0]
         dev = self.density.device
         if self.n_updates.item() < cfg.warmup_steps // cfg.update_every:
@@ -317,10 +323,7 @@ class OccupancyGrid(nn.Module):
                 cells = torch.cat([rand, occ[pick]])
             else:
                 cells = rand
-        jitter = torch.rand(cells.shape[0], 3, device=dev, generator=generator)
-        k = cells // res ** 3
-        u = (self.cell_ijk[cells % res ** 3].float() + jitter) / res
-        x = self.box_lo[k] + u * self.box_size[k]
+        x = self.cell_points(cells, torch.rand(cells.shape[0], 3, device=dev, generator=generator))
         new = torch.cat([density_fn(x[i:i + chunk]).float() for i in range(0, x.shape[0], chunk)])
         decayed = self.density * cfg.decay
         # A cell drawn several times keeps the max of all its draws (an amax scatter; plain
