@@ -9,16 +9,28 @@ sampling) have gradients with respect to the distribution's logits
 
 1. **Recover a hidden distribution** from images rendered from it. A *hidden* distribution
    (logits concentrated on a few of the 8 azimuth bins) renders a target set; a learned one
-   starts uniform, and each iteration renders a few of its samples and descends the squared
-   maximum mean discrepancy (MMD^2, Gaussian kernel on 8 x 8 thumbnails, bandwidth the median
-   distance within the target set) between them and the target set, a differentiable distance
-   between two sets of images. Reported: the total-variation distance between the learned and
-   the hidden azimuth probabilities, from the uniform start to the end, and the wall time.
+   starts uniform, and each iteration renders views of it and descends the squared maximum
+   mean discrepancy (MMD^2, Gaussian kernel on 8 x 8 thumbnails, bandwidth the median distance
+   within the target set) between them and the target set, a differentiable distance between
+   two sets of images. Reported: the total-variation distance between the learned and the
+   hidden azimuth probabilities, from the uniform start to the end, and the wall time.
 2. ``--bilevel``: the version of the paper. A small downstream network (an MLP on 8 x 8
    thumbnails predicting the camera's azimuth as ``(cos a, sin a)``) takes one SGD step on the
    renders and their poses' labels; the logits descend its loss on the target set (the
    "validation data") *after* that step, differentiated through the step (the one-step
    approximation of the bi-level problem Neural-Sim uses). The network keeps the step.
+
+Two estimators of the gradient on the logits (``--estimator``):
+
+* ``mixture`` (default): every iteration renders ``--views / 8`` views in each azimuth bin, and
+  the loss weights them by the bin probabilities ``p`` (the MMD of the mixture,
+  :func:`radfield.poses.distribution.mixture_mmd2`; for ``--bilevel`` the inner loss is the
+  ``p``-weighted mean over the bins): exact in the bin choice, so the gradient's only noise is
+  the views' place within their bins.
+* ``pathwise``: Neural-Sim's: ``--views`` poses drawn by Gumbel-softmax, the gradient through
+  the renders to the poses and on to the logits
+  (:func:`radfield.rendering.differentiable.render_images_grad`). At temperature 0.1 a draw is
+  nearly one-hot, so only the draws near a tie between two bins carry gradient to the logits.
 
 Without ``--run`` the built-in scene is generated and Instant-NGP (``ngp-small``) trained on it
 for ``--train-seconds``. Renders are ``--size`` pixels square, ``--views`` per iteration; the
@@ -45,7 +57,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
 from radfield.cameras import Cameras  # noqa: E402
 from radfield.io import atomic_write  # noqa: E402
-from radfield.poses.distribution import PoseDistribution, total_variation  # noqa: E402
+from radfield.poses.distribution import PoseDistribution, mixture_mmd2, mmd2, total_variation  # noqa: E402
 from radfield.rendering.backgrounds import background_color  # noqa: E402
 from radfield.rendering.differentiable import Sampling, render_images, render_images_grad  # noqa: E402
 from radfield.training.checkpoint import load_run  # noqa: E402
@@ -93,13 +105,6 @@ def thumbnails(rgb: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(rgb.permute(0, 3, 1, 2), 8).reshape(rgb.shape[0], -1)
 
 
-def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """Biased squared MMD between the rows of ``x`` and of ``y`` with the Gaussian kernel
-    ``exp(-|a - b|^2 / (2 h^2))``: ``mean k(x, x') - 2 mean k(x, y) + mean k(y, y')``."""
-    k = lambda a, b: torch.exp(-torch.cdist(a, b) ** 2 / (2 * bandwidth ** 2)).mean()  # noqa: E731
-    return k(x, x) - 2 * k(x, y) + k(y, y)
-
-
 def azimuth_labels(azimuth_deg: torch.Tensor) -> torch.Tensor:
     a = torch.deg2rad(azimuth_deg)
     return torch.stack([torch.cos(a), torch.sin(a)], -1)
@@ -131,18 +136,33 @@ def run(args) -> dict:
     net = nn.Sequential(nn.Linear(192, 64), nn.ReLU(), nn.Linear(64, 2))
     gen = torch.Generator().manual_seed(args.seed + 2)
     history = [{"iter": 0, "tv": float(total_variation(learned.azimuth.probabilities().detach(), p_hidden))}]
+    n_bins = learned.azimuth.logits.numel()
     for it in range(1, args.iters + 1):
-        poses = learned.sample(args.views, gen)
-        rgb = render_images_grad(model, cameras(poses.c2w, args.size), bg, sampling=sampling).rgb
+        if args.estimator == "pathwise":  # views drawn by Gumbel-softmax, gradients through the renders
+            poses = learned.sample(args.views, gen)
+            rgb = render_images_grad(model, cameras(poses.c2w, args.size), bg, sampling=sampling).rgb
+            x, labels = thumbnails(rgb), azimuth_labels(poses.azimuth)
+        else:  # views in every bin, the bin choice summed exactly with weights p
+            per_bin = max(args.views // n_bins, 1)
+            bins = torch.arange(n_bins).repeat_interleave(per_bin)
+            with torch.no_grad():
+                poses = learned.sample(len(bins), gen, azimuth_bins=bins)
+                rgb = render_images(model, cameras(poses.c2w, args.size), bg, sampling=sampling).rgb
+            x, labels = thumbnails(rgb), azimuth_labels(poses.azimuth)
+            p = learned.azimuth.probabilities()
         if args.bilevel:
             params = list(net.parameters())
-            inner = F.mse_loss(net(thumbnails(rgb)), azimuth_labels(poses.azimuth))
+            per_view = ((net(x) - labels) ** 2).mean(-1)
+            inner = (per_view.mean() if args.estimator == "pathwise"
+                     else p @ per_view.view(n_bins, per_bin).mean(1))
             grads = torch.autograd.grad(inner, params, create_graph=True)
-            stepped = [p - args.inner_lr * g for p, g in zip(params, grads)]
+            stepped = [w - args.inner_lr * g for w, g in zip(params, grads)]
             h = F.relu(F.linear(target_thumbs, stepped[0], stepped[1]))
             loss = F.mse_loss(F.linear(h, stepped[2], stepped[3]), target_labels)
+        elif args.estimator == "pathwise":
+            loss = mmd2(x, target_thumbs, bandwidth)
         else:
-            loss = mmd2(thumbnails(rgb), target_thumbs, bandwidth)
+            loss = mixture_mmd2(x.view(n_bins, per_bin, -1), p, target_thumbs, bandwidth)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -154,12 +174,13 @@ def run(args) -> dict:
             tv = float(total_variation(learned.azimuth.probabilities().detach(), p_hidden))
             history.append({"iter": it, "loss": loss.item(), "tv": tv})
             print(f"iter {it:4d}  loss {loss.item():.5f}  TV(learned, hidden) {tv:.3f}", flush=True)
-    result = {"experiment": "bilevel" if args.bilevel else "mmd", "run": str(run_dir),
+    result = {"experiment": "bilevel" if args.bilevel else "mmd", "estimator": args.estimator, "run": str(run_dir),
               "hidden": p_hidden.tolist(), "learned": learned.azimuth.probabilities().detach().tolist(),
               "tv_start": history[0]["tv"], "tv_end": history[-1]["tv"], "iters": args.iters,
               "views": args.views, "size": args.size, "temperature": args.temperature,
               "field_s": t_field - t_start, "learn_s": time.perf_counter() - t_field, "history": history}
-    with atomic_write(out / ("neural_sim_bilevel.json" if args.bilevel else "neural_sim.json")) as tmp:
+    name = "neural_sim" + ("_bilevel" if args.bilevel else "") + ("_pathwise" if args.estimator == "pathwise" else "")
+    with atomic_write(out / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result
 
@@ -170,7 +191,11 @@ def main() -> None:
     ap.add_argument("--out", default="examples/out", help="output folder")
     ap.add_argument("--train-seconds", type=float, default=90.0)
     ap.add_argument("--iters", type=int, default=150)
-    ap.add_argument("--views", type=int, default=4, help="poses rendered per iteration")
+    ap.add_argument("--estimator", choices=("mixture", "pathwise"), default="mixture",
+                    help="mixture: render views in every bin and weight them by p (exact in the bin "
+                         "choice); pathwise: draw views by Gumbel-softmax, gradients through the renders")
+    ap.add_argument("--views", type=int, default=16,
+                    help="poses rendered per iteration (mixture: spread evenly over the bins)")
     ap.add_argument("--targets", type=int, default=32, help="images of the target set")
     ap.add_argument("--size", type=int, default=24, help="render size in pixels")
     ap.add_argument("--lr", type=float, default=0.05, help="Adam's rate on the logits")

@@ -23,9 +23,16 @@ Vocabulary:
   (its "elevation ~ U(85, 95)" is a polar angle: here ``elevation_range = (-5, 5)``), a fixed
   radius.
 
-The soft centre ``sum_k y_k c_k`` is an average of angles, so a ``y`` split between the first
-and the last azimuth bin lands half-way round; at low temperature ``y`` is almost always nearly
-one-hot, which is why Neural-Sim samples at ``tau = 0.1``.
+The soft centre is an average of the centres: ``sum_k y_k c_k`` on a range short of a full
+turn; on a full turn (``hi - lo = 360``) the circular mean ``atan2(sum_k y_k sin c_k, sum_k y_k
+cos c_k)``, so a ``y`` split between the first and the last azimuth bin lands between them, not
+half-way round, and neighbouring bins across the wrap pass gradient to each other. The two agree
+for a one-hot ``y``; at low temperature ``y`` is almost always nearly one-hot, which is why
+Neural-Sim samples at ``tau = 0.1``.
+
+With ``bins`` given (:meth:`PoseDistribution.sample`), ``y`` is their one-hot and the samples
+carry no gradient to the logits: the per-bin renders of an estimator that sums over the bins
+exactly (:func:`mixture_mmd2`) rather than sampling them.
 
 Example: azimuth bins over ``[0, 360)``, ``K = 8``: centres 22.5, 67.5, ..., 337.5; a one-hot
 ``y`` on bin 2 with ``v = 0.25`` gives ``a = 112.5 - 11.25 = 101.25`` degrees.
@@ -41,7 +48,8 @@ from torch import Tensor, nn
 
 from radfield.cameras import look_at
 
-__all__ = ["BinnedAngle", "PoseDistribution", "PoseSample", "gumbel_softmax", "total_variation"]
+__all__ = ["BinnedAngle", "PoseDistribution", "PoseSample", "gumbel_softmax", "mixture_mmd2", "mmd2",
+           "total_variation"]
 
 
 def gumbel_softmax(logits: Tensor, u: Tensor, temperature: float, straight_through: bool = False) -> Tensor:
@@ -63,10 +71,35 @@ def total_variation(p: Tensor, q: Tensor) -> Tensor:
     return 0.5 * (p - q).abs().sum(-1)
 
 
+def mmd2(x: Tensor, y: Tensor, bandwidth: float) -> Tensor:
+    """Biased squared maximum mean discrepancy between the rows of ``x`` ``(n, D)`` and of ``y``
+    ``(m, D)``, Gaussian kernel ``k(a, b) = exp(-|a - b|^2 / (2 h^2))``:
+    ``mean k(x, x') - 2 mean k(x, y) + mean k(y, y')``. Example: one point each, 1 apart, ``h = 1``
+    -> ``2 - 2 e^-1/2 = 0.787``."""
+    return _gaussian(x, x, bandwidth).mean() - 2 * _gaussian(x, y, bandwidth).mean() + _gaussian(y, y, bandwidth).mean()
+
+
+def mixture_mmd2(x: Tensor, p: Tensor, y: Tensor, bandwidth: float) -> Tensor:
+    """:func:`mmd2` between the mixture ``sum_k p_k X_k`` of ``K`` sets ``x`` ``(K, m, D)`` (set
+    ``k``: ``m`` samples of bin ``k``) and the rows of ``y``: ``p^T A p - 2 p^T b + c`` with
+    ``A_kl = mean k(X_k, X_l)``, ``b_k = mean k(X_k, y)``, ``c = mean k(y, y')``. A quadratic in
+    ``p``, differentiable in it and in ``x``; it sums over the bins exactly where a sampled
+    estimate draws them. With ``p = (1/2, 1/2)`` it is ``mmd2`` of the two sets pooled."""
+    k, m, d = x.shape
+    gram = _gaussian(x.reshape(k * m, d), x.reshape(k * m, d), bandwidth).reshape(k, m, k, m).mean((1, 3))
+    cross = _gaussian(x.reshape(k * m, d), y, bandwidth).reshape(k, m, -1).mean((1, 2))
+    return p @ gram @ p - 2 * p @ cross + _gaussian(y, y, bandwidth).mean()
+
+
+def _gaussian(a: Tensor, b: Tensor, bandwidth: float) -> Tensor:
+    return torch.exp(-torch.cdist(a, b) ** 2 / (2 * bandwidth ** 2))
+
+
 class BinnedAngle(nn.Module):
     """An angle (degrees) from ``K`` equal bins of ``[lo, hi]`` with learnable logits (zeros:
-    uniform). ``sample(n, u, v) -> (angle (n,), y (n, K))`` from uniforms ``u`` ``(n, K)`` and
-    ``v`` ``(n,)``."""
+    uniform). ``sample(u, v) -> (angle (n,), y (n, K))`` from uniforms ``u`` ``(n, K)`` and
+    ``v`` ``(n,)``; ``sample(u, v, bins)`` in the given bins ``(n,)`` (no gradient to the
+    logits). A range of a full turn is periodic (the module docstring's circular mean)."""
 
     def __init__(self, n_bins: int, lo: float, hi: float, temperature: float = 0.1,
                  straight_through: bool = False):
@@ -86,9 +119,22 @@ class BinnedAngle(nn.Module):
         """``(K,)`` ``softmax(logits)``."""
         return torch.softmax(self.logits, -1)
 
-    def sample(self, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        y = gumbel_softmax(self.logits, u, self.temperature, self.straight_through)
-        return y @ self.centres + (v - 0.5) * self.width, y
+    @property
+    def periodic(self) -> bool:
+        return abs(self.hi - self.lo - 360.0) < 1e-6
+
+    def sample(self, u: Tensor, v: Tensor, bins: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if bins is None:
+            y = gumbel_softmax(self.logits, u, self.temperature, self.straight_through)
+        else:
+            y = torch.nn.functional.one_hot(bins, self.logits.numel()).to(self.logits.dtype)
+        if self.periodic:
+            c = torch.deg2rad(self.centres)
+            mean = torch.rad2deg(torch.atan2(y @ torch.sin(c), y @ torch.cos(c)))
+            centre = self.lo + torch.remainder(mean - self.lo, 360.0)
+        else:
+            centre = y @ self.centres
+        return centre + (v - 0.5) * self.width, y
 
 
 @dataclass
@@ -125,13 +171,15 @@ class PoseDistribution(nn.Module):
         self.radius_range = radius_range
         self.register_buffer("target", torch.tensor(target, dtype=torch.float32), persistent=False)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> PoseSample:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               azimuth_bins: Tensor | None = None) -> PoseSample:
         """``n`` cameras (module docstring of :mod:`radfield.poses.distribution`); the uniforms are
-        drawn in one block ``(n, K_a + K_e + 3)`` from ``generator``."""
+        drawn in one block ``(n, K_a + K_e + 3)`` from ``generator``. ``azimuth_bins`` ``(n,)``:
+        each camera's azimuth bin, given rather than drawn (uniform within it)."""
         ka, ke = self.azimuth.logits.numel(), self.elevation.logits.numel()
         dev = self.azimuth.logits.device
         noise = torch.rand(n, ka + ke + 3, generator=generator, device=dev).clamp(1e-6, 1 - 1e-6)
-        az, y_a = self.azimuth.sample(noise[:, :ka], noise[:, ka + ke])
+        az, y_a = self.azimuth.sample(noise[:, :ka], noise[:, ka + ke], azimuth_bins)
         el, y_e = self.elevation.sample(noise[:, ka:ka + ke], noise[:, ka + ke + 1])
         r0, r1 = self.radius_range
         radius = r0 + noise[:, ka + ke + 2] * (r1 - r0)
