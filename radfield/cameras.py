@@ -169,7 +169,59 @@ class Rays:
                     {k: torch.cat([p.attrs[k] for p in parts]) for k in sorted(names)})
 
 
-def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Rays:
+def camera_directions(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """``(n, 3)`` camera-space directions ``d_cam`` (OpenGL axes, ``z = -1`` for a pinhole or an
+    OpenCV lens) through image points ``(u, v)`` of cameras ``cam_idx``, through the lens."""
+    x = (u - cameras.cx[cam_idx]) / cameras.fx[cam_idx]
+    y = (v - cameras.cy[cam_idx]) / cameras.fy[cam_idx]
+    lens = cameras.lens
+    if lens is None:
+        return torch.stack([x, -y, -torch.ones_like(u)], dim=-1)
+    # OpenCV axes -> OpenGL axes
+    d_cam = undistorted_directions(lens.coeffs[cam_idx], lens.fisheye[cam_idx], x, y)
+    return d_cam * torch.tensor([1.0, -1.0, -1.0], dtype=d_cam.dtype, device=d_cam.device)
+
+
+@dataclass
+class LensDirections:
+    """``d_cam`` of every pixel centre of cameras with a lens, computed once: training draws
+    whole pixels, so the per-ray Newton undistortion becomes a lookup (:func:`lens_directions`).
+
+    ``group`` ``(n_cameras,)`` long: each camera's table; ``table`` ``(G, H W, 3)``: the
+    directions of the ``G`` distinct intrinsics-and-lens combinations, pixel ``(i, j)`` at
+    ``j W + i``."""
+
+    group: Tensor
+    table: Tensor
+
+
+def lens_directions(cameras: Cameras, max_bytes: int = 64 << 20) -> LensDirections | None:
+    """The pixel-centre directions of ``cameras``, one table per distinct ``(fx, fy, cx, cy,
+    lens)``; None without a lens (a pinhole's directions are cheaper than a lookup), or when the
+    tables would take more than ``max_bytes`` (cameras with intrinsics of their own each).
+    Detached: for cameras whose intrinsics are not being learned."""
+    lens = cameras.lens
+    if lens is None:
+        return None
+    key = torch.cat([torch.stack([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1).double(),
+                     lens.coeffs.double(), lens.fisheye.double()[:, None]], -1).detach()
+    keys, group = torch.unique(key, dim=0, return_inverse=True)
+    h, w = cameras.height, cameras.width
+    if keys.shape[0] * h * w * 3 * 4 > max_bytes:
+        return None
+    first = torch.full((keys.shape[0],), len(cameras), dtype=torch.long, device=group.device)
+    first.scatter_reduce_(0, group, torch.arange(len(cameras), device=group.device), reduce="amin")
+    dev = cameras.device
+    j, i = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
+    u, v = i.reshape(-1).float() + 0.5, j.reshape(-1).float() + 0.5
+    with torch.no_grad():
+        table = torch.stack([camera_directions(cameras, torch.full_like(u, int(c), dtype=torch.long), u, v)
+                             for c in first.tolist()])
+    return LensDirections(group, table)
+
+
+def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor,
+                  d_cam: Tensor | None = None) -> Rays:
     """Rays through image points ``(u, v)`` (continuous pixel coordinates) of cameras ``cam_idx``.
 
     Args:
@@ -177,6 +229,8 @@ def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Ra
         cam_idx: ``(n_rays,)`` long, which camera each ray belongs to.
         u, v: ``(n_rays,)`` float image coordinates; pixel ``(i, j)``'s centre is
             ``(i + 0.5, j + 0.5)``.
+        d_cam: ``(n_rays, 3)`` their camera-space directions when already known
+            (:class:`LensDirections`); default :func:`camera_directions`.
 
     The rays carry ``radii`` (pixel footprint), ``camera_index`` (``cam_idx``) and every
     per-camera attribute of ``cameras`` (e.g. ``times``) as per-ray attributes.
@@ -185,14 +239,8 @@ def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Ra
     ray through ``u = 150, v = 50`` has ``d_cam = (1, 0, -1)``, unit direction
     ``(0.7071, 0, -0.7071)`` and ``z_per_t = 0.7071``.
     """
-    x = (u - cameras.cx[cam_idx]) / cameras.fx[cam_idx]
-    y = (v - cameras.cy[cam_idx]) / cameras.fy[cam_idx]
-    lens = cameras.lens
-    if lens is None:
-        d_cam = torch.stack([x, -y, -torch.ones_like(u)], dim=-1)
-    else:  # OpenCV axes -> OpenGL axes
-        d_cam = undistorted_directions(lens.coeffs[cam_idx], lens.fisheye[cam_idx], x, y)
-        d_cam = d_cam * torch.tensor([1.0, -1.0, -1.0], dtype=d_cam.dtype, device=d_cam.device)
+    if d_cam is None:
+        d_cam = camera_directions(cameras, cam_idx, u, v)
     c2w = cameras.c2w[cam_idx]
     d_world = (c2w[:, :3, :3] @ d_cam.unsqueeze(-1)).squeeze(-1)
     norm = d_world.norm(dim=-1, keepdim=True)
@@ -206,9 +254,12 @@ def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Ra
     return Rays(c2w[:, :3, 3], d_world / norm, z_per_t, attrs)
 
 
-def pixel_rays(cameras: Cameras, cam_idx: Tensor, i: Tensor, j: Tensor) -> Rays:
-    """Rays through the centres of integer pixels ``(i, j)`` (column, row)."""
-    return generate_rays(cameras, cam_idx, i.float() + 0.5, j.float() + 0.5)
+def pixel_rays(cameras: Cameras, cam_idx: Tensor, i: Tensor, j: Tensor,
+               directions: LensDirections | None = None) -> Rays:
+    """Rays through the centres of integer pixels ``(i, j)`` (column, row); ``directions``:
+    :func:`lens_directions` of ``cameras``, to look the directions up."""
+    d_cam = None if directions is None else directions.table[directions.group[cam_idx], j * cameras.width + i]
+    return generate_rays(cameras, cam_idx, i.float() + 0.5, j.float() + 0.5, d_cam)
 
 
 def image_rays(cameras: Cameras, index: int) -> Rays:

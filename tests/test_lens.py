@@ -4,13 +4,17 @@ projection through a lens, and which lenses can be inverted over their images.""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
-from radfield.cameras import Cameras, image_rays, project
+from conftest import make_config
+from radfield.cameras import Cameras, image_rays, lens_directions, orbit_poses, pixel_rays, project
+from radfield.data.synthetic import make_scene
 from radfield.lens import Lens, check_invertible, distort, undistorted_directions
+from radfield.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,6 +94,46 @@ def test_rays_and_projection_through_a_fisheye():
     # the corner pixel sees wider than a pinhole with the same focal length would
     pinhole = image_rays(Cameras(c2w, 60 * one, 55 * one, 50 * one, 45 * one, 100, 90), 0)
     assert float(-rays.directions[0, 2]) < float(-pinhole.directions[0, 2]) - 0.05
+
+
+def test_looked_up_lens_directions_give_the_same_rays():
+    """Five cameras: three share an OpenCV lens and intrinsics, one has its own focal length, one
+    a fisheye: three tables. Rays of random pixels with the looked-up directions equal those
+    undistorted per ray, bit for bit; pinholes and tables over the memory bound get None."""
+    c2w = orbit_poses(5, 4.0)
+    fx = torch.tensor([50.0, 50, 50, 60, 50])
+    coeffs = torch.tensor([[0.1, -0.05, 0, 0, 0.01, 0.0]] * 4 + [[0.02, -0.01, 0.0, 0.0, 0.0, 0.0]])
+    lens = Lens(coeffs, torch.tensor([False, False, False, False, True]))
+    cams = Cameras(c2w, fx, fx.clone(), torch.full((5,), 20.0), torch.full((5,), 15.0), 40, 30, lens=lens)
+    table = lens_directions(cams)
+    assert table.group.tolist()[:3] == [table.group[0].item()] * 3 and len(set(table.group.tolist())) == 3
+    assert table.table.shape == (3, 30 * 40, 3)
+    g = torch.Generator().manual_seed(0)
+    cam, i, j = (torch.randint(0, n, (500,), generator=g) for n in (5, 40, 30))
+    a, b = pixel_rays(cams, cam, i, j, table), pixel_rays(cams, cam, i, j)
+    for name in ("origins", "directions", "z_per_t"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert torch.equal(a.attrs["radii"], b.attrs["radii"])
+    assert lens_directions(Cameras(c2w, fx, fx.clone(), torch.full((5,), 20.0), torch.full((5,), 15.0), 40, 30)) is None
+    assert lens_directions(cams, max_bytes=2 * 30 * 40 * 3 * 4) is None
+
+
+def test_training_through_a_lens_looks_the_directions_up(tmp_path):
+    """A built-in scene declared to have an OpenCV lens trains with one direction table (its
+    cameras share their intrinsics), and its steps' rays are those undistorted per ray."""
+    scene = make_scene(tmp_path / "scene", n_train=3, n_val=1, n_test=0, size=16)
+    for split in ("train", "val"):
+        path = scene / f"transforms_{split}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "camera_model": "OPENCV", "k1": 0.05}))
+    trainer = Trainer(make_config(scene, "ngp-small", steps=2), tmp_path / "run", progress=False,
+                      log_tensorboard=False)
+    group = trainer.groups[0]
+    assert group.directions is not None and group.directions.table.shape == (1, 16 * 16, 3)
+    cam, i, j = torch.tensor([0, 2, 1]), torch.tensor([0, 15, 7]), torch.tensor([3, 15, 0])
+    a, b = pixel_rays(group.cameras, cam, i, j, group.directions), pixel_rays(group.cameras, cam, i, j)
+    assert torch.equal(a.directions, b.directions) and b.directions[1, 0] != 0
+    trainer.train()
+    assert trainer.state.step == 2
 
 
 def test_zero_coefficients_and_downscale():

@@ -55,7 +55,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from radfield.cameras import Cameras, Rays, pixel_rays
+from radfield.cameras import Cameras, LensDirections, Rays, lens_directions, pixel_rays
 from radfield.config import (LR_SCHEDULES, OptimConfig, RunConfig, apply_overrides,
                              run_config_from_dict, run_config_to_dict)
 from radfield.data import SceneData, load_scene_groups
@@ -120,7 +120,9 @@ class ImageGroup:
 
     With depth supervision: ``depths`` ``(n_pixels,)`` planar depth per flat index (0 = none),
     ``uncertainty`` ``(n_pixels,)`` its relative uncertainty (None = 1) and ``depth_starts``
-    the flat indices of the unmasked pixels that have depth, ascending.
+    the flat indices of the unmasked pixels that have depth, ascending. ``directions``: the
+    pixels' directions through the cameras' lens, looked up rather than undistorted every step
+    (:func:`radfield.cameras.lens_directions`; None for pinholes).
     """
 
     cameras: Cameras
@@ -129,6 +131,7 @@ class ImageGroup:
     depths: Tensor | None = None
     uncertainty: Tensor | None = None
     depth_starts: Tensor | None = None
+    directions: LensDirections | None = None
 
     @property
     def n_pixels(self) -> int:
@@ -170,8 +173,9 @@ class ImageGroup:
             if allowed.numel() < 2**31:  # half the memory of int64 (made long when drawn)
                 starts = starts.int()
             starts = starts.to(device)
-        return cls(cameras.to(device), data.images.reshape(-1, data.images.shape[-1]).to(device),
-                   starts, depths, uncertainty, depth_starts)
+        cameras = cameras.to(device)
+        return cls(cameras, data.images.reshape(-1, data.images.shape[-1]).to(device),
+                   starts, depths, uncertainty, depth_starts, lens_directions(cameras))
 
 
 def _flat_to_pixels(flat: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -489,7 +493,8 @@ class Trainer:
         cfg = self.config.train
         parts = [self._draw(g, max(n_rays // len(self.groups), 1)) for g in self.groups]
         cams = [g.cameras if self.poses is None else self.poses.cameras(g.cameras) for g in self.groups]
-        rays = Rays.cat([pixel_rays(c, cam, col, row) for c, (_, cam, col, row) in zip(cams, parts)])
+        rays = Rays.cat([pixel_rays(c, cam, col, row, g.directions)
+                         for g, c, (_, cam, col, row) in zip(self.groups, cams, parts)])
         plain = rays.detach()  # what sampling and the background see (pose corrections: no graph)
         colour = torch.cat([g.pixels[flat] for g, (flat, *_) in zip(self.groups, parts)]).float() / 255.0
         bg = ray_background(self.model, plain, training_colour(
