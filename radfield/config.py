@@ -323,6 +323,9 @@ class NerfactoConfig(ProposalPipelineConfig):
     geo_features: int = 15
     appearance_dim: int = 32
     """Per-training-image appearance embedding (0 = off); test images use the mean embedding."""
+    view_dependent: bool = True
+    """Colour depends on the viewing direction (its spherical harmonics feed the colour MLP);
+    False: diffuse colour (only the constant harmonic), which few training views can constrain."""
     optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
         schedule="log_linear", lr_final=1e-4, warmup_steps=512, target_samples=1 << 15,
         early_stop=False, distortion_weight=0.002))

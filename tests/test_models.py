@@ -268,6 +268,25 @@ def test_nerfacto_measures_unbounded_scenes_in_the_cameras_radius(scene, train_d
     torch.testing.assert_close(boxed.field.activate(raw)[0], torch.tensor([1.0, 8.0]), rtol=1e-5, atol=0)
 
 
+def test_nerfacto_diffuse_colour_ignores_the_view_direction(scene, train_data):
+    """``nerfacto.view_dependent=False``: the colour at a point is the same from every direction
+    (with it on, a trained-looking random colour MLP varies with direction)."""
+    preset, overrides = HIER["nerfacto"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, generator=g) - 0.5
+    d1 = torch.nn.functional.normalize(torch.randn(64, 3, generator=g), dim=-1)
+    d2 = torch.nn.functional.normalize(torch.randn(64, 3, generator=g), dim=-1)
+    for view_dependent in (True, False):
+        field = build(scene, train_data, preset, {**overrides, "nerfacto.view_dependent": view_dependent}).field
+        with torch.no_grad():
+            for p in field.color_mlp.parameters():
+                p.normal_(0.0, 0.5, generator=g)
+            codes = field.appearance_code(torch.zeros(64, dtype=torch.long))
+            a, b = field.raw(x, d1, codes), field.raw(x, d2, codes)
+        assert torch.equal(a[:, 0], b[:, 0])  # density never depends on direction
+        assert torch.equal(a, b) != view_dependent, view_dependent
+
+
 def test_proposal_weights_anneal_from_uniform_to_the_proposals(scene, train_data):
     """nerfstudio's annealing, 1000 steps, slope 10: exponent 0 at step 0, 10 x / (9 x + 1) =
     5 / 5.5 at step 500, 1 from step 1000 on. At exponent 0 the resampled bins do not depend on

@@ -59,7 +59,8 @@ class ProposalDensityField(nn.Module):
 
 class NerfactoField(nn.Module):
     def __init__(self, aabb: Tensor, grid: HashGridConfig, hidden: int = 64, geo_features: int = 15,
-                 appearance_dim: int = 32, n_images: int = 0, norm: str = "inf", unit: float = 1.0):
+                 appearance_dim: int = 32, n_images: int = 0, norm: str = "inf", unit: float = 1.0,
+                 view_dependent: bool = True):
         super().__init__()
         self.contraction = Contraction(aabb, norm)
         self.unit = unit
@@ -70,6 +71,9 @@ class NerfactoField(nn.Module):
         self.appearance = nn.Embedding(max(n_images, 1), max(self.appearance_dim, 1))
         nn.init.normal_(self.appearance.weight, std=0.01)
         self.color_mlp = mlp(16 + geo_features + self.appearance_dim, hidden, 2, 3)
+        # Diffuse colour keeps the MLP's shape: the harmonics beyond the constant one are zeroed.
+        self.register_buffer("sh_mask", (torch.arange(16) < (16 if view_dependent else 1)).float(),
+                             persistent=False)
 
     def appearance_code(self, image_index: Tensor) -> Tensor:
         """``(n, appearance_dim)`` embeddings; index ``-1`` -> the mean over training images."""
@@ -81,7 +85,7 @@ class NerfactoField(nn.Module):
         """``x, d (n, 3)``, ``appearance (n, appearance_dim)`` codes (see
         :meth:`appearance_code`) -> ``(n, 4)``."""
         h = self.density_mlp(self.grid(self.contraction(x)))
-        parts = [sh_encode(d), h[:, 1:]]
+        parts = [sh_encode(d) * self.sh_mask, h[:, 1:]]
         if self.appearance_dim:
             parts.append(appearance)
         c = self.color_mlp(torch.cat(parts, dim=-1))

@@ -98,7 +98,7 @@ class NerfactoModel(Model):
 
     def make_field(self, cfg, scene: SceneInfo) -> nn.Module:
         return NerfactoField(self.frame.box, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
-                             scene.n_images, cfg.contraction, self.frame.unit)
+                             scene.n_images, cfg.contraction, self.frame.unit, cfg.view_dependent)
 
     @property
     def spacing(self) -> str:
