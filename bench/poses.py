@@ -4,6 +4,7 @@
     python bench/poses.py garden    # garden-colmap (SfM poses): without and with --pose-opt
     python bench/poses.py localize  # radfield localize on held-out tabletop views from 10-degree-off starts
     python bench/poses.py neuralsim # examples/neural_sim.py: TV to the hidden distribution, wall time
+                                    # (--estimators mixture: only the exact one)
     python bench/poses.py all
 
 Options: ``--budget SECONDS`` of training per run (default 300, validation excluded), ``--preset``
@@ -181,7 +182,7 @@ def suite_neuralsim(args) -> list[dict]:
     import neural_sim
 
     rows = []
-    for bilevel, estimator in ((False, "mixture"), (True, "mixture"), (False, "pathwise"), (True, "pathwise")):
+    for estimator, bilevel in [(e, b) for e in args.estimators.split(",") for b in (False, True)]:
         ns = argparse.Namespace(run=None, out=str(OUT / "neural_sim"), train_seconds=min(args.budget, 120.0),
                                 iters=args.iters, views=16 if estimator == "mixture" else 4, targets=32, size=24,
                                 lr=0.05, inner_lr=0.5, temperature=0.1, bilevel=bilevel, estimator=estimator, seed=0)
@@ -235,6 +236,7 @@ def main() -> None:
     ap.add_argument("--fit-steps", type=int, default=30,
                     help="Levenberg-Marquardt steps of a pose fit (localize; test views of --pose-opt runs)")
     ap.add_argument("--iters", type=int, default=150, help="neuralsim: iterations")
+    ap.add_argument("--estimators", default="mixture,pathwise", help="neuralsim: some of mixture,pathwise")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override of the --pose-opt runs, e.g. train.pose_opt.lr=6e-4 (repeatable)")
     ap.add_argument("--runs", default="", help="refine: some of clean,noisy,noisy+pose-opt; "
