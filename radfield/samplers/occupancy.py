@@ -308,8 +308,8 @@ class OccupancyGrid(nn.Module):
 
         ``density_c <- max(decay * density_c, max_k density_fn(x_k))`` over all the jittered
         points ``x_k`` drawn in ``c`` this update (a cell may be drawn more than once); the
-        others, and every unseen cell (never evaluated), decay. Example: ``decay = 0.5``,
-        ``density_c = 0.8``, two draws in ``c`` giving 2 and 1 -> ``density_c = max(0.4, 2, 1) = 2``."""
+        others, and every unseen cell (never evaluated), decay. Example: ``decay = 0.5``, ``density_c = 0.8``, two draws in ``c`` giving
+        2 and 1 -> ``density_c = max(0.4, 2, 1) = 2``."""
         cfg = self.config
         n_cells = self.density.shape[0]
         dev = self.density.device
