@@ -308,7 +308,7 @@ class OccupancyGrid(nn.Module):
 
         ``density_c <- max(decay * density_c, max_k density_fn(x_k))`` over all the jittered
         points ``x_k`` drawn in ``c`` this update (a cell may be drawn more than once); the
-        others, and every unseen cell (never evaluated), decay. Example: ``decay = 0.5``, ``density_c = 0.8``, two draws in ``c`` giving
+        others decay. Example: ``decay = 0.5``, ``density_c = 0.8``, two draws in ``c`` giving
         2 and 1 -> ``density_c = max(0.4, 2, 1) = 2``."""
         cfg = self.config
         n_cells = self.density.shape[0]
@@ -323,7 +323,6 @@ class OccupancyGrid(nn.Module):
                 cells = torch.cat([rand, occ[pick]])
             else:
                 cells = rand
-        cells = cells[self.seen[cells]]  # an unseen cell stays empty: its density is never asked
         x = self.cell_points(cells, torch.rand(cells.shape[0], 3, device=dev, generator=generator))
         new = torch.cat([density_fn(x[i:i + chunk]).float() for i in range(0, x.shape[0], chunk)])
         decayed = self.density * cfg.decay
