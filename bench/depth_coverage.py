@@ -13,7 +13,7 @@ count: the fraction of test pixels seen by at least one and by at least two trai
 the PSNR of an image-based oracle that copies each seen pixel's colour from the training view
 nearest in angle that sees it (pixels without depth: the background; unseen ones: the test
 image's mean colour), the colour a perfect Lambertian reconstruction from those views could
-reach. RGBA images are composited over ``--background`` (white, as training does). Needs depth
+reach. RGBA images are composited over white (training's default background). Needs depth
 maps in both splits.
 """
 
@@ -29,6 +29,7 @@ from runs import DATA  # this checkout first on sys.path
 
 from radfield.cameras import image_rays, project  # noqa: E402
 from radfield.data import load_scene  # noqa: E402
+from radfield.data.scene import over_background  # noqa: E402
 from radfield.data.views import farthest_point_views  # noqa: E402
 
 
@@ -42,13 +43,7 @@ def seen_by(train, view: int, points: torch.Tensor, tolerance: float) -> tuple[t
     col, row = col.clamp(0, cams.width - 1), row.clamp(0, cams.height - 1)
     depth = train.depths[view, row, col].float()
     ok = inside & (depth > 0) & ((z - depth).abs() <= tolerance * depth)
-    return ok, composite(train.images[view, row, col])
-
-
-def composite(pixels: torch.Tensor, background: float = 1.0) -> torch.Tensor:
-    """``(n, 3)`` colours of uint8 pixels ``(n, 3 | 4)`` over a grey-level background."""
-    c = pixels.float() / 255.0
-    return c if c.shape[-1] == 3 else c[:, :3] * c[:, 3:] + background * (1 - c[:, 3:])
+    return ok, over_background(train.images[view, row, col].float() / 255.0, 1.0)
 
 
 def coverage(train, test, views: list[int], test_index: list[int], tolerance: float) -> dict:
@@ -60,7 +55,7 @@ def coverage(train, test, views: list[int], test_index: list[int], tolerance: fl
         depth = test.depths[k].reshape(-1).float()
         has = depth > 0
         points = rays.origins + rays.directions * (depth / rays.z_per_t)[:, None]
-        target = composite(test.images[k].reshape(-1, test.images.shape[-1]))
+        target = over_background(test.images[k].reshape(-1, test.images.shape[-1]).float() / 255.0, 1.0)
         counts = torch.zeros(len(points), dtype=torch.long)
         best = torch.full((len(points),), -2.0)
         colour = torch.where(has[:, None], target[has].mean(0), torch.ones(3))

@@ -18,6 +18,7 @@ import time
 import torch
 
 from radfield.data import load_scene_groups
+from radfield.data.scene import over_background
 from radfield.rendering.backgrounds import background_color
 from radfield.training.checkpoint import load_run
 from radfield.rendering.images import render_image
@@ -44,10 +45,7 @@ def main() -> None:
         t0 = time.perf_counter()
         r = render_image(model, data.cameras, i, bg, **kw)
         dt = time.perf_counter() - t0
-        img = data.images[i].float() / 255
-        gt = img[..., :3]
-        if img.shape[-1] == 4:
-            gt = gt * img[..., 3:] + bg * (1 - img[..., 3:])
+        gt = over_background(data.images[i].float() / 255, bg)
         psnr = -10 * torch.log10((r.rgb - gt).square().mean()).item()
         n = r.rgb.shape[0] * r.rgb.shape[1]
         rows.append({"image": i, "seconds": dt, "rays_per_s": n / dt, "psnr": psnr})

@@ -21,6 +21,7 @@ from conftest import assert_one_line_naming
 from radfield.cameras import generate_rays, image_rays, pixel_rays, project
 from radfield.data import SceneData, blender, load_cameras, load_scene
 from radfield.data.blender import load_blender
+from radfield.data.scene import over_background
 from radfield.data.synthetic import (CAMERA_ANGLE_X, CHECKER_BOX, GLOSSY_SPHERE, TEXTURED_SPHERE,
                                      make_scene, trace)
 from radfield.errors import RadfieldError
@@ -241,6 +242,18 @@ def write_png16(file: Path, img: np.ndarray) -> None:
     header = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0)
     file.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
                      + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_over_background_by_hand():
+    """Half-transparent red over blue is (0.5, 0, 0.5); an opaque pixel keeps its colour; a
+    transparent one shows the background; RGB passes through untouched."""
+    rgba = torch.tensor([[1.0, 0.0, 0.0, 0.5], [0.2, 0.4, 0.6, 1.0], [0.9, 0.9, 0.9, 0.0]])
+    blue = torch.tensor([0.0, 0.0, 1.0])
+    want = torch.tensor([[0.5, 0.0, 0.5], [0.2, 0.4, 0.6], [0.0, 0.0, 1.0]])
+    assert torch.allclose(over_background(rgba, blue), want)
+    assert torch.allclose(over_background(rgba, 1.0)[2], torch.ones(3))
+    rgb = rgba[:, :3]
+    assert over_background(rgb, blue) is rgb
 
 
 def test_blender_16bit_png(tmp_path):

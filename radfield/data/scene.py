@@ -17,6 +17,14 @@ from radfield.cameras import Cameras
 from radfield.data.files import channels_alike
 
 
+def over_background(colour: Tensor, background: Tensor | float) -> Tensor:
+    """``(..., 3)`` float colours ``(..., 3 | 4)`` in [0, 1], RGBA ones composited over
+    ``background`` (broadcastable to ``(..., 3)``); RGB ones returned as they are."""
+    if colour.shape[-1] == 3:
+        return colour
+    return colour[..., :3] * colour[..., 3:] + background * (1.0 - colour[..., 3:])
+
+
 @dataclass
 class SceneCameras:
     """The cameras of one split of a dataset, read without decoding its images.
@@ -141,7 +149,4 @@ class SceneData:
 
     def composited(self, index: int, background: Tensor) -> Tensor:
         """``(H, W, 3)`` float image composited over ``background`` (``(3,)``)."""
-        img = self.rgba_float(index)
-        if img.shape[-1] == 3:
-            return img
-        return img[..., :3] * img[..., 3:] + background * (1.0 - img[..., 3:])
+        return over_background(self.rgba_float(index), background)

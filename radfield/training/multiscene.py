@@ -40,6 +40,7 @@ from torch import Tensor
 from radfield.cameras import Cameras, pixel_rays
 from radfield.config import RunConfig
 from radfield.data import SceneData, load_scene
+from radfield.data.scene import over_background
 from radfield.data.scenes import scene_folders
 from radfield.data.views import farthest_point_views
 from radfield.errors import MissingSplitError, RadfieldError
@@ -134,7 +135,7 @@ class MultiSceneTrainer(Trainer):
         colour = scene.images[cam, row, col].float() / 255.0
         bg = ray_background(self.model, rays, training_colour(
             self.config.train.background, self.has_alpha, n_rays, self.eval_bg, gen))
-        target = colour if colour.shape[-1] == 3 else colour[:, :3] * colour[:, 3:] + bg.detach() * (1 - colour[:, 3:])
+        target = over_background(colour, bg.detach())
         samples = self.model.sample(rays, training=True, generator=gen, early_stop=False)
         return StepBatch(rays, samples, target, bg, near_gradient=self.near_gradient)
 

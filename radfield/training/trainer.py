@@ -60,6 +60,7 @@ from radfield.config import (LR_SCHEDULES, OptimConfig, RunConfig, apply_overrid
                              run_config_from_dict, run_config_to_dict)
 from radfield.data import SceneData, load_scene_groups
 from radfield.data.depth import DEPTH_SOURCES, with_depth
+from radfield.data.scene import over_background
 from radfield.data.views import select_train_views
 from radfield.errors import MissingSplitError, PeerLost, RadfieldError
 from radfield.evaluation.metrics import psnr
@@ -499,10 +500,7 @@ class Trainer:
         colour = torch.cat([g.pixels[flat] for g, (flat, *_) in zip(self.groups, parts)]).float() / 255.0
         bg = ray_background(self.model, plain, training_colour(
             cfg.background, self.has_alpha, colour.shape[0], self.eval_bg, self.generator))
-        if colour.shape[-1] == 4:
-            target = colour[:, :3] * colour[:, 3:] + bg.detach() * (1 - colour[:, 3:])
-        else:
-            target = colour
+        target = over_background(colour, bg.detach())
         early = self.config.optim.early_stop and (self.miner is None or cfg.hsm.early_stop)
         widen = 0.0 if self.poses is None else self.config.train.pose_opt.widen * self.model.scene.size
         with self.model.widened_sampling(widen) if widen > 0 else nullcontext():
