@@ -211,9 +211,8 @@ def lens_directions(cameras: Cameras, max_bytes: int = 64 << 20) -> LensDirectio
         return None
     first = torch.full((keys.shape[0],), len(cameras), dtype=torch.long, device=group.device)
     first.scatter_reduce_(0, group, torch.arange(len(cameras), device=group.device), reduce="amin")
-    dev = cameras.device
-    j, i = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
-    u, v = i.reshape(-1).float() + 0.5, j.reshape(-1).float() + 0.5
+    i, j = pixel_grid(cameras)
+    u, v = i.float() + 0.5, j.float() + 0.5
     with torch.no_grad():
         table = torch.stack([camera_directions(cameras, torch.full_like(u, int(c), dtype=torch.long), u, v)
                              for c in first.tolist()])
@@ -262,13 +261,20 @@ def pixel_rays(cameras: Cameras, cam_idx: Tensor, i: Tensor, j: Tensor,
     return generate_rays(cameras, cam_idx, i.float() + 0.5, j.float() + 0.5, d_cam)
 
 
-def image_rays(cameras: Cameras, index: int) -> Rays:
-    """All ``height * width`` pixel-centre rays of one camera, in row-major order."""
+def pixel_grid(cameras: Cameras) -> tuple[Tensor, Tensor]:
+    """``(i, j)``: the column and row ``(H W,)`` long of every pixel of an image of ``cameras``,
+    in row-major order (pixel ``(i, j)`` at ``j W + i``)."""
     dev = cameras.device
     j, i = torch.meshgrid(torch.arange(cameras.height, device=dev),
                           torch.arange(cameras.width, device=dev), indexing="ij")
-    idx = torch.full((i.numel(),), index, dtype=torch.long, device=dev)
-    return pixel_rays(cameras, idx, i.reshape(-1), j.reshape(-1))
+    return i.reshape(-1), j.reshape(-1)
+
+
+def image_rays(cameras: Cameras, index: int) -> Rays:
+    """All ``height * width`` pixel-centre rays of one camera, in row-major order."""
+    i, j = pixel_grid(cameras)
+    idx = torch.full_like(i, index)
+    return pixel_rays(cameras, idx, i, j)
 
 
 def project(cameras: Cameras, index: int, points: Tensor) -> tuple[Tensor, Tensor]:

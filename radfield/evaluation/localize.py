@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from radfield.cameras import Cameras, Rays, generate_rays
+from radfield.cameras import Cameras, Rays, generate_rays, image_rays
 from radfield.data import SceneData, load_cameras, load_scene_groups
 from radfield.data.files import check_rigid, one_line, read_image
 from radfield.errors import MissingSplitError, RadfieldError
@@ -223,9 +223,7 @@ def search_rotation(model, one: Cameras, target: Tensor, background: Tensor | No
     small_cam = one.downscaled(factor)
     small = shrink(target.to(dev).float(), factor).reshape(-1, 3)
     h, w = small_cam.height, small_cam.width
-    rows, cols = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
-    rays = generate_rays(small_cam, torch.zeros(h * w, dtype=torch.long, device=dev),
-                         cols.reshape(-1) + 0.5, rows.reshape(-1) + 0.5)
+    rays = image_rays(small_cam, 0)
     d_cam = rays.directions @ one.c2w[0, :, :3]  # R^T d, row form
     used = torch.ones(h * w, dtype=torch.bool, device=dev)
     if mask is not None:
