@@ -696,6 +696,25 @@ def test_occupancy_grid_widens_by_whole_cells():
     with grid.widened(0.3):
         assert grid.occupied.sum() == 125
     assert grid.occupied is kept and grid.occupied.sum() == 1
+    with grid.widened(0.3):  # kept while the occupancy stays, grown anew when it changes
+        first = grid.occupied
+    with grid.widened(0.3):
+        assert grid.occupied is first
+    grid.occupied[0] = True
+    # k = 3: 7 x 7 x 6 cells about (3, 4, 5) (z clipped at 7), 4^3 at the corner, 4 x 3 x 2 shared
+    grown3 = grid.grown(0.55)
+    assert grown3.sum() == 7 * 7 * 6 + 4 ** 3 - 4 * 3 * 2
+    with grid.widened(0.3):
+        assert grid.occupied is not first and grid.occupied.sum() == 125 + 27
+        assert torch.equal(grid.dilated, grown3)  # the widened grid's, one cell more: k = 3
+    assert grid.dilated.sum() == 27 + 8  # the plain grid's again: two 3-cubes, one at the corner
+    # A random grid against the definition: a cell is kept when an occupied cell lies within
+    # k = 2 cells of it along every axis (Chebyshev distance), cells at the border included.
+    grid.occupied.copy_(torch.rand(512, generator=torch.Generator().manual_seed(0)) < 0.02)
+    occ = grid.occupied.reshape(8, 8, 8).nonzero()
+    cells = torch.stack(torch.meshgrid(*[torch.arange(8)] * 3, indexing="ij"), -1).reshape(-1, 1, 3)
+    want = ((cells - occ[None]).abs().amax(-1) <= 2).any(-1)
+    assert 0 < want.sum() < 512 and torch.equal(grid.grown(0.3), want)
 
 
 @pytest.fixture(scope="module")

@@ -201,6 +201,21 @@ class StepSchedule:
         return torch.ceil(s).clamp(min=0).long()
 
 
+def _window_any(cells: Tensor, axis: int, k: int) -> Tensor:
+    """``cells`` (bool, any shape) with each cell set when one within ``k`` cells of it along
+    ``axis`` is (a 1-D max filter of width ``2 k + 1``): the window counts are differences of a
+    cumulative sum, so the cost does not grow with ``k``."""
+    if k == 0:
+        return cells
+    n = cells.shape[axis]
+    counts = torch.cumsum(cells.int(), axis)
+    zero = torch.zeros_like(counts.narrow(axis, 0, 1))
+    counts = torch.cat([zero, counts], axis)  # counts[i] = occupied cells before i
+    hi = counts.index_select(axis, torch.arange(n, device=cells.device).add(k + 1).clamp(max=n))
+    lo = counts.index_select(axis, torch.arange(n, device=cells.device).sub(k).clamp(min=0))
+    return hi > lo
+
+
 class OccupancyGrid(nn.Module):
     """Instant-NGP's cascaded occupancy grid and ray marcher (see the module's vocabulary).
 
@@ -226,8 +241,11 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("boxes", boxes, persistent=False)
         self.register_buffer("box_lo", boxes[:, :3].clone(), persistent=False)
         self.register_buffer("box_size", boxes[:, 3:] - boxes[:, :3], persistent=False)
-        self._dilated: Tensor | None = None
-        self._dilated_version = None
+        # Derived grids, keyed by the occupancy they came from (version, storage); each entry holds
+        # that tensor, so its storage cannot be reused by another while the entry lives. Two
+        # entries: ``occupied`` and a :meth:`widened` one (render passes alternate between them).
+        self._dilated: list[tuple[tuple[int, int], Tensor, Tensor]] = []
+        self._grown: tuple[tuple[tuple[int, int], float], Tensor, Tensor] | None = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "seen", torch.ones_like(self.seen))  # older checkpoints
@@ -421,12 +439,15 @@ class OccupancyGrid(nn.Module):
         """``(C R^3,)`` bool: per cascade, ``occupied`` OR-ed with every finer cascade's occupied
         cells that overlap a cell (:meth:`_with_finer`), then dilated by one cell (3 x 3 x 3 max
         filter)."""
-        if self._dilated is None or self._dilated_version != self._occupied_version():
-            res = self.config.resolution
-            occ = self._with_finer(self.occupied.reshape(-1, res, res, res))
-            self._dilated = (torch.nn.functional.max_pool3d(occ[:, None].float(), 3, 1, 1) > 0).reshape(-1)
-            self._dilated_version = self._occupied_version()
-        return self._dilated
+        key = self._occupied_version()
+        for k, _, dilated in self._dilated:
+            if k == key:
+                return dilated
+        res = self.config.resolution
+        occ = self._with_finer(self.occupied.reshape(-1, res, res, res))
+        dilated = (torch.nn.functional.max_pool3d(occ[:, None].float(), 3, 1, 1) > 0).reshape(-1)
+        self._dilated = [*self._dilated[-1:], (key, self.occupied, dilated)]
+        return dilated
 
     def _with_finer(self, occ: Tensor) -> Tensor:
         """``occ`` ``(C, R, R, R)`` with each cascade also marking its cells that overlap an
@@ -452,20 +473,26 @@ class OccupancyGrid(nn.Module):
         cell side)`` (the smallest side of the cascade's cells). Example: cells of 1/32 and
         ``distance = 0.05``: ``k = 2``, every cell within 2 cells of an occupied one."""
         res = self.config.resolution
-        occ = self.occupied.reshape(-1, 1, res, res, res).float()
+        occ = self.occupied.reshape(-1, res, res, res)
         out = []
         for k in range(self.n_cascades):
-            cells = math.ceil(distance / float((self.box_size[k] / res).min()) - 1e-9)
-            size = 2 * max(cells, 0) + 1
-            out.append(torch.nn.functional.max_pool3d(occ[k:k + 1], size, 1, size // 2) > 0)
+            cells = max(math.ceil(distance / float((self.box_size[k] / res).min()) - 1e-9), 0)
+            grid = occ[k]
+            for axis in range(3):  # the cube's filter, one axis at a time, as window sums of a cumsum
+                grid = _window_any(grid, axis, cells)
+            out.append(grid)
         return torch.cat(out).reshape(-1)
 
     @contextmanager
     def widened(self, distance: float) -> Iterator[None]:
         """Inside the block, march through :meth:`grown` instead of ``occupied`` (restored after):
-        samples also in the empty space within ``distance`` of occupied cells."""
+        samples also in the empty space within ``distance`` of occupied cells. The grown grid is
+        kept until ``occupied`` or ``distance`` changes (a frozen field's renders grow it once)."""
         kept = self.occupied
-        self.occupied = self.grown(distance)
+        key = (self._occupied_version(), distance)
+        if self._grown is None or self._grown[0] != key:
+            self._grown = (key, kept, self.grown(distance))
+        self.occupied = self._grown[2]
         try:
             yield
         finally:
