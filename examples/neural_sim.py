@@ -137,19 +137,18 @@ def run(args) -> dict:
     gen = torch.Generator().manual_seed(args.seed + 2)
     history = [{"iter": 0, "tv": float(total_variation(learned.azimuth.probabilities().detach(), p_hidden))}]
     n_bins = learned.azimuth.logits.numel()
+    per_bin = max(args.views // n_bins, 1)
+    bins = torch.arange(n_bins).repeat_interleave(per_bin)
     for it in range(1, args.iters + 1):
         if args.estimator == "pathwise":  # views drawn by Gumbel-softmax, gradients through the renders
             poses = learned.sample(args.views, gen)
             rgb = render_images_grad(model, cameras(poses.c2w, args.size), bg, sampling=sampling).rgb
-            x, labels = thumbnails(rgb), azimuth_labels(poses.azimuth)
         else:  # views in every bin, the bin choice summed exactly with weights p
-            per_bin = max(args.views // n_bins, 1)
-            bins = torch.arange(n_bins).repeat_interleave(per_bin)
             with torch.no_grad():
                 poses = learned.sample(len(bins), gen, azimuth_bins=bins)
                 rgb = render_images(model, cameras(poses.c2w, args.size), bg, sampling=sampling).rgb
-            x, labels = thumbnails(rgb), azimuth_labels(poses.azimuth)
             p = learned.azimuth.probabilities()
+        x, labels = thumbnails(rgb), azimuth_labels(poses.azimuth)
         if args.bilevel:
             params = list(net.parameters())
             per_view = ((net(x) - labels) ** 2).mean(-1)
@@ -168,8 +167,8 @@ def run(args) -> dict:
         optimiser.step()
         if args.bilevel:  # the downstream network keeps its step
             with torch.no_grad():
-                for p, s in zip(net.parameters(), stepped):
-                    p.copy_(s.detach())
+                for w, s in zip(net.parameters(), stepped):
+                    w.copy_(s.detach())
         if it % max(args.iters // 15, 1) == 0 or it == args.iters:
             tv = float(total_variation(learned.azimuth.probabilities().detach(), p_hidden))
             history.append({"iter": it, "loss": loss.item(), "tv": tv})
