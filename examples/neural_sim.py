@@ -34,9 +34,10 @@ Two estimators of the gradient on the logits (``--estimator``):
 
 Without ``--run`` the built-in scene is generated and Instant-NGP (``ngp-small``) trained on it
 for ``--train-seconds``. Renders are ``--size`` pixels square, ``--views`` per iteration; the
-samplers keep samples within a few pixel footprints of occupied space
+pathwise renders keep samples within a few pixel footprints of occupied space
 (:class:`radfield.rendering.differentiable.Sampling` ``widen``), so images of a pose that moves
-toward the object have a gradient that pulls it in. Results: ``OUT/neural_sim.json``.
+toward the object have a gradient that pulls it in (the no-grad renders need no such samples).
+Results: ``OUT/neural_sim.json``.
 """
 
 from __future__ import annotations
@@ -118,14 +119,17 @@ def run(args) -> dict:
     _, model = load_run(run_dir)
     bg = background_color("white", "cpu")
     t_field = time.perf_counter()
-    # pixel footprint at the object (distance 4) times 3: rays a few pixels off the object get samples
-    sampling = Sampling(widen=3 * 4 * math.tan(math.radians(20)) * 2 / args.size)
+    # Pathwise renders differentiate through the poses: rays up to 3 pixel footprints at the object
+    # (distance 4) off it get samples, so a pose can be pulled toward it. No-grad renders (the
+    # target set, the mixture's views) need none: the extra samples lie in empty space.
+    widened = Sampling(widen=3 * 4 * math.tan(math.radians(20)) * 2 / args.size)
+    plain = Sampling()
 
     hidden = distribution(args.temperature)
     with torch.no_grad():
         hidden.azimuth.logits.copy_(torch.tensor(HIDDEN_LOGITS))
         target_poses = hidden.sample(args.targets, torch.Generator().manual_seed(args.seed + 1))
-        target = render_images(model, cameras(target_poses.c2w, args.size), bg, sampling=sampling).rgb
+        target = render_images(model, cameras(target_poses.c2w, args.size), bg, sampling=plain).rgb
     target_thumbs = thumbnails(target)
     target_labels = azimuth_labels(target_poses.azimuth)
     bandwidth = float(torch.cdist(target_thumbs, target_thumbs).median())
@@ -142,11 +146,11 @@ def run(args) -> dict:
     for it in range(1, args.iters + 1):
         if args.estimator == "pathwise":  # views drawn by Gumbel-softmax, gradients through the renders
             poses = learned.sample(args.views, gen)
-            rgb = render_images_grad(model, cameras(poses.c2w, args.size), bg, sampling=sampling).rgb
+            rgb = render_images_grad(model, cameras(poses.c2w, args.size), bg, sampling=widened).rgb
         else:  # views in every bin, the bin choice summed exactly with weights p
             with torch.no_grad():
                 poses = learned.sample(len(bins), gen, azimuth_bins=bins)
-                rgb = render_images(model, cameras(poses.c2w, args.size), bg, sampling=sampling).rgb
+                rgb = render_images(model, cameras(poses.c2w, args.size), bg, sampling=plain).rgb
             p = learned.azimuth.probabilities()
         x, labels = thumbnails(rgb), azimuth_labels(poses.azimuth)
         if args.bilevel:
