@@ -10,6 +10,7 @@ and a few-view training run with and without a depth loss scored against the exa
 from __future__ import annotations
 
 import json
+import functools
 import math
 import shutil
 from pathlib import Path
@@ -35,7 +36,7 @@ from radfield.evaluation.metrics import depth_errors
 from radfield.losses import l2
 from radfield.losses.depth import (DepthConfig, bounded_density_loss, check_depth_config, depth_weight,
                                    dsnerf_loss, expected_depth_loss, gaussian_cdf, make_depth_loss,
-                                   urf_loss, urf_window)
+                                   urf_loss, urf_window, weight_scale)
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, photometric_objective,
                                      with_depth_loss)
 from radfield.training.trainer import Trainer
@@ -46,7 +47,7 @@ from test_hsm import grads, random_batch, raw_gradient, small_field
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-LOSSES = ("l2", "urf", "dsnerf", "bounded")
+LOSSES = ("l2", "urf", "urf-mass", "dsnerf", "bounded")  # urf-mass: urf with train.depth.urf_target=mass
 
 
 # ---------------------------------------------------------------------------- brute force
@@ -87,14 +88,17 @@ def brute_l2(w, t0, t1, ri, n, depth, eps):
     return sum(terms) / len(terms)
 
 
-def brute_urf(w, t0, t1, ri, n, depth, eps):
+def brute_urf(w, t0, t1, ri, n, depth, eps, mass=False):
     terms = []
     for s, d, e in zip(per_ray(w, t0, t1, ri, n), depth.tolist(), eps.tolist()):
         if d <= 0:
             continue
         sigma = e / 3
+        kernel = NormalDist(d, sigma)
+        target = ((lambda t, dt: kernel.cdf(t + dt / 2) - kernel.cdf(t - dt / 2)) if mass
+                  else (lambda t, dt: math.exp(-(t - d) ** 2 / (2 * sigma ** 2))))
         empty = sum(wi ** 2 for wi, t, _ in s if t < d - e)
-        near = sum((wi - math.exp(-(t - d) ** 2 / (2 * sigma ** 2))) ** 2 for wi, t, _ in s if abs(t - d) <= e)
+        near = sum((wi - target(t, dt)) ** 2 for wi, t, dt in s if abs(t - d) <= e)
         terms.append(empty + near)
     return sum(terms) / len(terms)
 
@@ -124,10 +128,13 @@ def brute_bounded(w, t0, t1, ri, n, depth, eps, beta=0.0, empty_weight=1.0, cdf_
     return empty_weight * mean(empty) + cdf_weight * (mean(near) + mean(far))
 
 
-BRUTE = {"l2": brute_l2, "urf": brute_urf, "dsnerf": brute_dsnerf, "bounded": brute_bounded}
+BRUTE = {"l2": brute_l2, "urf": brute_urf, "urf-mass": functools.partial(brute_urf, mass=True),
+         "dsnerf": brute_dsnerf, "bounded": brute_bounded}
 
 
 def loss_fn(name: str, **params):
+    if name == "urf-mass":
+        return make_depth_loss(DepthConfig(loss="urf", urf_target="mass", **params))
     return make_depth_loss(DepthConfig(loss=name, **params))
 
 
@@ -143,6 +150,10 @@ def test_hand_values():
     t, w = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([0.1, 0.6, 0.2], dtype=torch.float64)
     d = torch.tensor([2.0], dtype=torch.float64)
     assert urf_loss(w, t - 0.5, t + 0.5, one(3), 1, d, torch.tensor([0.6])).item() == pytest.approx(0.17)
+    mass = NormalDist(2.0, 0.2).cdf(2.5) - NormalDist(2.0, 0.2).cdf(1.5)
+    assert mass == pytest.approx(0.98758, abs=1e-5)
+    got = urf_loss(w, t - 0.5, t + 0.5, one(3), 1, d, torch.tensor([0.6], dtype=torch.float64), target="mass")
+    assert got.item() == pytest.approx(0.01 + (0.6 - mass) ** 2, rel=1e-12)
     expected = (-math.log(0.10001) * math.exp(-0.5) - math.log(0.60001) - math.log(0.20001) * math.exp(-0.5))
     assert dsnerf_loss(w, t - 0.5, t + 0.5, one(3), 1, d, torch.tensor([1.0])).item() == pytest.approx(expected)
     assert expected == pytest.approx(2.88348, abs=1e-5)
@@ -217,10 +228,14 @@ def test_urf_window_anneals_and_config_checks():
     assert depth_weight(DepthConfig(loss="bounded")) == 1.0 and depth_weight(DepthConfig(loss="l2")) == 0.1
     assert depth_weight(DepthConfig(loss="dsnerf", weight=0.5)) == 0.5
     assert make_depth_loss(DepthConfig()) is None
+    annealed = DepthConfig(loss="l2", anneal=(0.5, 1.0), anneal_to=0.2)  # linear from 1 to 0.2 over [0.5, 1]
+    assert [weight_scale(annealed, p) for p in (0.0, 0.5, 0.75, 1.0, 1.5)] == pytest.approx([1, 1, 0.6, 0.2, 0.2])
+    assert weight_scale(DepthConfig(loss="l2"), 0.9) == 1.0
     for bad, option in (({"loss": "l1"}, "train.depth.loss"), ({"weight": -1.0}, "train.depth.weight"),
                         ({"eps": 0.0}, "train.depth.eps"), ({"beta": -0.1}, "train.depth.beta"),
                         ({"fraction": 1.5}, "train.depth.fraction"),
-                        ({"urf_window": (0.4, 0.0)}, "train.depth.urf_window")):
+                        ({"urf_window": (0.4, 0.0)}, "train.depth.urf_window"),
+                        ({"urf_target": "top"}, "train.depth.urf_target"), ({"anneal": (0.5, 0.5)}, "train.depth.anneal"), ({"anneal_to": 1.5}, "train.depth.anneal_to")):
         with pytest.raises(RadfieldError) as exc:
             check_depth_config(DepthConfig(**{"loss": "bounded", **bad}))
         assert str(exc.value).startswith(option) and "\n" not in str(exc.value)
@@ -271,6 +286,9 @@ def test_hsm_injected_gradient_includes_the_depth_loss(name):
         out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, b.depth, b.depth_eps))
     assert g_depth.abs().max() > 1e-6
     torch.testing.assert_close(g_both, g_photo + g_depth, rtol=1e-5, atol=1e-9)
+    batch.depth_scale = 0.3  # an annealed weight scales the depth term alone
+    g_annealed = raw_gradient(model, batch, with_depth_loss(photometric_objective(l2), fn, 0.5))
+    torch.testing.assert_close(g_annealed, g_photo + 0.3 * g_depth, rtol=1e-5, atol=1e-9)
 
 
 # ---------------------------------------------------------------------------- sparse and monocular depth
@@ -435,6 +453,10 @@ def test_batches_carry_depth_along_the_ray(scene, tmp_path):
         col, row = int(uv[0, 0]), int(uv[0, 1])
         planar = np.load(scene / "train" / f"r_{view}_depth.npy")[row, col]
         assert batch.depth[r].item() == pytest.approx(planar / rays.z_per_t[r].item(), rel=1e-5)
+    assert batch.depth_scale == 1.0
+    trainer.config.train.depth.anneal, trainer.config.train.depth.anneal_to = (0.0, 1.0), 0.5
+    trainer.run_progress = lambda: 0.5  # half-way through the anneal: half-way from 1 to 0.5
+    assert trainer.make_batch(50).depth_scale == pytest.approx(0.75)
     config.train.depth.fraction = 0.0
     uniform = Trainer(config, tmp_path / "run2", progress=False, log_tensorboard=False).make_batch(400)
     assert 0 < float((uniform.depth > 0).float().mean()) < 0.9  # background pixels have no depth

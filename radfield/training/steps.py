@@ -54,6 +54,8 @@ class StepBatch:
     """``(n_rays,)`` measured depth **along the ray** (planar depth / ``z_per_t``), 0 = none."""
     depth_eps: Tensor | None = None
     """``(n_rays,)`` the depth loss's uncertainty (or window) per ray, in ray distance."""
+    depth_scale: float = 1.0
+    """The factor on the depth loss's weight this step (``train.depth.anneal``)."""
     near_gradient: float = 0.0
     """"Floaters No More" (Philip and Deschaintre 2023): the gradient reaching each sample's
     field outputs is scaled by ``min(1, (t / near_gradient)^2)``, ``t`` its distance from the
@@ -140,8 +142,9 @@ def photometric_objective(loss_fn: Callable[..., Tensor], distortion_weight: flo
 
 
 def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: float) -> Objective:
-    """``objective + weight * depth_loss(final weights, samples, batch.depth, batch.depth_eps)``
-    (:mod:`radfield.losses.depth`); batches without depths get ``objective`` alone. The depth
+    """``objective + weight * batch.depth_scale * depth_loss(final weights, samples, batch.depth,
+    batch.depth_eps)`` (:mod:`radfield.losses.depth`); batches without depths get ``objective``
+    alone. The depth
     loss acts on the final level's weights, like the distortion loss, so the HSM step keeps it in
     the gradient it injects."""
     if depth_loss is None or weight == 0:
@@ -149,10 +152,10 @@ def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: 
 
     def total(out: RenderOutput, batch: StepBatch) -> Tensor:
         loss = objective(out, batch)
-        if batch.depth is None:
+        if batch.depth is None or batch.depth_scale == 0:
             return loss
         s = batch.samples
-        return loss + weight * depth_loss(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays,
+        return loss + weight * batch.depth_scale * depth_loss(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays,
                                           batch.depth, batch.depth_eps)
 
     return total

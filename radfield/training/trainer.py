@@ -67,7 +67,7 @@ from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
 from radfield.losses import PhotometricLoss
-from radfield.losses.depth import depth_weight, make_depth_loss, urf_window
+from radfield.losses.depth import depth_weight, make_depth_loss, urf_window, weight_scale
 from radfield.models import SceneInfo, build_model
 from radfield.rendering.backgrounds import background_color, ray_background, training_colour
 from radfield.rendering.images import render_image
@@ -507,8 +507,9 @@ class Trainer:
             samples = self.model.sample(plain, training=True, generator=self.generator, early_stop=early)
         patch = min(cfg.patch_size, self.data.cameras.height, self.data.cameras.width)
         depth, depth_eps = self._depth_targets(parts, plain)
+        scale = weight_scale(cfg.depth, self.run_progress()) if depth is not None else 1.0
         return StepBatch(rays, samples, target, bg, patch if self.loss.needs_patches else None,
-                         depth, depth_eps, self.near_gradient)
+                         depth, depth_eps, scale, self.near_gradient)
 
     @property
     def near_gradient(self) -> float:
