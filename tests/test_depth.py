@@ -235,7 +235,8 @@ def test_urf_window_anneals_and_config_checks():
                         ({"eps": 0.0}, "train.depth.eps"), ({"beta": -0.1}, "train.depth.beta"),
                         ({"fraction": 1.5}, "train.depth.fraction"),
                         ({"urf_window": (0.4, 0.0)}, "train.depth.urf_window"),
-                        ({"urf_target": "top"}, "train.depth.urf_target"), ({"anneal": (0.5, 0.5)}, "train.depth.anneal"), ({"anneal_to": 1.5}, "train.depth.anneal_to")):
+                        ({"urf_target": "top"}, "train.depth.urf_target"),
+                        ({"anneal": (0.5, 0.5)}, "train.depth.anneal"), ({"anneal_to": 1.5}, "train.depth.anneal_to")):
         with pytest.raises(RadfieldError) as exc:
             check_depth_config(DepthConfig(**{"loss": "bounded", **bad}))
         assert str(exc.value).startswith(option) and "\n" not in str(exc.value)

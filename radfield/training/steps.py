@@ -144,9 +144,8 @@ def photometric_objective(loss_fn: Callable[..., Tensor], distortion_weight: flo
 def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: float) -> Objective:
     """``objective + weight * batch.depth_scale * depth_loss(final weights, samples, batch.depth,
     batch.depth_eps)`` (:mod:`radfield.losses.depth`); batches without depths get ``objective``
-    alone. The depth
-    loss acts on the final level's weights, like the distortion loss, so the HSM step keeps it in
-    the gradient it injects."""
+    alone. The depth loss acts on the final level's weights, like the distortion loss, so the HSM
+    step keeps it in the gradient it injects."""
     if depth_loss is None or weight == 0:
         return objective
 
@@ -155,8 +154,8 @@ def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: 
         if batch.depth is None or batch.depth_scale == 0:
             return loss
         s = batch.samples
-        return loss + weight * batch.depth_scale * depth_loss(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays,
-                                          batch.depth, batch.depth_eps)
+        depth = depth_loss(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, batch.depth, batch.depth_eps)
+        return loss + weight * batch.depth_scale * depth
 
     return total
 
