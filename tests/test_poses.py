@@ -134,6 +134,44 @@ def test_perturbations_have_exact_sizes_and_corrections_undo_them():
     assert torch.allclose(rot, torch.full((3,), 2.0, dtype=F64)) and torch.allclose(trans, torch.full((3,), 0.06, dtype=F64))
 
 
+def test_pivot_corrections_turn_the_camera_about_the_scene_centre():
+    """With a pivot at the centre's depth, a pure rotation of the parameters keeps the looked-at
+    point where it was (an orbit about it) and turns the camera by exactly that rotation; the
+    pivot's lever is the adjoint of the translation to it (a finite rotation, checked against
+    the conjugation T_p Exp(xi) T_p^-1 in full); checkpoints without a pivot load as pivot 0."""
+    from radfield.training.pose_refinement import PoseRefinement
+
+    c2w = torch.stack([look_at(torch.tensor(e, dtype=F64), torch.zeros(3, dtype=F64))
+                       for e in ([4.0, 0, 1], [0, -4.0, 2], [-3.0, 2, 0.5])])
+    cams = Cameras(c2w, *[torch.full((3,), v, dtype=F64) for v in (50.0, 50.0, 32.0, 32.0)], 64, 64)
+    depth = PoseRefinement.centre_depths(cams, torch.zeros(3, dtype=F64))
+    assert torch.allclose(depth, c2w[:, :, 3].norm(dim=-1))  # looking straight at the origin
+    away = torch.stack([look_at(torch.tensor([4.0, 0, 1], dtype=F64), torch.tensor([8.0, 0, 2], dtype=F64))])
+    assert PoseRefinement.centre_depths(Cameras(away, *[torch.ones(1, dtype=F64)] * 4, 8, 8), torch.zeros(3)) == 0
+    corrections = PoseCorrections(3, scale=2.0, pivot=depth).double()
+    phi = torch.tensor([[0.2, -0.1, 0.05], [0.0, 0.3, 0.0], [-0.15, 0.1, 0.2]], dtype=F64)
+    with torch.no_grad():
+        corrections.delta[:, 3:] = phi
+    moved = corrections(c2w, torch.arange(3))
+    point = torch.cat([torch.zeros(3, 2, dtype=F64), -depth[:, None], torch.ones(3, 1, dtype=F64)], -1)
+    assert torch.allclose((c2w @ point[..., None])[..., 0], torch.zeros(3, 3, dtype=F64), atol=1e-12)
+    assert torch.allclose((moved @ point[..., None])[..., 0], torch.zeros(3, 3, dtype=F64), atol=1e-12)
+    rot, _ = pose_errors(moved, c2w)
+    assert torch.allclose(rot, torch.rad2deg(phi.norm(dim=-1)))
+    with torch.no_grad():  # a general twist: the conjugation by T_p, composed in full
+        corrections.delta[:, :3] = torch.tensor([[0.01, 0.02, -0.03], [0.0, 0.0, 0.05], [-0.02, 0.01, 0.0]], dtype=F64)
+    t_p = torch.eye(4, dtype=F64).repeat(3, 1, 1)
+    t_p[:, 2, 3] = -depth
+    inner = torch.eye(4, dtype=F64).repeat(3, 1, 1)
+    inner[:, :3] = se3_exp(torch.cat([corrections.delta[:, :3] * 2.0, phi], -1).detach())
+    want = (t_p @ inner @ torch.linalg.inv(t_p))[:, :3]
+    assert torch.allclose(se3_exp(corrections.twists().detach()), want, atol=1e-12)
+    plain = PoseCorrections(3, scale=2.0).double()
+    state = {k: v for k, v in corrections.state_dict().items() if k != "pivot"}
+    plain.load_state_dict(state)
+    assert torch.equal(plain.pivot, torch.zeros(3, dtype=F64))
+
+
 def test_similarity_alignment_recovers_a_known_transform():
     gen = torch.Generator().manual_seed(1)
     c2w = se3_exp(random_twists(8, 3.0, seed=7))
@@ -576,10 +614,18 @@ def pose_opt_config(data, steps: int, overrides: dict | None = None):
     return make_config(data, "ngp-small", {"train.pose_opt.enabled": True, **(overrides or {})}, steps)
 
 
+def centre_depths_by_hand(trainer) -> torch.Tensor:
+    """The depth of the scene box's centre along each training camera's axis, by hand."""
+    box = trainer.model.scene.aabb
+    c2w = trainer.data.cameras.c2w
+    return ((c2w[:, :, 3] - (box[:3] + box[3:]) / 2)[:, None, :] @ c2w[:, :, 2:3])[:, 0, 0]
+
+
 def test_pose_refinement_resumes_exactly_and_exports_its_poses(scene, tmp_path):
     """6 steps in one go and 3 + 3 with a resume (the coarse-to-fine window open over the whole
-    run, so every step has its own window) end with the same field, the same corrections and the
-    same Adam moments; ``transforms.json`` holds the corrected poses, in world coordinates."""
+    run, so every step has its own window; corrections about the pivot at the scene's centre)
+    end with the same field, the same corrections and the same Adam moments; ``transforms.json``
+    holds the corrected poses, in world coordinates."""
     from radfield.training.checkpoint import load_checkpoint
     from radfield.training.trainer import Trainer
 
@@ -588,7 +634,7 @@ def test_pose_refinement_resumes_exactly_and_exports_its_poses(scene, tmp_path):
     data, truth = noisy_copy(scene, tmp_path / "noisy", 2.0, 0.06)
     rot, dist = pose_errors(load_scene(data, "train").cameras.c2w.double(), truth.double())
     assert torch.allclose(rot, torch.full_like(rot, 2.0), atol=1e-3) and torch.allclose(dist, torch.full_like(dist, 0.06))
-    overrides = {"train.pose_opt.coarse_to_fine": (0.0, 1.0), "train.pose_opt.lr": 1e-2}
+    overrides = {"train.pose_opt.coarse_to_fine": (0.0, 1.0), "train.pose_opt.lr": 1e-2, "train.pose_opt.pivot": True}
     kw = dict(device="cpu", progress=False, log_tensorboard=False)
     full = Trainer(pose_opt_config(data, 6, overrides), tmp_path / "full", **kw)
     full.train()
@@ -598,6 +644,8 @@ def test_pose_refinement_resumes_exactly_and_exports_its_poses(scene, tmp_path):
     assert resumed.state.step == 3 and resumed.poses is not None
     resumed.train()
     assert full.poses.corrections.delta.abs().max() > 0  # the corrections did move
+    centre_depth = centre_depths_by_hand(full)
+    assert torch.allclose(full.poses.corrections.pivot, centre_depth) and centre_depth.min() > 1.0
     assert torch.equal(full.poses.corrections.delta, resumed.poses.corrections.delta)
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)

@@ -7,7 +7,11 @@ Vocabulary (see :mod:`radfield.poses.se3`):
 * **correction** of camera ``i``: a twist ``xi_i = (rho_i, phi_i)`` applied on the right,
   ``c2w_i' = c2w_i Exp(xi_i)`` (in the camera's own frame). :class:`PoseCorrections` stores
   ``(rho_i / scale, phi_i)``: the translation in units of the scene's size ``scale``, so one
-  learning rate moves every scene by the same fraction of its size.
+  learning rate moves every scene by the same fraction of its size. With a **pivot** at
+  distance ``d_i`` along the optical axis, the stored rotation turns the camera about the point
+  ``p_i = (0, 0, -d_i)`` of its frame instead of its centre: ``Exp(xi_i) = T_p Exp(xi'_i)
+  T_p^-1``, so ``rho_i = scale rho'_i + p_i x phi_i`` (the adjoint of the translation ``T_p``).
+  Orbiting the object then is one coordinate (``phi``), shifting the image another (``rho``).
 * **pose error** between two poses: the angle of ``R_a^T R_b`` (degrees) and the distance
   between the centres.
 * **similarity alignment** (Umeyama 1991): the ``s, R, t`` minimising
@@ -36,15 +40,25 @@ class PoseCorrections(nn.Module):
     along its own x axis (right); its rotation is unchanged.
     """
 
-    def __init__(self, n_images: int, scale: float = 1.0):
+    def __init__(self, n_images: int, scale: float = 1.0, pivot: Tensor | None = None):
         super().__init__()
         self.scale = float(scale)
         self.delta = nn.Parameter(torch.zeros(n_images, 6))
+        self.register_buffer("pivot", torch.zeros(n_images) if pivot is None else pivot.detach().clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "pivot", torch.zeros_like(self.pivot))  # older checkpoints: no pivot
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def twists(self, index: Tensor | None = None) -> Tensor:
-        """``(n, 6)`` twists ``xi`` of the images ``index`` (all when None)."""
+        """``(n, 6)`` twists ``xi`` of the images ``index`` (all when None), in each camera's
+        frame about its centre (the module docstring: ``rho = scale rho' + p x phi``)."""
         d = self.delta if index is None else self.delta[index]
-        return torch.cat([d[:, :3] * self.scale, d[:, 3:]], -1)
+        depth = (self.pivot if index is None else self.pivot[index]).to(d.dtype)
+        phi = d[:, 3:]
+        # p x phi for p = (0, 0, -depth): (depth phi_y, -depth phi_x, 0)
+        lever = torch.stack([depth * phi[:, 1], -depth * phi[:, 0], torch.zeros_like(depth)], -1)
+        return torch.cat([d[:, :3] * self.scale + lever, phi], -1)
 
     def forward(self, c2w: Tensor, index: Tensor) -> Tensor:
         """``(n, 3, 4)`` corrected poses ``c2w_i Exp(xi_{index_i})`` of ``c2w`` ``(n, 3, 4)``."""

@@ -42,14 +42,23 @@ TRANSFORMS_NAME = "transforms.json"
 class PoseRefinement:
     """The corrections of ``n_images`` training images, their optimiser and schedule."""
 
-    def __init__(self, config: PoseOptConfig, n_images: int, size: float, device: torch.device):
+    def __init__(self, config: PoseOptConfig, n_images: int, size: float, device: torch.device,
+                 pivot: torch.Tensor | None = None):
         check_window("train.pose_opt.coarse_to_fine", config.coarse_to_fine)
         if not (config.lr > 0 and config.lr_final > 0):
             raise RadfieldError(f"train.pose_opt.lr and lr_final must be positive, got {config.lr} "
                                 f"and {config.lr_final}")
         self.config = config
-        self.corrections = PoseCorrections(n_images, size).to(device)
+        self.corrections = PoseCorrections(n_images, size, pivot if config.pivot else None).to(device)
         self.optimizer = torch.optim.Adam(self.corrections.parameters(), lr=config.lr, eps=1e-15)
+
+    @staticmethod
+    def centre_depths(cameras: Cameras, centre: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` the depth of the point ``centre`` ``(3,)`` along each camera's optical axis
+        (``-z`` of its frame; 0 where the point is behind the camera): the ``pivot`` distances."""
+        c2w = cameras.c2w.detach()
+        offset = centre.to(c2w) - c2w[:, :, 3]
+        return (-(offset[:, None, :] @ c2w[:, :, 2:3])[:, 0, 0]).clamp(min=0.0)
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.corrections.parameters())
