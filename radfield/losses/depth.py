@@ -78,7 +78,7 @@ class DepthConfig:
     """Fractions ``(start, end)`` of the run over which the weight falls linearly from its value
     to ``anneal_to`` times it (None: constant). Depth shapes the geometry early and the colour has
     the last word where the two disagree (mirrors, glass, a depth map's own errors): with every
-    view of tabletop every loss at a constant weight scored 1.1-3.1 dB below no depth (10
+    view of tabletop every loss at a constant weight scored 1.1-3.0 dB below no depth (10
     minutes, ``bench/depth.py``). Not measured yet."""
     anneal_to: float = 0.0
     """The weight's fraction left after ``anneal``'s end."""
