@@ -444,8 +444,10 @@ class OccupancyGrid(nn.Module):
             if k == key:
                 return dilated
         res = self.config.resolution
-        occ = self._with_finer(self.occupied.reshape(-1, res, res, res))
-        dilated = (torch.nn.functional.max_pool3d(occ[:, None].float(), 3, 1, 1) > 0).reshape(-1)
+        dilated = self._with_finer(self.occupied.reshape(-1, res, res, res))
+        for axis in (1, 2, 3):  # the 3 x 3 x 3 filter, one axis at a time
+            dilated = _window_any(dilated, axis, 1)
+        dilated = dilated.reshape(-1)
         self._dilated = [*self._dilated[-1:], (key, self.occupied, dilated)]
         return dilated
 
