@@ -36,9 +36,10 @@ from radfield.evaluation.metrics import depth_errors
 from radfield.losses import l2
 from radfield.losses.depth import (DepthConfig, bounded_density_loss, check_depth_config, depth_weight,
                                    dsnerf_loss, expected_depth_loss, gaussian_cdf, make_depth_loss,
-                                   urf_loss, urf_window, weight_scale)
+                                   trim_depth, urf_loss, urf_window, weight_scale)
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, photometric_objective,
                                      with_depth_loss)
+from radfield.rendering.pipeline import render_samples
 from radfield.training.trainer import Trainer
 
 from conftest import make_config
@@ -236,7 +237,8 @@ def test_urf_window_anneals_and_config_checks():
                         ({"fraction": 1.5}, "train.depth.fraction"),
                         ({"urf_window": (0.4, 0.0)}, "train.depth.urf_window"),
                         ({"urf_target": "top"}, "train.depth.urf_target"),
-                        ({"anneal": (0.5, 0.5)}, "train.depth.anneal"), ({"anneal_to": 1.5}, "train.depth.anneal_to")):
+                        ({"anneal": (0.5, 0.5)}, "train.depth.anneal"), ({"anneal_to": 1.5}, "train.depth.anneal_to"),
+                        ({"trim": 0.5}, "train.depth.trim"), ({"trim": float("nan")}, "train.depth.trim")):
         with pytest.raises(RadfieldError) as exc:
             check_depth_config(DepthConfig(**{"loss": "bounded", **bad}))
         assert str(exc.value).startswith(option) and "\n" not in str(exc.value)
@@ -290,6 +292,34 @@ def test_hsm_injected_gradient_includes_the_depth_loss(name):
     batch.depth_scale = 0.3  # an annealed weight scales the depth term alone
     g_annealed = raw_gradient(model, batch, with_depth_loss(photometric_objective(l2), fn, 0.5))
     torch.testing.assert_close(g_annealed, g_photo + 0.3 * g_depth, rtol=1e-5, atol=1e-9)
+
+
+def test_trim_drops_the_depth_of_rays_far_above_the_median_colour_error():
+    depth = torch.tensor([1.0, 2.0, 0.0, 3.0])
+    error = torch.tensor([0.1, 0.2, 9.0, 5.0])  # median over rays with depth: 0.2
+    assert trim_depth(depth, error, 4.0).tolist() == [1.0, 2.0, 0.0, 0.0]
+    assert trim_depth(depth, error, 30.0).tolist() == [1.0, 2.0, 0.0, 3.0]  # 5 < 6
+    assert trim_depth(depth, error, 0.0) is depth
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_trimmed_objective_equals_the_loss_without_the_outlier_rays_depth(name):
+    """The trimmed objective, its value and its injected gradient, equals the plain one on a batch
+    whose outlier rays (picked here by a loop over rays) had no depth to begin with."""
+    model, batch = small_field(), depth_batch(seed=3)
+    fn, trim = loss_fn(name), 3.0
+    with torch.no_grad():
+        out = render_samples(model, batch.rays, batch.samples, batch.background)
+    error = (out.rgb - batch.target).square().mean(-1).tolist()
+    with_depth = [e for e, d in zip(error, batch.depth.tolist()) if d > 0]
+    median = sorted(with_depth)[(len(with_depth) - 1) // 2]  # torch's median: the lower middle
+    outliers = [i for i, e in enumerate(error) if e > trim * median and batch.depth[i] > 0]
+    assert 0 < len(outliers) < len(with_depth)
+    g_trim = raw_gradient(model, batch, with_depth_loss(photometric_objective(l2), fn, 0.5, trim))
+    batch.depth = batch.depth.clone()
+    batch.depth[outliers] = 0.0
+    g_hand = raw_gradient(model, batch, with_depth_loss(photometric_objective(l2), fn, 0.5))
+    torch.testing.assert_close(g_trim, g_hand, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------- sparse and monocular depth
