@@ -110,7 +110,7 @@ def brute_dsnerf(w, t0, t1, ri, n, depth, eps):
     return sum(terms) / len(terms)
 
 
-def brute_bounded(w, t0, t1, ri, n, depth, eps, beta=0.0, empty_weight=1.0, cdf_weight=0.1):
+def brute_bounded(w, t0, t1, ri, n, depth, eps, beta=0.0, empty_weight=1.0, cdf_weight=0.1, margin=0.0):
     empty, near, far = [], [], []
     for s, d, e in zip(per_ray(w, t0, t1, ri, n), depth.tolist(), eps.tolist()):
         if d <= 0:
@@ -119,12 +119,12 @@ def brute_bounded(w, t0, t1, ri, n, depth, eps, beta=0.0, empty_weight=1.0, cdf_
         cdf = 0.0
         for wi, t, _ in s:
             cdf += wi
-            if t < d - 3 * e:
+            if t < d - 3 * e - margin:
                 empty.append(wi ** 2)
             elif t < d:
-                near.append(max(cdf - phi(t - beta), 0.0) ** 2)
-            elif t <= d + 3 * e:
-                far.append(max(phi(t + beta) - cdf, 0.0) ** 2)
+                near.append(max(cdf - phi(t - beta + margin), 0.0) ** 2)
+            elif t <= d + 3 * e + margin:
+                far.append(max(phi(t + beta - margin) - cdf, 0.0) ** 2)
     mean = lambda x: sum(x) / len(x) if x else 0.0  # noqa: E731
     return empty_weight * mean(empty) + cdf_weight * (mean(near) + mean(far))
 
@@ -165,6 +165,9 @@ def test_hand_values():
     value = bounded_density_loss(w, t - 0.01, t + 0.01, one(4), 1, d, torch.tensor([0.1], dtype=torch.float64))
     assert value.item() == pytest.approx(0.01 + 0.1 * (0.6 - phi) ** 2, rel=1e-12)
     assert value.item() == pytest.approx(0.029478, abs=1e-6)
+    value = bounded_density_loss(w, t - 0.01, t + 0.01, one(4), 1, d, torch.tensor([0.1], dtype=torch.float64),
+                                 margin=0.1)
+    assert value.item() == pytest.approx(0.011, rel=1e-12)
     phi = gaussian_cdf(torch.tensor(1.1), torch.tensor(1.0), torch.tensor(0.1)).item()
     assert phi == pytest.approx(0.841345, abs=1e-6)
 
@@ -180,9 +183,11 @@ def test_losses_match_brute_force_per_ray(name, seed):
 
 def test_bounded_beta_and_lambdas_match_brute_force():
     batch = packed_batch(2)
-    for beta, lam_e, lam_p in ((0.05, 1.0, 0.1), (0.0, 0.3, 2.0), (0.1, 0.0, 1.0)):
-        got = bounded_density_loss(*batch, beta, lam_e, lam_p).item()
-        assert got == pytest.approx(brute_bounded(*batch, beta, lam_e, lam_p), rel=1e-10, abs=1e-14)
+    for beta, lam_e, lam_p, margin in ((0.05, 1.0, 0.1, 0.0), (0.0, 0.3, 2.0, 0.0), (0.1, 0.0, 1.0, 0.0),
+                                       (0.0, 1.0, 0.1, 0.08), (0.05, 1.0, 1.0, 0.2)):
+        got = bounded_density_loss(*batch, beta, lam_e, lam_p, margin).item()
+        assert got == pytest.approx(brute_bounded(*batch, beta, lam_e, lam_p, margin), rel=1e-10, abs=1e-14)
+    assert bounded_density_loss(*batch, margin=0.1).item() < bounded_density_loss(*batch).item()  # looser
 
 
 def test_every_region_of_the_bounded_loss_is_exercised():
@@ -238,7 +243,7 @@ def test_urf_window_anneals_and_config_checks():
                         ({"urf_window": (0.4, 0.0)}, "train.depth.urf_window"),
                         ({"urf_target": "top"}, "train.depth.urf_target"),
                         ({"anneal": (0.5, 0.5)}, "train.depth.anneal"), ({"anneal_to": 1.5}, "train.depth.anneal_to"),
-                        ({"trim": 0.5}, "train.depth.trim"), ({"trim": float("nan")}, "train.depth.trim")):
+                        ({"trim": 0.5}, "train.depth.trim"), ({"margin": -0.1}, "train.depth.margin"), ({"trim": float("nan")}, "train.depth.trim")):
         with pytest.raises(RadfieldError) as exc:
             check_depth_config(DepthConfig(**{"loss": "bounded", **bad}))
         assert str(exc.value).startswith(option) and "\n" not in str(exc.value)

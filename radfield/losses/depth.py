@@ -57,7 +57,13 @@ class DepthConfig:
     ``bounded``; sparse SfM depths scale it per point by their reprojection error."""
     beta: float = 0.0
     """``bounded``: the margin ``beta`` of the CDF bounds (0 for synthetic depth; the spec
-    suggests ``2 eps`` for sensor or monocular depth)."""
+    suggests ``2 eps`` for sensor or monocular depth). As the spec writes the loss, ``beta``
+    makes both bounds stricter; ``margin`` loosens them."""
+    margin: float = 0.0
+    """``bounded``: a margin that loosens both CDF bounds, in scene units along the ray: the CDF
+    may run ahead of the Gaussian's by ``margin`` before ``D`` and lag it by ``margin`` behind
+    ``D`` (``Phi`` evaluated at ``t + margin`` in the near region, ``t - margin`` in the far one),
+    what a margin for depth with errors (SfM points, sensors) does."""
     urf_window: tuple[float, float] = (0.45, 0.15)
     """``urf``: window half-width ``eps`` at the start and at the end of the run (scene units),
     annealed linearly with the run's progress."""
@@ -98,7 +104,8 @@ def check_depth_config(config: DepthConfig) -> None:
         raise RadfieldError(f"train.depth.loss: unknown depth loss {config.loss!r} "
                             f"(choose from: {', '.join(DEPTH_LOSSES)})")
     bounds = {"weight": (depth_weight(config), 0.0, False), "eps": (config.eps, 0.0, True),
-              "beta": (config.beta, 0.0, False), "empty_weight": (config.empty_weight, 0.0, False),
+              "beta": (config.beta, 0.0, False),
+              "margin": (config.margin, 0.0, False), "empty_weight": (config.empty_weight, 0.0, False),
               "cdf_weight": (config.cdf_weight, 0.0, False)}
     for name, (value, low, strict) in bounds.items():
         if not math.isfinite(value) or value < low or (strict and value == low):
@@ -255,7 +262,7 @@ def _region_mean(values: Tensor, region: Tensor) -> Tensor:
 
 def bounded_density_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
                          n_rays: int, depth: Tensor, eps: Tensor, beta: float = 0.0,
-                         empty_weight: float = 1.0, cdf_weight: float = 0.1) -> Tensor:
+                         empty_weight: float = 1.0, cdf_weight: float = 0.1, margin: float = 0.0) -> Tensor:
     """Probabilistically bounded ray densities: the termination CDF ``W`` is bounded by the CDF
     ``Phi`` of ``N(D, eps^2)``. Over all samples of the batch's rays with depth:
 
@@ -268,23 +275,28 @@ def bounded_density_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_
     ``L = empty_weight L_empty + cdf_weight (L_near + L_far)``, each mean over the elements of
     its region (a region with no element adds 0). As the spec writes them, ``beta > 0``
     evaluates ``Phi`` further from ``D`` on each side (``t - beta`` before it, ``t + beta``
-    behind it), so both bounds become stricter, not looser.
+    behind it), so both bounds become stricter, not looser. ``margin`` loosens them instead:
+    ``Phi(t_i - beta + margin)`` near, ``Phi(t_i + beta - margin)`` far, and the empty region
+    ends ``margin`` earlier (``t_i < D - 3 eps - margin``, the near region starts there) while the
+    far region ends ``margin`` later (``t_i <= D + 3 eps + margin``).
 
     Example: one ray, ``D = 2``, ``eps = 0.1``, ``beta = 0``, samples at ``t = 1, 1.9, 2.1, 3``
     with ``w = (0.1, 0.5, 0.3, 0.1)``, so ``W = (0.1, 0.6, 0.9, 1.0)``: ``t = 1`` is empty
     space (``0.01``); ``t = 1.9`` is near, ``Phi = 0.15866``, ``(0.6 - 0.15866)^2 = 0.19478``;
     ``t = 2.1`` is far, ``Phi = 0.84134 < 0.9``: 0; ``t = 3`` is in no region.
-    ``L = 0.01 + 0.1 * 0.19478 = 0.029478``.
+    ``L = 0.01 + 0.1 * 0.19478 = 0.029478``. With ``margin = 0.1`` the near sample compares
+    with ``Phi(2) = 0.5``: ``(0.6 - 0.5)^2 = 0.01``, the far one with ``Phi(2) = 0.5 < 0.9``,
+    ``t = 1 < 1.6`` is still empty space: ``L = 0.01 + 0.1 * 0.01 = 0.011``.
     """
     t, d, has = _per_sample(weights, t_starts, t_ends, ray_indices, depth)
     e = eps.to(weights.dtype)[ray_indices]
     cdf = exclusive_sum_per_ray(weights, ray_indices, n_rays) + weights  # W_i, inclusive
-    empty = has & (t < d - 3.0 * e)
-    near = has & (t >= d - 3.0 * e) & (t < d)
-    far = has & (t >= d) & (t <= d + 3.0 * e)
+    empty = has & (t < d - 3.0 * e - margin)
+    near = has & (t >= d - 3.0 * e - margin) & (t < d)
+    far = has & (t >= d) & (t <= d + 3.0 * e + margin)
     l_empty = _region_mean(weights ** 2, empty)
-    l_near = _region_mean(torch.relu(cdf - gaussian_cdf(t - beta, d, e)) ** 2, near)
-    l_far = _region_mean(torch.relu(gaussian_cdf(t + beta, d, e) - cdf) ** 2, far)
+    l_near = _region_mean(torch.relu(cdf - gaussian_cdf(t - beta + margin, d, e)) ** 2, near)
+    l_far = _region_mean(torch.relu(gaussian_cdf(t + beta - margin, d, e) - cdf) ** 2, far)
     return empty_weight * l_empty + cdf_weight * (l_near + l_far)
 
 
@@ -306,5 +318,5 @@ def make_depth_loss(config: DepthConfig) -> DepthLoss | None:
 
     def bounded(w, t0, t1, ri, n, depth, eps):
         return bounded_density_loss(w, t0, t1, ri, n, depth, eps, config.beta, config.empty_weight,
-                                    config.cdf_weight)
+                                    config.cdf_weight, config.margin)
     return bounded
