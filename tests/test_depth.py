@@ -9,8 +9,9 @@ and a few-view training run with and without a depth loss scored against the exa
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import functools
+import json
 import math
 import shutil
 from pathlib import Path
@@ -20,14 +21,17 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
-from radfield.cameras import Cameras, project
+from radfield.cameras import Cameras, image_rays, orbit_poses, project
 from radfield.cli import main
 from radfield.config import HSMConfig, PRESETS, RunConfig, apply_overrides
 from radfield.data import load_scene
 from radfield.data.blender import load_blender
 from radfield.data.colmap import load_colmap
-from radfield.data.depth import align_scale_shift, relative_uncertainty, sparse_depth_maps, with_depth
+from radfield.data.depth import (align_scale_shift, colour_disagreement, drop_inconsistent_depth, relative_uncertainty,
+                                 sparse_depth_maps, with_depth)
+from radfield.data.scene import SceneData
 from radfield.data.synthetic import make_scene
 from radfield.data.views import farthest_point_views, select_train_views
 from radfield.errors import RadfieldError
@@ -36,10 +40,9 @@ from radfield.evaluation.metrics import depth_errors
 from radfield.losses import l2
 from radfield.losses.depth import (DepthConfig, bounded_density_loss, check_depth_config, depth_weight,
                                    dsnerf_loss, expected_depth_loss, gaussian_cdf, make_depth_loss,
-                                   trim_depth, urf_loss, urf_window, weight_scale)
+                                   urf_loss, urf_window, weight_scale)
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, photometric_objective,
                                      with_depth_loss)
-from radfield.rendering.pipeline import render_samples
 from radfield.training.trainer import Trainer
 
 from conftest import make_config
@@ -243,7 +246,8 @@ def test_urf_window_anneals_and_config_checks():
                         ({"urf_window": (0.4, 0.0)}, "train.depth.urf_window"),
                         ({"urf_target": "top"}, "train.depth.urf_target"),
                         ({"anneal": (0.5, 0.5)}, "train.depth.anneal"), ({"anneal_to": 1.5}, "train.depth.anneal_to"),
-                        ({"trim": 0.5}, "train.depth.trim"), ({"margin": -0.1}, "train.depth.margin"), ({"trim": float("nan")}, "train.depth.trim")):
+                        ({"consistency": -1.0}, "train.depth.consistency"), ({"margin": -0.1}, "train.depth.margin"),
+                        ({"consistency": float("nan")}, "train.depth.consistency")):
         with pytest.raises(RadfieldError) as exc:
             check_depth_config(DepthConfig(**{"loss": "bounded", **bad}))
         assert str(exc.value).startswith(option) and "\n" not in str(exc.value)
@@ -299,32 +303,58 @@ def test_hsm_injected_gradient_includes_the_depth_loss(name):
     torch.testing.assert_close(g_annealed, g_photo + 0.3 * g_depth, rtol=1e-5, atol=1e-9)
 
 
-def test_trim_drops_the_depth_of_rays_far_above_the_median_colour_error():
-    depth = torch.tensor([1.0, 2.0, 0.0, 3.0])
-    error = torch.tensor([0.1, 0.2, 9.0, 5.0])  # median over rays with depth: 0.2
-    assert trim_depth(depth, error, 4.0).tolist() == [1.0, 2.0, 0.0, 0.0]
-    assert trim_depth(depth, error, 30.0).tolist() == [1.0, 2.0, 0.0, 3.0]  # 5 < 6
-    assert trim_depth(depth, error, 0.0) is depth
+# ---------------------------------------------------------------------------- colour consistency
 
 
-@pytest.mark.parametrize("name", LOSSES)
-def test_trimmed_objective_equals_the_loss_without_the_outlier_rays_depth(name):
-    """The trimmed objective, its value and its injected gradient, equals the plain one on a batch
-    whose outlier rays (picked here by a loop over rays) had no depth to begin with."""
-    model, batch = small_field(), depth_batch(seed=3)
-    fn, trim = loss_fn(name), 3.0
-    with torch.no_grad():
-        out = render_samples(model, batch.rays, batch.samples, batch.background)
-    error = (out.rgb - batch.target).square().mean(-1).tolist()
-    with_depth = [e for e, d in zip(error, batch.depth.tolist()) if d > 0]
-    median = sorted(with_depth)[(len(with_depth) - 1) // 2]  # torch's median: the lower middle
-    outliers = [i for i, e in enumerate(error) if e > trim * median and batch.depth[i] > 0]
-    assert 0 < len(outliers) < len(with_depth)
-    g_trim = raw_gradient(model, batch, with_depth_loss(photometric_objective(l2), fn, 0.5, trim))
-    batch.depth = batch.depth.clone()
-    batch.depth[outliers] = 0.0
-    g_hand = raw_gradient(model, batch, with_depth_loss(photometric_objective(l2), fn, 0.5))
-    torch.testing.assert_close(g_trim, g_hand, rtol=0, atol=0)
+def plane_with_a_mirror(n_views: int = 5, size: int = 32) -> SceneData:
+    """Views of the plane z = 0 (|x|, |y| < 1.5) from an orbit: smooth diffuse paint, except a
+    disc of radius 0.3 at the origin whose colour is the reflected view direction (a mirror).
+    Colours and planar depths computed per pixel-centre ray by hand."""
+    c2w = orbit_poses(n_views, 3.0, elevation_deg=60.0)
+    one = torch.ones(n_views)
+    cams = Cameras(c2w, 40 * one, 40 * one, size / 2 * one, size / 2 * one, size, size)
+    images, depths = [], []
+    for k in range(n_views):
+        rays = image_rays(cams, k)
+        t = -rays.origins[:, 2] / rays.directions[:, 2]
+        p = rays.origins + rays.directions * t[:, None]
+        on_plane = (p[:, :2].abs() < 1.5).all(-1) & (t > 0)
+        paint = torch.stack([0.5 + 0.2 * torch.sin(2 * p[:, 0]), 0.5 + 0.2 * torch.cos(2 * p[:, 1]),
+                             torch.full_like(t, 0.5)], -1)
+        reflected = rays.directions * torch.tensor([1.0, 1.0, -1.0])
+        mirror = p[:, :2].norm(dim=-1) < 0.3
+        colour = torch.where(mirror[:, None], 0.5 + 0.45 * reflected, paint)
+        colour = torch.where(on_plane[:, None], colour, torch.zeros(3))
+        images.append((colour.view(size, size, 3) * 255).round().to(torch.uint8))
+        depths.append(torch.where(on_plane, t * rays.z_per_t, 0.0).view(size, size))
+    return SceneData(images=torch.stack(images), cameras=cams, names=[f"v{k}" for k in range(n_views)],
+                     aabb=torch.tensor([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5]), depths=torch.stack(depths))
+
+
+def test_colour_disagreement_is_near_zero_on_paint_and_high_on_a_mirror():
+    data = plane_with_a_mirror()
+    score = colour_disagreement(data)
+    radius = torch.stack([_hit_radius(data, k) for k in range(len(data))])
+    paint, mirror = (radius > 0.5) & (radius < 1.2), radius < 0.2
+    assert int((~score[paint].isnan()).sum()) > 1000 and int((~score[mirror].isnan()).sum()) > 20
+    assert float(score[paint].nanmedian()) < 0.01 and float(score[paint].nan_to_num(0).max()) < 0.03
+    assert float(score[mirror].nan_to_num(1).min()) > 0.1
+    kept, dropped = drop_inconsistent_depth(data, 0.05)
+    assert bool((kept.depths[mirror & ~score.isnan()] == 0).all())
+    assert bool((kept.depths[paint] == data.depths[paint]).all())
+    assert 0 < dropped == pytest.approx(float((score > 0.05).sum() / (data.depths > 0).sum()))
+    nearer = data.depths.clone()
+    nearer[1:] /= 2  # every view but the first sees something nearer than its points: no evidence
+    assert bool(colour_disagreement(dataclasses.replace(data, depths=nearer))[0].isnan().all())
+
+
+def _hit_radius(data: SceneData, k: int) -> Tensor:
+    """``(H, W)`` distance from the origin of each pixel's hit on the plane (inf without depth)."""
+    rays = image_rays(data.cameras, k)
+    t = data.depths[k].reshape(-1) / rays.z_per_t
+    p = rays.origins + rays.directions * t[:, None]
+    r = torch.where(data.depths[k].reshape(-1) > 0, p[:, :2].norm(dim=-1), float("inf"))
+    return r.view(data.depths[k].shape)
 
 
 # ---------------------------------------------------------------------------- sparse and monocular depth
@@ -496,6 +526,10 @@ def test_batches_carry_depth_along_the_ray(scene, tmp_path):
     config.train.depth.fraction = 0.0
     uniform = Trainer(config, tmp_path / "run2", progress=False, log_tensorboard=False).make_batch(400)
     assert 0 < float((uniform.depth > 0).float().mean()) < 0.9  # background pixels have no depth
+    config.train.depth.consistency = 0.02  # the trainer keeps the depths drop_inconsistent_depth keeps
+    filtered = Trainer(config, tmp_path / "run3", progress=False, log_tensorboard=False)
+    expected, share = drop_inconsistent_depth(trainer.data, 0.02)
+    assert 0 < share < 1 and torch.equal(filtered.data.depths, expected.depths)
 
 
 def test_depth_metrics_by_hand():

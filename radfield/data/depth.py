@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from radfield.cameras import Cameras, project
+from radfield.cameras import Cameras, image_rays, project
 from radfield.data.scene import SceneData
 from radfield.errors import RadfieldError
 
@@ -204,3 +204,83 @@ def with_depth(data: SceneData, source: str, where: str, mono_folder: str | Path
         raise RadfieldError(f"{folder}: data.mono_depth: no such folder")
     return dataclasses.replace(data, depths=_mono_depths(data, folder, depths), depth_uncertainty=None,
                                meta={**data.meta, "depth_source": "mono"})
+
+
+def colour_disagreement(data: SceneData, neighbours: int = 4, depth_tolerance: float = 0.02) -> Tensor:
+    """``(n_images, H, W)`` float32: how much the colour of each pixel's depth point differs
+    between its image and the ``neighbours`` views with the nearest camera centres that see it;
+    NaN where fewer than two of them see it, or the pixel has no depth.
+
+    Each pixel with depth ``z`` is lifted to its world point (``z`` along the pixel-centre ray,
+    lens included) and projected into the neighbour views; a view sees the point when it lands in
+    the image and the view's own depth at that pixel (nearest) is within ``depth_tolerance`` of the
+    point's depth there, relative. The disagreement is the median over those views of the mean
+    absolute RGB difference (bilinear colour in the neighbour, RGBA composited over black) in
+    [0, 1]. A diffuse surface scores near 0 from every view; a mirror or glass, whose colour is
+    the scene behind or around it, scores high: depth there forbids the density behind the
+    surface that the colour needs.
+
+    Example: two views of a plane painted red at the left and blue at the right, each seeing both:
+    every pixel's point has the same colour in the other view, 0, unless the paint moves.
+    """
+    if data.depths is None:
+        raise ValueError("colour_disagreement needs depths")
+    cams, n, h, w = data.cameras, len(data), data.cameras.height, data.cameras.width
+    out = torch.full((n, h, w), float("nan"))
+    if n < 3:
+        return out
+    centres = cams.c2w[:, :3, 3].double()
+    order = torch.cdist(centres, centres).argsort(dim=1)[:, 1:neighbours + 1]
+    colours = torch.stack([_over_black(data.rgba_float(k)) for k in range(n)])  # (n, H, W, 3)
+    for i in range(n):
+        depth = data.depths[i].reshape(-1)
+        has = torch.nonzero(depth > 0).squeeze(1)
+        if len(has) == 0:
+            continue
+        rays = image_rays(cams, i)
+        t = depth[has].double() / rays.z_per_t[has].double()
+        points = rays.origins[has].double() + rays.directions[has].double() * t[:, None]
+        diffs = torch.full((len(order[i]), len(has)), float("nan"), dtype=torch.float64)
+        for m, j in enumerate(order[i].tolist()):
+            uv, z = project(cams, j, points.to(cams.c2w.dtype))
+            col, row = torch.floor(uv[:, 0]), torch.floor(uv[:, 1])
+            inside = (z > 0) & torch.isfinite(uv).all(-1) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+            seen_depth = torch.zeros_like(z)
+            seen_depth[inside] = data.depths[j][row[inside].long(), col[inside].long()].to(z.dtype)
+            seen = inside & ((seen_depth - z).abs() <= depth_tolerance * z)
+            if not bool(seen.any()):
+                continue
+            there = _bilinear(colours[j], uv[seen])
+            here = colours[i].reshape(-1, 3)[has[seen]]
+            diffs[m, seen] = (there - here).abs().mean(-1).double()
+        count = (~diffs.isnan()).sum(0)
+        score = diffs.nanmedian(dim=0).values
+        score[count < 2] = float("nan")
+        out[i].view(-1)[has] = score.float()
+    return out
+
+
+def drop_inconsistent_depth(data: SceneData, tolerance: float, neighbours: int = 4) -> tuple[SceneData, float]:
+    """``data`` without the depth of pixels whose :func:`colour_disagreement` exceeds
+    ``tolerance`` (mean absolute RGB difference in [0, 1]), and the share of depth pixels dropped.
+    Pixels that fewer than two views see keep their depth (no evidence against it)."""
+    score = colour_disagreement(data, neighbours)
+    drop = score > tolerance  # NaN compares False
+    with_depth = int((data.depths > 0).sum())
+    depths = torch.where(drop, torch.zeros_like(data.depths), data.depths)
+    return dataclasses.replace(data, depths=depths), float(drop.sum()) / max(with_depth, 1)
+
+
+def _over_black(rgba: Tensor) -> Tensor:
+    """``(H, W, 3)`` colour of an ``(H, W, 3 or 4)`` image, composited over black when RGBA."""
+    return rgba[..., :3] * rgba[..., 3:] if rgba.shape[-1] == 4 else rgba
+
+
+def _bilinear(image: Tensor, uv: Tensor) -> Tensor:
+    """``(n, 3)`` colours of ``image`` ``(H, W, 3)`` at continuous pixel coordinates ``uv``
+    ``(n, 2)`` (pixel ``(i, j)`` covers ``[i, i + 1) x [j, j + 1)``), edges clamped."""
+    h, w = image.shape[:2]
+    grid = torch.stack([uv[:, 0] / w * 2 - 1, uv[:, 1] / h * 2 - 1], -1).float().view(1, 1, -1, 2)
+    sampled = torch.nn.functional.grid_sample(image.permute(2, 0, 1)[None], grid, mode="bilinear",
+                                              padding_mode="border", align_corners=False)
+    return sampled[0, :, 0].T

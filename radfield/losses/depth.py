@@ -89,13 +89,12 @@ class DepthConfig:
     28.55 dB there against 28.72 at a constant weight, so off by default."""
     anneal_to: float = 0.0
     """The weight's fraction left after ``anneal``'s end."""
-    trim: float = 0.0
-    """Drop the depth of the rays whose colour the field cannot match with it: a ray loses its
-    depth this step when its squared colour error exceeds ``trim`` times the median over the
-    batch's rays with depth (:func:`trim_depth`; 0 = off). Mirrors and glass are the cause: a
-    mirror's reflection needs density behind the surface, which every depth loss forbids. With
-    every view of tabletop, rays above 16 times the median were 4-5 % of the object's pixels of a
-    trained run (the mirror sphere, the glass, silhouettes) and held two thirds of its error."""
+    consistency: float = 0.0
+    """Drop, before training, the depth of pixels whose colour differs between the views that
+    see their depth point by more than this (the median over the four nearest views of the mean
+    absolute RGB difference in [0, 1], :func:`radfield.data.depth.colour_disagreement`; 0 = off).
+    A mirror or glass shows the scene around it, so its colour changes from view to view, and
+    depth at its surface forbids the density behind it that a radiance field needs to show that."""
 
 
 def check_depth_config(config: DepthConfig) -> None:
@@ -116,8 +115,8 @@ def check_depth_config(config: DepthConfig) -> None:
     if config.anneal is not None and not (len(config.anneal) == 2 and 0.0 <= config.anneal[0] < config.anneal[1]):
         raise RadfieldError(f"train.depth.anneal: must be (start, end) with 0 <= start < end, got "
                             f"{list(config.anneal)}")
-    if not (math.isfinite(config.trim) and (config.trim == 0.0 or config.trim > 1.0)):
-        raise RadfieldError(f"train.depth.trim: must be 0 (off) or > 1, got {config.trim}")
+    if not (math.isfinite(config.consistency) and config.consistency >= 0.0):
+        raise RadfieldError(f"train.depth.consistency: must be >= 0 (0 = off), got {config.consistency}")
     if not (math.isfinite(config.anneal_to) and 0.0 <= config.anneal_to <= 1.0):
         raise RadfieldError(f"train.depth.anneal_to: must be in [0, 1], got {config.anneal_to}")
     if config.urf_target not in URF_TARGETS:
@@ -152,19 +151,6 @@ def urf_window(config: DepthConfig, progress: float) -> float:
     start, end = config.urf_window
     p = min(max(progress, 0.0), 1.0)
     return start + (end - start) * p
-
-
-def trim_depth(depth: Tensor, colour_error: Tensor, trim: float) -> Tensor:
-    """``depth`` ``(n_rays,)`` with 0 (no depth) where ``colour_error`` ``(n_rays,)`` exceeds
-    ``trim`` times its median over the rays with depth (``trim = 0``: unchanged). Example:
-    depths ``(1, 2, 0, 3)``, errors ``(0.1, 0.2, 9, 5)``, ``trim = 4``: the median over the rays
-    with depth is 0.2, so the last ray (5 > 0.8) loses its depth: ``(1, 2, 0, 0)``."""
-    has = depth > 0
-    if trim <= 0 or not bool(has.any()):
-        return depth
-    error = colour_error.detach().to(depth.dtype)
-    limit = trim * error[has].median()
-    return torch.where(error > limit, torch.zeros_like(depth), depth)
 
 
 def gaussian_cdf(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from radfield.cameras import Rays
 from radfield.config import HSMConfig
-from radfield.losses.depth import DepthLoss, trim_depth
+from radfield.losses.depth import DepthLoss
 from radfield.losses.interlevel import interlevel_loss
 from radfield.losses.regularisers import distortion
 from radfield.errors import RadfieldError
@@ -141,14 +141,11 @@ def photometric_objective(loss_fn: Callable[..., Tensor], distortion_weight: flo
     return objective
 
 
-def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: float,
-                    trim: float = 0.0) -> Objective:
+def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: float) -> Objective:
     """``objective + weight * batch.depth_scale * depth_loss(final weights, samples, batch.depth,
     batch.depth_eps)`` (:mod:`radfield.losses.depth`); batches without depths get ``objective``
-    alone. ``trim > 0``: rays whose squared colour error is over ``trim`` times the median of the
-    depth rays' lose their depth this step (:func:`radfield.losses.depth.trim_depth`). The depth
-    loss acts on the final level's weights, like the distortion loss, so the HSM step keeps it in
-    the gradient it injects."""
+    alone. The depth loss acts on the final level's weights, like the distortion loss, so the HSM
+    step keeps it in the gradient it injects."""
     if depth_loss is None or weight == 0:
         return objective
 
@@ -157,10 +154,7 @@ def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: 
         if batch.depth is None or batch.depth_scale == 0:
             return loss
         s = batch.samples
-        measured = batch.depth
-        if trim > 0:
-            measured = trim_depth(measured, (out.rgb.detach() - batch.target).square().mean(-1), trim)
-        depth = depth_loss(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, measured, batch.depth_eps)
+        depth = depth_loss(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, batch.depth, batch.depth_eps)
         return loss + weight * batch.depth_scale * depth
 
     return total

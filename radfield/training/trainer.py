@@ -59,7 +59,7 @@ from radfield.cameras import Cameras, LensDirections, Rays, lens_directions, pix
 from radfield.config import (LR_SCHEDULES, OptimConfig, RunConfig, apply_overrides,
                              run_config_from_dict, run_config_to_dict)
 from radfield.data import SceneData, load_scene_groups
-from radfield.data.depth import DEPTH_SOURCES, with_depth
+from radfield.data.depth import DEPTH_SOURCES, drop_inconsistent_depth, with_depth
 from radfield.data.scene import over_background
 from radfield.data.views import select_train_views
 from radfield.errors import MissingSplitError, PeerLost, RadfieldError
@@ -276,7 +276,7 @@ class Trainer:
             raise RadfieldError(f"data.depth_source: unknown depth source {config.data.depth_source!r} "
                                 f"(choose from: {', '.join(DEPTH_SOURCES)})")
         self.objective = with_depth_loss(photometric_objective(self.loss, optim.distortion_weight),
-                                         self.depth_loss, depth_weight(cfg.depth), cfg.depth.trim)
+                                         self.depth_loss, depth_weight(cfg.depth))
         self.patch_size = cfg.patch_size if self.loss.needs_patches else None
         self.eval_bg = background_color(config.data.eval_background, self.device)
         self.load_data()
@@ -348,6 +348,13 @@ class Trainer:
         if out.depths is None:
             raise RadfieldError(f"{cfg.path}: --depth-loss {self.config.train.depth.loss}: the dataset has "
                                 "no depth (no depth_file_path maps, no COLMAP points)")
+        tolerance = self.config.train.depth.consistency
+        if tolerance > 0:
+            out, dropped = drop_inconsistent_depth(out, tolerance)
+            if self.world.is_main:
+                print(f"radfield: note: depth dropped at {dropped:.1%} of the pixels that have it, whose "
+                      f"colour differs between views by more than {tolerance:g} (train.depth.consistency)",
+                      file=sys.stderr)
         return out
 
     @staticmethod
