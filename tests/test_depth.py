@@ -588,6 +588,7 @@ COMMON = ["--preset", "ngp-small", "--no-progress", "--device", "cpu", "--max-st
     (["--depth-loss", "huber"], ["train.depth.loss", "huber", "bounded"]),
     (["--depth-loss", "l2", "--depth-weight", "-1"], ["train.depth.weight", "-1"]),
     (["--depth-loss", "bounded", "--depth-eps", "0"], ["train.depth.eps"]),
+    (["--depth-loss", "bounded", "--depth-margin", "-1"], ["train.depth.margin"]),
     (["--depth-source", "lidar"], ["data.depth_source", "lidar"]),
     (["--depth-loss", "l2", "--depth-source", "sparse"], ["data.depth_source sparse", "SfM points"]),
     (["--train-views", "20"], ["--train-views 20", "12 views"]),
@@ -621,12 +622,12 @@ def test_depth_loss_on_data_without_depth_is_one_line(scene, tmp_path, capsys):
 def test_cli_options_reach_the_config(scene, tmp_path, capsys):
     run = tmp_path / "run"
     rc, out, err = run_cli(["train", scene, "--out", run, *COMMON, "--depth-loss", "urf", "--depth-weight", "0.3",
-                            "--depth-eps", "0.05", "--depth-beta", "0.06", "--train-views", "5",
+                            "--depth-eps", "0.05", "--depth-beta", "0.06", "--depth-margin", "0.02", "--train-views", "5",
                             "--set", "train.depth.fraction=0.5"], capsys)
     assert rc == 0, err
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["depth"] == {**saved["train"]["depth"], "loss": "urf", "weight": 0.3, "eps": 0.05,
-                                       "beta": 0.06, "fraction": 0.5}
+                                       "beta": 0.06, "margin": 0.02, "fraction": 0.5}
     assert saved["data"]["train_views"] == 5 and saved["data"]["depth_source"] == "auto"
     preset = apply_overrides(RunConfig(), PRESETS["ngp-small"])
     assert preset.train.depth.loss == "none"  # off unless asked

@@ -94,7 +94,9 @@ class DepthConfig:
     see their depth point by more than this (the median over the four nearest views of the mean
     absolute RGB difference in [0, 1], :func:`radfield.data.depth.colour_disagreement`; 0 = off).
     A mirror or glass shows the scene around it, so its colour changes from view to view, and
-    depth at its surface forbids the density behind it that a radiance field needs to show that."""
+    depth at its surface forbids the density behind it that a radiance field needs to show that.
+    One run with every view of tabletop, bounded loss, 0.1 (2 % of the depth dropped): 28.82 dB
+    against 28.72 without it, within run-to-run spread, so off by default."""
 
 
 def check_depth_config(config: DepthConfig) -> None:
@@ -115,10 +117,10 @@ def check_depth_config(config: DepthConfig) -> None:
     if config.anneal is not None and not (len(config.anneal) == 2 and 0.0 <= config.anneal[0] < config.anneal[1]):
         raise RadfieldError(f"train.depth.anneal: must be (start, end) with 0 <= start < end, got "
                             f"{list(config.anneal)}")
-    if not (math.isfinite(config.consistency) and config.consistency >= 0.0):
-        raise RadfieldError(f"train.depth.consistency: must be >= 0 (0 = off), got {config.consistency}")
     if not (math.isfinite(config.anneal_to) and 0.0 <= config.anneal_to <= 1.0):
         raise RadfieldError(f"train.depth.anneal_to: must be in [0, 1], got {config.anneal_to}")
+    if not (math.isfinite(config.consistency) and config.consistency >= 0.0):
+        raise RadfieldError(f"train.depth.consistency: must be >= 0 (0 = off), got {config.consistency}")
     if config.urf_target not in URF_TARGETS:
         raise RadfieldError(f"train.depth.urf_target: unknown target {config.urf_target!r} "
                             f"(choose from: {', '.join(URF_TARGETS)})")
