@@ -107,7 +107,7 @@ def check_depth_config(config: DepthConfig) -> None:
     bounds = {"weight": (depth_weight(config), 0.0, False), "eps": (config.eps, 0.0, True),
               "beta": (config.beta, 0.0, False),
               "margin": (config.margin, 0.0, False), "empty_weight": (config.empty_weight, 0.0, False),
-              "cdf_weight": (config.cdf_weight, 0.0, False)}
+              "cdf_weight": (config.cdf_weight, 0.0, False), "consistency": (config.consistency, 0.0, False)}
     for name, (value, low, strict) in bounds.items():
         if not math.isfinite(value) or value < low or (strict and value == low):
             raise RadfieldError(f"train.depth.{name}: must be {'>' if strict else '>='} {low:g} "
@@ -119,8 +119,6 @@ def check_depth_config(config: DepthConfig) -> None:
                             f"{list(config.anneal)}")
     if not (math.isfinite(config.anneal_to) and 0.0 <= config.anneal_to <= 1.0):
         raise RadfieldError(f"train.depth.anneal_to: must be in [0, 1], got {config.anneal_to}")
-    if not (math.isfinite(config.consistency) and config.consistency >= 0.0):
-        raise RadfieldError(f"train.depth.consistency: must be >= 0 (0 = off), got {config.consistency}")
     if config.urf_target not in URF_TARGETS:
         raise RadfieldError(f"train.depth.urf_target: unknown target {config.urf_target!r} "
                             f"(choose from: {', '.join(URF_TARGETS)})")

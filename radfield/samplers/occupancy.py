@@ -216,6 +216,15 @@ def _window_any(cells: Tensor, axis: int, k: int) -> Tensor:
     return hi > lo
 
 
+def _cube_any(cells: Tensor, k: int) -> Tensor:
+    """``cells`` (bool, ``(..., R, R, R)``) with each cell set when one within ``k`` cells of it
+    along every one of the last three axes is: the ``(2 k + 1)^3`` max filter, one axis at a time
+    (:func:`_window_any`)."""
+    for axis in range(cells.ndim - 3, cells.ndim):
+        cells = _window_any(cells, axis, k)
+    return cells
+
+
 class OccupancyGrid(nn.Module):
     """Instant-NGP's cascaded occupancy grid and ray marcher (see the module's vocabulary).
 
@@ -444,10 +453,7 @@ class OccupancyGrid(nn.Module):
             if k == key:
                 return dilated
         res = self.config.resolution
-        dilated = self._with_finer(self.occupied.reshape(-1, res, res, res))
-        for axis in (1, 2, 3):  # the 3 x 3 x 3 filter, one axis at a time
-            dilated = _window_any(dilated, axis, 1)
-        dilated = dilated.reshape(-1)
+        dilated = _cube_any(self._with_finer(self.occupied.reshape(-1, res, res, res)), 1).reshape(-1)
         self._dilated = [*self._dilated[-1:], (key, self.occupied, dilated)]
         return dilated
 
@@ -479,10 +485,7 @@ class OccupancyGrid(nn.Module):
         out = []
         for k in range(self.n_cascades):
             cells = max(math.ceil(distance / float((self.box_size[k] / res).min()) - 1e-9), 0)
-            grid = occ[k]
-            for axis in range(3):  # the cube's filter, one axis at a time, as window sums of a cumsum
-                grid = _window_any(grid, axis, cells)
-            out.append(grid)
+            out.append(_cube_any(occ[k], cells))
         return torch.cat(out).reshape(-1)
 
     @contextmanager
