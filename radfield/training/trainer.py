@@ -284,10 +284,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(config, SceneInfo.from_data(self.data)).to(self.device)
         self.optimizer = make_optimizer(self.model, optim)
-        box = self.model.scene.aabb
-        self.poses = (PoseRefinement(cfg.pose_opt, len(self.data), self.model.scene.size, self.device,
-                                     PoseRefinement.centre_depths(self.data.cameras, (box[:3] + box[3:]) / 2))
-                      if cfg.pose_opt.enabled else None)
+        self.poses = None
+        if cfg.pose_opt.enabled:
+            box = self.model.scene.aabb
+            pivot = (PoseRefinement.centre_depths(self.data.cameras, (box[:3] + box[3:]) / 2)
+                     if cfg.pose_opt.pivot else None)
+            self.poses = PoseRefinement(cfg.pose_opt, len(self.data), self.model.scene.size, self.device, pivot)
         if (self.poses is not None and cfg.pose_opt.coarse_to_fine is not None
                 and not self.model.position_encodings() and self.world.is_main):
             print(f"radfield: note: {config.model} has no position encoding with a coarse-to-fine "
