@@ -129,7 +129,7 @@ class PoseOptConfig:
     and pose errors 0.655 degrees / 1.35 % of the size with it, 24.92 dB and 0.934 / 1.91
     without; on garden-colmap's SfM poses (nerfacto-small) 27.16 dB against 26.52 without
     refinement. But on the built-in 32 x 32 scene (300 steps, the unit test) it did not reduce
-    the rotation error at all (1.99 -> 1.99 degrees, against 1.31 without), so it stays off
+    the rotation error (1.99 -> 1.96-1.99 degrees, against 1.32 without), so it stays off
     until that is understood (nerfstudio's and BARF's parameterisation: about the centre)."""
     test_fit_steps: int = 30
     """``eval``: steps of pose fitting of each test view to the frozen field before it is

@@ -147,7 +147,7 @@ def pivot_depth(model, camera: Cameras, background: Tensor | None, factor: int =
     solid = out.depth[out.opacity > 0.5]
     if solid.numel():
         return float(solid.median())
-    centre = (model.scene.aabb[:3] + model.scene.aabb[3:]).to(camera.device) / 2
+    centre = model.scene.centre.to(camera.device)
     return float((camera.c2w[0, :, 3] - centre).norm())
 
 

@@ -108,6 +108,11 @@ class SceneInfo:
         return float(self.meta.get("aabb_scale", 1))
 
     @property
+    def centre(self) -> Tensor:
+        """``(3,)`` the box's centre (the region of interest's). Example: box ``[0, 2]^3`` -> ``(1, 1, 1)``."""
+        return (self.aabb[:3] + self.aabb[3:]) / 2
+
+    @property
     def size(self) -> float:
         """The scene's size: the largest side of the region of interest (the box's over
         ``aabb_scale``); pose corrections and errors measure translations in it. Example: box

@@ -286,8 +286,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, optim)
         self.poses = None
         if cfg.pose_opt.enabled:
-            box = self.model.scene.aabb
-            pivot = (PoseRefinement.centre_depths(self.data.cameras, (box[:3] + box[3:]) / 2)
+            pivot = (PoseRefinement.centre_depths(self.data.cameras, self.model.scene.centre)
                      if cfg.pose_opt.pivot else None)
             self.poses = PoseRefinement(cfg.pose_opt, len(self.data), self.model.scene.size, self.device, pivot)
         if (self.poses is not None and cfg.pose_opt.coarse_to_fine is not None
