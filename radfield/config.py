@@ -121,16 +121,18 @@ class PoseOptConfig:
     poses a few degrees off it cost more than it gave (measured: garden-colmap, nerfacto, 150 s,
     the window (0.1, 0.5) moved the SfM poses 3.4 degrees on average at 3e-3 and 1.0 at 6e-4,
     and scored 17.0 / 19.1 dB on the given test poses against 19.9 / 24.4 without it)."""
-    pivot: bool = False
-    """Each correction turns its camera about the point of the optical axis at the depth of the
-    scene's centre (the region of interest's), not about the camera's centre: orbiting the
-    object and shifting the image become separate coordinates for Adam. Measured 2026-12-03
-    (one machine, 300 s each, ``ngp-small``): on tabletop with 2-degree / 2 % noise, 25.93 dB
-    and pose errors 0.655 degrees / 1.35 % of the size with it, 24.92 dB and 0.934 / 1.91
-    without; on garden-colmap's SfM poses (nerfacto-small) 27.16 dB against 26.52 without
-    refinement. But on the built-in 32 x 32 scene (300 steps, the unit test) it did not reduce
-    the rotation error (1.99 -> 1.96-1.99 degrees, against 1.32 without), so it stays off
-    until that is understood (nerfstudio's and BARF's parameterisation: about the centre)."""
+    orbit: bool = True
+    """Each correction also gets an orbit: a turn about the point of the optical axis at the depth
+    of the scene's centre (the region of interest's), beside the turn about the camera's centre
+    and the shift (:class:`radfield.poses.PoseCorrections`). A turn about the centre shifts the
+    whole image, an orbit shows only as parallax, and with both as coordinates of their own Adam
+    corrects each at its own pace. Measured 2026-12-04 (one machine, ``ngp-small``, 300 s, mean
+    pose errors after a similarity alignment, from 2.01 degrees / 1.98 % of the size; tabletop at
+    step 1500): without the orbit 0.75 degrees / 1.66 % (stalled: 0.74 / 1.64 at the end), the
+    orbit alone (every turn about the pivot) 0.39 / 0.74, both 0.35 / 0.65; on the built-in scene
+    (the unit test: 24 views, 300 steps) both reach 1.43 degrees at 32 x 32 and 1.00 at 64 x 64,
+    the orbit alone 1.96 / 1.94, none 1.32 / 1.23. False: BARF's and nerfstudio's correction
+    (turns about the camera's centre only)."""
     test_fit_steps: int = 30
     """``eval``: steps of pose fitting of each test view to the frozen field before it is
     scored (as evaluations of pose-refining methods do); 0 scores the given poses."""

@@ -8,10 +8,12 @@ Vocabulary (see :mod:`radfield.poses.se3`):
   ``c2w_i' = c2w_i Exp(xi_i)`` (in the camera's own frame). :class:`PoseCorrections` stores
   ``(rho_i / scale, phi_i)``: the translation in units of the scene's size ``scale``, so one
   learning rate moves every scene by the same fraction of its size. With a **pivot** at
-  distance ``d_i`` along the optical axis, the stored rotation turns the camera about the point
-  ``p_i = (0, 0, -d_i)`` of its frame instead of its centre: ``Exp(xi_i) = T_p Exp(xi'_i)
-  T_p^-1``, so ``rho_i = scale rho'_i + p_i x phi_i`` (the adjoint of the translation ``T_p``).
-  Orbiting the object then is one coordinate (``phi``), shifting the image another (``rho``).
+  distance ``d_i`` along the optical axis, each correction also has an **orbit** ``omega_i``: a
+  turn about the point ``p_i = (0, 0, -d_i)`` of its frame, ``T_p Exp(0, omega_i) T_p^-1``,
+  whose twist is ``(p_i x omega_i, omega_i)`` (the adjoint of the translation ``T_p``). The
+  twist applied is the sum, ``xi_i = (scale rho'_i + p_i x omega_i, phi_i + omega_i)``: a turn
+  about the camera's centre (a shift of the whole image), a shift of the centre, and an orbit of
+  the looked-at point (parallax only) are then each a coordinate of their own for Adam.
 * **pose error** between two poses: the angle of ``R_a^T R_b`` (degrees) and the distance
   between the centres.
 * **similarity alignment** (Umeyama 1991): the ``s, R, t`` minimising
@@ -33,8 +35,9 @@ __all__ = ["PoseCorrections", "perturb_poses", "pose_errors", "align_similarity"
 class PoseCorrections(nn.Module):
     """One SE(3) correction per training image, zero at the start.
 
-    ``delta`` ``(n_images, 6)`` is the parameter: ``(rho / scale, phi)``; :meth:`twists` gives
-    ``xi = (scale * delta[:, :3], delta[:, 3:])``.
+    ``delta`` ``(n_images, 6)`` is ``(rho / scale, phi)``; with a ``pivot`` ``(n_images,)``
+    (distances along each camera's axis) ``orbit`` ``(n_images, 3)`` is the turn about the pivot
+    point. :meth:`twists` gives ``xi = (scale delta[:, :3] + p x orbit, delta[:, 3:] + orbit)``.
 
     Example: ``scale = 2``, ``delta[0] = (0.01, 0, 0, 0, 0, 0)``: image 0's camera moves 0.02
     along its own x axis (right); its rotation is unchanged.
@@ -44,21 +47,31 @@ class PoseCorrections(nn.Module):
         super().__init__()
         self.scale = float(scale)
         self.delta = nn.Parameter(torch.zeros(n_images, 6))
+        self.orbit = None if pivot is None else nn.Parameter(torch.zeros(n_images, 3))
         self.register_buffer("pivot", torch.zeros(n_images) if pivot is None else pivot.detach().clone())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "pivot", torch.zeros_like(self.pivot))  # older checkpoints: no pivot
+        if self.orbit is not None and prefix + "orbit" not in state_dict:
+            # checkpoints of 2026-12-03's pivot (every turn about the pivot): those turns are orbits
+            delta = state_dict[prefix + "delta"].clone()
+            state_dict[prefix + "orbit"] = delta[:, 3:].clone()
+            delta[:, 3:] = 0
+            state_dict[prefix + "delta"] = delta
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def twists(self, index: Tensor | None = None) -> Tensor:
         """``(n, 6)`` twists ``xi`` of the images ``index`` (all when None), in each camera's
-        frame about its centre (the module docstring: ``rho = scale rho' + p x phi``)."""
+        frame about its centre (the module docstring)."""
         d = self.delta if index is None else self.delta[index]
+        xi = torch.cat([d[:, :3] * self.scale, d[:, 3:]], -1)
+        if self.orbit is None:
+            return xi
+        omega = self.orbit if index is None else self.orbit[index]
         depth = (self.pivot if index is None else self.pivot[index]).to(d.dtype)
-        phi = d[:, 3:]
-        # p x phi for p = (0, 0, -depth): (depth phi_y, -depth phi_x, 0)
-        lever = torch.stack([depth * phi[:, 1], -depth * phi[:, 0], torch.zeros_like(depth)], -1)
-        return torch.cat([d[:, :3] * self.scale + lever, phi], -1)
+        # p x omega for p = (0, 0, -depth): (depth omega_y, -depth omega_x, 0)
+        lever = torch.stack([depth * omega[:, 1], -depth * omega[:, 0], torch.zeros_like(depth)], -1)
+        return xi + torch.cat([lever, omega], -1)
 
     def forward(self, c2w: Tensor, index: Tensor) -> Tensor:
         """``(n, 3, 4)`` corrected poses ``c2w_i Exp(xi_{index_i})`` of ``c2w`` ``(n, 3, 4)``."""

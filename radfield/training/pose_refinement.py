@@ -49,7 +49,7 @@ class PoseRefinement:
             raise RadfieldError(f"train.pose_opt.lr and lr_final must be positive, got {config.lr} "
                                 f"and {config.lr_final}")
         self.config = config
-        self.corrections = PoseCorrections(n_images, size, pivot if config.pivot else None).to(device)
+        self.corrections = PoseCorrections(n_images, size, pivot if config.orbit else None).to(device)
         self.optimizer = torch.optim.Adam(self.corrections.parameters(), lr=config.lr, eps=1e-15)
 
     @staticmethod

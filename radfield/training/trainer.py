@@ -287,7 +287,7 @@ class Trainer:
         self.poses = None
         if cfg.pose_opt.enabled:
             pivot = (PoseRefinement.centre_depths(self.data.cameras, self.model.scene.centre)
-                     if cfg.pose_opt.pivot else None)
+                     if cfg.pose_opt.orbit else None)
             self.poses = PoseRefinement(cfg.pose_opt, len(self.data), self.model.scene.size, self.device, pivot)
         if (self.poses is not None and cfg.pose_opt.coarse_to_fine is not None
                 and not self.model.position_encodings() and self.world.is_main):
