@@ -185,6 +185,24 @@ def test_orbit_corrections_turn_the_camera_about_the_scene_centre():
     assert torch.equal(fresh.delta.detach()[:, 3:], torch.zeros(3, 3, dtype=F64))
 
 
+def test_a_refinement_without_orbits_resumes_as_one_with_them(capsys):
+    """The state of a run from before ``train.pose_opt.orbit`` (no orbit, no pivot) loads into
+    a refinement with orbits: the same twists (its pivot, 0, comes with it), and a warning that
+    Adam's moments start again (the saved ones are for fewer parameters)."""
+    from radfield.config import PoseOptConfig
+    from radfield.training.pose_refinement import PoseRefinement
+
+    old = PoseRefinement(PoseOptConfig(orbit=False), 4, 3.0, torch.device("cpu"))
+    with torch.no_grad():
+        old.corrections.delta.copy_(torch.linspace(-0.1, 0.1, 24).reshape(4, 6))
+    old.corrections.twists().square().sum().backward()
+    old.optimizer.step()
+    new = PoseRefinement(PoseOptConfig(), 4, 3.0, torch.device("cpu"), torch.full((4,), 4.0))
+    new.load_state_dict(old.state_dict())
+    assert torch.allclose(new.corrections.twists(), old.corrections.twists(), atol=1e-7)
+    assert "moments start again" in capsys.readouterr().err
+
+
 def test_similarity_alignment_recovers_a_known_transform():
     gen = torch.Generator().manual_seed(1)
     c2w = se3_exp(random_twists(8, 3.0, seed=7))

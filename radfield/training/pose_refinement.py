@@ -5,7 +5,9 @@ optimiser, for every model.
   zero at the start): its rays come from ``c2w_i Exp(xi_i)``. Sampling and the background see
   the rays without their graph; the field sees the samples at ``o + t d`` with it
   (:mod:`radfield.rendering.differentiable`), so the photometric loss reaches ``xi`` through
-  the sample positions and directions, in the baseline step and the HSM step alike.
+  the sample positions and directions, in the baseline step and the HSM step alike. With
+  ``pose_opt.orbit`` (the default) each correction also has an orbit about the point of its
+  camera's axis at the depth of the scene's centre (:meth:`PoseRefinement.centre_depths`).
 * Its own Adam (no weight decay), learning rate log-linear from ``pose_opt.lr`` to
   ``pose_opt.lr_final`` over the run (the run's progress, as the model's schedule sees it).
 * Coarse to fine (``pose_opt.coarse_to_fine = (start, end)``): BARF's window
@@ -21,6 +23,7 @@ optimiser, for every model.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,6 +96,11 @@ class PoseRefinement:
 
     def load_state_dict(self, state: dict) -> None:
         self.corrections.load_state_dict(state["corrections"])
+        saved = state["optimizer"]["param_groups"][0]["params"]
+        if len(saved) != len(self.optimizer.param_groups[0]["params"]):  # a run from before the orbit
+            print("radfield: warning: the checkpoint's pose corrections have no orbit (an older run); "
+                  "their Adam moments start again", file=sys.stderr)
+            return
         self.optimizer.load_state_dict(state["optimizer"])
 
 
