@@ -12,7 +12,7 @@ Options: ``--budget SECONDS`` of training per run (default 300, validation exclu
 K-th test image), ``--fit-steps N`` (pose fits: localize, and the test views of ``--pose-opt``
 runs; 30), ``--views N`` (localize: test views), ``--iters N`` (neuralsim), ``--set KEY=VALUE``
 (config overrides of the ``--pose-opt`` runs, e.g. ``train.pose_opt.lr=6e-4``), ``--runs`` (a
-subset of a suite's runs), ``--tag`` (the JSON's name).
+subset of a suite's runs), ``--seed N`` (every run's ``train.seed``), ``--tag`` (the JSON's name).
 
 * **refine**: ``../shared/data/tabletop`` with every training pose turned by exactly 2 degrees
   about its centre (random axis) and moved by exactly 2 % of the scene's size (the largest side of
@@ -78,6 +78,7 @@ def aligned_errors(poses: torch.Tensor, truth: torch.Tensor, size: float) -> dic
 
 
 OVERRIDES: dict = {}
+SEED = [0]  # --seed: every run's train.seed
 """``--set KEY=VALUE`` overrides of the ``--pose-opt`` runs' configs."""
 
 
@@ -86,7 +87,8 @@ def train(name: str, data: Path, preset: str, budget: float, downscale: int = 1,
     from radfield.training.trainer import Trainer
 
     config = budgeted_config(preset, data, budget, overrides={
-        "data.downscale": downscale, "train.pose_opt.enabled": pose_opt, "train.pose_opt.test_fit_steps": fit_steps})
+        "data.downscale": downscale, "train.pose_opt.enabled": pose_opt, "train.pose_opt.test_fit_steps": fit_steps,
+        "train.seed": SEED[0]})
     if pose_opt and OVERRIDES:
         apply_overrides(config, OVERRIDES)
     run = fresh(OUT / "runs" / name)
@@ -241,10 +243,12 @@ def main() -> None:
                     help="config override of the --pose-opt runs, e.g. train.pose_opt.lr=6e-4 (repeatable)")
     ap.add_argument("--runs", default="", help="refine: some of clean,noisy,noisy+pose-opt; "
                     "garden: some of baseline,pose-opt (default: all)")
+    ap.add_argument("--seed", type=int, default=0, help="train.seed of every run")
     ap.add_argument("--tag", default="", help="suffix of the JSON's name (bench/out/poses_SUITE_TAG.json)")
     args = ap.parse_args()
     args.runs = [r for r in args.runs.split(",") if r]
     OVERRIDES.update(parse_override(item) for item in args.set)
+    SEED[0] = args.seed
     for suite in (SUITES if args.suite == "all" else [args.suite]):
         t0 = time.time()
         rows = SUITES[suite](args)
