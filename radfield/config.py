@@ -133,6 +133,12 @@ class PoseOptConfig:
     (the unit test: 24 views, 300 steps) both reach 1.43 degrees at 32 x 32 and 1.00 at 64 x 64,
     the orbit alone 1.96 / 1.94, none 1.32 / 1.23. False: BARF's and nerfstudio's correction
     (turns about the camera's centre only)."""
+    rot_penalty: float = 0.0
+    trans_penalty: float = 0.0
+    """nerfstudio's regulariser on the corrections (its ``rot_l2_penalty`` 1e-3 and
+    ``trans_l2_penalty`` 1e-2): ``rot_penalty * mean |turn| + trans_penalty * mean |shift|`` (radians
+    and fractions of the scene's size, :meth:`radfield.poses.PoseCorrections.penalty`), added to
+    each step's loss. It anchors poses that are already right (SfM) to where they are."""
     test_fit_steps: int = 30
     """``eval``: steps of pose fitting of each test view to the frozen field before it is
     scored (as evaluations of pose-refining methods do); 0 scores the given poses."""

@@ -8,6 +8,8 @@ optimiser, for every model.
   the sample positions and directions, in the baseline step and the HSM step alike. With
   ``pose_opt.orbit`` (the default) each correction also has an orbit about the point of its
   camera's axis at the depth of the scene's centre (:meth:`PoseRefinement.centre_depths`).
+* Optionally nerfstudio's regulariser, a pull of every correction toward zero
+  (``pose_opt.rot_penalty``, ``pose_opt.trans_penalty``), its gradient added after the step's.
 * Its own Adam (no weight decay), learning rate log-linear from ``pose_opt.lr`` to
   ``pose_opt.lr_final`` over the run (the run's progress, as the model's schedule sees it).
 * Coarse to fine (``pose_opt.coarse_to_fine = (start, end)``): BARF's window
@@ -51,6 +53,9 @@ class PoseRefinement:
         if not (config.lr > 0 and config.lr_final > 0):
             raise RadfieldError(f"train.pose_opt.lr and lr_final must be positive, got {config.lr} "
                                 f"and {config.lr_final}")
+        if not (config.rot_penalty >= 0 and config.trans_penalty >= 0):  # also rejects NaN
+            raise RadfieldError(f"train.pose_opt.rot_penalty and trans_penalty must be >= 0, got "
+                                f"{config.rot_penalty} and {config.trans_penalty}")
         self.config = config
         self.corrections = PoseCorrections(n_images, size, pivot if config.orbit else None).to(device)
         self.optimizer = torch.optim.Adam(self.corrections.parameters(), lr=config.lr, eps=1e-15)
@@ -77,6 +82,16 @@ class PoseRefinement:
         alpha = window_alpha(progress, cfg.coarse_to_fine)
         if alpha is not None:
             model.set_coarse_to_fine(alpha)
+
+    def add_penalty_gradient(self, scale=lambda loss: loss) -> float | None:
+        """Add the gradient of ``pose_opt``'s penalty (:meth:`PoseCorrections.penalty`; ``scale``:
+        the step's loss scaler) to the corrections' gradients; its value, or None when it is off."""
+        cfg = self.config
+        if cfg.rot_penalty == 0 and cfg.trans_penalty == 0:
+            return None
+        penalty = self.corrections.penalty(cfg.rot_penalty, cfg.trans_penalty)
+        scale(penalty).backward()
+        return float(penalty.detach())
 
     def cameras(self, cameras: Cameras) -> Cameras:
         """``cameras`` (each carrying ``train_index``) with corrected poses, with their graph."""

@@ -576,6 +576,7 @@ class Trainer:
         result = self.world.average_step([*self.model.parameters(), *pose_params], result)
         self.scaler.step(self.optimizer)
         if self.poses is not None:
+            self.poses.add_penalty_gradient(self.scaler.scale)  # the same on every rank: after averaging
             self.scaler.step(self.poses.optimizer)
         self.scaler.update()
         # Adaptive ray count: aim the next step at the model's target_samples samples (per rank).
