@@ -1,4 +1,5 @@
-/* Multiresolution hash encoding, float32 CPU kernels (forward, table backward, input backward).
+/* Multiresolution hash encoding, float32 CPU kernels (forward, table backward, input backward
+ * of time-sliced tables, and a forward that also writes the Jacobian in the input).
  *
  * Compiled at first use by radfield/fields/hashgrid.py and called through ctypes. Must match
  * `hash_grid_reference` in hashgrid.py operation for operation (compile with -ffp-contract=off):
@@ -161,6 +162,57 @@ void hg_forward_sliced(const float *x, const int32_t *k, const float *a, int64_t
     forward_blocks(x, k, a, n, L, F, K, res, tsize, tables, out, nthreads);
 }
 
+/* The forward of static tables that also writes the encoding's Jacobian in the input,
+ * jac (n, L * F, 3): jac[i, l F + f, d] = res_l * sum_c table_l[idx_c, f] * d w_c / d t_d
+ * (before the clamp's mask), while the corner rows are in cache: tiny-cuda-nn's dy/dx. The
+ * input gradient is then grad_out . jac, with no second pass over the tables (pose gradients). */
+void hg_forward_jacobian(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *res,
+                         const int64_t *tsize, const int64_t *tables, float *out, float *jac,
+                         int32_t nthreads) {
+    const int64_t stride = (int64_t)L * F;
+    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t b = 0; b < nblocks; ++b) {
+        Cell cells[BLOCK];
+        int64_t i = b * BLOCK, m = n - i < BLOCK ? n - i : BLOCK;
+        for (int32_t l = 0; l < L; ++l) {
+            const float *tab = (const float *)(intptr_t)tables[l];
+            locate_block(x + 3 * i, m, res[l], tsize[l], tab, F, cells);
+            for (int64_t j = 0; j < m; ++j) {
+                const Cell *cell = &cells[j];
+                const float *t = cell->t;
+                const float omt[3] = {1.0f - t[0], 1.0f - t[1], 1.0f - t[2]};
+                float dw[8][3]; /* d w_c / d t_d */
+                for (int c = 0; c < 8; ++c) {
+                    int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
+                    float wx = bx ? t[0] : omt[0], wy = by ? t[1] : omt[1], wz = bz ? t[2] : omt[2];
+                    dw[c][0] = (bx ? 1.0f : -1.0f) * wy * wz;
+                    dw[c][1] = (by ? 1.0f : -1.0f) * wx * wz;
+                    dw[c][2] = (bz ? 1.0f : -1.0f) * wx * wy;
+                }
+                float *o = out + (i + j) * stride + (int64_t)l * F;
+                float *J = jac + ((i + j) * stride + (int64_t)l * F) * 3;
+                for (int32_t f = 0; f < F; ++f) {
+                    float v = tab[cell->c[0] * F + f];
+                    float acc = cell->w[0] * v; /* the same operations as gather_block */
+                    float g0 = v * dw[0][0], g1 = v * dw[0][1], g2 = v * dw[0][2];
+                    for (int c = 1; c < 8; ++c) {
+                        v = tab[cell->c[c] * F + f];
+                        acc = acc + cell->w[c] * v;
+                        g0 += v * dw[c][0];
+                        g1 += v * dw[c][1];
+                        g2 += v * dw[c][2];
+                    }
+                    o[f] = acc;
+                    J[3 * f] = g0 * (float)res[l];
+                    J[3 * f + 1] = g1 * (float)res[l];
+                    J[3 * f + 2] = g2 * (float)res[l];
+                }
+            }
+        }
+    }
+}
+
 /* Table gradients. grads[l] is the address of a (T_l, K * F) float buffer, or 0 to skip the
  * level; each buffer is zero-filled here, then grad_out * w_c is scatter-added into row idx_c
  * (static tables: K = 1, k = NULL), or for time-sliced tables grad_out * w_c * (1 - a_i) into
@@ -231,8 +283,9 @@ static inline void add_input_grad(const Cell *cell, const float dot[8], int32_t 
 }
 
 /* Gradient with respect to the (unclamped) input x, before the clamp mask (applied by the
- * caller): d out / d x_d = res * sum_c value_c * d w_c / d t_d, value_c the corner's row
- * (static, k = NULL) or its blend of slices k_i and k_i + 1 (time-sliced). Parallel over points. */
+ * caller): d out / d x_d = res * sum_c value_c * d w_c / d t_d, value_c the corner row's
+ * blend of slices k_i and k_i + 1 (time-sliced tables; static ones have hg_forward_jacobian).
+ * Parallel over points. */
 static inline void backward_input(const float *x, const int32_t *k, const float *a, int64_t n,
                                   int32_t L, int32_t F, int32_t K, const int32_t *res,
                                   const int64_t *tsize, const int64_t *tables,
@@ -272,12 +325,6 @@ static inline void backward_input(const float *x, const int32_t *k, const float 
         for (int64_t j = 0; j < m; ++j)
             for (int d = 0; d < 3; ++d) grad_x[3 * (i + j) + d] = gx[j][d];
     }
-}
-
-void hg_backward_input(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *res,
-                       const int64_t *tsize, const int64_t *tables, const float *grad_out,
-                       float *grad_x, int32_t nthreads) {
-    backward_input(x, NULL, NULL, n, L, F, 1, res, tsize, tables, grad_out, grad_x, nthreads);
 }
 
 void hg_backward_tables_sliced(const float *x, const int32_t *k, const float *a, int64_t n,

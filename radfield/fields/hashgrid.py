@@ -266,11 +266,11 @@ def _build_library() -> ctypes.CDLL:
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
     lib.hg_forward.argtypes = [p, i64, i32, i32, p, p, p, p, i32, i32]
     lib.hg_backward_tables.argtypes = [p, i64, i32, i32, p, p, p, p, i32]
-    lib.hg_backward_input.argtypes = [p, i64, i32, i32, p, p, p, p, p, i32]
+    lib.hg_forward_jacobian.argtypes = [p, i64, i32, i32, p, p, p, p, p, i32]
     lib.hg_forward_sliced.argtypes = [p, p, p, i64, i32, i32, i32, p, p, p, p, i32]
     lib.hg_backward_tables_sliced.argtypes = [p, p, p, i64, i32, i32, i32, p, p, p, p, i32]
     lib.hg_backward_input_sliced.argtypes = [p, p, p, i64, i32, i32, i32, p, p, p, p, p, i32]
-    for fn in (lib.hg_forward, lib.hg_backward_tables, lib.hg_backward_input, lib.hg_forward_sliced,
+    for fn in (lib.hg_forward, lib.hg_forward_jacobian, lib.hg_backward_tables, lib.hg_forward_sliced,
                lib.hg_backward_tables_sliced, lib.hg_backward_input_sliced):
         fn.restype = None
     return lib
@@ -413,7 +413,12 @@ class _HashGridFunction(torch.autograd.Function):
         n_feat = tables[0].shape[1] // (1 if slices is None else slices[2])
         ptrs = _addresses(tables)
         out = torch.empty(x.shape[0], len(tables) * n_feat, dtype=torch.float32)
-        if slices is None:
+        ctx.jacobian = None
+        if slices is None and x.requires_grad:  # an input gradient will be asked for: dy/dx now
+            ctx.jacobian = torch.empty(x.shape[0], len(tables) * n_feat, 3, dtype=torch.float32)
+            lib.hg_forward_jacobian(*head, ptrs.data_ptr(), out.data_ptr(), ctx.jacobian.data_ptr(),
+                                    torch.get_num_threads())
+        elif slices is None:
             lib.hg_forward(*head, ptrs.data_ptr(), out.data_ptr(), torch.get_num_threads(), _FORWARD_ORDER)
         else:
             lib.hg_forward_sliced(*head, ptrs.data_ptr(), out.data_ptr(), torch.get_num_threads())
@@ -444,11 +449,13 @@ class _HashGridFunction(torch.autograd.Function):
             call = lib.hg_backward_tables_sliced if sliced else lib.hg_backward_tables
             call(*head, grad_ptrs.data_ptr(), grad_out.data_ptr(), nthreads)
         grad_x = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and ctx.jacobian is not None:
+            grad_x = clamp_gradient(x, torch.einsum("nk,nkd->nd", grad_out, ctx.jacobian))
+        elif ctx.needs_input_grad[0]:  # time-sliced tables: a second pass over the corners
             grad_x = torch.empty_like(x)
             table_ptrs = _addresses(tables)
-            call = lib.hg_backward_input_sliced if sliced else lib.hg_backward_input
-            call(*head, table_ptrs.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(), nthreads)
+            lib.hg_backward_input_sliced(*head, table_ptrs.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(),
+                                         nthreads)
             grad_x = clamp_gradient(x, grad_x)
         return (grad_x, None, None, None, *grad_tables)
 
