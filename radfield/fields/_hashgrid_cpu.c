@@ -109,12 +109,53 @@ static inline void gather_block_sliced(const Cell *cells, int64_t m, const float
     }
 }
 
+/* gather_block for static tables, also writing the encoding's Jacobian in the input: jac (n, L * F,
+ * 3), jac[i, l F + f, d] = res_l * sum_c table_l[idx_c, f] * d w_c / d t_d (before the clamp's
+ * mask), while the corner rows are in cache: tiny-cuda-nn's dy/dx. The input gradient is then
+ * grad_out . jac, with no second pass over the tables (pose gradients). out and jac point at
+ * the block's first point and this level's first feature. */
+static inline void gather_block_jacobian(const Cell *cells, int64_t m, const float *tab, int32_t F,
+                                         int32_t res, float *out, float *jac, int64_t stride) {
+    for (int64_t j = 0; j < m; ++j) {
+        const Cell *cell = &cells[j];
+        const float *t = cell->t;
+        const float omt[3] = {1.0f - t[0], 1.0f - t[1], 1.0f - t[2]};
+        float dw[8][3]; /* d w_c / d t_d */
+        for (int c = 0; c < 8; ++c) {
+            int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
+            float wx = bx ? t[0] : omt[0], wy = by ? t[1] : omt[1], wz = bz ? t[2] : omt[2];
+            dw[c][0] = (bx ? 1.0f : -1.0f) * wy * wz;
+            dw[c][1] = (by ? 1.0f : -1.0f) * wx * wz;
+            dw[c][2] = (bz ? 1.0f : -1.0f) * wx * wy;
+        }
+        float *o = out + j * stride;
+        float *J = jac + j * stride * 3;
+        for (int32_t f = 0; f < F; ++f) {
+            float v = tab[cell->c[0] * F + f];
+            float acc = cell->w[0] * v; /* the same operations as gather_block */
+            float g0 = v * dw[0][0], g1 = v * dw[0][1], g2 = v * dw[0][2];
+            for (int c = 1; c < 8; ++c) {
+                v = tab[cell->c[c] * F + f];
+                acc = acc + cell->w[c] * v;
+                g0 += v * dw[c][0];
+                g1 += v * dw[c][1];
+                g2 += v * dw[c][2];
+            }
+            o[f] = acc;
+            J[3 * f] = g0 * (float)res;
+            J[3 * f + 1] = g1 * (float)res;
+            J[3 * f + 2] = g2 * (float)res;
+        }
+    }
+}
+
 /* Each thread takes blocks of points and does all levels per block; static tables (k = NULL,
- * K = 1) or time-sliced ones (k, a per point). out (n, L * F). */
+ * K = 1; with jac != NULL also the Jacobian, gather_block_jacobian) or time-sliced ones (k, a per
+ * point). out (n, L * F). */
 static inline void forward_blocks(const float *x, const int32_t *k, const float *a, int64_t n,
                                   int32_t L, int32_t F, int32_t K, const int32_t *res,
                                   const int64_t *tsize, const int64_t *tables, float *out,
-                                  int32_t nthreads) {
+                                  float *jac, int32_t nthreads) {
     const int64_t stride = (int64_t)L * F, row_len = (int64_t)K * F;
     const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -125,7 +166,10 @@ static inline void forward_blocks(const float *x, const int32_t *k, const float 
             const float *tab = (const float *)(intptr_t)tables[l];
             float *o = out + i * stride + (int64_t)l * F;
             locate_block(x + 3 * i, m, res[l], tsize[l], tab, row_len, cells);
-            if (k == NULL)
+            if (k == NULL && jac != NULL)
+                gather_block_jacobian(cells, m, tab, F, res[l], o, jac + (i * stride + (int64_t)l * F) * 3,
+                                      stride);
+            else if (k == NULL)
                 gather_block(cells, m, tab, F, o, stride);
             else
                 gather_block_sliced(cells, m, tab, F, row_len, k + i, a + i, o, stride);
@@ -139,7 +183,7 @@ void hg_forward(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *
                 const int64_t *tsize, const int64_t *tables, float *out, int32_t nthreads,
                 int32_t order) {
     if (order == 0) {
-        forward_blocks(x, NULL, NULL, n, L, F, 1, res, tsize, tables, out, nthreads);
+        forward_blocks(x, NULL, NULL, n, L, F, 1, res, tsize, tables, out, NULL, nthreads);
         return;
     }
     const int64_t stride = (int64_t)L * F;
@@ -159,58 +203,14 @@ void hg_forward(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *
 void hg_forward_sliced(const float *x, const int32_t *k, const float *a, int64_t n, int32_t L,
                        int32_t F, int32_t K, const int32_t *res, const int64_t *tsize,
                        const int64_t *tables, float *out, int32_t nthreads) {
-    forward_blocks(x, k, a, n, L, F, K, res, tsize, tables, out, nthreads);
+    forward_blocks(x, k, a, n, L, F, K, res, tsize, tables, out, NULL, nthreads);
 }
 
-/* The forward of static tables that also writes the encoding's Jacobian in the input,
- * jac (n, L * F, 3): jac[i, l F + f, d] = res_l * sum_c table_l[idx_c, f] * d w_c / d t_d
- * (before the clamp's mask), while the corner rows are in cache: tiny-cuda-nn's dy/dx. The
- * input gradient is then grad_out . jac, with no second pass over the tables (pose gradients). */
+/* hg_forward that also writes jac (n, L * F, 3) (gather_block_jacobian). */
 void hg_forward_jacobian(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *res,
                          const int64_t *tsize, const int64_t *tables, float *out, float *jac,
                          int32_t nthreads) {
-    const int64_t stride = (int64_t)L * F;
-    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t b = 0; b < nblocks; ++b) {
-        Cell cells[BLOCK];
-        int64_t i = b * BLOCK, m = n - i < BLOCK ? n - i : BLOCK;
-        for (int32_t l = 0; l < L; ++l) {
-            const float *tab = (const float *)(intptr_t)tables[l];
-            locate_block(x + 3 * i, m, res[l], tsize[l], tab, F, cells);
-            for (int64_t j = 0; j < m; ++j) {
-                const Cell *cell = &cells[j];
-                const float *t = cell->t;
-                const float omt[3] = {1.0f - t[0], 1.0f - t[1], 1.0f - t[2]};
-                float dw[8][3]; /* d w_c / d t_d */
-                for (int c = 0; c < 8; ++c) {
-                    int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
-                    float wx = bx ? t[0] : omt[0], wy = by ? t[1] : omt[1], wz = bz ? t[2] : omt[2];
-                    dw[c][0] = (bx ? 1.0f : -1.0f) * wy * wz;
-                    dw[c][1] = (by ? 1.0f : -1.0f) * wx * wz;
-                    dw[c][2] = (bz ? 1.0f : -1.0f) * wx * wy;
-                }
-                float *o = out + (i + j) * stride + (int64_t)l * F;
-                float *J = jac + ((i + j) * stride + (int64_t)l * F) * 3;
-                for (int32_t f = 0; f < F; ++f) {
-                    float v = tab[cell->c[0] * F + f];
-                    float acc = cell->w[0] * v; /* the same operations as gather_block */
-                    float g0 = v * dw[0][0], g1 = v * dw[0][1], g2 = v * dw[0][2];
-                    for (int c = 1; c < 8; ++c) {
-                        v = tab[cell->c[c] * F + f];
-                        acc = acc + cell->w[c] * v;
-                        g0 += v * dw[c][0];
-                        g1 += v * dw[c][1];
-                        g2 += v * dw[c][2];
-                    }
-                    o[f] = acc;
-                    J[3 * f] = g0 * (float)res[l];
-                    J[3 * f + 1] = g1 * (float)res[l];
-                    J[3 * f + 2] = g2 * (float)res[l];
-                }
-            }
-        }
-    }
+    forward_blocks(x, NULL, NULL, n, L, F, 1, res, tsize, tables, out, jac, nthreads);
 }
 
 /* Table gradients. grads[l] is the address of a (T_l, K * F) float buffer, or 0 to skip the
