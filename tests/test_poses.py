@@ -934,7 +934,6 @@ def test_pose_penalty_pulls_corrections_back_and_rejects_negative_weights():
         refinement.corrections.orbit.fill_(0.01)
     rot0, trans0 = refinement.corrections.magnitudes()
     assert float(refinement.add_penalty_gradient()) > 0
-    refinement.optimizer.zero_grad()
     for _ in range(150):
         refinement.optimizer.zero_grad()
         refinement.add_penalty_gradient()

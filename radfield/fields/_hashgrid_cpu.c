@@ -109,6 +109,18 @@ static inline void gather_block_sliced(const Cell *cells, int64_t m, const float
     }
 }
 
+/* d w_c / d t_d of the 8 corner weights of a cell (w_c = wx * wy * wz, module comment). */
+static inline void weight_derivatives(const float t[3], float dw[8][3]) {
+    const float omt[3] = {1.0f - t[0], 1.0f - t[1], 1.0f - t[2]};
+    for (int c = 0; c < 8; ++c) {
+        int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
+        float wx = bx ? t[0] : omt[0], wy = by ? t[1] : omt[1], wz = bz ? t[2] : omt[2];
+        dw[c][0] = (bx ? 1.0f : -1.0f) * wy * wz;
+        dw[c][1] = (by ? 1.0f : -1.0f) * wx * wz;
+        dw[c][2] = (bz ? 1.0f : -1.0f) * wx * wy;
+    }
+}
+
 /* gather_block for static tables, also writing the encoding's Jacobian in the input: jac (n, L * F,
  * 3), jac[i, l F + f, d] = res_l * sum_c table_l[idx_c, f] * d w_c / d t_d (before the clamp's
  * mask), while the corner rows are in cache: tiny-cuda-nn's dy/dx. The input gradient is then
@@ -118,16 +130,8 @@ static inline void gather_block_jacobian(const Cell *cells, int64_t m, const flo
                                          int32_t res, float *out, float *jac, int64_t stride) {
     for (int64_t j = 0; j < m; ++j) {
         const Cell *cell = &cells[j];
-        const float *t = cell->t;
-        const float omt[3] = {1.0f - t[0], 1.0f - t[1], 1.0f - t[2]};
-        float dw[8][3]; /* d w_c / d t_d */
-        for (int c = 0; c < 8; ++c) {
-            int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
-            float wx = bx ? t[0] : omt[0], wy = by ? t[1] : omt[1], wz = bz ? t[2] : omt[2];
-            dw[c][0] = (bx ? 1.0f : -1.0f) * wy * wz;
-            dw[c][1] = (by ? 1.0f : -1.0f) * wx * wz;
-            dw[c][2] = (bz ? 1.0f : -1.0f) * wx * wy;
-        }
+        float dw[8][3];
+        weight_derivatives(cell->t, dw);
         float *o = out + j * stride;
         float *J = jac + j * stride * 3;
         for (int32_t f = 0; f < F; ++f) {
@@ -267,18 +271,11 @@ void hg_backward_tables(const float *x, int64_t n, int32_t L, int32_t F, const i
 /* d enc / d x of one level, given dot[c] = sum_f grad_out[f] * value of corner c:
  * gx[d] += res * sum_c dot[c] * d w_c / d t_d. */
 static inline void add_input_grad(const Cell *cell, const float dot[8], int32_t res, float *gx) {
-    const float *t = cell->t;
-    float omt[3] = {1.0f - t[0], 1.0f - t[1], 1.0f - t[2]};
+    float dw[8][3];
+    weight_derivatives(cell->t, dw);
     float gl[3] = {0.0f, 0.0f, 0.0f};
-    for (int c = 0; c < 8; ++c) {
-        int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
-        float wx = bx ? t[0] : omt[0];
-        float wy = by ? t[1] : omt[1];
-        float wz = bz ? t[2] : omt[2];
-        gl[0] += dot[c] * (bx ? 1.0f : -1.0f) * wy * wz;
-        gl[1] += dot[c] * (by ? 1.0f : -1.0f) * wx * wz;
-        gl[2] += dot[c] * (bz ? 1.0f : -1.0f) * wx * wy;
-    }
+    for (int c = 0; c < 8; ++c)
+        for (int d = 0; d < 3; ++d) gl[d] += dot[c] * dw[c][d];
     for (int d = 0; d < 3; ++d) gx[d] += gl[d] * (float)res;
 }
 

@@ -83,15 +83,16 @@ class PoseRefinement:
         if alpha is not None:
             model.set_coarse_to_fine(alpha)
 
-    def add_penalty_gradient(self, scale=lambda loss: loss) -> float | None:
+    def add_penalty_gradient(self, scale=lambda loss: loss) -> torch.Tensor | None:
         """Add the gradient of ``pose_opt``'s penalty (:meth:`PoseCorrections.penalty`; ``scale``:
-        the step's loss scaler) to the corrections' gradients; its value, or None when it is off."""
+        the step's loss scaler) to the corrections' gradients; its value (a detached tensor: no
+        device sync in the step), or None when it is off."""
         cfg = self.config
         if cfg.rot_penalty == 0 and cfg.trans_penalty == 0:
             return None
         penalty = self.corrections.penalty(cfg.rot_penalty, cfg.trans_penalty)
         scale(penalty).backward()
-        return float(penalty.detach())
+        return penalty.detach()
 
     def cameras(self, cameras: Cameras) -> Cameras:
         """``cameras`` (each carrying ``train_index``) with corrected poses, with their graph."""
