@@ -10,6 +10,7 @@
     python bench/zoo.py backbones --budget 600 # garden-colmap: MeRF (baked too) vs nerfacto vs ngp, +-hsm
     python bench/zoo.py voxels --budget 600    # voxels vs ngp on tabletop and on dynamic
     python bench/zoo.py floaters-anneal --budget 600 --test-every 1  # both gardens, +-proposal annealing
+    python bench/zoo.py ngp-time --budget 300 --test-every 3 --no-validation  # ngp, 5 minutes, 200 px
 
 Options: --budget SECONDS per run, --only NAME[,NAME] to run a subset, --no-validation,
 --set KEY=VALUE (a config override for every run, e.g. --set train.near_gradient=1). Each run trains in its own
@@ -73,6 +74,8 @@ SUITES: dict[str, dict[str, Run]] = {
     "lens": {f"{p}@{how}": Run(p, f"LENS-{how.upper()}") for p in ("ngp", "nerfacto")
              for how in ("applied", "ignored")},
     # the same with a wide-angle phone's amount of distortion (STRONG_LENS: 10 px at the corners)
+    # issue 15: Instant-NGP's quality in a fixed time at 200 px (use --budget 300 --test-every 3 --no-validation)
+    "ngp-time": {f"ngp@{d}": Run("ngp", d) for d in ("tabletop", "cornell")},
     "lens-strong": {f"{p}@strong-{how}": Run(p, f"LENS-STRONG-{how.upper()}") for p in ("ngp", "nerfacto")
                     for how in ("applied", "ignored")},
 }

@@ -395,8 +395,13 @@ class NGPConfig(NGPFieldConfig):
     """Instant-NGP: the hash-grid field (``grid``, ``hidden``, ...) sampled through an occupancy
     grid (``occupancy``); Instant-NGP's Adam (eps 1e-15, weight decay 1e-6 on the MLPs)."""
 
+    grid: HashGridConfig = dc_field(default_factory=lambda: HashGridConfig(log2_table_size=18, max_resolution=0))
+    """Instant-NGP's hash grid with 2^18-row tables (2^19 in the paper); ``max_resolution`` 0 = auto:
+    ``ROI_MAX_RESOLUTION`` across the region of interest, times ``aabb_scale`` across the box (Instant-NGP's
+    2048 x ``aabb_scale`` for 800 px images)."""
     occupancy: OccupancyGridConfig = dc_field(default_factory=OccupancyGridConfig)
-    optim: OptimConfig = dc_field(default_factory=OptimConfig)
+    """Steps ``steps_per_diagonal`` 0 = auto, from the training images' pixel footprint."""
+    optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(target_samples=1 << 15))
 
 
 @dataclass
@@ -404,6 +409,11 @@ class DNeRFConfig(NGPConfig):
     """D-NeRF, fast variant: Instant-NGP's canonical field and sampler (the fields above) plus a
     hash-grid deformation ``dx(x, t)`` (``deformation``)."""
 
+    grid: HashGridConfig = dc_field(default_factory=HashGridConfig)
+    occupancy: OccupancyGridConfig = dc_field(default_factory=lambda: OccupancyGridConfig(steps_per_diagonal=1024))
+    optim: OptimConfig = dc_field(default_factory=OptimConfig)
+    """The canonical field's grid, march and recipe as D-NeRF's benchmarks measured them (Instant-NGP's:
+    2^19 rows, finest level 2048, 1024 steps over the diagonal, 2^16 samples per step)."""
     deformation: DeformationConfig = dc_field(default_factory=DeformationConfig)
     backbone: str = "hash"
     """``hash`` (fast) or ``mlp`` (the paper's networks, ``mlp``; preset ``dnerf-mlp``)."""

@@ -66,6 +66,7 @@ def ngp_config(scene: Path, steps: int, hsm: bool = False) -> RunConfig:
     random cells after its 2-update warm-up."""
     config = make_config(scene, "ngp-small", {
         "ngp.occupancy.resolution": 16, "ngp.occupancy.update_every": 2, "ngp.occupancy.warmup_steps": 4,
+        "ngp.occupancy.steps_per_diagonal": 1024,  # fine steps: low opacity per step, so 12 steps carve out space
         "ngp.optim.target_samples": 2048, "ngp.optim.warmup_steps": 2}, steps=steps)
     config.train.hsm.enabled = hsm
     return config

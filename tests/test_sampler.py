@@ -23,8 +23,8 @@ from radfield.geometry import ray_aabb_intersect
 from radfield.models import SceneInfo, build_model
 from radfield.rendering.pipeline import prune_occluded
 from radfield.rendering.volume import render
-from radfield.samplers.occupancy import (OccupancyGrid, OccupancyGridConfig, StepSchedule, cascade_boxes,
-                                         resolve_config)
+from radfield.samplers.occupancy import (STEPS_PER_FOOTPRINT, OccupancyGrid, OccupancyGridConfig, StepSchedule,
+                                         cascade_boxes, footprint_steps, pixel_footprint, resolve_config)
 from radfield.training.checkpoint import load_run
 from radfield.training.trainer import Trainer
 from conftest import make_config
@@ -822,3 +822,57 @@ def test_unseen_cells_are_never_occupied(tmp_path):
     fresh.seen.zero_()
     fresh.load_state_dict(state)
     assert fresh.seen.all()
+
+
+def _orbit_cameras(n: int, radius: float, focal: float, size: int) -> Cameras:
+    ones = torch.ones(n)
+    return Cameras(orbit_poses(n, radius), focal * ones, focal * ones, size / 2 * ones, size / 2 * ones, size, size)
+
+
+def test_pixel_footprint_is_distance_over_focal():
+    # every camera 4 units from the origin at 250 px focal length: one pixel covers 4 / 250 there
+    cams = _orbit_cameras(5, 4.0, 250.0, 200)
+    assert pixel_footprint(cams, torch.zeros(3)) == pytest.approx(0.016, rel=1e-6)
+    # the median: one camera twice as far does not move it
+    far = Cameras(torch.cat([cams.c2w, orbit_poses(1, 8.0)]), *(torch.cat([t, t[:1]]) for t in
+                  (cams.fx, cams.fy, cams.cx, cams.cy)), 200, 200)
+    assert pixel_footprint(far, torch.zeros(3)) == pytest.approx(0.016, rel=1e-6)
+
+
+def test_footprint_steps_follow_the_image_resolution():
+    aabb = torch.tensor([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
+    diagonal = 3 * math.sqrt(3)
+    for focal, size in ((250.0, 200), (125.0, 100)):
+        cams = _orbit_cameras(4, 4.0, focal, size)
+        expect = math.ceil(diagonal / (4.0 / focal) * STEPS_PER_FOOTPRINT)
+        assert footprint_steps(cams, aabb, 1.0, 1) == min(max(expect, 64), 1024)
+    # 800 px images: Instant-NGP's 1024 at most; a tiny image: at least 64
+    assert footprint_steps(_orbit_cameras(4, 4.0, 5000.0, 4000), aabb, 1.0, 1) == 1024
+    assert footprint_steps(_orbit_cameras(4, 4.0, 5.0, 4), aabb, 1.0, 1) == 64
+    # cascades: cascade 0's diagonal (a quarter of the box's with aabb_scale 4)
+    cams = _orbit_cameras(4, 4.0, 250.0, 200)
+    assert footprint_steps(cams, aabb * 4, 4.0, 3) == footprint_steps(cams, aabb, 1.0, 1)
+
+
+def test_ngp_resolves_auto_steps_from_its_training_cameras(tmp_path):
+    scene = make_scene(tmp_path / "scene", n_train=4, n_val=1, n_test=1, size=32)
+    trainer = Trainer(make_config(scene, "ngp", steps=1), tmp_path / "run", progress=False)
+    steps = trainer.config.ngp.occupancy.steps_per_diagonal
+    assert steps == footprint_steps(trainer.data.cameras, trainer.model.aabb, 1.0, 1)
+    assert trainer.model.grid.step_size == pytest.approx(trainer.model.grid.box_size[0].norm().item() / steps)
+    # a grid built without cameras keeps Instant-NGP's march
+    assert _grid(steps_per_diagonal=0).step_size == pytest.approx(0.03 * 100 / 1024, rel=1e-6)
+
+
+def test_ngp_auto_max_resolution_scales_with_the_box():
+    from radfield.config import RunConfig
+    from radfield.models.ngp import ROI_MAX_RESOLUTION
+
+    for scale in (1.0, 4.0):
+        config = RunConfig()
+        scene = SceneInfo(aabb=torch.tensor([-1.0, -1, -1, 1, 1, 1]) * scale, meta={"aabb_scale": scale})
+        model = build_model(config, scene)
+        assert config.ngp.grid.max_resolution == ROI_MAX_RESOLUTION * scale
+        assert max(model.field.grid.resolutions) == ROI_MAX_RESOLUTION * scale
+        build_model(config, scene)  # a saved config builds the same grid: resolved once
+        assert config.ngp.grid.max_resolution == ROI_MAX_RESOLUTION * scale

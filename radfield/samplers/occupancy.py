@@ -56,7 +56,7 @@ from radfield.geometry import ray_aabb_intersect
 from radfield.samplers.samples import Samples
 
 __all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples", "StepSchedule", "cascade_boxes",
-           "resolve_config"]
+           "footprint_steps", "pixel_footprint", "resolve_config"]
 
 LARGE_SCENE_CONE_ANGLE = 1 / 256
 """Instant-NGP's cone angle for scenes larger than the region of interest."""
@@ -79,8 +79,9 @@ class OccupancyGridConfig:
     warmup_steps: int = 256
     """Before this step every update visits all cells; afterwards a quarter of all cells at random
     plus a quarter drawn from the occupied ones (Instant-NGP's schedule, over all cascades)."""
-    steps_per_diagonal: int = 1024
-    """``dt_min`` = cascade 0's diagonal / this (Instant-NGP: sqrt(3) * 2 * bound / 1024)."""
+    steps_per_diagonal: int = 0
+    """``dt_min`` = cascade 0's diagonal / this (Instant-NGP: sqrt(3) * 2 * bound / 1024); 0 = auto,
+    from the training images' resolution (:func:`footprint_steps`), 1024 where no cameras say."""
     early_stop_eps: float = 1e-4
     skip_unseen: bool = True
     """Cells that no training camera sees are never occupied (Instant-NGP's untrained cells)."""
@@ -105,6 +106,34 @@ def resolve_config(config: OccupancyGridConfig, aabb_scale: float = 1.0) -> Occu
     elif cone_angle < 0:
         raise RadfieldError(f"occupancy.cone_angle={cone_angle}: use a value >= 0, or -1 = auto")
     return replace(config, cascades=cascades, cone_angle=float(cone_angle))
+
+
+DEFAULT_STEPS_PER_DIAGONAL = 1024
+"""Instant-NGP's march: 1024 steps over the diagonal of its unit cube (for 800 px images)."""
+STEPS_PER_FOOTPRINT = 0.7
+"""Auto ``steps_per_diagonal``: marching steps per pixel footprint at the box's centre."""
+
+
+def pixel_footprint(cameras, point: Tensor) -> float:
+    """The median over ``cameras`` of the width one pixel covers at ``point`` ``(3,)``: the
+    camera's distance to it over its focal length in pixels. Example: a camera 4 units away with
+    ``fx = fy = 277.8`` (200 px, 40 degrees) -> 0.0144."""
+    centres = cameras.c2w[:, :3, 3].detach().double()
+    focal = (cameras.fx.detach() + cameras.fy.detach()).double() / 2
+    return float(((centres - point.double()).norm(dim=-1) / focal).median())
+
+
+def footprint_steps(cameras, aabb: Tensor, aabb_scale: float, cascades: int) -> int:
+    """``steps_per_diagonal`` for ``cameras``: :data:`STEPS_PER_FOOTPRINT` steps per pixel footprint
+    at the box's centre (:func:`pixel_footprint`) over cascade 0's diagonal, at most
+    :data:`DEFAULT_STEPS_PER_DIAGONAL` and at least 64. A step much finer than a pixel adds samples
+    that see the same colour (Instant-NGP's 1024 steps suit 800 px images); one coarser than a
+    pixel misses thin surfaces. Example: box ``[-1.5, 1.5]^3`` (diagonal 5.2), 200 px cameras 4
+    units away (footprint 0.0144): ``5.2 / 0.0144 * STEPS_PER_FOOTPRINT`` rounded up."""
+    box = cascade_boxes(aabb, aabb_scale, cascades)[0]
+    diagonal = float((box[3:] - box[:3]).double().norm())
+    footprint = pixel_footprint(cameras, (aabb[:3] + aabb[3:]) / 2)
+    return int(min(max(math.ceil(diagonal / footprint * STEPS_PER_FOOTPRINT), 64), DEFAULT_STEPS_PER_DIAGONAL))
 
 
 def cascade_boxes(aabb: Tensor, aabb_scale: float, cascades: int) -> Tensor:
@@ -288,8 +317,8 @@ class OccupancyGrid(nn.Module):
 
     @property
     def step_size(self) -> float:
-        """``dt_min``: cascade 0's diagonal / ``steps_per_diagonal``."""
-        return self.box_size[0].norm().item() / self.config.steps_per_diagonal
+        """``dt_min``: cascade 0's diagonal / ``steps_per_diagonal`` (0: the default's 1024)."""
+        return self.box_size[0].norm().item() / (self.config.steps_per_diagonal or DEFAULT_STEPS_PER_DIAGONAL)
 
     @property
     def max_step(self) -> float:
