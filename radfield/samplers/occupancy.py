@@ -112,13 +112,15 @@ DEFAULT_STEPS_PER_DIAGONAL = 1024
 """Instant-NGP's march: 1024 steps over the diagonal of its unit cube (for 800 px images)."""
 STEPS_PER_FOOTPRINT = 0.7
 """Auto ``steps_per_diagonal``: marching steps per pixel footprint at the box's centre."""
+MIN_STEPS_PER_DIAGONAL = 64
+"""The coarsest auto march (tiny images)."""
 
 
 def pixel_footprint(cameras, point: Tensor) -> float:
     """The median over ``cameras`` of the width one pixel covers at ``point`` ``(3,)``: the
     camera's distance to it over its focal length in pixels. Example: a camera 4 units away with
     ``fx = fy = 277.8`` (200 px, 40 degrees) -> 0.0144."""
-    centres = cameras.c2w[:, :3, 3].detach().double()
+    centres = cameras.centers.detach().double()
     focal = (cameras.fx.detach() + cameras.fy.detach()).double() / 2
     return float(((centres - point.double()).norm(dim=-1) / focal).median())
 
@@ -126,14 +128,15 @@ def pixel_footprint(cameras, point: Tensor) -> float:
 def footprint_steps(cameras, aabb: Tensor, aabb_scale: float, cascades: int) -> int:
     """``steps_per_diagonal`` for ``cameras``: :data:`STEPS_PER_FOOTPRINT` steps per pixel footprint
     at the box's centre (:func:`pixel_footprint`) over cascade 0's diagonal, at most
-    :data:`DEFAULT_STEPS_PER_DIAGONAL` and at least 64. A step much finer than a pixel adds samples
+    :data:`DEFAULT_STEPS_PER_DIAGONAL` and at least :data:`MIN_STEPS_PER_DIAGONAL`. A step much finer than a pixel adds samples
     that see the same colour (Instant-NGP's 1024 steps suit 800 px images); one coarser than a
     pixel misses thin surfaces. Example: box ``[-1.5, 1.5]^3`` (diagonal 5.2), 200 px cameras 4
     units away (footprint 0.0144): ``5.2 / 0.0144 * STEPS_PER_FOOTPRINT`` rounded up."""
     box = cascade_boxes(aabb, aabb_scale, cascades)[0]
     diagonal = float((box[3:] - box[:3]).double().norm())
     footprint = pixel_footprint(cameras, (aabb[:3] + aabb[3:]) / 2)
-    return int(min(max(math.ceil(diagonal / footprint * STEPS_PER_FOOTPRINT), 64), DEFAULT_STEPS_PER_DIAGONAL))
+    steps = math.ceil(diagonal / footprint * STEPS_PER_FOOTPRINT)
+    return int(min(max(steps, MIN_STEPS_PER_DIAGONAL), DEFAULT_STEPS_PER_DIAGONAL))
 
 
 def cascade_boxes(aabb: Tensor, aabb_scale: float, cascades: int) -> Tensor:
