@@ -119,6 +119,14 @@ class BinnedAngle(nn.Module):
         """``(K,)`` ``softmax(logits)``."""
         return torch.softmax(self.logits, -1)
 
+    def bin_of(self, angle: Tensor) -> Tensor:
+        """``(n,)`` long: the bin each angle (degrees) lies in; a full turn wraps, otherwise angles
+        outside ``[lo, hi]`` fall in the end bins. Example: 8 bins of ``[0, 360]``, ``-10 -> 7``."""
+        offset = angle - self.lo
+        if self.periodic:
+            offset = torch.remainder(offset, 360.0)
+        return (offset / self.width).floor().long().clamp(0, self.logits.numel() - 1)
+
     @property
     def periodic(self) -> bool:
         return abs(self.hi - self.lo - 360.0) < 1e-6
