@@ -147,6 +147,7 @@ def run(args) -> dict:
     optimiser = torch.optim.Adam(learned.parameters(), lr=args.lr)
     net = nn.Sequential(nn.Linear(192, 64), nn.ReLU(), nn.Linear(64, 2))
     gen = torch.Generator().manual_seed(args.seed + 2)
+
     def distances() -> dict:
         q = learned.azimuth.probabilities().detach()
         return {"tv": float(total_variation(q, p_hidden)), "tv_targets": float(total_variation(q, target_freq))}

@@ -955,8 +955,8 @@ def test_pose_penalty_pulls_corrections_back_and_rejects_negative_weights():
 def test_neural_sim_example_runs_end_to_end_and_reports_consistent_distances(tmp_path):
     """``examples/neural_sim.py`` (recovery, mixture estimator with its bank of views) on a field
     trained for 3 s, 4 iterations: the learned probabilities sum to 1, the target set's bin
-    frequencies are those of its drawn azimuths, and each reported distance is half the L1
-    distance it names."""
+    frequencies are counts of its 24 images, and each reported distance is half the L1 distance
+    it names."""
     import argparse
     import importlib.util
     from pathlib import Path
