@@ -26,7 +26,8 @@ Two estimators of the gradient on the logits (``--estimator``):
 
 * ``mixture`` (default): every iteration renders ``--views / 8`` views in each azimuth bin, and
   the loss weights them by the bin probabilities ``p`` (the MMD of the mixture,
-  :func:`radfield.poses.distribution.mixture_mmd2`; for ``--bilevel`` the inner loss is the
+  :func:`radfield.poses.distribution.mixture_mmd2`, its kernel sums kept as the bank grows by
+  :class:`~radfield.poses.distribution.MixtureBank`; for ``--bilevel`` the inner loss is the
   ``p``-weighted mean over the bins): exact in the bin choice, so the gradient's only noise is
   the views' place within their bins. These renders do not depend on ``p``, so the recovery
   keeps every iteration's views (a bank, ``--views / 8`` more per bin each iteration) and the
@@ -63,7 +64,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
 from radfield.cameras import Cameras  # noqa: E402
 from radfield.io import atomic_write  # noqa: E402
-from radfield.poses.distribution import PoseDistribution, mixture_mmd2, mmd2, total_variation  # noqa: E402
+from radfield.poses.distribution import MixtureBank, PoseDistribution, mmd2, total_variation  # noqa: E402
 from radfield.rendering.backgrounds import background_color  # noqa: E402
 from radfield.rendering.differentiable import Sampling, render_images, render_images_grad  # noqa: E402
 from radfield.training.checkpoint import load_run  # noqa: E402
@@ -156,7 +157,7 @@ def run(args) -> dict:
     n_bins = learned.azimuth.logits.numel()
     per_bin = max(args.views // n_bins, 1)
     bins = torch.arange(n_bins).repeat_interleave(per_bin)
-    bank = torch.zeros(n_bins, 0, target_thumbs.shape[1])  # mixture recovery: every view so far, per bin
+    bank = MixtureBank(target_thumbs, bandwidth)  # mixture recovery: every view so far, per bin
     for it in range(1, args.iters + 1):
         if args.estimator == "pathwise":  # views drawn by Gumbel-softmax, gradients through the renders
             poses = learned.sample(args.views, gen)
@@ -179,8 +180,8 @@ def run(args) -> dict:
         elif args.estimator == "pathwise":
             loss = mmd2(x, target_thumbs, bandwidth)
         else:
-            bank = torch.cat([bank, x.detach().view(n_bins, per_bin, -1)], 1)
-            loss = mixture_mmd2(bank, p, target_thumbs, bandwidth)
+            bank.add(x.detach().view(n_bins, per_bin, -1))
+            loss = bank.loss(p)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -20,7 +20,8 @@ from radfield.fields.window import window_weights
 from radfield.models import SceneInfo
 from radfield.poses.corrections import (PoseCorrections, align_similarity, apply_similarity,
                                         perturb_poses, pose_errors, to_world)
-from radfield.poses.distribution import PoseDistribution, gumbel_softmax, mixture_mmd2, mmd2, total_variation
+from radfield.poses.distribution import (MixtureBank, PoseDistribution, gumbel_softmax, mixture_mmd2, mmd2,
+                                         total_variation)
 from radfield.poses.se3 import (compose, hat, invert, perturb, rotation_angle, se3_exp, se3_log,
                                 so3_exp, so3_log)
 from radfield.rendering.differentiable import (Sampling, render_images, render_images_grad,
@@ -504,6 +505,24 @@ def test_mmd_worked_example_and_mixture_mmd_against_the_pooled_sets():
     x, y = torch.randn(2, 5, 4, generator=gen), torch.randn(7, 4, generator=gen) + 0.5
     pooled = torch.cat([x[0], x[1], x[1], x[1]])
     assert float(mixture_mmd2(x, torch.tensor([0.25, 0.75]), y, 1.3)) == pytest.approx(float(mmd2(pooled, y, 1.3)))
+
+
+def test_mixture_bank_equals_the_mixture_mmd_of_the_whole_bank():
+    """Three additions of 4 views per bin: the kept kernel sums give ``mixture_mmd2`` of the
+    concatenated bank, value and gradient in ``p``."""
+    gen = torch.Generator().manual_seed(5)
+    y = torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    bank, views = MixtureBank(y, 1.7), []
+    for _ in range(3):
+        views.append(torch.randn(3, 4, 6, generator=gen, dtype=torch.float64))
+        bank.add(views[-1])
+    p = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64, requires_grad=True)
+    want = mixture_mmd2(torch.cat(views, 1), p, y, 1.7)
+    got = bank.loss(p)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g_want, = torch.autograd.grad(want, p)
+    g_got, = torch.autograd.grad(got, p)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
 
 
 def test_mixture_mmd_recovers_the_weights_of_a_hidden_mixture():

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from radfield.cameras import look_at
 
-__all__ = ["BinnedAngle", "PoseDistribution", "PoseSample", "gumbel_softmax", "mixture_mmd2", "mmd2",
+__all__ = ["BinnedAngle", "PoseDistribution", "PoseSample", "gumbel_softmax", "MixtureBank", "mixture_mmd2", "mmd2",
            "total_variation"]
 
 
@@ -93,6 +93,39 @@ def mixture_mmd2(x: Tensor, p: Tensor, y: Tensor, bandwidth: float) -> Tensor:
 
 def _gaussian(a: Tensor, b: Tensor, bandwidth: float) -> Tensor:
     return torch.exp(-torch.cdist(a, b) ** 2 / (2 * bandwidth ** 2))
+
+
+class MixtureBank:
+    """:func:`mixture_mmd2` over a bank of views that grows by ``m`` views per bin at a time
+    (``add``), against fixed targets ``y`` ``(n_y, D)``: the kernel sums between the bins
+    (``A``'s numerators) and with the targets (``b``'s) are kept, so adding views costs
+    ``O(m n)`` kernel values for a bank of ``n``, where recomputing ``A`` costs ``O(n^2)``.
+    ``loss(p)`` equals ``mixture_mmd2(bank, p, y, bandwidth)``."""
+
+    def __init__(self, y: Tensor, bandwidth: float):
+        self.y, self.bandwidth = y, bandwidth
+        self.yy = _gaussian(y, y, bandwidth).mean()
+        self.x: Tensor | None = None  # (K, n, D), the bank
+        self.pairs: Tensor | None = None  # (K, K): sum of k over every pair of views of bins k, l
+        self.cross: Tensor | None = None  # (K,): sum of k over bin k's views and the targets
+
+    @torch.no_grad()
+    def add(self, x: Tensor) -> None:
+        """Add ``x`` ``(K, m, D)``: ``m`` more views of each bin."""
+        k, m, d = x.shape
+        flat = x.reshape(k * m, d)
+        pairs = _gaussian(flat, flat, self.bandwidth).reshape(k, m, k, m).sum((1, 3))
+        cross = _gaussian(flat, self.y, self.bandwidth).reshape(k, -1).sum(1)
+        if self.x is not None:
+            old = _gaussian(self.x.reshape(-1, d), flat, self.bandwidth).reshape(k, -1, k, m).sum((1, 3))
+            pairs, cross = self.pairs + old + old.T + pairs, self.cross + cross
+        self.x = x.detach() if self.x is None else torch.cat([self.x, x.detach()], 1)
+        self.pairs, self.cross = pairs, cross
+
+    def loss(self, p: Tensor) -> Tensor:
+        """The mixture's squared MMD at bin probabilities ``p`` ``(K,)`` (differentiable in ``p``)."""
+        n = self.x.shape[1]
+        return p @ (self.pairs / n ** 2) @ p - 2 * p @ (self.cross / (n * len(self.y))) + self.yy
 
 
 class BinnedAngle(nn.Module):
