@@ -322,17 +322,16 @@ def frustum_slopes(cameras: Cameras, per_side: int = 64) -> Tensor:
     return torch.where(wide[:, None], inf, slopes)
 
 
-def frustum_distance(points: Tensor, cameras: Cameras, chunk: int = 1 << 13) -> Tensor:
-    """``(n,)`` signed distance of each point of ``points`` ``(n, 3)`` to the union of the
-    cameras' viewing frusta (the pyramids of :func:`frustum_slopes`, from each camera's centre
-    forward without a far end), as the largest over cameras of the smallest distance to a
-    pyramid's four side planes and its image plane through the centre: positive inside some
-    frustum (the distance to its nearest face), negative outside all (down to minus the true
-    distance: the planes' distance is at most the point's distance to the pyramid). A lens wider
-    than 180 degrees sees every point (``+inf``).
+def near_frustum(points: Tensor, radius: Tensor, cameras: Cameras, chunk: int = 1 << 13) -> Tensor:
+    """``(n,)`` bool: is each point of ``points`` ``(n, 3)`` within ``radius`` ``(n,)`` of at least
+    one camera's viewing frustum (the pyramid of :func:`frustum_slopes`, from the camera's
+    centre forward without a far end)? A point is kept when it lies on the inner side of, or
+    within ``radius`` of, each of the pyramid's four side planes and the camera's image plane
+    through its centre; so every point within ``radius`` of the frustum is kept, and a point in
+    front of a pinhole that projects outside its image by more than the radius is not.
 
-    Example: a pinhole at the origin looking down -z with slopes ``+-0.5``: ``(0, 0, -5)`` ->
-    ``5 / sqrt(1.25) = 4.47`` (the side planes); ``(0, 0, 5)`` (behind) -> ``-5``."""
+    Example: a pinhole at the origin looking down -z with slopes ``+-0.5``: ``(0, 0, -5)`` is
+    kept, ``(4, 0, -5)`` (slope 0.8) is not at radius 0.1, nor is ``(0, 0, 5)`` (behind)."""
     slopes = frustum_slopes(cameras).to(points.dtype)
     c2w = cameras.c2w.detach().to(points.dtype)
     rot, centre = c2w[:, :3, :3], c2w[:, :3, 3]
@@ -351,23 +350,11 @@ def frustum_distance(points: Tensor, cameras: Cameras, chunk: int = 1 << 13) -> 
     offset = offset.reshape(-1)
     out = []
     for i in range(0, points.shape[0], chunk):
-        p = points[i:i + chunk]
-        dist = (p @ world.T + offset).view(p.shape[0], len(cameras), 5).amin(-1)
-        out.append(torch.where(infinite, torch.inf, dist).amax(-1))
-    return torch.cat(out) if out else points.new_zeros(0)
-
-
-def near_frustum(points: Tensor, radius: Tensor, cameras: Cameras, chunk: int = 1 << 13) -> Tensor:
-    """``(n,)`` bool: is each point of ``points`` ``(n, 3)`` within ``radius`` ``(n,)`` of at least
-    one camera's viewing frustum? A point is kept when it lies on the inner side of, or within
-    ``radius`` of, each of the pyramid's four side planes and the camera's image plane through
-    its centre (:func:`frustum_distance` ``>= -radius``); so every point within ``radius`` of the
-    frustum is kept, and a point in front of a pinhole that projects outside its image by more
-    than the radius is not.
-
-    Example: a pinhole at the origin looking down -z with slopes ``+-0.5``: ``(0, 0, -5)`` is
-    kept, ``(4, 0, -5)`` (slope 0.8) is not at radius 0.1, nor is ``(0, 0, 5)`` (behind)."""
-    return frustum_distance(points, cameras, chunk) >= -radius
+        p, r = points[i:i + chunk], radius[i:i + chunk]
+        dist = (p @ world.T + offset).view(p.shape[0], len(cameras), 5)
+        inside = (dist >= -r[:, None, None]).all(-1) | infinite
+        out.append(inside.any(-1))
+    return torch.cat(out) if out else points.new_zeros(0, dtype=torch.bool)
 
 
 def pinhole_from_fov(c2w: Tensor, fov_y: Tensor, width: int, height: int) -> Cameras:

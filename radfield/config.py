@@ -344,13 +344,6 @@ class NerfactoConfig(ProposalPipelineConfig):
     view_dependent: bool = True
     """Colour depends on the viewing direction (its spherical harmonics feed the colour MLP);
     False: diffuse colour (only the constant harmonic), which few training views can constrain."""
-    seen_space: bool = False
-    """Only space that some training camera sees holds density (Instant-NGP's rule for its
-    density grid, :mod:`radfield.fields.seen`): the main field's density is zero outside every
-    training camera's frustum, so views between few training views are not hidden behind
-    guesses. Unbounded scenes only."""
-    seen_resolution: int = 64
-    """Cells per side of the lattice that holds the distance to the training frusta."""
     optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(
         schedule="log_linear", lr_final=1e-4, warmup_steps=512, target_samples=1 << 15,
         early_stop=False, distortion_weight=0.002))

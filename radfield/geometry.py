@@ -53,15 +53,6 @@ def box_near_far(rays: Rays, aabb: Tensor, min_near: float = 1e-3) -> tuple[Tens
 
 # --------------------------------------------------------------------------- scene contraction
 
-def _magnitude(x: Tensor, norm: str) -> Tensor:
-    """``(..., 1)`` the L2 (``"l2"``) or L-infinity (``"inf"``) norm of ``x`` ``(..., 3)``."""
-    if norm == "l2":
-        return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    if norm == "inf":
-        return x.abs().amax(dim=-1, keepdim=True)
-    raise ValueError(f"contract: unknown norm {norm!r} (expected 'l2' or 'inf')")
-
-
 def contract(x: Tensor, norm: str = "inf") -> Tensor:
     """Squash all of space into a ball (``"l2"``) or cube (``"inf"``) of radius 2.
 
@@ -78,19 +69,13 @@ def contract(x: Tensor, norm: str = "inf") -> Tensor:
     Returns:
         ``(..., 3)``, with norm ``< 2``. Gradients are finite at ``x = 0`` and for huge ``|x|``.
     """
-    mag = _magnitude(x, norm)
+    if norm == "l2":
+        mag = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    elif norm == "inf":
+        mag = x.abs().amax(dim=-1, keepdim=True)
+    else:
+        raise ValueError(f"contract: unknown norm {norm!r} (expected 'l2' or 'inf')")
     # Evaluate the outer branch on |x| >= 1 only, so neither branch divides by zero.
     mag_out = mag.clamp_min(1.0)
     outside = (2.0 - 1.0 / mag_out) * (x / mag_out)
     return torch.where(mag <= 1.0, x, outside)
-
-
-def uncontract(y: Tensor, norm: str = "inf") -> Tensor:
-    """The inverse of :func:`contract` on the open ball / cube of radius 2: ``y`` if ``|y| <= 1``
-    else ``y / (|y| (2 - |y|))`` (``|x| = 1 / (2 - |y|)`` along ``y``'s direction).
-
-    Example (``norm="l2"``): ``(1.75, 0, 0) -> (4, 0, 0)``; (``norm="inf"``): ``(1.75, 0.875, 0)
-    -> (4, 2, 0)``."""
-    mag = _magnitude(y, norm)
-    mag_out = mag.clamp(1.0, 2.0 - 1e-6)
-    return torch.where(mag <= 1.0, y, y / (mag_out * (2.0 - mag_out)))

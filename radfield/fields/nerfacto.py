@@ -24,9 +24,6 @@ from radfield.fields.ngp import mlp
 from radfield.fields.sh import sh_encode
 from radfield.geometry import contract
 
-EMPTY = -30.0
-"""The raw density of unseen space: ``trunc_exp(-30) = 1e-13``, zero for rendering."""
-
 
 class Contraction(nn.Module):
     """World points -> ``[0, 1]^3``: ``(contract((x - centre) / radius) + 2) / 4``."""
@@ -84,13 +81,10 @@ class NerfactoField(nn.Module):
         mean = self.appearance.weight.mean(0).expand_as(codes)
         return torch.where((image_index < 0)[:, None], mean, codes)
 
-    def raw(self, x: Tensor, d: Tensor, appearance: Tensor, seen: Tensor | None = None) -> Tensor:
+    def raw(self, x: Tensor, d: Tensor, appearance: Tensor) -> Tensor:
         """``x, d (n, 3)``, ``appearance (n, appearance_dim)`` codes (see
-        :meth:`appearance_code`) -> ``(n, 4)``; ``seen`` ``(n,)`` bool: where False the density
-        is zero (a raw density of ``EMPTY``), whatever the network says."""
+        :meth:`appearance_code`) -> ``(n, 4)``."""
         h = self.density_mlp(self.grid(self.contraction(x)))
-        if seen is not None:
-            h = torch.cat([torch.where(seen[:, None], h[:, :1], EMPTY), h[:, 1:]], dim=-1)
         parts = [sh_encode(d) * self.sh_mask, h[:, 1:]]
         if self.appearance_dim:
             parts.append(appearance)

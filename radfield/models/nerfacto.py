@@ -18,7 +18,6 @@ from radfield.cameras import Rays
 from radfield.config import OptimConfig, RunConfig
 from radfield.errors import RadfieldError
 from radfield.fields.nerfacto import NerfactoField, ProposalDensityField
-from radfield.fields.seen import SeenSpace
 from radfield.fields.window import WindowedBands
 from radfield.geometry import box_near_far
 from radfield.models.base import Model, SceneInfo
@@ -74,18 +73,6 @@ class NerfactoModel(Model):
         self.proposals = nn.ModuleList(
             ProposalDensityField(self.frame.box, res, cfg.proposal_hidden, cfg.contraction, self.frame.unit)
             for res in cfg.proposal_grids)
-        self.seen = self.make_seen(cfg, scene)
-
-    def make_seen(self, cfg, scene: SceneInfo) -> SeenSpace | None:
-        """The :class:`SeenSpace` of ``nerfacto.seen_space`` (unbounded scenes), marked from the
-        training cameras when the model is built for training (else loaded with the state)."""
-        if not getattr(cfg, "seen_space", False) or cfg.bounded:
-            return None
-        seen = SeenSpace(cfg.seen_resolution, cfg.contraction)
-        if scene.cameras is not None:
-            contraction = self.field.contraction
-            seen.mark(scene.cameras, contraction.centre, contraction.radius)
-        return seen
 
     def box_frame(self) -> SceneFrame:
         """The scene box as the contraction box, raw lengths, ``near`` / ``far`` in units of the
@@ -154,8 +141,7 @@ class NerfactoModel(Model):
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
         """``(positions, directions, appearance code)`` per sample: the rays' own ``appearance``
         codes when they carry them, else the embedding of their ``train_index`` (the mean one
-        for rays of other views); with ``nerfacto.seen_space``, a fourth: is the sample in seen
-        space (:class:`SeenSpace`)."""
+        for rays of other views)."""
         ri = samples.ray_indices
         codes = rays.get("appearance")
         if codes is None:
@@ -163,10 +149,7 @@ class NerfactoModel(Model):
             if index is None:
                 index = torch.full((len(rays),), -1, dtype=torch.long, device=rays.origins.device)
             codes = self.field.appearance_code(index)
-        x = samples.positions(rays)
-        if self.seen is None:
-            return x, rays.directions[ri], codes[ri]
-        return x, rays.directions[ri], codes[ri], self.seen(self.field.contraction(x.detach()))
+        return samples.positions(rays), rays.directions[ri], codes[ri]
 
     def position_encodings(self) -> list[WindowedBands]:
         """The main field's hash grid and the proposal networks' grids."""
