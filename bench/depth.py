@@ -16,8 +16,10 @@ reference weight (``radfield.losses.depth.REFERENCE_WEIGHTS``) unless ``--set`` 
 then scores the test split: PSNR, SSIM and depth AbsRel / RMSE (tabletop: against its depth
 maps; garden: against the sparse SfM points of the test images). Views are chosen by
 farthest-point sampling on the camera centres (``--train-views``). Writes
-``bench/out/depth_<suite>_<views>v_<loss>.json`` per run (an existing file is reused unless
-``--force``: the table can be finished across sessions), ``bench/out/depth_<suite>.json``, and
+``bench/out/depth_<suite>_<views>v_<loss>[_s<seed>].json`` per run, with every test view's PSNR (an
+existing file is reused unless ``--force``: the table can be finished across sessions);
+``--seeds 0 1 2`` trains each cell once per seed and reports the mean (one floater in one view
+can move a few-view run by a decibel); ``bench/out/depth_<suite>.json``, and
 prints a markdown table and the issue's goals.
 """
 
@@ -82,8 +84,15 @@ def run_one(spec: dict) -> dict:
         "torch_threads": torch.get_num_threads(), "history": history,
         "test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"], "test_n": metrics["n_images"],
         "depth_abs_rel": metrics["depth_abs_rel"], "depth_rmse": metrics["depth_rmse"],
-        "depth_reference": metrics["depth_reference"],
+        "depth_reference": metrics["depth_reference"], "seed": config.train.seed,
+        "per_image_psnr": {Path(r["name"]).stem: r["psnr"] for r in metrics["per_image"]},
     }
+
+
+def seed_mean(runs: list[dict]) -> dict:
+    """The mean over seeds of one (views, loss) cell's test PSNR, SSIM and depth errors."""
+    keys = ("test_psnr", "test_ssim", "depth_abs_rel", "depth_rmse")
+    return {k: (None if any(r[k] is None for r in runs) else sum(r[k] for r in runs) / len(runs)) for k in keys}
 
 
 def _fmt(v, p=2) -> str:
@@ -142,6 +151,8 @@ def main() -> None:
     ap.add_argument("--test-every", type=int, default=3, help="score every N-th test image (tabletop: 10 of 30)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="train each run once per seed (train.seed); the table and goals use the mean")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--force", action="store_true", help="rerun runs whose JSON exists")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -156,31 +167,37 @@ def main() -> None:
     for suite in args.suites:
         info = SUITES[suite]
         views = args.views or info["views"]
-        results = {}
+        results, runs = {}, {}
         for v in views:
             for loss in args.losses:
-                file = out / f"depth_{suite}_{v}v_{loss}.json"
-                if file.exists() and not args.force:
-                    results[(v, loss)] = json.loads(file.read_text())
-                    continue
-                spec = {"suite": suite, "data": getattr(args, suite), "views": v, "loss": loss,
-                        "preset": args.preset, "budget": args.budget, "test_every": args.test_every,
-                        "overrides": {**info["overrides"], **overrides}, "beta_eps": info.get("beta_eps"),
-                        "run_dir": str(out / f"run_depth_{suite}_{v}v_{loss}")}
-                proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
-                                      capture_output=True, text=True, cwd=ROOT)
-                if proc.returncode != 0:
-                    print(proc.stderr[-2000:], file=sys.stderr)
-                    raise SystemExit(f"{suite} {v} views {loss}: failed (exit {proc.returncode})")
-                res = json.loads(proc.stdout.strip().splitlines()[-1])
-                file.write_text(json.dumps(res, indent=1))
-                results[(v, loss)] = res
-                print(f"{suite} {v} views {loss}: {res['steps']} steps, test PSNR {_fmt(res['test_psnr'])}, "
-                      f"AbsRel {_fmt(res['depth_abs_rel'], 4)}", flush=True)
+                per_seed = []
+                for seed in args.seeds:
+                    name = f"{suite}_{v}v_{loss}" + (f"_s{seed}" if seed else "")
+                    file = out / f"depth_{name}.json"
+                    if file.exists() and not args.force:
+                        per_seed.append(json.loads(file.read_text()))
+                        continue
+                    spec = {"suite": suite, "data": getattr(args, suite), "views": v, "loss": loss,
+                            "preset": args.preset, "budget": args.budget, "test_every": args.test_every,
+                            "overrides": {**info["overrides"], **overrides, "train.seed": seed},
+                            "beta_eps": info.get("beta_eps"), "run_dir": str(out / f"run_depth_{name}")}
+                    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
+                                          capture_output=True, text=True, cwd=ROOT)
+                    if proc.returncode != 0:
+                        print(proc.stderr[-2000:], file=sys.stderr)
+                        raise SystemExit(f"{suite} {v} views {loss} seed {seed}: failed (exit {proc.returncode})")
+                    res = json.loads(proc.stdout.strip().splitlines()[-1])
+                    file.write_text(json.dumps(res, indent=1))
+                    per_seed.append(res)
+                    print(f"{suite} {v} views {loss} seed {seed}: {res['steps']} steps, test PSNR "
+                          f"{_fmt(res['test_psnr'])}, AbsRel {_fmt(res['depth_abs_rel'], 4)}", flush=True)
+                runs[(v, loss)] = per_seed
+                results[(v, loss)] = seed_mean(per_seed)
         (out / f"depth_{suite}.json").write_text(json.dumps(
-            {f"{v}v_{loss}": r for (v, loss), r in results.items()}, indent=1))
+            {f"{v}v_{loss}": {"mean": results[(v, loss)], "runs": r} for (v, loss), r in runs.items()}, indent=1))
         reports.append(table(suite, results, views, args.losses) + "\n\n" + goals(results, views))
-    print(f"\npreset {args.preset}, {args.budget:.0f} s of training per run")
+    seeds = f", the mean of seeds {' '.join(map(str, args.seeds))}" if len(args.seeds) > 1 else ""
+    print(f"\npreset {args.preset}, {args.budget:.0f} s of training per run{seeds}")
     print("\n".join(reports))
 
 
