@@ -163,6 +163,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = {k.strip(): _value(v.strip()) for k, _, v in (s.partition("=") for s in args.set)}
+    if "train.seed" in overrides:
+        raise SystemExit("depth.py: give seeds with --seeds, not --set train.seed (--seeds decides the file names)")
     reports = []
     for suite in args.suites:
         info = SUITES[suite]

@@ -523,6 +523,8 @@ def test_mixture_bank_equals_the_mixture_mmd_of_the_whole_bank():
     g_want, = torch.autograd.grad(want, p)
     g_got, = torch.autograd.grad(got, p)
     torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="bank is empty"):
+        MixtureBank(y, 1.7).loss(p)
 
 
 def test_mixture_mmd_recovers_the_weights_of_a_hidden_mixture():

@@ -88,7 +88,12 @@ def mixture_mmd2(x: Tensor, p: Tensor, y: Tensor, bandwidth: float) -> Tensor:
     k, m, d = x.shape
     gram = _gaussian(x.reshape(k * m, d), x.reshape(k * m, d), bandwidth).reshape(k, m, k, m).mean((1, 3))
     cross = _gaussian(x.reshape(k * m, d), y, bandwidth).reshape(k, m, -1).mean((1, 2))
-    return p @ gram @ p - 2 * p @ cross + _gaussian(y, y, bandwidth).mean()
+    return _mixture_quadratic(p, gram, cross, _gaussian(y, y, bandwidth).mean())
+
+
+def _mixture_quadratic(p: Tensor, gram: Tensor, cross: Tensor, yy: Tensor) -> Tensor:
+    """``p^T A p - 2 p^T b + c``: the mixture's squared MMD from its kernel means."""
+    return p @ gram @ p - 2 * p @ cross + yy
 
 
 def _gaussian(a: Tensor, b: Tensor, bandwidth: float) -> Tensor:
@@ -124,8 +129,10 @@ class MixtureBank:
 
     def loss(self, p: Tensor) -> Tensor:
         """The mixture's squared MMD at bin probabilities ``p`` ``(K,)`` (differentiable in ``p``)."""
+        if self.x is None:
+            raise ValueError("MixtureBank.loss: the bank is empty; add views first")
         n = self.x.shape[1]
-        return p @ (self.pairs / n ** 2) @ p - 2 * p @ (self.cross / (n * len(self.y))) + self.yy
+        return _mixture_quadratic(p, self.pairs / n ** 2, self.cross / (n * len(self.y)), self.yy)
 
 
 class BinnedAngle(nn.Module):
