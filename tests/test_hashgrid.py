@@ -128,6 +128,34 @@ def test_kernel_matches_reference_outputs_and_grads(log2_t):
 
 
 @needs_kernel
+def test_a_precomputed_encoding_is_reused_with_the_tables_gradient():
+    """``HashGrid.forward(x, encoding)`` with the no-grad ``encode(x)`` and a window: the same
+    output as the plain forward, and the same table gradients as the reference's (the backward
+    reads only ``x``); a wrong shape or an ``x`` that needs a gradient is refused by the kernel."""
+    grid = HashGrid(HashGridConfig(n_levels=4, log2_table_size=12, max_resolution=64))
+    with torch.no_grad():
+        for table in grid.tables:
+            table.uniform_(-1.0, 1.0)
+    grid.set_window(0.5)  # a = 1 + 0.5 * 3: levels weighted 1, 1, 0.5, 0: the window applies after the reuse
+    x, grad_out = torch.rand(300, 3), torch.randn(300, grid.output_dim)
+    with torch.no_grad():
+        encoding = grid.encode(x)
+    tables = list(grid.tables)
+    reused = grid(x, encoding)
+    want = grid.windowed(hash_grid_reference(x, tables, grid.resolutions))
+    torch.testing.assert_close(reused, want, atol=1e-6, rtol=0)
+    g_reused = torch.autograd.grad(reused, tables, grad_out)
+    g_want = torch.autograd.grad(want, tables, grad_out)
+    for a, b in zip(g_reused, g_want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert g_reused[3].abs().max() == 0 and g_reused[0].abs().max() > 0  # the closed level: no gradient
+    with pytest.raises(ValueError, match="precomputed"):
+        hash_grid_kernel(x, tables, grid.resolutions, precomputed=encoding[:, :4])
+    with pytest.raises(ValueError, match="precomputed"):
+        hash_grid_kernel(x.clone().requires_grad_(), tables, grid.resolutions, precomputed=encoding)
+
+
+@needs_kernel
 def test_module_forward_uses_kernel_and_falls_back(monkeypatch):
     grid = HashGrid(HashGridConfig(n_levels=4, log2_table_size=12, max_resolution=64))
     x = torch.rand(100, 3)

@@ -18,6 +18,7 @@ CPU cores; the whole file takes about 90 s.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -33,6 +34,7 @@ from radfield.data.multiscale import make_multiscale
 from radfield.data.synthetic import make_scene
 from radfield.errors import RadfieldError
 from radfield.evaluation.evaluate import evaluate_run
+from radfield.fields import hashgrid
 from radfield.evaluation.metrics import psnr
 from radfield.rendering.images import render_image
 from radfield.losses import l2
@@ -228,6 +230,35 @@ def baseline_and_hsm_grads(model, data, seed=3):
     assert result.loss == pytest.approx(base.loss, rel=1e-6)
     assert result.n_samples == base.n_samples == len(batch.samples)
     return grads_of(model), grads_of(twin), result
+
+
+def test_ngp_reuses_the_early_termination_pass_encodings_with_the_same_gradients(scene, train_data, monkeypatch):
+    """``ngp``'s samples carry the hash encodings of the no-grad early-termination pass, which
+    the training step reuses: the loss and every gradient equal a step that reads the grid again
+    (the same batch with ``features`` dropped), and the reused rows are the grid's encoding."""
+    model = build(scene, train_data, "ngp", {})
+    for table in model.field.grid.tables:
+        torch.nn.init.uniform_(table, -1.0, 1.0)
+    twin = copy.deepcopy(model)
+    batch = ray_batch(model, train_data, seed=4, n_rays=64)
+    features = batch.samples.features
+    assert features is not None and features.shape == (len(batch.samples), model.field.grid.output_dim)
+    x = model.field.normalise(batch.samples.positions(batch.rays))
+    torch.testing.assert_close(features, model.field.grid.encode(x).detach(), atol=0, rtol=0)
+    plain = dataclasses.replace(batch, samples=dataclasses.replace(batch.samples, features=None))
+    calls = []
+    kernel = hashgrid.hash_grid_kernel
+    monkeypatch.setattr(hashgrid, "hash_grid_kernel",
+                        lambda *a, **k: calls.append(k.get("precomputed")) or kernel(*a, **k))
+    reused, fresh = baseline_step(model, batch, OBJECTIVE), baseline_step(twin, plain, OBJECTIVE)
+    if hashgrid.kernel_available():  # the reusing step read no table; the other read them
+        assert [c is None for c in calls] == [False, True]
+    assert reused.loss == pytest.approx(fresh.loss, rel=1e-6)
+    g_reused, g_fresh = grads_of(model), grads_of(twin)
+    assert g_reused.keys() == g_fresh.keys() and any("grid" in k for k in g_reused)
+    for k in g_fresh:
+        torch.testing.assert_close(g_reused[k], g_fresh[k], rtol=1e-5, atol=1e-8, msg=k)
+    assert max(float(g.abs().max()) for k, g in g_fresh.items() if "grid" in k) > 1e-6
 
 
 @pytest.mark.parametrize("name", ["nerf", "nerfacto"])

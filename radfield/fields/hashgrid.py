@@ -387,7 +387,7 @@ class _HashGridFunction(torch.autograd.Function):
     """Kernel forward/backward. Inputs: x (n, 3) contiguous float32, resolutions, the gradient
     storage (or None: fresh gradients), the time slices (None, or ``(k, a, K)``: per point the
     int32 slice ``k`` and float32 blend ``a`` of :class:`TimeSlicedHashGrid`, whose tables hold
-    ``K`` slices per row), *tables."""
+    ``K`` slices per row), the precomputed output (or None: computed here), *tables."""
 
     @staticmethod
     def _head(x: Tensor, resolutions, tables, slices) -> list:
@@ -404,7 +404,8 @@ class _HashGridFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, resolutions: tuple[int, ...], storage: GradientStorage | None,
-                slices: tuple[Tensor, Tensor, int] | None, *tables: Tensor) -> Tensor:
+                slices: tuple[Tensor, Tensor, int] | None, precomputed: Tensor | None,
+                *tables: Tensor) -> Tensor:
         lib = _get_library()
         assert lib is not None
         x = x.contiguous()
@@ -414,7 +415,9 @@ class _HashGridFunction(torch.autograd.Function):
         ptrs = _addresses(tables)
         out = torch.empty(x.shape[0], len(tables) * n_feat, dtype=torch.float32)
         ctx.jacobian = None
-        if slices is None and x.requires_grad:  # an input gradient will be asked for: dy/dx now
+        if precomputed is not None:  # read from the tables already (hash_grid_kernel's checks)
+            out = precomputed.detach()
+        elif slices is None and x.requires_grad:  # an input gradient will be asked for: dy/dx now
             ctx.jacobian = torch.empty(x.shape[0], len(tables) * n_feat, 3, dtype=torch.float32)
             lib.hg_forward_jacobian(*head, ptrs.data_ptr(), out.data_ptr(), ctx.jacobian.data_ptr(),
                                     torch.get_num_threads())
@@ -439,9 +442,9 @@ class _HashGridFunction(torch.autograd.Function):
         sliced = ctx.slices is not None
         nthreads = torch.get_num_threads()
         grad_tables: list[Tensor | None] = [None] * len(tables)
-        if any(ctx.needs_input_grad[4:]):
+        if any(ctx.needs_input_grad[5:]):
             for level, table in enumerate(tables):
-                if ctx.needs_input_grad[4 + level]:  # zero-filled by the kernel
+                if ctx.needs_input_grad[5 + level]:  # zero-filled by the kernel
                     grad_tables[level] = (torch.empty_like(table) if ctx.storage is None
                                           else ctx.storage.take(level, table))
             # keep every address array in a variable: a temporary would be freed before the call
@@ -457,18 +460,26 @@ class _HashGridFunction(torch.autograd.Function):
             lib.hg_backward_input_sliced(*head, table_ptrs.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(),
                                          nthreads)
             grad_x = clamp_gradient(x, grad_x)
-        return (grad_x, None, None, None, *grad_tables)
+        return (grad_x, None, None, None, None, *grad_tables)
 
 
 @torch.compiler.disable
 def hash_grid_kernel(x: Tensor, tables: Sequence[Tensor], resolutions: Sequence[int],
                      storage: GradientStorage | None = None,
-                     slices: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
+                     slices: tuple[Tensor, Tensor, int] | None = None,
+                     precomputed: Tensor | None = None) -> Tensor:
     """The compiled CPU kernel: same contract as `hash_grid_reference` (float32 CPU only).
     ``storage``: where the tables' gradients are written (reused between steps), or None.
-    ``slices``: ``(k, a, K)`` for time-sliced tables (:class:`TimeSlicedHashGrid`)."""
+    ``slices``: ``(k, a, K)`` for time-sliced tables (:class:`TimeSlicedHashGrid`).
+    ``precomputed``: the output, computed earlier over the same tables; it is returned with
+    this call's backward, and the forward is skipped (not with slices, nor with ``x``
+    requiring a gradient)."""
     check_points(x)
-    return _HashGridFunction.apply(x, tuple(int(r) for r in resolutions), storage, slices, *tables)
+    if precomputed is not None and (slices is not None or x.requires_grad
+                                    or precomputed.shape != (x.shape[0], sum(t.shape[1] for t in tables))):
+        raise ValueError("hash_grid_kernel: a precomputed encoding needs static tables, an x without "
+                         f"gradient and shape (n, L * F); got {tuple(precomputed.shape)} for x {tuple(x.shape)}")
+    return _HashGridFunction.apply(x, tuple(int(r) for r in resolutions), storage, slices, precomputed, *tables)
 
 
 class HashGrid(WindowedBands, nn.Module):
@@ -501,18 +512,33 @@ class HashGrid(WindowedBands, nn.Module):
     def output_dim(self) -> int:
         return self.config.output_dim
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (n, 3) -> (n, L * F); the kernel path where it applies, else the reference."""
+    def forward(self, x: Tensor, encoding: Tensor | None = None) -> Tensor:
+        """x (n, 3) -> (n, L * F): :meth:`encode`, then the window. ``encoding``: ``encode(x)``
+        computed earlier without a graph over the same tables, or None. Where the CPU kernel
+        applies and ``x`` needs no gradient it is reused as the output, and the backward still
+        gives the tables' gradient (it reads only ``x``); elsewhere it is computed again."""
+        tables = list(self.tables)
+        if encoding is not None and not x.requires_grad and self.config.use_kernel and _kernel_applies(x, tables):
+            out = hash_grid_kernel(x, tables, self.resolutions, self.gradient_storage, precomputed=encoding)
+        else:
+            out = self.encode(x)
+        return self.windowed(out)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """x (n, 3) -> (n, L * F) before the window; the kernel path where it applies, else the
+        reference."""
         tables = list(self.tables)
         if self.config.use_kernel and _kernel_applies(x, tables):
-            out = hash_grid_kernel(x, tables, self.resolutions, self.gradient_storage)
-        elif self.config.use_kernel and x.is_cuda and (triton_path := triton_kernels()) is not None \
+            return hash_grid_kernel(x, tables, self.resolutions, self.gradient_storage)
+        if self.config.use_kernel and x.is_cuda and (triton_path := triton_kernels()) is not None \
                 and triton_path.applies(x, tables):
-            out = triton_path.hash_grid_triton(x, tables, self.resolutions)
-        else:
-            out = hash_grid_reference(x, tables, self.resolutions)
-        weights = self.band_weights(out, self.config.features_per_level)
-        return out if weights is None else out * weights
+            return triton_path.hash_grid_triton(x, tables, self.resolutions)
+        return hash_grid_reference(x, tables, self.resolutions)
+
+    def windowed(self, encoding: Tensor) -> Tensor:
+        """The encoding weighted by the coarse-to-fine window (itself without one)."""
+        weights = self.band_weights(encoding, self.config.features_per_level)
+        return encoding if weights is None else encoding * weights
 
     def extra_repr(self) -> str:
         cfg = self.config

@@ -55,8 +55,10 @@ class NGPField(nn.Module):
         """Positions in the box ``aabb`` -> the grid's unit cube."""
         return (positions - self.aabb[:3]) / (self.aabb[3:] - self.aabb[:3])
 
-    def raw(self, positions: Tensor, directions: Tensor) -> Tensor:
-        return self.shade(self.grid(self.normalise(positions)), directions)
+    def raw(self, positions: Tensor, directions: Tensor, encoding: Tensor | None = None) -> Tensor:
+        """``encoding``: the positions' hash encoding from :meth:`density_and_encoding` over the
+        same tables, reused (:meth:`HashGrid.forward`), or None."""
+        return self.shade(self.grid(self.normalise(positions), encoding), directions)
 
     def shade(self, encoding: Tensor, directions: Tensor) -> Tensor:
         """``raw`` from the grid's features ``encoding`` ``(n, density_mlp's inputs)``."""
@@ -69,6 +71,12 @@ class NGPField(nn.Module):
 
     def density(self, positions: Tensor) -> Tensor:
         return self.density_of(self.grid(self.normalise(positions)))
+
+    def density_and_encoding(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """``(density (n,), encoding)``: the density and the hash grid's encoding of the
+        positions before its window (:meth:`HashGrid.encode`), for :meth:`raw` to reuse."""
+        encoding = self.grid.encode(self.normalise(positions))
+        return self.density_of(self.grid.windowed(encoding)), encoding
 
     def density_of(self, encoding: Tensor) -> Tensor:
         """``density`` from the grid's features ``encoding``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from radfield.cameras import Rays
 from radfield.config import OptimConfig, RunConfig
@@ -50,8 +51,16 @@ class NGPModel(Model):
         return NGPField(self.aabb, config)
 
     def occlusion_density(self, rays: Rays):
-        """``(positions, ray_indices) -> densities`` of the early-termination pass."""
-        return lambda x, _ray_indices: self.field.density(x)
+        """``(positions, ray_indices) -> (densities, hash encodings)`` of the early-termination
+        pass: the kept samples carry their encodings (:attr:`Samples.features`), which
+        :meth:`field_inputs` hands the training pass, so the grid is read once per sample."""
+        return lambda x, _ray_indices: self.field.density_and_encoding(x)
+
+    def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
+        """``(positions, directions)``, and the samples' hash encodings when the
+        early-termination pass left them (:meth:`NGPField.raw`)."""
+        inputs = super().field_inputs(rays, samples)
+        return inputs if samples.features is None else inputs + (samples.features,)
 
     def sample(self, rays: Rays, training: bool, generator: torch.Generator | None = None,
                early_stop: bool = True) -> Samples:

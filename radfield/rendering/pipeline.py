@@ -14,6 +14,7 @@ behind a surface are never evaluated, and no sample is evaluated twice.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -54,11 +55,14 @@ def render_samples(model, rays: Rays, samples: Samples, background: Tensor | Non
 
 
 @torch.no_grad()
-def prune_occluded(rays: Rays, samples: Samples, sigma_fn: Callable[[Tensor, Tensor], Tensor],
+def prune_occluded(rays: Rays, samples: Samples,
+                   sigma_fn: Callable[[Tensor, Tensor], Tensor | tuple[Tensor, Tensor]],
                    eps: float = 1e-4) -> Samples:
     """Early ray termination: the samples in front of the point where the transmittance
     ``T_i = exp(-sum_{k<i} sigma_k delta_k)`` falls to ``eps`` or below, from a no-grad density
-    pass ``sigma_fn(positions (n_samples, 3), ray_indices (n_samples,)) -> (n_samples,)``.
+    pass ``sigma_fn(positions (n_samples, 3), ray_indices (n_samples,)) -> (n_samples,)``. A
+    ``sigma_fn`` that returns ``(sigmas, features)`` hands the kept samples their ``features``
+    (:attr:`Samples.features`: what the training pass may reuse).
 
     Example: one ray of samples with ``sigma delta = 5`` each and ``eps = 1e-4``: ``T`` is 1,
     ``e^-5 = 6.7e-3``, ``e^-10 = 4.5e-5``: the first two samples are kept.
@@ -66,6 +70,9 @@ def prune_occluded(rays: Rays, samples: Samples, sigma_fn: Callable[[Tensor, Ten
     if len(samples) == 0:
         return samples
     sigmas = sigma_fn(samples.positions(rays).detach(), samples.ray_indices)
+    if isinstance(sigmas, tuple):
+        sigmas, features = sigmas
+        samples = replace(samples, features=features)
     _, trans, _ = render_weights(sigmas.float(), samples.t_starts, samples.t_ends, samples.ray_indices,
                                  samples.n_rays)
     return samples.select(trans > eps)

@@ -50,6 +50,10 @@ class Samples:
         s_starts, s_ends: optional ``(n_samples,)`` normalised coordinates of the sampler's
             spacing function (distortion loss is computed there when present).
         levels: earlier levels of a hierarchical sampler (empty for single-level samplers).
+        features: optional ``(n_samples, C)`` features the field computed for these samples in a
+            no-grad pass over the same parameters (the hash encoding that Instant-NGP's
+            early-termination pass computes), which the training pass reuses rather than
+            computing again; None for most samplers.
     """
 
     t_starts: Tensor
@@ -60,6 +64,7 @@ class Samples:
     s_starts: Tensor | None = None
     s_ends: Tensor | None = None
     levels: list[Level] = field(default_factory=list)
+    features: Tensor | None = None
 
     def __len__(self) -> int:
         return self.t_starts.shape[0]
@@ -78,7 +83,7 @@ class Samples:
         pick = lambda x: None if x is None else x[mask_or_index]  # noqa: E731
         return Samples(self.t_starts[mask_or_index], self.t_ends[mask_or_index],
                        self.ray_indices[mask_or_index], self.n_rays, None,
-                       pick(self.s_starts), pick(self.s_ends), self.levels)
+                       pick(self.s_starts), pick(self.s_ends), self.levels, pick(self.features))
 
     @property
     def spacing_starts(self) -> Tensor:
