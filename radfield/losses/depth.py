@@ -34,15 +34,19 @@ from radfield.rendering.volume import accumulate_along_rays, exclusive_sum_per_r
 
 DEPTH_LOSSES = ("none", "l2", "urf", "dsnerf", "bounded")
 URF_TARGETS = ("peak", "mass")
-REFERENCE_WEIGHTS = {"l2": 0.1, "urf": 0.1, "dsnerf": 0.1, "bounded": 0.1}
-"""The weight of each loss when ``train.depth.weight`` is None: the depth-supervised mip-NeRF
-code's ``lambda_depth = 0.1`` for L2, DS-NeRF's 0.1, radfield's 0.1 for URF, and 0.1 for the
-bounded loss, whose own ``lambda_empty`` / ``lambda_phi`` weigh its terms. The reference adds
-``L_cdf`` unscaled to a Charbonnier photometric loss, ``sqrt(d^2 + 1e-3)``, whose gradient at small
-residuals is ``1 / (2 sqrt(1e-3))``, about 16 times that of radfield's default L2 loss: 0.1 keeps
-about the reference's balance. Measured on tabletop (``bench/depth.py``, 10 minutes): with every
-view 1.0 scored about 1 dB below no depth and 0.1 0.21 dB below; at 3 and 6 views 0.1 scored higher
-than 1.0 (``bench/RESULTS.md``). With ``--loss charbonnier`` use ``--depth-weight 1``."""
+REFERENCE_WEIGHTS = {"l2": 0.00625, "urf": 0.1, "dsnerf": 0.1, "bounded": 0.1}
+"""The weight of each loss when ``train.depth.weight`` is None: DS-NeRF's 0.1, radfield's 0.1 for
+URF, 0.1 for the bounded loss (whose own ``lambda_empty`` / ``lambda_phi`` weigh its terms) and
+0.00625 for L2. The references add their depth losses to a Charbonnier photometric loss,
+``sqrt(d^2 + 1e-3)``, whose gradient at small residuals is ``1 / (2 sqrt(1e-3))``, about 16 times
+that of radfield's default L2 loss. So the bounded loss's unscaled ``L_cdf`` becomes about 0.1 here,
+and the depth-supervised mip-NeRF code's ``lambda_depth = 0.1`` for L2 becomes 0.1 / 16.
+Measured on tabletop (``bench/depth.py``, 10 minutes, ``bench/RESULTS.md``):
+- bounded: with every view 1.0 scored about 1 dB below no depth and 0.1 0.21 dB below; at 3 and
+  6 views 0.1 scored higher than 1.0;
+- L2 at 0.00625: +2.45 / +2.03 / +0.24 dB over no depth at 3 / 6 / all views, in one session. At
+  0.1, another session measured +2.74 and -0.03 at 3 and 6 views.
+With ``--loss charbonnier`` multiply these by 10 (bounded) or 16 (L2)."""
 
 
 @dataclass
