@@ -44,8 +44,9 @@ and the depth-supervised mip-NeRF code's ``lambda_depth = 0.1`` for L2 becomes 0
 Measured on tabletop (``bench/depth.py``, 10 minutes, ``bench/RESULTS.md``):
 - bounded: with every view 1.0 scored about 1 dB below no depth and 0.1 0.21 dB below; at 3 and
   6 views 0.1 scored higher than 1.0;
-- L2 at 0.00625: +2.45 / +2.03 / +0.24 dB over no depth at 3 / 6 / all views, in one session. At
-  0.1, another session measured +2.74 and -0.03 at 3 and 6 views.
+- L2 at 0.00625: +2.07 / +1.85 / +0.24 dB over no depth at 3 / 6 / all views, in one session
+  (two seeds at 3 and 6 views, one with all). At 0.1, another session measured +2.74 and -0.03 at
+  3 and 6 views (one seed).
 With ``--loss charbonnier`` multiply these by 10 (bounded) or 16 (L2)."""
 
 
