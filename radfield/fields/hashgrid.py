@@ -410,14 +410,18 @@ class _HashGridFunction(torch.autograd.Function):
         assert lib is not None
         x = x.contiguous()
         tables = tuple(t.contiguous() for t in tables)
+        ctx.save_for_backward(x, *tables)
+        ctx.resolutions = resolutions
+        ctx.storage = storage
+        ctx.slices = slices
+        ctx.jacobian = None
+        if precomputed is not None:  # read from the tables already (hash_grid_kernel's checks)
+            return precomputed.detach()
         head, keep = _HashGridFunction._head(x, resolutions, tables, slices)
         n_feat = tables[0].shape[1] // (1 if slices is None else slices[2])
         ptrs = _addresses(tables)
         out = torch.empty(x.shape[0], len(tables) * n_feat, dtype=torch.float32)
-        ctx.jacobian = None
-        if precomputed is not None:  # read from the tables already (hash_grid_kernel's checks)
-            out = precomputed.detach()
-        elif slices is None and x.requires_grad:  # an input gradient will be asked for: dy/dx now
+        if slices is None and x.requires_grad:  # an input gradient will be asked for: dy/dx now
             ctx.jacobian = torch.empty(x.shape[0], len(tables) * n_feat, 3, dtype=torch.float32)
             lib.hg_forward_jacobian(*head, ptrs.data_ptr(), out.data_ptr(), ctx.jacobian.data_ptr(),
                                     torch.get_num_threads())
@@ -425,10 +429,6 @@ class _HashGridFunction(torch.autograd.Function):
             lib.hg_forward(*head, ptrs.data_ptr(), out.data_ptr(), torch.get_num_threads(), _FORWARD_ORDER)
         else:
             lib.hg_forward_sliced(*head, ptrs.data_ptr(), out.data_ptr(), torch.get_num_threads())
-        ctx.save_for_backward(x, *tables)
-        ctx.resolutions = resolutions
-        ctx.storage = storage
-        ctx.slices = slices
         return out
 
     @staticmethod
