@@ -152,7 +152,8 @@ def test_image_renders_terminate_early_in_rounds_with_the_two_pass_pixels(traine
     """The trained NGP run: prune then render (two passes) and the rounds of
     ``render_samples_in_rounds`` (what ``render_image`` uses) give the same pixels, and the rounds
     evaluate fewer samples than the two passes together. After 40 steps the field is still thin:
-    transmittance 0.3 is where its rays terminate."""
+    transmittance 0.3 is where its rays terminate. With ``colour_eps`` the rounds colour only the
+    samples of weight above it, and each pixel moves by at most ``colour_eps`` per sample."""
     from radfield.cameras import image_rays
     from radfield.data import load_scene
     from radfield.rendering import pipeline
@@ -160,25 +161,36 @@ def test_image_renders_terminate_early_in_rounds_with_the_two_pass_pixels(traine
     _, model = load_run(trained_run)
     rays = image_rays(load_scene(scene, "test").cameras, 0)
     bg = torch.ones(3)
-    evaluated = []
-    field_raw = pipeline.field_raw
-    def counting(model, rays, samples, field=None):
+    evaluated, coloured = [], []
+    field_staged = pipeline.field_staged
+
+    def counting(model, rays, samples):
         evaluated.append(len(samples))
-        return field_raw(model, rays, samples, field)
+        sigma, colour = field_staged(model, rays, samples)
+        return sigma, lambda index: coloured.append(len(index)) or colour(index)
+
     with torch.no_grad():
         full = model.sample(rays, training=False, early_stop=False)
         pruned = pipeline.prune_occluded(rays, full, model.occlusion_density(rays), eps)
         two = pipeline.render_samples(model, rays, pruned, bg)
-        pipeline.field_raw = counting
+        skip = float(two.weights.median())  # about half the samples weigh no more
+        pipeline.field_staged = counting
         try:
-            one, _ = pipeline.render_samples_in_rounds(model, rays, full, bg, eps=eps)
+            one, _ = pipeline.render_samples_in_rounds(model, rays, full, bg, eps=eps, colour_eps=0.0)
+            n_all = sum(coloured)
+            coarse, _ = pipeline.render_samples_in_rounds(model, rays, full, bg, eps=eps, colour_eps=skip)
+            n_coarse = sum(coloured) - n_all
         finally:
-            pipeline.field_raw = field_raw
+            pipeline.field_staged = field_staged
     assert len(full) > len(pruned) or eps < 0.01  # something is occluded
-    assert sum(evaluated) < len(full) + len(pruned)
+    assert 0 < sum(evaluated) / 2 < len(full) + len(pruned)
+    assert n_all <= len(pruned) and n_coarse < n_all
     assert torch.allclose(one.rgb, two.rgb, atol=1e-5)
     assert torch.allclose(one.depth, two.depth, atol=1e-4)
     assert torch.allclose(one.opacity, two.opacity, atol=1e-5)
+    per_ray = torch.bincount(pruned.ray_indices, minlength=len(rays)).float()
+    assert ((coarse.rgb - two.rgb).abs().amax(-1) <= skip * per_ray + 1e-5).all()
+    assert torch.equal(coarse.opacity, one.opacity) and torch.equal(coarse.depth, one.depth)
 
 
 def test_eval_metrics_and_renders(evaluated_run, scene):

@@ -333,9 +333,23 @@ class _SlabField:
         return torch.exp(raw[:, 0]), torch.sigmoid(raw[:, 1:])
 
 
+class _StagedSlabField(_SlabField):
+    """The slab, evaluated in two stages (``density_then_colour``); counts the coloured rows."""
+
+    coloured = 0
+
+    def density_then_colour(self, positions, directions):
+        sigma, rgb = self.activate(self.raw(positions, directions))
+
+        def colour(index):
+            self.coloured += len(index)
+            return rgb[index]
+        return sigma, colour
+
+
 class _SlabModel:
-    def __init__(self, sigma: float, opaque_last: bool = False):
-        self.field, self.opaque_last = _SlabField(sigma), opaque_last
+    def __init__(self, sigma: float, opaque_last: bool = False, staged: bool = False):
+        self.field, self.opaque_last = (_StagedSlabField if staged else _SlabField)(sigma), opaque_last
 
     def field_inputs(self, rays, samples):
         return samples.positions(rays), samples.directions(rays)
@@ -357,16 +371,22 @@ def _slab_rays(n_steps: list[int], dt: float = 0.05):
 
 @pytest.mark.parametrize("round_size", [1, 3, 16, 200])
 @pytest.mark.parametrize("opaque_last", [False, True])
-def test_render_in_rounds_matches_a_float64_march_with_termination(round_size, opaque_last):
+@pytest.mark.parametrize("colour_eps", [None, 0.0, 1e-3])
+def test_render_in_rounds_matches_a_float64_march_with_termination(round_size, opaque_last, colour_eps):
     """Slab of sigma 40 in x in [1, 2], samples of 0.05 (tau = 2 each): a ray that reaches it
     counts the samples in front and the slab samples while T > 1e-4 (T = 1, e^-2, .., e^-8 > 1e-4
-    > e^-10: five), then stops. Reference: a float64 loop over each ray's samples."""
+    > e^-10: five), then stops. Reference: a float64 loop over each ray's samples. A field
+    evaluated in two stages (``colour_eps`` not None) colours only the samples of weight above
+    ``colour_eps``: at 1e-3 the fifth slab sample (w = e^-8 (1 - e^-2) = 2.9e-4) is left out of
+    the colour, not of the opacity or depth; samples in front of the slab have weight 0."""
     from radfield.rendering.pipeline import render_samples_in_rounds
     n_steps = [60, 0, 10, 25, 21, 100]
     rays, samples = _slab_rays(n_steps)
-    model = _SlabModel(40.0, opaque_last)
+    model = _SlabModel(40.0, opaque_last, staged=colour_eps is not None)
     bg = torch.tensor([0.1, 0.2, 0.3])
-    out, _ = render_samples_in_rounds(model, rays, samples, bg, eps=1e-4, round_size=round_size)
+    out, _ = render_samples_in_rounds(model, rays, samples, bg, eps=1e-4, round_size=round_size,
+                                      **({} if colour_eps is None else {"colour_eps": colour_eps}))
+    n_coloured = 0
     for r, k in enumerate(n_steps):
         t, w_sum, c, d = 1.0, 0.0, np.zeros(3), 0.0
         for j in range(k):
@@ -377,7 +397,9 @@ def test_render_in_rounds_matches_a_float64_march_with_termination(round_size, o
                 break
             w = t * alpha
             w_sum, d = w_sum + w, d + w * x
-            c += w * np.array([x / 6, 1 - x / 6, 0.5])
+            if w > (colour_eps or 0.0):
+                c += w * np.array([x / 6, 1 - x / 6, 0.5])
+                n_coloured += 1
             t *= 1 - alpha
         expect = c + (1 - w_sum) * bg.numpy()
         assert out.rgb[r].numpy() == pytest.approx(expect, abs=1e-5)
@@ -388,4 +410,6 @@ def test_render_in_rounds_matches_a_float64_march_with_termination(round_size, o
     evaluated_ray0 = min(60, -(-25 // round_size) * round_size)
     total = evaluated_ray0 + 10 + 25 + 21 + min(100, -(-25 // round_size) * round_size)
     assert model.field.evaluated == total
+    if colour_eps is not None:
+        assert model.field.coloured == n_coloured
 

@@ -10,6 +10,7 @@ tiny-cuda-nn.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -63,8 +64,21 @@ class NGPField(nn.Module):
     def shade(self, encoding: Tensor, directions: Tensor) -> Tensor:
         """``raw`` from the grid's features ``encoding`` ``(n, density_mlp's inputs)``."""
         h = self.density_mlp(encoding)
-        c = self.color_mlp(torch.cat([sh_encode(directions), h[:, 1:]], dim=-1))
-        return torch.cat([h[:, :1], c], dim=-1)
+        return torch.cat([h[:, :1], self.colour_raw(h, directions)], dim=-1)
+
+    def colour_raw(self, h: Tensor, directions: Tensor) -> Tensor:
+        """``raw[:, 1:]`` from the density MLP's outputs ``h`` and the view directions."""
+        return self.color_mlp(torch.cat([sh_encode(directions), h[:, 1:]], dim=-1))
+
+    def density_then_colour(self, positions: Tensor, directions: Tensor, encoding: Tensor | None = None
+                            ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``activate(raw(...))`` in two stages, for renders that colour only the samples that
+        count: ``(sigma (n,), colour)``, where ``colour(index)`` is the activated colour of the
+        rows ``index`` ``(k,)``, equal to ``activate(raw(...))[1][index]``; the colour MLP runs
+        on those rows only."""
+        h = self.density_mlp(self.grid(self.normalise(positions), encoding))
+        sigma = trunc_exp(h[:, 0].float())
+        return sigma, lambda index: torch.sigmoid(self.colour_raw(h[index], directions[index]).float())
 
     def activate(self, raw: Tensor) -> tuple[Tensor, Tensor]:
         return trunc_exp(raw[:, 0]), torch.sigmoid(raw[:, 1:])

@@ -31,6 +31,19 @@ def field_raw(model, rays: Rays, samples: Samples, field=None) -> Tensor:
     return field.raw(*model.field_inputs(rays, samples))
 
 
+COLOUR_EPS = 1e-5
+"""Renders in rounds do not colour a sample whose weight is at most this (fields with
+``density_then_colour``): its weight counts in the opacity and depth, its colour in no pixel, so
+a pixel's colour is off by at most this times its samples (``bench/RESULTS.md``)."""
+
+
+def field_staged(model, rays: Rays, samples: Samples):
+    """``model.field.density_then_colour(*model.field_inputs(...))`` (``(sigma, colour(index))``,
+    :meth:`radfield.fields.ngp.NGPField.density_then_colour`), or None for fields without it."""
+    staged = getattr(model.field, "density_then_colour", None)
+    return None if staged is None else staged(*model.field_inputs(rays, samples))
+
+
 def render_samples(model, rays: Rays, samples: Samples, background: Tensor | None, *,
                    raw: Tensor | None = None, field=None) -> RenderOutput:
     """Render ``samples`` of ``rays`` through ``model``.
@@ -80,8 +93,8 @@ def prune_occluded(rays: Rays, samples: Samples,
 
 @torch.no_grad()
 def render_samples_in_rounds(model, rays: Rays, samples: Samples, background: Tensor | None, *,
-                             eps: float = 1e-4, round_size: int = 16,
-                             normals: bool = False) -> tuple[RenderOutput, Tensor | None]:
+                             eps: float = 1e-4, round_size: int = 16, normals: bool = False,
+                             colour_eps: float = COLOUR_EPS) -> tuple[RenderOutput, Tensor | None]:
     """What ``render_samples(model, rays, prune_occluded(rays, samples, density, eps), ...)``
     gives, without evaluating the samples behind the termination point, and each sample once.
 
@@ -94,7 +107,10 @@ def render_samples_in_rounds(model, rays: Rays, samples: Samples, background: Te
     rays' weighted normals ``sum_i w_i n_i`` ``(n_rays, 3)`` of ``model.normals`` (None for
     models without normals, and without ``normals``). Differences from the two-pass render: the
     opaque last interval (``model.opaque_last``) is each ray's last sample, not its last sample
-    before termination (at most ``eps`` of a ray's colour); and summation order.
+    before termination (at most ``eps`` of a ray's colour); fields with ``density_then_colour``
+    (:func:`field_staged`) colour only the samples of weight above ``colour_eps`` (the others'
+    colours are off by at most ``colour_eps`` a sample; 0 colours every one that counts); and
+    summation order.
 
     Example: one ray of 40 samples with ``sigma delta = 5`` each, ``K = 16``: round 0 evaluates
     16 samples, two of them count (``T = 1, e^-5``; the third has ``T = e^-10 < 1e-4``), and the
@@ -120,9 +136,11 @@ def render_samples_in_rounds(model, rays: Rays, samples: Samples, background: Te
         valid = j < counts[active][:, None]                                  # (A, K)
         index = (offsets[active][:, None] + j)[valid]
         part = samples.select(index)
-        sigma, v = field.activate(field_raw(model, rays, part, field).float())
-        if values is None:
-            values = torch.zeros(n_rays, v.shape[-1], device=device)
+        staged = field_staged(model, rays, part)
+        if staged is None:
+            sigma, v = field.activate(field_raw(model, rays, part, field).float())
+        else:
+            sigma, colour = staged
         tau = torch.zeros(valid.shape, device=device)
         tau[valid] = (sigma * (part.t_ends - part.t_starts)).clamp(max=1e3)
         alpha = 1.0 - torch.exp(-tau)
@@ -131,7 +149,13 @@ def render_samples_in_rounds(model, rays: Rays, samples: Samples, background: Te
         t_in = trans[active][:, None] * torch.exp(-(torch.cumsum(tau, 1) - tau))
         w = torch.where(valid & (t_in > eps), t_in * alpha, 0.0)
         w_part = w[valid]
-        values.index_add_(0, part.ray_indices, w_part[:, None] * v)
+        ray_of, w_of = part.ray_indices, w_part
+        if staged is not None:  # colour only the samples that count
+            keep = (w_part > colour_eps).nonzero()[:, 0]
+            v, ray_of, w_of = colour(keep), ray_of[keep], w_part[keep]
+        if values is None:
+            values = torch.zeros(n_rays, v.shape[-1], device=device)
+        values.index_add_(0, ray_of, w_of[:, None] * v)
         depth.index_add_(0, part.ray_indices, w_part * (part.t_starts + part.t_ends) / 2)
         if normals:
             n = model.normals(rays, part)
