@@ -53,8 +53,10 @@ class NGPModel(Model):
     def occlusion_density(self, rays: Rays):
         """``(positions, ray_indices) -> (densities, hash encodings)`` of the early-termination
         pass: the kept samples carry their encodings (:attr:`Samples.features`), which
-        :meth:`field_inputs` hands the training pass, so the grid is read once per sample."""
-        return lambda x, _ray_indices: self.field.density_and_encoding(x)
+        :meth:`field_inputs` hands the training pass, so the grid is read once per sample. A
+        field without ``density_and_encoding`` gives its densities alone."""
+        density = getattr(self.field, "density_and_encoding", self.field.density)
+        return lambda x, _ray_indices: density(x)
 
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
         """``(positions, directions)``, and the samples' hash encodings when the

@@ -66,7 +66,7 @@ class VoxelsModel(NGPModel):
 
     def occlusion_density(self, rays: Rays):
         if not self.dynamic:
-            return lambda x, _ray_indices: self.field.density(x)
+            return super().occlusion_density(rays)
         times = ray_times(rays)
         return lambda x, ray_indices: self.field.density_at(x, times[ray_indices])
 
