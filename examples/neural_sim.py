@@ -117,6 +117,23 @@ def azimuth_labels(azimuth_deg: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.cos(a), torch.sin(a)], -1)
 
 
+def bilevel_loss(net: nn.Sequential, x: torch.Tensor, labels: torch.Tensor, p: torch.Tensor | None,
+                 val_x: torch.Tensor, val_labels: torch.Tensor, inner_lr: float
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The one-step bi-level objective: ``net`` (Linear, ReLU, Linear) takes one SGD step of rate
+    ``inner_lr`` on the renders ``x`` ``(n, k)`` and their ``labels``, the mean squared error
+    averaged over the views (``p`` None) or per bin and weighted by ``p`` ``(B,)`` (views ordered
+    bin by bin, ``n / B`` each); returns the stepped network's loss on ``(val_x, val_labels)``,
+    differentiable in ``p`` and ``x`` through the step, and the stepped parameters."""
+    params = list(net.parameters())
+    per_view = ((net(x) - labels) ** 2).mean(-1)
+    inner = per_view.mean() if p is None else p @ per_view.view(len(p), -1).mean(1)
+    grads = torch.autograd.grad(inner, params, create_graph=True)
+    stepped = [w - inner_lr * g for w, g in zip(params, grads)]
+    h = F.relu(F.linear(val_x, stepped[0], stepped[1]))
+    return F.mse_loss(F.linear(h, stepped[2], stepped[3]), val_labels), stepped
+
+
 def run(args) -> dict:
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -169,14 +186,8 @@ def run(args) -> dict:
             p = learned.azimuth.probabilities()
         x, labels = thumbnails(rgb), azimuth_labels(poses.azimuth)
         if args.bilevel:
-            params = list(net.parameters())
-            per_view = ((net(x) - labels) ** 2).mean(-1)
-            inner = (per_view.mean() if args.estimator == "pathwise"
-                     else p @ per_view.view(n_bins, per_bin).mean(1))
-            grads = torch.autograd.grad(inner, params, create_graph=True)
-            stepped = [w - args.inner_lr * g for w, g in zip(params, grads)]
-            h = F.relu(F.linear(target_thumbs, stepped[0], stepped[1]))
-            loss = F.mse_loss(F.linear(h, stepped[2], stepped[3]), target_labels)
+            loss, stepped = bilevel_loss(net, x, labels, None if args.estimator == "pathwise" else p,
+                                         target_thumbs, target_labels, args.inner_lr)
         elif args.estimator == "pathwise":
             loss = mmd2(x, target_thumbs, bandwidth)
         else:
