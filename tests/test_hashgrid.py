@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from radfield.fields import hashgrid
+from radfield import native
 from radfield.fields.hashgrid import (
     GradientStorage,
     HashGrid,
@@ -305,8 +306,8 @@ def fresh_build(monkeypatch, tmp_path):
     """An empty cache and no loaded library: the next use builds (or fails to build) anew."""
     monkeypatch.setenv("RADFIELD_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("RADFIELD_NO_KERNEL", raising=False)
-    monkeypatch.setattr(hashgrid, "_lib", None)
-    monkeypatch.setattr(hashgrid, "_lib_failed", False)
+    monkeypatch.setattr(hashgrid._KERNEL, "lib", None)
+    monkeypatch.setattr(hashgrid._KERNEL, "failed", False)
     return tmp_path
 
 
@@ -355,28 +356,28 @@ def test_compiler_timeout_falls_back_to_the_reference(fresh_build, monkeypatch):
             return subprocess.CompletedProcess(cmd, 0, "gcc (fake) 0.1\n", "")
         raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
 
-    monkeypatch.setattr(hashgrid.shutil, "which", lambda name: "/usr/bin/" + name)
-    monkeypatch.setattr(hashgrid.subprocess, "run", slow_compile)
+    monkeypatch.setattr(native.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(native.subprocess, "run", slow_compile)
     _falls_back_with_one_warning("timed out after 180 s")
     assert timeouts == [180, 180]  # both gcc calls have the time limit
 
 
 def test_cache_name_depends_on_the_cpu_and_the_compiler(fresh_build, monkeypatch):
-    monkeypatch.setattr(hashgrid, "_gcc_version", lambda: "gcc 13.2.0")
-    monkeypatch.setattr(hashgrid, "_cpu_identity", lambda: "x86_64\nflags=sse2 avx2")
-    avx2 = hashgrid._library_path()
-    assert hashgrid._library_path() == avx2  # deterministic
+    monkeypatch.setattr(native, "gcc_version", lambda: "gcc 13.2.0")
+    monkeypatch.setattr(native, "cpu_identity", lambda: "x86_64\nflags=sse2 avx2")
+    avx2 = hashgrid._KERNEL.path()
+    assert hashgrid._KERNEL.path() == avx2  # deterministic
     assert avx2.parent == fresh_build / "cache" and avx2.name.startswith("hashgrid_cpu_")
-    monkeypatch.setattr(hashgrid, "_cpu_identity", lambda: "x86_64\nflags=sse2 avx2 avx512f")
-    avx512 = hashgrid._library_path()
-    monkeypatch.setattr(hashgrid, "_gcc_version", lambda: "gcc 14.1.0")
-    other_gcc = hashgrid._library_path()
+    monkeypatch.setattr(native, "cpu_identity", lambda: "x86_64\nflags=sse2 avx2 avx512f")
+    avx512 = hashgrid._KERNEL.path()
+    monkeypatch.setattr(native, "gcc_version", lambda: "gcc 14.1.0")
+    other_gcc = hashgrid._KERNEL.path()
     assert len({avx2.name, avx512.name, other_gcc.name}) == 3
 
 
 def test_cpu_identity_names_this_machine():
-    ident = hashgrid._cpu_identity()
-    assert ident.splitlines()[0] == hashgrid.platform.machine()
+    ident = native.cpu_identity()
+    assert ident.splitlines()[0] == native.platform.machine()
     try:
         cpuinfo = open("/proc/cpuinfo").read()
     except OSError:

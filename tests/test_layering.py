@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "radfield"
 
 LAYERS = {
     "errors": 0, "io": 0, "rotations": 0,  # rotations: quaternion maths, imports nothing of radfield
+    "native": 0,  # compiling and loading the C kernels
     "lens": 0,  # lens distortion: pure tensor maths
     "cameras": 1, "poses": 1,  # poses: SE(3) maths, corrections, pose distributions (on cameras)
     "geometry": 2, "data": 2,  # data readers sit beside the pipeline: they need cameras only

@@ -372,14 +372,22 @@ def _slab_rays(n_steps: list[int], dt: float = 0.05):
 @pytest.mark.parametrize("round_size", [1, 3, 16, 200])
 @pytest.mark.parametrize("opaque_last", [False, True])
 @pytest.mark.parametrize("colour_eps", [None, 0.0, 1e-3])
-def test_render_in_rounds_matches_a_float64_march_with_termination(round_size, opaque_last, colour_eps):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_render_in_rounds_matches_a_float64_march_with_termination(round_size, opaque_last, colour_eps, compiled,
+                                                                   monkeypatch):
     """Slab of sigma 40 in x in [1, 2], samples of 0.05 (tau = 2 each): a ray that reaches it
     counts the samples in front and the slab samples while T > 1e-4 (T = 1, e^-2, .., e^-8 > 1e-4
     > e^-10: five), then stops. Reference: a float64 loop over each ray's samples. A field
     evaluated in two stages (``colour_eps`` not None) colours only the samples of weight above
     ``colour_eps``: at 1e-3 the fifth slab sample (w = e^-8 (1 - e^-2) = 2.9e-4) is left out of
-    the colour, not of the opacity or depth; samples in front of the slab have weight 0."""
+    the colour, not of the opacity or depth; samples in front of the slab have weight 0. Each
+    round's compositing runs compiled (``_composite_cpu.c``) and in PyTorch."""
+    from radfield.rendering import pipeline
     from radfield.rendering.pipeline import render_samples_in_rounds
+    if compiled and pipeline._COMPOSITOR.load() is None:
+        pytest.skip("no C compiler: the compiled compositing is not built")
+    if not compiled:
+        monkeypatch.setattr(pipeline._COMPOSITOR, "load", lambda: None)
     n_steps = [60, 0, 10, 25, 21, 100]
     rays, samples = _slab_rays(n_steps)
     model = _SlabModel(40.0, opaque_last, staged=colour_eps is not None)

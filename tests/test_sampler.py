@@ -23,6 +23,7 @@ from radfield.geometry import ray_aabb_intersect
 from radfield.models import SceneInfo, build_model
 from radfield.rendering.pipeline import prune_occluded
 from radfield.rendering.volume import render
+from radfield.samplers import occupancy
 from radfield.samplers.occupancy import (STEPS_PER_FOOTPRINT, OccupancyGrid, OccupancyGridConfig, StepSchedule,
                                          cascade_boxes, footprint_steps, pixel_footprint, resolve_config)
 from radfield.training.checkpoint import load_run
@@ -604,14 +605,42 @@ def test_cascaded_cone_march_matches_brute_force(aabb_scale):
             np.testing.assert_allclose(got_dt, steps[j, 1], rtol=1e-4)
             assert set(j.tolist()) ^ kept <= ambiguous, (jitter, r)
         assert n_ambiguous < 0.02 * n_steps
-    # Memory: chunks of a few rays give the same samples (to float rounding: vectorised and scalar
-    # pow differ in the last bit, and the chunks split the tensors differently).
+    # Memory: the PyTorch march in chunks of a few rays gives the same samples, to the bit.
     small = OccupancyGrid(BIG, OccupancyGridConfig(resolution=res, steps_per_diagonal=256, cone_angle=cone,
                                                    max_points_per_chunk=300), aabb_scale)
     small.load_state_dict(grid.state_dict())
+    small.use_kernel = False
     a, b = grid.sample(rays), small.sample(rays)
-    assert torch.equal(a.ray_indices, b.ray_indices)
-    torch.testing.assert_close(a.t_starts, b.t_starts, rtol=1e-6, atol=0)
+    assert torch.equal(a.ray_indices, b.ray_indices) and torch.equal(a.t_starts, b.t_starts)
+
+
+@pytest.mark.skipif(not occupancy._MARCHER.load(), reason="no C compiler: the compiled marcher is not built")
+@pytest.mark.parametrize("aabb_scale", [1, 4, 3])
+def test_compiled_march_equals_the_pytorch_march_to_the_bit(aabb_scale):
+    """The compiled marcher (``_march_cpu.c``) against the PyTorch march, bit for bit, with and
+    without jitter and a near plane: one grid with fixed steps (aabb_scale 1), three cascades with a
+    cone angle (4, and 3, whose last box clips), random occupancy of 30%, rays from inside and
+    outside the box, some missing it."""
+    res = 16
+    grid = OccupancyGrid(BIG, OccupancyGridConfig(resolution=res, steps_per_diagonal=200), aabb_scale)
+    assert (grid.n_cascades, grid.config.cone_angle > 0) == ((1, False) if aabb_scale == 1 else (3, True))
+    g = torch.Generator().manual_seed(aabb_scale)
+    grid.occupied.copy_(torch.rand(grid.occupied.shape, generator=g) < 0.3)
+    n = 300
+    v = torch.randn(n, 3, generator=g)
+    origins = torch.tensor(BIG_CENTRE, dtype=torch.float32) + v / v.norm(dim=1, keepdim=True) * 12 * torch.rand(n, 1, generator=g)
+    directions = torch.randn(n, 3, generator=g) * torch.rand(n, 1, generator=g) * 2  # not unit length
+    directions[:5] = torch.tensor([1.0, 0.0, 0.0])  # axis-parallel
+    rays = _rays(origins, directions)
+    reference = OccupancyGrid(BIG, grid.config, aabb_scale)
+    reference.load_state_dict(grid.state_dict())
+    reference.use_kernel = False
+    for jitter, near in ((False, 0.0), (True, 0.0), (True, 2.5)):
+        a, b = (m.sample(rays, near=near, jitter=jitter, jitter_generator=torch.Generator().manual_seed(7))
+                for m in (grid, reference))
+        assert len(a) > 500 and a.ray_indices.unique().numel() < n  # some rays keep nothing
+        assert torch.equal(a.ray_indices, b.ray_indices), (jitter, near)
+        assert torch.equal(a.t_starts, b.t_starts) and torch.equal(a.t_ends, b.t_ends), (jitter, near)
 
 
 def test_single_cascade_is_the_fixed_step_march_to_the_bit():

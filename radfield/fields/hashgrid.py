@@ -54,14 +54,8 @@ Paths:
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -71,6 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from radfield.fields.window import WindowedBands
+from radfield.native import NativeLibrary
 
 __all__ = [
     "HashGridConfig",
@@ -180,122 +175,21 @@ def hash_grid_reference(x: Tensor, tables: Sequence[Tensor], resolutions: Sequen
 # The compiled CPU kernel.
 
 _SOURCE = Path(__file__).with_name("_hashgrid_cpu.c")
-_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-ffp-contract=off"]
 _FORWARD_ORDER = 0  # 0: points outer (all levels per point); 1: levels outer. 0 measured faster.
-_GCC_TIMEOUT_S = 180  # seconds for one gcc call; past it the PyTorch reference runs
-
-_lib: ctypes.CDLL | None = None
-_lib_failed = False
-_lib_lock = threading.Lock()
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("RADFIELD_CACHE") or os.path.join(Path.home(), ".cache", "radfield")
-    return Path(root)
-
-
-_CPUINFO_KEYS = ("model name", "flags", "Features", "CPU implementer", "CPU part")
-
-
-def _cpu_identity() -> str:
-    """The host CPU as the compiler's ``-march=native`` sees it: ``platform.machine()`` plus the
-    first ``model name``, ``flags`` (x86) or ``Features``, ``CPU implementer``, ``CPU part``
-    (ARM) lines of /proc/cpuinfo where it exists (else ``platform.processor()``)."""
-    parts = [platform.machine()]
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            seen: dict[str, str] = {}
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in _CPUINFO_KEYS and key not in seen:
-                    seen[key] = " ".join(value.split())
-        parts += [f"{key}={seen[key]}" for key in _CPUINFO_KEYS if key in seen]
-    except OSError:
-        parts.append(platform.processor())
-    return "\n".join(parts)
-
-
-def _gcc_version() -> str:
-    """First line of ``gcc --version``; RuntimeError when gcc is missing or fails."""
-    if shutil.which("gcc") is None:
-        raise RuntimeError("gcc not found on PATH")
-    try:
-        proc = subprocess.run(["gcc", "--version"], capture_output=True, text=True,
-                              timeout=_GCC_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise RuntimeError(f"gcc --version failed ({err})") from None
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise RuntimeError(f"gcc --version failed: {proc.stderr.strip()}")
-    return proc.stdout.splitlines()[0].strip()
-
-
-def _library_path() -> Path:
-    """``$RADFIELD_CACHE/hashgrid_cpu_<key>.so``, ``key`` a hash of everything the compiled code
-    depends on: the C source, the flags, the gcc version and the CPU (``-march=native`` code may
-    use instructions that another CPU sharing the cache lacks: SIGILL)."""
-    digest = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS).encode(), _gcc_version().encode(),
-                 _cpu_identity().encode()):
-        digest.update(len(part).to_bytes(8, "little") + part)
-    return _cache_dir() / f"hashgrid_cpu_{digest.hexdigest()[:16]}.so"
-
-
-def _build_library() -> ctypes.CDLL:
-    """Compile `_hashgrid_cpu.c` once per (source, flags, gcc, CPU) into the cache dir and load
-    it; RuntimeError when gcc is missing, fails or runs past `_GCC_TIMEOUT_S` seconds."""
-    target = _library_path()
-    cache = target.parent
-    cache.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=cache)
-        os.close(fd)
-        try:
-            cmd = ["gcc", *_CFLAGS, str(_SOURCE), "-o", tmp, "-lm"]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_GCC_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"{' '.join(cmd)} timed out after {_GCC_TIMEOUT_S} s") from None
-            if proc.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
-            os.replace(tmp, target)  # atomic: concurrent builders never see a partial file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    lib = ctypes.CDLL(str(target))
-    p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
-    lib.hg_forward.argtypes = [p, i64, i32, i32, p, p, p, p, i32, i32]
-    lib.hg_backward_tables.argtypes = [p, i64, i32, i32, p, p, p, p, i32]
-    lib.hg_forward_jacobian.argtypes = [p, i64, i32, i32, p, p, p, p, p, i32]
-    lib.hg_forward_sliced.argtypes = [p, p, p, i64, i32, i32, i32, p, p, p, p, i32]
-    lib.hg_backward_tables_sliced.argtypes = [p, p, p, i64, i32, i32, i32, p, p, p, p, i32]
-    lib.hg_backward_input_sliced.argtypes = [p, p, p, i64, i32, i32, i32, p, p, p, p, p, i32]
-    for fn in (lib.hg_forward, lib.hg_forward_jacobian, lib.hg_backward_tables, lib.hg_forward_sliced,
-               lib.hg_backward_tables_sliced, lib.hg_backward_input_sliced):
-        fn.restype = None
-    return lib
+_P, _I32, _I64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+_KERNEL = NativeLibrary(_SOURCE, {
+    "hg_forward": [_P, _I64, _I32, _I32, _P, _P, _P, _P, _I32, _I32],
+    "hg_backward_tables": [_P, _I64, _I32, _I32, _P, _P, _P, _P, _I32],
+    "hg_forward_jacobian": [_P, _I64, _I32, _I32, _P, _P, _P, _P, _P, _I32],
+    "hg_forward_sliced": [_P, _P, _P, _I64, _I32, _I32, _I32, _P, _P, _P, _P, _I32],
+    "hg_backward_tables_sliced": [_P, _P, _P, _I64, _I32, _I32, _I32, _P, _P, _P, _P, _I32],
+    "hg_backward_input_sliced": [_P, _P, _P, _I64, _I32, _I32, _I32, _P, _P, _P, _P, _P, _I32],
+}, "hash grid CPU kernel", "the PyTorch reference")
 
 
 def _get_library() -> ctypes.CDLL | None:
     """The loaded kernel, or None (RADFIELD_NO_KERNEL=1, or the build failed: warned once)."""
-    global _lib, _lib_failed
-    if os.environ.get("RADFIELD_NO_KERNEL", "") not in ("", "0"):
-        return None
-    if _lib is not None or _lib_failed:
-        return _lib
-    with _lib_lock:
-        if _lib is None and not _lib_failed:
-            try:
-                _lib = _build_library()
-            except Exception as err:  # no compiler, no OpenMP, unwritable cache, ...
-                _lib_failed = True
-                warnings.warn(
-                    f"radfield: hash grid CPU kernel unavailable, using the PyTorch reference "
-                    f"({err})",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-    return _lib
+    return _KERNEL.load()
 
 
 def kernel_available() -> bool:

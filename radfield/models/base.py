@@ -159,7 +159,8 @@ class Model(nn.Module):
 
     def field_inputs(self, rays: Rays, samples: Samples) -> tuple[Tensor, ...]:
         """``(positions (n_samples, 3), unit directions (n_samples, 3))``."""
-        return samples.positions(rays), samples.directions(rays)
+        directions = samples.directions(rays)
+        return samples.positions(rays, directions), directions
 
     def extra_losses(self, rays: Rays, samples: Samples, raw: Tensor) -> dict[str, Tensor]:
         """Weighted losses added to the training objective (default: none)."""

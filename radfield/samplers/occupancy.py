@@ -41,10 +41,12 @@ Output: packed samples (see :mod:`radfield.rendering.volume`) in a :class:`Sampl
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -53,10 +55,18 @@ from torch import Tensor, nn
 from radfield.cameras import Rays, near_frustum
 from radfield.errors import RadfieldError
 from radfield.geometry import ray_aabb_intersect
+from radfield.native import NativeLibrary
 from radfield.samplers.samples import Samples
 
 __all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples", "StepSchedule", "cascade_boxes",
            "footprint_steps", "pixel_footprint", "resolve_config"]
+
+_P, _I32, _I64, _F32 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float
+_MARCH_HEAD = [_P, _P, _P, _P, _I64, _I64, _P, _F32, _F32, _F32, _P, _P, _P, _I32, _I32]
+_MARCHER = NativeLibrary(Path(__file__).with_name("_march_cpu.c"), {
+    "occ_march_count": [*_MARCH_HEAD, _P, _P, _I32],
+    "occ_march_fill": [*_MARCH_HEAD, _P, _P, _P, _P, _P, _P, _I32],
+}, "occupancy marcher CPU kernel", "the PyTorch march")
 
 LARGE_SCENE_CONE_ANGLE = 1 / 256
 """Instant-NGP's cone angle for scenes larger than the region of interest."""
@@ -174,7 +184,9 @@ class StepSchedule:
     fixed-step march's formula, to the bit.
 
     Attributes (``(n_rays,)``; ``n_a``, ``n_b`` as floats, ``n_a = inf`` when ``c = 0``):
-        offset, anchor, t_0, n_a, t_a, n_b, t_b; and the scalars dt_min, dt_max, cone_angle.
+        offset, anchor, t_0, n_a, t_a, n_b, t_b; the scalars dt_min, dt_max, cone_angle; and
+        ``growth`` ``(max n_b + 1,)``, the table of ``(1 + c)^k`` that phase B multiplies ``t_a``
+        by (one table, so the compiled marcher's steps equal these to the bit).
     """
 
     offset: Tensor
@@ -187,6 +199,7 @@ class StepSchedule:
     dt_min: float
     dt_max: float
     cone_angle: float
+    growth: Tensor
 
     @classmethod
     def start(cls, t_near: Tensor, offset: Tensor, dt_min: float, dt_max: float,
@@ -198,16 +211,19 @@ class StepSchedule:
         anchor = torch.where(t_near * c > dt_min, t_0 - (offset - 0.5) * dt_min, t_near)
         if c == 0:
             inf = torch.full_like(t_near, math.inf)
-            return cls(offset, anchor, t_0, inf, inf, torch.zeros_like(t_near), inf, dt_min, dt_max, 0.0)
+            return cls(offset, anchor, t_0, inf, inf, torch.zeros_like(t_near), inf, dt_min, dt_max, 0.0,
+                       t_near.new_ones(1))
         n_a = torch.ceil((dt_min / c - t_0) / dt_min).clamp(min=0)
         t_a = t_0 + n_a * dt_min
         n_b = torch.ceil(torch.log(dt_max / c / t_a) / math.log1p(c)).clamp(min=0)
-        return cls(offset, anchor, t_0, n_a, t_a, n_b, t_a * (1 + c) ** n_b, dt_min, dt_max, c)
+        n_growth = int(n_b.max().item()) + 1 if len(n_b) else 1
+        growth = t_near.new_tensor(1 + c) ** torch.arange(n_growth, device=t_near.device, dtype=t_near.dtype)
+        return cls(offset, anchor, t_0, n_a, t_a, n_b, t_a * growth[n_b.long()], dt_min, dt_max, c, growth)
 
     def rows(self, index: Tensor | slice) -> "StepSchedule":
         """The schedule of the rays ``index`` (in that order, repeats allowed)."""
         pick = [getattr(self, k)[index] for k in ("offset", "anchor", "t_0", "n_a", "t_a", "n_b", "t_b")]
-        return StepSchedule(*pick, self.dt_min, self.dt_max, self.cone_angle)
+        return StepSchedule(*pick, self.dt_min, self.dt_max, self.cone_angle, self.growth)
 
     def at(self, j: Tensor) -> tuple[Tensor, Tensor]:
         """``(midpoint, dt)`` of steps ``j`` (float, ``(n_rays, k)``, row ``r`` of ray ``r``)."""
@@ -216,7 +232,7 @@ class StepSchedule:
         if self.cone_angle == 0:
             return mid_a, torch.full_like(mid_a, self.dt_min)
         n_a, n_ab = col(self.n_a), col(self.n_a + self.n_b)
-        start_b = col(self.t_a) * (1 + self.cone_angle) ** (j - n_a).clamp(min=0).minimum(col(self.n_b))
+        start_b = col(self.t_a) * self.growth[(j - n_a).clamp(min=0).minimum(col(self.n_b)).long()]
         start_c = col(self.t_b) + (j - n_ab).clamp(min=0) * self.dt_max
         in_a, in_b = j < n_a, j < n_ab
         dt = torch.where(in_a, self.dt_min, torch.where(in_b, self.cone_angle * start_b, self.dt_max))
@@ -264,7 +280,14 @@ class OccupancyGrid(nn.Module):
     ``(C R^3,)`` bool (one cascade: the names and shapes of the single grid), ``seen``
     ``(C R^3,)`` bool (:meth:`mark_seen`; all True in checkpoints written before it), ``n_updates``.
     ``aabb_scale`` comes from the scene (:class:`radfield.models.SceneInfo`), not the buffers.
+
+    On the CPU (float32 rays) :meth:`sample` marches with the compiled kernel
+    ``_march_cpu.c`` (:mod:`radfield.native`; the same samples as the PyTorch march, to the bit,
+    tested); ``use_kernel = False`` on an instance, or ``RADFIELD_NO_KERNEL=1``, runs the PyTorch
+    march, as do GPUs.
     """
+
+    use_kernel = True
 
     def __init__(self, aabb: Tensor, config: OccupancyGridConfig = OccupancyGridConfig(),
                  aabb_scale: float = 1.0):
@@ -414,13 +437,43 @@ class OccupancyGrid(nn.Module):
                   else torch.full((n_rays,), 0.5, device=dev))
         steps = StepSchedule.start(t_near, offset, self.step_size, self.max_step, self.config.cone_angle)
         n_steps = int(steps.steps_before(t_far).max().item()) + 1 if n_rays else 0
-        per_chunk = max(1, self.config.max_points_per_chunk // max(n_steps, 1))
-        parts = [self._march(o[r:r + per_chunk], d[r:r + per_chunk], steps.rows(slice(r, r + per_chunk)),
-                             t_far[r:r + per_chunk], n_steps, r) for r in range(0, n_rays, per_chunk)]
-        ray_indices = torch.cat([torch.zeros(0, dtype=torch.long, device=dev), *(p[0] for p in parts)])
-        t_mid, dt = (torch.cat([o.new_zeros(0), *(p[i] for p in parts)]) for i in (1, 2))
+        lib = _MARCHER.load() if self.use_kernel and o.device.type == "cpu" and o.dtype == torch.float32 else None
+        if lib is not None:
+            ray_indices, t_mid, dt = self._march_compiled(lib, o, d, steps, t_far, n_steps)
+        else:
+            per_chunk = max(1, self.config.max_points_per_chunk // max(n_steps, 1))
+            parts = [self._march(o[r:r + per_chunk], d[r:r + per_chunk], steps.rows(slice(r, r + per_chunk)),
+                                 t_far[r:r + per_chunk], n_steps, r) for r in range(0, n_rays, per_chunk)]
+            ray_indices = torch.cat([torch.zeros(0, dtype=torch.long, device=dev), *(p[0] for p in parts)])
+            t_mid, dt = (torch.cat([o.new_zeros(0), *(p[i] for p in parts)]) for i in (1, 2))
         t_starts = t_mid - dt / 2
         return Samples(t_starts, t_starts + dt, ray_indices, n_rays)
+
+    def _march_compiled(self, lib, o: Tensor, d: Tensor, steps: StepSchedule, t_far: Tensor,
+                        n_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_march` of all the rays by the compiled kernel (``_march_cpu.c``): the same steps,
+        to the bit. It walks each ray's steps one by one (a few ns each) where the PyTorch march
+        tests segments, then steps, as whole tensors; the step cap is the segments' end, as there."""
+        k = self.coarse_factor
+        cap = -(-n_steps // k) * k
+        o, d, t_far = o.contiguous(), d.contiguous(), t_far.contiguous()
+        sched = torch.stack([steps.offset, steps.anchor, steps.t_0, steps.n_a, steps.t_a, steps.n_b,
+                             steps.t_b]).float().contiguous()
+        growth = steps.growth.float().contiguous()
+        occupied = self.occupied.contiguous().view(torch.uint8)
+        boxes, sizes = self.boxes.float().contiguous(), self.box_size.float().contiguous()
+        head = [o.data_ptr(), d.data_ptr(), sched.data_ptr(), t_far.data_ptr(), o.shape[0], cap,
+                growth.data_ptr(), steps.dt_min, steps.dt_max, steps.cone_angle, occupied.data_ptr(),
+                boxes.data_ptr(), sizes.data_ptr(), self.n_cascades, self.config.resolution]
+        counts, spans = torch.empty(o.shape[0], dtype=torch.int64), torch.empty(o.shape[0], 2, dtype=torch.int64)
+        lib.occ_march_count(*head, counts.data_ptr(), spans.data_ptr(), torch.get_num_threads())
+        starts = torch.cumsum(counts, 0) - counts
+        total = int(counts.sum())
+        ray_indices = torch.empty(total, dtype=torch.int64)
+        t_mid, dt = torch.empty(total), torch.empty(total)
+        lib.occ_march_fill(*head, counts.data_ptr(), spans.data_ptr(), starts.data_ptr(), ray_indices.data_ptr(),
+                           t_mid.data_ptr(), dt.data_ptr(), torch.get_num_threads())
+        return ray_indices, t_mid, dt
 
     def _march(self, o: Tensor, d: Tensor, steps: StepSchedule, t_far: Tensor, n_steps: int,
                first_ray: int) -> tuple[Tensor, Tensor, Tensor]:

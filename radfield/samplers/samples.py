@@ -69,10 +69,12 @@ class Samples:
     def __len__(self) -> int:
         return self.t_starts.shape[0]
 
-    def positions(self, rays: Rays) -> Tensor:
-        """``(n_samples, 3)`` interval midpoints ``o + t d`` (differentiable in the rays)."""
+    def positions(self, rays: Rays, directions: Tensor | None = None) -> Tensor:
+        """``(n_samples, 3)`` interval midpoints ``o + t d`` (differentiable in the rays);
+        ``directions``: :meth:`directions` when the caller has them already."""
         t_mid = (self.t_starts + self.t_ends) / 2
-        return rays.origins[self.ray_indices] + t_mid[:, None] * rays.directions[self.ray_indices]
+        d = rays.directions[self.ray_indices] if directions is None else directions
+        return rays.origins[self.ray_indices] + t_mid[:, None] * d
 
     def directions(self, rays: Rays) -> Tensor:
         return rays.directions[self.ray_indices]

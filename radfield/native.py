@@ -1,0 +1,138 @@
+"""C kernels compiled at first use: gcc -> a shared library in a cache directory -> ctypes.
+
+Each kernel is one C source file next to the Python module that calls it (the hash grid's
+``radfield/fields/_hashgrid_cpu.c``, the occupancy marcher's ``radfield/samplers/_march_cpu.c``),
+wrapped in a :class:`NativeLibrary` that builds it once per (source, flags, gcc, CPU) into
+``$RADFIELD_CACHE`` (default ``~/.cache/radfield``) and loads it. The flags include
+``-march=native``, so the cached library's name hashes the host CPU too: a cache shared between
+machines must not hand one CPU another's build (SIGILL). Every kernel has a PyTorch reference that
+runs instead when the library cannot be had: ``RADFIELD_NO_KERNEL=1``, no gcc on PATH, a failed
+build or one over ``GCC_TIMEOUT_S`` seconds (then one warning per library).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-ffp-contract=off"]
+"""``-ffp-contract=off``: no fused multiply-adds, so the kernels round as PyTorch's references do."""
+
+GCC_TIMEOUT_S = 180
+"""Seconds for one gcc call; past it the PyTorch reference runs."""
+
+_CPUINFO_KEYS = ("model name", "flags", "Features", "CPU implementer", "CPU part")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("RADFIELD_CACHE") or os.path.join(Path.home(), ".cache", "radfield")
+    return Path(root)
+
+
+def cpu_identity() -> str:
+    """The host CPU as the compiler's ``-march=native`` sees it: ``platform.machine()`` plus the
+    first ``model name``, ``flags`` (x86) or ``Features``, ``CPU implementer``, ``CPU part``
+    (ARM) lines of /proc/cpuinfo where it exists (else ``platform.processor()``)."""
+    parts = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            seen: dict[str, str] = {}
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in _CPUINFO_KEYS and key not in seen:
+                    seen[key] = " ".join(value.split())
+        parts += [f"{key}={seen[key]}" for key in _CPUINFO_KEYS if key in seen]
+    except OSError:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def gcc_version() -> str:
+    """First line of ``gcc --version``; RuntimeError when gcc is missing or fails."""
+    if shutil.which("gcc") is None:
+        raise RuntimeError("gcc not found on PATH")
+    try:
+        proc = subprocess.run(["gcc", "--version"], capture_output=True, text=True, timeout=GCC_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise RuntimeError(f"gcc --version failed ({err})") from None
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"gcc --version failed: {proc.stderr.strip()}")
+    return proc.stdout.splitlines()[0].strip()
+
+
+class NativeLibrary:
+    """One C source, built at first :meth:`load` and then held.
+
+    Args:
+        source: the C file.
+        signatures: ``{function name: ctypes argument types}``; every function returns void.
+        what: how the one warning names it, e.g. ``"hash grid CPU kernel"``.
+        fallback: what runs instead, for the warning, e.g. ``"the PyTorch reference"``.
+    """
+
+    def __init__(self, source: Path, signatures: dict[str, list], what: str, fallback: str):
+        self.source, self.signatures, self.what, self.fallback = source, signatures, what, fallback
+        self.lib: ctypes.CDLL | None = None
+        self.failed = False
+        self._lock = threading.Lock()
+
+    def path(self) -> Path:
+        """``cache_dir() / <source stem>_<key>.so``, ``key`` a hash of everything the compiled
+        code depends on: the C source, the flags, the gcc version and the CPU."""
+        digest = hashlib.sha256()
+        for part in (self.source.read_bytes(), " ".join(CFLAGS).encode(), gcc_version().encode(),
+                     cpu_identity().encode()):
+            digest.update(len(part).to_bytes(8, "little") + part)
+        return cache_dir() / f"{self.source.stem.lstrip('_')}_{digest.hexdigest()[:16]}.so"
+
+    def _build(self) -> ctypes.CDLL:
+        """Compile into the cache (atomically: concurrent builders never see a partial file) unless
+        it is there, and load; RuntimeError when gcc is missing, fails or runs too long."""
+        target = self.path()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=target.parent)
+            os.close(fd)
+            try:
+                cmd = ["gcc", *CFLAGS, str(self.source), "-o", tmp, "-lm"]
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=GCC_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    raise RuntimeError(f"{' '.join(cmd)} timed out after {GCC_TIMEOUT_S} s") from None
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        lib = ctypes.CDLL(str(target))
+        for name, argtypes in self.signatures.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, None
+        return lib
+
+    def load(self) -> ctypes.CDLL | None:
+        """The loaded library, or None (``RADFIELD_NO_KERNEL=1``, or the build failed: warned
+        once)."""
+        if os.environ.get("RADFIELD_NO_KERNEL", "") not in ("", "0"):
+            return None
+        if self.lib is not None or self.failed:
+            return self.lib
+        with self._lock:
+            if self.lib is None and not self.failed:
+                try:
+                    self.lib = self._build()
+                except Exception as err:  # no compiler, no OpenMP, unwritable cache, ...
+                    self.failed = True
+                    warnings.warn(f"radfield: {self.what} unavailable, using {self.fallback} ({err})",
+                                  RuntimeWarning, stacklevel=3)
+        return self.lib
