@@ -462,6 +462,27 @@ def test_sh_orthonormal_by_exact_quadrature():
     torch.testing.assert_close(gram, torch.eye(SH_DIM, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
+def test_sh_kernel_matches_the_float64_polynomials():
+    """The compiled float32 kernel (float32 CPU directions without a gradient) against the PyTorch
+    polynomials in float64, on the quadrature directions' kind of input: random unit vectors, the
+    poles and the axes; and directions that need a gradient take the PyTorch path (autograd)."""
+    from radfield.fields import sh
+    if sh._KERNEL.load() is None:
+        pytest.skip("no C compiler: the spherical harmonics kernel is not built")
+    gen = torch.Generator().manual_seed(5)
+    d = torch.randn(10_000, 3, generator=gen, dtype=torch.float64)
+    d = torch.cat([d / d.norm(dim=-1, keepdim=True), torch.eye(3, dtype=torch.float64), -torch.eye(3, dtype=torch.float64)])
+    exact = sh_encode(d)
+    fast = sh_encode(d.float())
+    assert fast.dtype == torch.float32 and fast.grad_fn is None
+    torch.testing.assert_close(fast.double(), exact, atol=3e-6, rtol=0)
+    leaf = d.float().requires_grad_()
+    y = sh_encode(leaf)
+    torch.testing.assert_close(y.detach(), fast, atol=1e-6, rtol=0)
+    y[:, 9].sum().backward()  # autograd ran through the PyTorch polynomials
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+
+
 def test_sh_orthonormal_monte_carlo():
     gen = torch.Generator().manual_seed(3)
     d = torch.randn(200_000, 3, generator=gen, dtype=torch.float64)

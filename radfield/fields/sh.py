@@ -12,8 +12,13 @@ Y_6 = 0.9461747 - 0.3153916 = 0.6307831, Y_12 = 0.3731763 * 2 = 0.7463527, every
 
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
 import torch
 from torch import Tensor
+
+from radfield.native import NativeLibrary
 
 __all__ = ["SH_DIM", "sh_encode"]
 
@@ -25,14 +30,29 @@ SH_C3 = (0.59004358992664352, 2.8906114426405538, 0.45704579946446572, 0.3731763
          1.4453057213202769)  # fmt: skip
 
 
+_KERNEL = NativeLibrary(Path(__file__).with_name("_sh_cpu.c"), {
+    "sh_encode_deg3": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int32],
+}, "spherical harmonics CPU kernel", "the PyTorch polynomials")
+
+
 def sh_encode(dirs: Tensor) -> Tensor:
     """Real SH basis of degree 0..3 at unit directions: (n, 3) -> (n, 16), dtype of `dirs`.
 
     Directions are not renormalised here (normalise first); the polynomials below equal the
-    orthonormal harmonics only on the unit sphere.
+    orthonormal harmonics only on the unit sphere. Float32 CPU directions that need no gradient
+    (renders, and training without pose refinement) go through the compiled kernel
+    ``_sh_cpu.c``, the same polynomials in one pass (``radfield.native``).
     """
     if dirs.shape[-1] != 3:
         raise ValueError(f"dirs must have shape (..., 3), got {tuple(dirs.shape)}")
+    if (dirs.device.type == "cpu" and dirs.dtype == torch.float32 and dirs.ndim == 2
+            and not (dirs.requires_grad and torch.is_grad_enabled())):
+        lib = _KERNEL.load()
+        if lib is not None:  # one pass instead of some thirty tensor operations
+            dirs = dirs.contiguous()
+            out = torch.empty(dirs.shape[0], SH_DIM)
+            lib.sh_encode_deg3(dirs.data_ptr(), dirs.shape[0], out.data_ptr(), torch.get_num_threads())
+            return out
     x, y, z = dirs.unbind(-1)
     xx, yy, zz = x * x, y * y, z * z
     xy, yz, xz = x * y, y * z, x * z
