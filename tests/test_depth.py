@@ -235,6 +235,7 @@ def test_urf_window_anneals_and_config_checks():
     config = DepthConfig(loss="urf", urf_window=(0.45, 0.15))
     assert [urf_window(config, p) for p in (0.0, 0.5, 1.0, 2.0)] == pytest.approx([0.45, 0.3, 0.15, 0.15])
     assert depth_weight(DepthConfig(loss="bounded")) == 0.1 and depth_weight(DepthConfig(loss="l2")) == 0.00625
+    assert depth_weight(DepthConfig(loss="urf")) == 0.00625
     assert depth_weight(DepthConfig(loss="dsnerf", weight=0.5)) == 0.5
     assert make_depth_loss(DepthConfig()) is None
     annealed = DepthConfig(loss="l2", anneal=(0.5, 1.0), anneal_to=0.2)  # linear from 1 to 0.2 over [0.5, 1]

@@ -34,20 +34,24 @@ from radfield.rendering.volume import accumulate_along_rays, exclusive_sum_per_r
 
 DEPTH_LOSSES = ("none", "l2", "urf", "dsnerf", "bounded")
 URF_TARGETS = ("peak", "mass")
-REFERENCE_WEIGHTS = {"l2": 0.00625, "urf": 0.1, "dsnerf": 0.1, "bounded": 0.1}
-"""The weight of each loss when ``train.depth.weight`` is None: DS-NeRF's 0.1, radfield's 0.1 for
-URF, 0.1 for the bounded loss (whose own ``lambda_empty`` / ``lambda_phi`` weigh its terms) and
-0.00625 for L2. The references add their depth losses to a Charbonnier photometric loss,
+REFERENCE_WEIGHTS = {"l2": 0.00625, "urf": 0.00625, "dsnerf": 0.1, "bounded": 0.1}
+"""The weight of each loss when ``train.depth.weight`` is None: DS-NeRF's 0.1, 0.1 for the bounded
+loss (whose own ``lambda_empty`` / ``lambda_phi`` weigh its terms) and 0.00625 for L2 and URF
+(URF's was radfield's own 0.1 until 2026-12-05; the spec gives none). The depth-supervised
+mip-NeRF code adds its depth losses to a Charbonnier photometric loss,
 ``sqrt(d^2 + 1e-3)``, whose gradient at small residuals is ``1 / (2 sqrt(1e-3))``, about 16 times
 that of radfield's default L2 loss. So the bounded loss's unscaled ``L_cdf`` becomes about 0.1 here,
-and the depth-supervised mip-NeRF code's ``lambda_depth = 0.1`` for L2 becomes 0.1 / 16.
+and that code's ``lambda_depth = 0.1`` for L2 becomes 0.1 / 16; URF's 0.1 was scaled alike.
 Measured on tabletop (``bench/depth.py``, 10 minutes, ``bench/RESULTS.md``):
 - bounded: with every view 1.0 scored about 1 dB below no depth and 0.1 0.21 dB below; at 3 and
   6 views 0.1 scored higher than 1.0;
 - L2 at 0.00625: +2.07 / +1.85 / +0.24 dB over no depth at 3 / 6 / all views, in one session
   (two seeds at 3 and 6 views, one with all). At 0.1, another session measured +2.74 and -0.03 at
-  3 and 6 views (one seed).
-With ``--loss charbonnier`` multiply these by 10 (bounded) or 16 (L2)."""
+  3 and 6 views (one seed);
+- URF at 0.00625: +5.24 / +3.31 / -0.43 dB over no depth at 3 / 6 / all views, in one session (one
+  seed; 20.48 / 23.18 / 30.78 dB). At 0.1, other sessions, with about half the steps, measured
+  18.43 / 21.42 / 28.46 dB.
+With ``--loss charbonnier`` multiply these by 10 (bounded) or 16 (L2, URF)."""
 
 
 @dataclass
