@@ -112,6 +112,24 @@ def _composite_compiled(lib, sigma: Tensor, part: Samples, is_last: Tensor | Non
     return w
 
 
+def _composite_blocks(sigma: Tensor, part: Samples, is_last: Tensor | None, eps: float, valid: Tensor,
+                      active: Tensor, trans: Tensor, opacity: Tensor, depth: Tensor) -> Tensor:
+    """:func:`_composite_compiled` in PyTorch, on the round's ``(A, K)`` block of the ``active``
+    rays (``valid``: which of its entries are ``part``'s samples)."""
+    tau = torch.zeros(valid.shape, device=sigma.device)
+    tau[valid] = (sigma * (part.t_ends - part.t_starts)).clamp(max=1e3)
+    alpha = 1.0 - torch.exp(-tau)
+    if is_last is not None:
+        alpha[valid] = torch.where(is_last, 1.0, alpha[valid])
+    t_in = trans[active][:, None] * torch.exp(-(torch.cumsum(tau, 1) - tau))
+    w = torch.where(valid & (t_in > eps), t_in * alpha, 0.0)
+    w_part = w[valid]
+    depth.index_add_(0, part.ray_indices, w_part * (part.t_starts + part.t_ends) / 2)
+    opacity[active] += w.sum(1)
+    trans[active] = t_in[:, -1] * (1.0 - alpha[:, -1])
+    return w_part
+
+
 @torch.no_grad()
 def render_samples_in_rounds(model, rays: Rays, samples: Samples, background: Tensor | None, *,
                              eps: float = 1e-4, round_size: int = 8, normals: bool = False,
@@ -169,17 +187,7 @@ def render_samples_in_rounds(model, rays: Rays, samples: Samples, background: Te
         if lib is not None:  # the compiled round: weights, and the rays' state updated in place
             w_part = _composite_compiled(lib, sigma, part, is_last, eps, trans, opacity, depth)
         else:
-            tau = torch.zeros(valid.shape, device=device)
-            tau[valid] = (sigma * (part.t_ends - part.t_starts)).clamp(max=1e3)
-            alpha = 1.0 - torch.exp(-tau)
-            if is_last is not None:
-                alpha[valid] = torch.where(is_last, 1.0, alpha[valid])
-            t_in = trans[active][:, None] * torch.exp(-(torch.cumsum(tau, 1) - tau))
-            w = torch.where(valid & (t_in > eps), t_in * alpha, 0.0)
-            w_part = w[valid]
-            depth.index_add_(0, part.ray_indices, w_part * (part.t_starts + part.t_ends) / 2)
-            opacity[active] += w.sum(1)
-            trans[active] = t_in[:, -1] * (1.0 - alpha[:, -1])
+            w_part = _composite_blocks(sigma, part, is_last, eps, valid, active, trans, opacity, depth)
         ray_of, w_of = part.ray_indices, w_part
         if staged is not None:  # colour only the samples that count
             keep = (w_part > colour_eps).nonzero()[:, 0]
