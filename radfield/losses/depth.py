@@ -49,8 +49,7 @@ Measured on tabletop (``bench/depth.py``, 10 minutes, ``bench/RESULTS.md``):
   (two seeds at 3 and 6 views, one with all). At 0.1, another session measured +2.74 and -0.03 at
   3 and 6 views (one seed);
 - URF at 0.00625: +5.24 / +3.31 / -0.43 dB over no depth at 3 / 6 / all views, in one session (one
-  seed; 20.48 / 23.18 / 30.78 dB). At 0.1, other sessions, with about half the steps, measured
-  18.43 / 21.42 / 28.46 dB.
+  seed; 20.48 / 23.18 / 30.78 dB). URF at 0.1: ``bench/RESULTS.md`` (other sessions).
 With ``--loss charbonnier`` multiply these by 10 (bounded) or 16 (L2, URF)."""
 
 
