@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from radfield.fields.hashgrid import HashGrid, HashGridConfig, kernel_available, triton_kernels
+from radfield.native import keep_freed_memory
 
 
 def make_adam(params, lr: float) -> tuple[torch.optim.Adam, str]:
@@ -90,12 +91,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as is)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    kept = keep_freed_memory()  # as radfield's trainer does; RADFIELD_KEEP_FREED_MEMORY=0 to compare
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     batch = 2**args.batch_log2
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 2^{args.batch_log2}, "
           f"hash grid L16 F2 T2^19, median of {args.iters} (reference {args.ref_iters}) steps "
-          f"after {args.warmup} warm-up")  # fmt: skip
+          f"after {args.warmup} warm-up, freed memory {'kept' if kept else 'returned'}")  # fmt: skip
     on_cuda = args.device.startswith("cuda")
     paths = [("kernel", True)] if (triton_kernels() if on_cuda else kernel_available()) else []
     if not paths:

@@ -16,6 +16,7 @@ from pathlib import Path
 from radfield.config import PRESETS, RunConfig, apply_overrides, parse_override
 from radfield.errors import PeerLost, RadfieldError, RankZeroError
 from radfield.models import REGISTRY
+from radfield.native import keep_freed_memory
 
 MODELS = tuple(REGISTRY)
 
@@ -523,6 +524,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning  # data readers' notes (skipped frames, ...) in one line
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return COMMANDS[args.command](args)
     except RankZeroError:  # a torchrun process other than rank 0: rank 0 prints the error

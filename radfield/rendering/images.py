@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from radfield.cameras import Cameras, Rays, image_rays
+from radfield.native import keep_freed_memory
 from radfield.rendering.backgrounds import ray_background
 from radfield.rendering.pipeline import render_samples_in_rounds
 
@@ -66,6 +67,7 @@ def render_image(model, cameras: Cameras, index: int, background: Tensor | None,
     For models with per-image state (appearance embeddings): ``appearance_index``, the training
     image whose state to use (the rays' ``train_index``), or ``appearance_code`` ``(k,)``, a code
     of one's own; neither = the model's default for other views (the mean embedding)."""
+    keep_freed_memory()  # rounds of samples reuse freed blocks, not fresh pages
     rays = image_rays(cameras, index)
     if appearance_index is not None:
         rays = rays.with_attrs(train_index=torch.full_like(rays.get("camera_index"), appearance_index))

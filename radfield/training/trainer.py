@@ -69,6 +69,7 @@ from radfield.io import atomic_write
 from radfield.losses import PhotometricLoss
 from radfield.losses.depth import depth_weight, make_depth_loss, urf_window, weight_scale
 from radfield.models import SceneInfo, build_model
+from radfield.native import keep_freed_memory
 from radfield.rendering.backgrounds import background_color, ray_background, training_colour
 from radfield.rendering.images import render_image
 from radfield.training.checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint,
@@ -253,6 +254,7 @@ class Trainer:
                  overrides: dict | None = None):
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
+        keep_freed_memory()  # a step's tensors reuse the last step's freed blocks, not fresh pages
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RadfieldError("--device cuda: CUDA is not available on this machine")
         self.world = current_world()  # one process, or this process's view of a torchrun world
