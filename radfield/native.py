@@ -23,8 +23,10 @@ import threading
 import warnings
 from pathlib import Path
 
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-ffp-contract=off"]
-"""``-ffp-contract=off``: no fused multiply-adds, so the kernels round as PyTorch's references do."""
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math"]
+"""``-ffp-contract=off``: no fused multiply-adds, so the kernels round as PyTorch's references do.
+``-fno-trapping-math``: no floating-point traps to preserve, so loops with float comparisons
+(clamps, selects) vectorise; every operation still rounds as IEEE says."""
 
 GCC_TIMEOUT_S = 180
 """Seconds for one gcc call; past it the PyTorch reference runs."""

@@ -25,62 +25,74 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef struct {
-    int64_t c[8];  /* corner rows */
-    float w[8];    /* corner weights */
-    float t[3];    /* fractional position in the cell */
-} Cell;
-
-static inline int64_t corner_row(int64_t cx, int64_t cy, int64_t cz, int64_t r1, int64_t T,
-                                 int dense) {
-    if (dense) return cx + cy * r1 + cz * r1 * r1;
-    uint32_t h = (uint32_t)cx ^ ((uint32_t)cy * 2654435761u) ^ ((uint32_t)cz * 805459861u);
-    if ((T & (T - 1)) == 0) return (int64_t)(h & (uint32_t)(T - 1));
-    return (int64_t)((uint64_t)h % (uint64_t)T);
-}
-
-static inline void locate(const float *xi, int32_t res, int64_t T, Cell *cell) {
-    int64_t i0[3];
-    for (int d = 0; d < 3; ++d) {
-        float xc = fminf(fmaxf(xi[d], 0.0f), 1.0f);
-        float p = xc * (float)res;
-        float f0 = floorf(p);
-        if (f0 > (float)(res - 1)) f0 = (float)(res - 1);
-        i0[d] = (int64_t)f0;
-        cell->t[d] = p - f0;
-    }
-    int64_t r1 = (int64_t)res + 1;
-    int dense = r1 * r1 * r1 <= T;
-    float omt[3] = {1.0f - cell->t[0], 1.0f - cell->t[1], 1.0f - cell->t[2]};
-    for (int c = 0; c < 8; ++c) {
-        int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
-        cell->c[c] = corner_row(i0[0] + bx, i0[1] + by, i0[2] + bz, r1, T, dense);
-        float wx = bx ? cell->t[0] : omt[0];
-        float wy = by ? cell->t[1] : omt[1];
-        float wz = bz ? cell->t[2] : omt[2];
-        cell->w[c] = (wx * wy) * wz;
-    }
-}
-
 #define BLOCK 32 /* points located (and their corner rows prefetched) before gathering */
 
-/* Locate `m` points of one level and prefetch their corner rows (memory-level parallelism). */
+/* One block's cells at one level, structure of arrays so that locating vectorises over points:
+ * row[c][j] and w[c][j] are point j's corner c row and weight, t[d][j] its fractional position. */
+typedef struct {
+    uint32_t row[8][BLOCK];
+    float w[8][BLOCK];
+    float t[3][BLOCK];
+} Cells;
+
+/* Locate `m` points of one level (module comment), prefetching each corner's rows as soon as
+ * they are known (memory-level parallelism). Every loop over j is branch-free so that gcc vectorises it; the
+ * arithmetic is the scalar one, operation for operation (IEEE float, so lane for lane). */
 static inline void locate_block(const float *x, int64_t m, int32_t res, int64_t T,
-                                const float *tab, int32_t F, Cell *cells) {
-    for (int64_t j = 0; j < m; ++j) {
-        locate(x + 3 * j, res, T, &cells[j]);
-        for (int c = 0; c < 8; ++c) __builtin_prefetch(tab + cells[j].c[c] * F, 0, 0);
+                                const float *tab, int64_t row_len, Cells *cells) {
+    uint32_t i0[3][BLOCK];
+    const float fres = (float)res, top = (float)(res - 1);
+    for (int d = 0; d < 3; ++d) {
+        float *t = cells->t[d];
+        uint32_t *i = i0[d];
+        for (int64_t j = 0; j < m; ++j) {
+            float xc = x[3 * j + d];
+            xc = xc > 0.0f ? xc : 0.0f; /* fmaxf(x, 0), NaN -> 0 */
+            xc = xc < 1.0f ? xc : 1.0f;
+            float p = xc * fres;
+            float f0 = floorf(p);
+            f0 = f0 > top ? top : f0;
+            i[j] = (uint32_t)(int32_t)f0;
+            t[j] = p - f0;
+        }
+    }
+    const uint32_t r1 = (uint32_t)res + 1;
+    const int dense = (int64_t)r1 * r1 * r1 <= T;
+    const int pow2 = (T & (T - 1)) == 0;
+    const uint32_t mask = (uint32_t)(T - 1);
+    for (int c = 0; c < 8; ++c) {
+        const uint32_t bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
+        uint32_t *row = cells->row[c];
+        if (dense) {
+            for (int64_t j = 0; j < m; ++j)
+                row[j] = (i0[0][j] + bx) + (i0[1][j] + by) * r1 + (i0[2][j] + bz) * (r1 * r1);
+        } else {
+            for (int64_t j = 0; j < m; ++j)
+                row[j] = (i0[0][j] + bx) ^ ((i0[1][j] + by) * 2654435761u) ^ ((i0[2][j] + bz) * 805459861u);
+            if (pow2)
+                for (int64_t j = 0; j < m; ++j) row[j] &= mask;
+            else
+                for (int64_t j = 0; j < m; ++j) row[j] = (uint32_t)((uint64_t)row[j] % (uint64_t)T);
+        }
+        const float *tx = cells->t[0], *ty = cells->t[1], *tz = cells->t[2];
+        for (int64_t j = 0; j < m; ++j) __builtin_prefetch(tab + (int64_t)row[j] * row_len, 0, 0);
+        float *w = cells->w[c];
+        for (int64_t j = 0; j < m; ++j) {
+            float wx = bx ? tx[j] : 1.0f - tx[j];
+            float wy = by ? ty[j] : 1.0f - ty[j];
+            float wz = bz ? tz[j] : 1.0f - tz[j];
+            w[j] = (wx * wy) * wz;
+        }
     }
 }
 
-static inline void gather_block(const Cell *cells, int64_t m, const float *tab, int32_t F,
+static inline void gather_block(const Cells *cells, int64_t m, const float *tab, int32_t F,
                                 float *out, int64_t stride) {
     for (int64_t j = 0; j < m; ++j) {
-        const Cell *cell = &cells[j];
         float *o = out + j * stride;
         for (int32_t f = 0; f < F; ++f) {
-            float acc = cell->w[0] * tab[cell->c[0] * F + f];
-            for (int c = 1; c < 8; ++c) acc = acc + cell->w[c] * tab[cell->c[c] * F + f];
+            float acc = cells->w[0][j] * tab[(int64_t)cells->row[0][j] * F + f];
+            for (int c = 1; c < 8; ++c) acc = acc + cells->w[c][j] * tab[(int64_t)cells->row[c][j] * F + f];
             o[f] = acc;
         }
     }
@@ -90,19 +102,18 @@ static inline void gather_block(const Cell *cells, int64_t m, const float *tab, 
  * [slice 0: F floats][slice 1: F floats]...; point j blends slices k_j and k_j + 1:
  *   out[j, f] = sum_c w_c * ((1 - a_j) * table[row_c, k_j F + f] + a_j * table[row_c, (k_j + 1) F + f])
  * (the blend inside the corner sum, in that order); 0 <= k_j <= K - 2. */
-static inline void gather_block_sliced(const Cell *cells, int64_t m, const float *tab, int32_t F,
+static inline void gather_block_sliced(const Cells *cells, int64_t m, const float *tab, int32_t F,
                                        int64_t row_len, const int32_t *k, const float *a,
                                        float *out, int64_t stride) {
     for (int64_t j = 0; j < m; ++j) {
-        const Cell *cell = &cells[j];
         const int64_t s0 = (int64_t)k[j] * F;
         const float a1 = a[j], a0 = 1.0f - a1;
         float *o = out + j * stride;
         for (int32_t f = 0; f < F; ++f) {
             float acc = 0.0f;
             for (int c = 0; c < 8; ++c) {
-                const float *row = tab + cell->c[c] * row_len + s0 + f;
-                acc = acc + cell->w[c] * (a0 * row[0] + a1 * row[F]);
+                const float *row = tab + (int64_t)cells->row[c][j] * row_len + s0 + f;
+                acc = acc + cells->w[c][j] * (a0 * row[0] + a1 * row[F]);
             }
             o[f] = acc;
         }
@@ -126,21 +137,21 @@ static inline void weight_derivatives(const float t[3], float dw[8][3]) {
  * mask), while the corner rows are in cache: tiny-cuda-nn's dy/dx. The input gradient is then
  * grad_out . jac, with no second pass over the tables (pose gradients). out and jac point at
  * the block's first point and this level's first feature. */
-static inline void gather_block_jacobian(const Cell *cells, int64_t m, const float *tab, int32_t F,
+static inline void gather_block_jacobian(const Cells *cells, int64_t m, const float *tab, int32_t F,
                                          int32_t res, float *out, float *jac, int64_t stride) {
     for (int64_t j = 0; j < m; ++j) {
-        const Cell *cell = &cells[j];
         float dw[8][3];
-        weight_derivatives(cell->t, dw);
+        const float t[3] = {cells->t[0][j], cells->t[1][j], cells->t[2][j]};
+        weight_derivatives(t, dw);
         float *o = out + j * stride;
         float *J = jac + j * stride * 3;
         for (int32_t f = 0; f < F; ++f) {
-            float v = tab[cell->c[0] * F + f];
-            float acc = cell->w[0] * v; /* the same operations as gather_block */
+            float v = tab[(int64_t)cells->row[0][j] * F + f];
+            float acc = cells->w[0][j] * v; /* the same operations as gather_block */
             float g0 = v * dw[0][0], g1 = v * dw[0][1], g2 = v * dw[0][2];
             for (int c = 1; c < 8; ++c) {
-                v = tab[cell->c[c] * F + f];
-                acc = acc + cell->w[c] * v;
+                v = tab[(int64_t)cells->row[c][j] * F + f];
+                acc = acc + cells->w[c][j] * v;
                 g0 += v * dw[c][0];
                 g1 += v * dw[c][1];
                 g2 += v * dw[c][2];
@@ -164,19 +175,19 @@ static inline void forward_blocks(const float *x, const int32_t *k, const float 
     const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t b = 0; b < nblocks; ++b) {
-        Cell cells[BLOCK];
+        Cells cells;
         int64_t i = b * BLOCK, m = n - i < BLOCK ? n - i : BLOCK;
         for (int32_t l = 0; l < L; ++l) {
             const float *tab = (const float *)(intptr_t)tables[l];
             float *o = out + i * stride + (int64_t)l * F;
-            locate_block(x + 3 * i, m, res[l], tsize[l], tab, row_len, cells);
+            locate_block(x + 3 * i, m, res[l], tsize[l], tab, row_len, &cells);
+            const Cells *here = &cells;
             if (k == NULL && jac != NULL)
-                gather_block_jacobian(cells, m, tab, F, res[l], o, jac + (i * stride + (int64_t)l * F) * 3,
-                                      stride);
+                gather_block_jacobian(here, m, tab, F, res[l], o, jac + (i * stride + (int64_t)l * F) * 3, stride);
             else if (k == NULL)
-                gather_block(cells, m, tab, F, o, stride);
+                gather_block(here, m, tab, F, o, stride);
             else
-                gather_block_sliced(cells, m, tab, F, row_len, k + i, a + i, o, stride);
+                gather_block_sliced(here, m, tab, F, row_len, k + i, a + i, o, stride);
         }
     }
 }
@@ -196,10 +207,10 @@ void hg_forward(const float *x, int64_t n, int32_t L, int32_t F, const int32_t *
         const float *tab = (const float *)(intptr_t)tables[l];
 #pragma omp parallel for schedule(static) num_threads(nthreads)
         for (int64_t b = 0; b < nblocks; ++b) {
-            Cell cells[BLOCK];
+            Cells cells;
             int64_t i = b * BLOCK, m = n - i < BLOCK ? n - i : BLOCK;
-            locate_block(x + 3 * i, m, res[l], tsize[l], tab, F, cells);
-            gather_block(cells, m, tab, F, out + i * stride + (int64_t)l * F, stride);
+            locate_block(x + 3 * i, m, res[l], tsize[l], tab, F, &cells);
+            gather_block(&cells, m, tab, F, out + i * stride + (int64_t)l * F, stride);
         }
     }
 }
@@ -233,26 +244,25 @@ static inline void backward_tables(const float *x, const int32_t *k, const float
         float *g = (float *)(intptr_t)grads[l];
         if (g == NULL) continue;
         memset(g, 0, (size_t)tsize[l] * (size_t)row_len * sizeof(float));
-        Cell cells[BLOCK];
+        Cells cells;
         for (int64_t i = 0; i < n; i += BLOCK) {
             int64_t m = n - i < BLOCK ? n - i : BLOCK;
-            locate_block(x + 3 * i, m, res[l], tsize[l], g, row_len, cells);
+            locate_block(x + 3 * i, m, res[l], tsize[l], g, row_len, &cells);
             for (int64_t j = 0; j < m; ++j) {
-                const Cell *cell = &cells[j];
                 const float *go = grad_out + (i + j) * stride + (int64_t)l * F;
                 if (k == NULL) {
                     for (int c = 0; c < 8; ++c) {
-                        float *row = g + cell->c[c] * F;
-                        for (int32_t f = 0; f < F; ++f) row[f] += go[f] * cell->w[c];
+                        float *row = g + (int64_t)cells.row[c][j] * F;
+                        for (int32_t f = 0; f < F; ++f) row[f] += go[f] * cells.w[c][j];
                     }
                     continue;
                 }
                 const int64_t s0 = (int64_t)k[i + j] * F;
                 const float a1 = a[i + j], a0 = 1.0f - a1;
                 for (int c = 0; c < 8; ++c) {
-                    float *row = g + cell->c[c] * row_len + s0;
+                    float *row = g + (int64_t)cells.row[c][j] * row_len + s0;
                     for (int32_t f = 0; f < F; ++f) {
-                        const float gw = go[f] * cell->w[c];
+                        const float gw = go[f] * cells.w[c][j];
                         row[f] += gw * a0;
                         row[F + f] += gw * a1;
                     }
@@ -270,9 +280,9 @@ void hg_backward_tables(const float *x, int64_t n, int32_t L, int32_t F, const i
 
 /* d enc / d x of one level, given dot[c] = sum_f grad_out[f] * value of corner c:
  * gx[d] += res * sum_c dot[c] * d w_c / d t_d. */
-static inline void add_input_grad(const Cell *cell, const float dot[8], int32_t res, float *gx) {
+static inline void add_input_grad(const float t[3], const float dot[8], int32_t res, float *gx) {
     float dw[8][3];
-    weight_derivatives(cell->t, dw);
+    weight_derivatives(t, dw);
     float gl[3] = {0.0f, 0.0f, 0.0f};
     for (int c = 0; c < 8; ++c)
         for (int d = 0; d < 3; ++d) gl[d] += dot[c] * dw[c][d];
@@ -291,32 +301,32 @@ static inline void backward_input(const float *x, const int32_t *k, const float 
     const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t b = 0; b < nblocks; ++b) {
-        Cell cells[BLOCK];
+        Cells cells;
         float gx[BLOCK][3];
         int64_t i = b * BLOCK, m = n - i < BLOCK ? n - i : BLOCK;
         for (int64_t j = 0; j < m; ++j) gx[j][0] = gx[j][1] = gx[j][2] = 0.0f;
         for (int32_t l = 0; l < L; ++l) {
             const float *tab = (const float *)(intptr_t)tables[l];
-            locate_block(x + 3 * i, m, res[l], tsize[l], tab, row_len, cells);
+            locate_block(x + 3 * i, m, res[l], tsize[l], tab, row_len, &cells);
             for (int64_t j = 0; j < m; ++j) {
-                const Cell *cell = &cells[j];
                 const float *go = grad_out + (i + j) * stride + (int64_t)l * F;
                 float dot[8];
                 if (k == NULL) {
                     for (int c = 0; c < 8; ++c) {
                         dot[c] = 0.0f;
-                        for (int32_t f = 0; f < F; ++f) dot[c] += go[f] * tab[cell->c[c] * F + f];
+                        for (int32_t f = 0; f < F; ++f) dot[c] += go[f] * tab[(int64_t)cells.row[c][j] * F + f];
                     }
                 } else {
                     const int64_t s0 = (int64_t)k[i + j] * F;
                     const float a1 = a[i + j], a0 = 1.0f - a1;
                     for (int c = 0; c < 8; ++c) {
-                        const float *row = tab + cell->c[c] * row_len + s0;
+                        const float *row = tab + (int64_t)cells.row[c][j] * row_len + s0;
                         dot[c] = 0.0f;
                         for (int32_t f = 0; f < F; ++f) dot[c] += go[f] * (a0 * row[f] + a1 * row[F + f]);
                     }
                 }
-                add_input_grad(cell, dot, res[l], gx[j]);
+                const float t[3] = {cells.t[0][j], cells.t[1][j], cells.t[2][j]};
+                add_input_grad(t, dot, res[l], gx[j]);
             }
         }
         for (int64_t j = 0; j < m; ++j)
