@@ -1,5 +1,8 @@
 """Hash grid training throughput on CPU: kernel path vs the plain PyTorch reference.
 
+The MLP head is the ngp field's density MLP (`radfield.fields.mlp`): its CPU kernel on the kernel
+path, plain `torch.nn.Linear` layers on the reference path.
+
 One step = forward (encode [+ NGP-sized MLP head] + MSE loss), backward, Adam step + zero_grad.
 Reports the median over a few steps after warm-up, split into its three phases, as samples/s.
 
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from radfield.fields.hashgrid import HashGrid, HashGridConfig, kernel_available, triton_kernels
+from radfield.fields.mlp import mlp
 from radfield.native import keep_freed_memory
 
 
@@ -48,9 +52,7 @@ def run(use_kernel: bool, with_head: bool, batch: int, iters: int, warmup: int, 
     params = list(grid.parameters())
     head = None
     if with_head:
-        head = nn.Sequential(
-            nn.Linear(grid.output_dim, 64, bias=False), nn.ReLU(), nn.Linear(64, 16, bias=False)
-        ).to(device)
+        head = mlp(grid.output_dim, 64, 1, 16).to(device)  # the ngp field's density MLP (its CPU kernel)
         params += list(head.parameters())
     opt, adam_kind = make_adam(params, lr=1e-2)
     times = {"fwd": [], "bwd": [], "opt": []}
@@ -61,8 +63,8 @@ def run(use_kernel: bool, with_head: bool, batch: int, iters: int, warmup: int, 
         sync()
         t0 = time.perf_counter()
         out = grid(x)
-        if head is not None:
-            out = head(out)
+        if head is not None:  # the reference path runs the MLP's layers as plain torch.nn.Linear
+            out = head(out) if use_kernel else nn.Sequential.forward(head, out)
         loss = (out - target).square().mean()
         sync()
         t1 = time.perf_counter()

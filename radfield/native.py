@@ -81,8 +81,10 @@ class NativeLibrary:
         fallback: what runs instead, for the warning, e.g. ``"the PyTorch reference"``.
     """
 
-    def __init__(self, source: Path, signatures: dict[str, list], what: str, fallback: str):
+    def __init__(self, source: Path, signatures: dict[str, list], what: str, fallback: str,
+                 extra_flags: tuple[str, ...] = ()):
         self.source, self.signatures, self.what, self.fallback = source, signatures, what, fallback
+        self.flags = [*CFLAGS, *extra_flags]  # later flags win: "-ffp-contract=fast" for FMAs
         self.lib: ctypes.CDLL | None = None
         self.failed = False
         self._lock = threading.Lock()
@@ -91,7 +93,7 @@ class NativeLibrary:
         """``cache_dir() / <source stem>_<key>.so``, ``key`` a hash of everything the compiled
         code depends on: the C source, the flags, the gcc version and the CPU."""
         digest = hashlib.sha256()
-        for part in (self.source.read_bytes(), " ".join(CFLAGS).encode(), gcc_version().encode(),
+        for part in (self.source.read_bytes(), " ".join(self.flags).encode(), gcc_version().encode(),
                      cpu_identity().encode()):
             digest.update(len(part).to_bytes(8, "little") + part)
         return cache_dir() / f"{self.source.stem.lstrip('_')}_{digest.hexdigest()[:16]}.so"
@@ -105,7 +107,7 @@ class NativeLibrary:
             fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=target.parent)
             os.close(fd)
             try:
-                cmd = ["gcc", *CFLAGS, str(self.source), "-o", tmp, "-lm"]
+                cmd = ["gcc", *self.flags, str(self.source), "-o", tmp, "-lm"]
                 try:
                     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=GCC_TIMEOUT_S)
                 except subprocess.TimeoutExpired:

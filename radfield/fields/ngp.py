@@ -17,17 +17,8 @@ from torch import Tensor, nn
 
 from radfield.fields.base import trunc_exp
 from radfield.fields.hashgrid import HashGrid, HashGridConfig
+from radfield.fields.mlp import mlp
 from radfield.fields.sh import sh_encode
-
-
-def mlp(n_in: int, n_hidden: int, n_layers: int, n_out: int) -> nn.Sequential:
-    """``n_layers`` hidden ReLU layers of width ``n_hidden``, bias-free."""
-    layers, width = [], n_in
-    for _ in range(n_layers):
-        layers += [nn.Linear(width, n_hidden, bias=False), nn.ReLU(inplace=True)]
-        width = n_hidden
-    layers.append(nn.Linear(width, n_out, bias=False))
-    return nn.Sequential(*layers)
 
 
 @dataclass
