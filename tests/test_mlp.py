@@ -69,3 +69,13 @@ def test_state_dict_keys_are_the_sequential_ones():
     net = mlp(32, 64, 2, 3)
     assert list(net.state_dict()) == ["0.weight", "2.weight", "4.weight"]
     assert isinstance(net, torch.nn.Sequential)
+
+
+def test_other_structures_run_the_layers():
+    """A bias, or a layer other than ReLU between the linear ones, is not what the kernel runs."""
+    torch.manual_seed(2)
+    biased = MLP(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    tanh = MLP(torch.nn.Linear(8, 16, bias=False), torch.nn.Tanh(), torch.nn.Linear(16, 4, bias=False))
+    x = torch.randn(20, 8)
+    for net in (biased, tanh):
+        assert torch.equal(net(x), torch.nn.Sequential.forward(net, x))

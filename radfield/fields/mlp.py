@@ -105,7 +105,11 @@ class MLP(nn.Sequential):
         return [m for m in self if isinstance(m, nn.Linear)]
 
     def _kernel_applies(self, x: Tensor) -> bool:
-        weights = [m.weight for m in self.linears()]
+        linears = self.linears()
+        if len(self) != 2 * len(linears) - 1 or any(m.bias is not None for m in linears) or any(
+                not isinstance(m, nn.ReLU) for m in list(self)[1::2]):
+            return False  # not the alternation of bias-free layers and ReLUs that the kernel runs
+        weights = [m.weight for m in linears]
         if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[0] == 0:
             return False
         if any(w.dtype != torch.float32 or w.device.type != "cpu" or max(w.shape) > MAX_WIDTH for w in weights):
