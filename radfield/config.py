@@ -168,6 +168,11 @@ class TrainConfig:
     """Side of the square pixel patches drawn when the loss needs patches."""
     init_rays: int = 1024
     max_rays: int = 1 << 15
+    marched_budget: float = 4.0
+    """The adaptive ray count aims a step at the model's ``target_samples`` samples, and also keeps
+    the samples an early-termination pass marched (and evaluated without a graph) within this
+    many times that: where termination drops most samples, the ray count would otherwise grow
+    until that pass dominates the step."""
     background: str = "random"
     """random (per ray, RGBA data), white, black, learned (an MLP on the direction) or
     last_sample (the last interval is opaque); see :mod:`radfield.rendering.backgrounds`."""

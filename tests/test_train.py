@@ -49,3 +49,27 @@ def test_training_beats_threshold(scene, tmp_path, hsm):
     assert metrics["psnr"] > 24.0
     assert metrics["psnr"] > floor + 8.0
     assert metrics["ssim"] > 0.85
+
+
+@pytest.mark.parametrize("budget", [4.0, 1.0, 0.25])
+def test_ray_count_budgets_the_marched_samples(tmp_path, budget):
+    """The next step's rays: ``target / per_ray`` with ``per_ray`` the larger of the kept samples
+    and the marched ones over ``train.marched_budget``, per ray (clamped to [64, max_rays])."""
+    from conftest import make_config
+
+    scene = make_scene(tmp_path / "scene", n_train=4, n_val=1, n_test=1, size=16)
+    config = make_config(scene, "ngp-small", {"train.marched_budget": budget}, steps=1)
+    trainer = Trainer(config, tmp_path / "run", device="cpu", progress=False, log_tensorboard=False)
+    seen = []
+    sample = trainer.model.sample
+    trainer.model.sample = lambda *a, **kw: seen.append(sample(*a, **kw)) or seen[-1]
+    n_rays = trainer.state.n_rays
+    result = trainer.train_step()
+    marched = seen[0].n_marched
+    assert marched is not None and marched >= result.n_samples == len(seen[0])
+    per_ray = max(result.n_samples, marched / budget) / n_rays
+    expect = int(min(max(config.ngp.optim.target_samples / per_ray, 64), config.train.max_rays))
+    assert trainer.state.n_rays == expect
+    if budget == 0.25:  # the marched samples bind: fewer rays than the kept ones alone would give
+        assert expect < int(min(max(config.ngp.optim.target_samples * n_rays / result.n_samples, 64),
+                                config.train.max_rays))

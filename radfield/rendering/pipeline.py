@@ -78,7 +78,8 @@ def prune_occluded(rays: Rays, samples: Samples,
     ``T_i = exp(-sum_{k<i} sigma_k delta_k)`` falls to ``eps`` or below, from a no-grad density
     pass ``sigma_fn(positions (n_samples, 3), ray_indices (n_samples,)) -> (n_samples,)``. A
     ``sigma_fn`` that returns ``(sigmas, features)`` hands the kept samples their ``features``
-    (:attr:`Samples.features`: what the training pass may reuse).
+    (:attr:`Samples.features`: what the training pass may reuse). The result's ``n_marched``
+    is ``len(samples)``.
 
     Example: one ray of samples with ``sigma delta = 5`` each and ``eps = 1e-4``: ``T`` is 1,
     ``e^-5 = 6.7e-3``, ``e^-10 = 4.5e-5``: the first two samples are kept.
@@ -91,7 +92,7 @@ def prune_occluded(rays: Rays, samples: Samples,
         samples = replace(samples, features=features)
     _, trans, _ = render_weights(sigmas.float(), samples.t_starts, samples.t_ends, samples.ray_indices,
                                  samples.n_rays)
-    return samples.select(trans > eps)
+    return replace(samples.select(trans > eps), n_marched=len(samples))
 
 
 _COMPOSITOR = NativeLibrary(Path(__file__).with_name("_composite_cpu.c"), {

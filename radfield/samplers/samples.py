@@ -54,6 +54,8 @@ class Samples:
             no-grad pass over the same parameters (the hash encoding that Instant-NGP's
             early-termination pass computes), which the training pass reuses rather than
             computing again; None for most samplers.
+        n_marched: the number of samples marched before early termination pruned them to these
+            (:func:`radfield.rendering.pipeline.prune_occluded`), or None.
     """
 
     t_starts: Tensor
@@ -65,6 +67,7 @@ class Samples:
     s_ends: Tensor | None = None
     levels: list[Level] = field(default_factory=list)
     features: Tensor | None = None
+    n_marched: int | None = None
 
     def __len__(self) -> int:
         return self.t_starts.shape[0]

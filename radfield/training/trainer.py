@@ -17,7 +17,8 @@ One step:
    :func:`make_optimizer`);
 4. Adam step, learning-rate schedule (one factor for every parameter group's own rate), the
    model's periodic update (e.g. the occupancy grid);
-5. adapt ``n_rays`` so the next step has about the model's ``optim.target_samples`` samples.
+5. adapt ``n_rays`` so the next step has about the model's ``optim.target_samples`` samples,
+   and early termination's pass at most ``train.marched_budget`` times that many marched ones.
 
 With ``--pose-opt`` (:mod:`radfield.training.pose_refinement`) the rays of step 1 come from the
 corrected poses of their images, sampling and the background see them without their graph, and
@@ -581,8 +582,12 @@ class Trainer:
             self.poses.add_penalty_gradient(self.scaler.scale)  # the same on every rank: after averaging
             self.scaler.step(self.poses.optimizer)
         self.scaler.update()
-        # Adaptive ray count: aim the next step at the model's target_samples samples (per rank).
-        per_ray = max(result.n_samples, 1) / (batch.samples.n_rays * self.world.size)
+        # Adaptive ray count: aim the next step at the model's target_samples samples (per rank),
+        # with the early-termination pass's marched samples within marched_budget times that.
+        cost = max(result.n_samples, 1)
+        if batch.samples.n_marched is not None:
+            cost = max(cost, batch.samples.n_marched * self.world.size / self.config.train.marched_budget)
+        per_ray = cost / (batch.samples.n_rays * self.world.size)
         target = self.config.optim.target_samples
         if self.miner is not None:
             target *= self.config.train.hsm.first_pass_samples
