@@ -1,7 +1,7 @@
 /* Bias-free ReLU MLP layers, float32 CPU kernel: one layer's product, for the forward or the
  * backward's input gradient. Compiled at first use by radfield/fields/mlp.py and called through
  * ctypes; tested against torch.nn.Linear's autograd. (The weight gradient, a long sum over
- * samples, is torch.mm's: a kernel of ours ran it 3-6x slower.)
+ * samples, is torch.mm's: a kernel of ours ran it 2-5x slower.)
  *
  *   mlp_dense: out[j, o] = sum_k in[j, k] M[k, o], then max(., 0) (relu) or times
  *              [mask[j, o] > 0] (mask: the ReLU's backward, given the ReLU's output); M is

@@ -11,7 +11,7 @@ gradients, long sums over samples, are ``torch.mm``'s. Layers up to :data:`MAX_W
 ones run the layers. Widths are padded to multiples of 8 with zero weights, so the results are
 the unpadded ones. Measured on 2 cores (``bench/RESULTS.md``): a ``[33 600, 64] x [64, 64]``
 product with its ReLU in 1.7 ms against ``torch.mm``'s 2.5-2.9 ms, the ngp field's two MLPs'
-forward and backward in 21-24 ms against 26-27 ms. The kernel is first-order: its backward is not
+forward and backward in 21.3-23.8 ms against 25.8-27.4 ms. The kernel is first-order: its backward is not
 itself differentiable (``once_differentiable``; torch raises if a gradient of a gradient is asked
 through it), which no model here needs.
 """
@@ -104,23 +104,23 @@ class MLP(nn.Sequential):
     def linears(self) -> list[nn.Linear]:
         return [m for m in self if isinstance(m, nn.Linear)]
 
-    def _kernel_applies(self, x: Tensor) -> bool:
-        linears = self.linears()
+    def _kernel_applies(self, x: Tensor, linears: list[nn.Linear]) -> bool:
         if len(self) != 2 * len(linears) - 1 or any(m.bias is not None for m in linears) or any(
                 not isinstance(m, nn.ReLU) for m in list(self)[1::2]):
             return False  # not the alternation of bias-free layers and ReLUs that the kernel runs
-        weights = [m.weight for m in linears]
         if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[0] == 0:
             return False
-        if any(w.dtype != torch.float32 or w.device.type != "cpu" or max(w.shape) > MAX_WIDTH for w in weights):
+        if any(m.weight.dtype != torch.float32 or m.weight.device.type != "cpu" or max(m.weight.shape) > MAX_WIDTH
+               for m in linears):
             return False
         if torch.is_autocast_enabled("cpu"):
             return False
         return _KERNEL.load() is not None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._kernel_applies(x):
-            return mlp_kernel(x, [m.weight for m in self.linears()])
+        linears = self.linears()
+        if self._kernel_applies(x, linears):
+            return mlp_kernel(x, [m.weight for m in linears])
         return super().forward(x)
 
 
