@@ -1,7 +1,7 @@
 """Baseline vs hard sample mining at equal wall-clock budgets (issue: HSM benchmark).
 
     python bench/hsm_tabletop.py --budgets 300 1200 [--data ../shared/data/tabletop]
-        [--modes baseline hsm hsm-rising hsm-unbiased hsm-early hsm-2x]
+        [--modes baseline hsm hsm-rising hsm-unbiased hsm-early hsm-2x baseline-sparse hsm-sparse]
 
 Each (mode, budget) trains in its own process (so peak memory is per run), records validation
 PSNR against training time (2 val images, every --eval-every seconds; validation time is not
@@ -36,6 +36,8 @@ MODES = {
     "hsm-unbiased": {**HSM, "train.hsm.importance_weights": True},  # g / min(1, b p)
     "hsm-early": {**HSM, "train.hsm.early_stop": True},             # early termination kept
     "hsm-2x": {**HSM, "train.hsm.first_pass_samples": 2.0},         # twice the first-pass samples
+    "baseline-sparse": {"ngp.optim.sparse_tables": True},            # Instant-NGP's Adam for the tables
+    "hsm-sparse": {**HSM, "ngp.optim.sparse_tables": True},
 }
 PROBE_STEPS = 3
 

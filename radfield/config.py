@@ -56,6 +56,10 @@ class OptimConfig:
     off under --hsm, whose first pass sees those samples anyway)."""
     distortion_weight: float = 0.0
     """Weight of the mip-NeRF 360 distortion loss on the sample weights (0 = off)."""
+    sparse_tables: bool = False
+    """Instant-NGP's Adam step for hash tables (:mod:`radfield.training.adam`): an entry whose
+    gradient is zero keeps its value and moments, and each entry counts its own steps for the
+    bias correction. False: torch's Adam moves every entry every step."""
 
 
 def mlp_optim(**overrides) -> OptimConfig:

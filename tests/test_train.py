@@ -16,12 +16,13 @@ def scene(tmp_path_factory):
     return make_scene(tmp_path_factory.mktemp("scene"), n_train=24, n_val=2, n_test=3, size=48)
 
 
-def config_for(scene, steps, hsm=False) -> RunConfig:
+def config_for(scene, steps, hsm=False, sparse_tables=False) -> RunConfig:
     config = apply_overrides(RunConfig(), PRESETS["ngp-small"])
     config.data.path = str(scene)
     config.train.max_steps = steps
     config.train.eval_every = 1e9
     config.train.hsm.enabled = hsm
+    config.ngp.optim.sparse_tables = sparse_tables
     # Instant-NGP's fine march, as these thresholds were set with: the automatic one of 48 px images
     # (64 steps over the diagonal) trades quality per step for rays per step, and here steps are fixed
     config.ngp.occupancy.steps_per_diagonal = 1024
@@ -38,13 +39,14 @@ def baseline_psnr(scene) -> float:
     return max(psnr(mean.expand_as(img), img) for img in imgs)
 
 
-@pytest.mark.parametrize("hsm", [False, True], ids=["baseline", "hsm"])
-def test_training_beats_threshold(scene, tmp_path, hsm):
-    trainer = Trainer(config_for(scene, 400, hsm), tmp_path / "run", progress=False, log_tensorboard=False)
+@pytest.mark.parametrize("hsm,sparse", [(False, False), (True, False), (False, True)],
+                         ids=["baseline", "hsm", "sparse-tables"])
+def test_training_beats_threshold(scene, tmp_path, hsm, sparse):
+    trainer = Trainer(config_for(scene, 400, hsm, sparse), tmp_path / "run", progress=False, log_tensorboard=False)
     trainer.train()
     metrics = evaluate_run(tmp_path / "run", "test", save_renders=False, progress=False)
     floor = baseline_psnr(scene)
-    print(f"hsm={hsm}: test PSNR {metrics['psnr']:.2f} dB, constant-image PSNR {floor:.2f} dB")
+    print(f"hsm={hsm} sparse_tables={sparse}: test PSNR {metrics['psnr']:.2f} dB, constant-image PSNR {floor:.2f} dB")
     assert metrics["n_images"] == 3
     assert metrics["psnr"] > 24.0
     assert metrics["psnr"] > floor + 8.0

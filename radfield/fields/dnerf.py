@@ -175,6 +175,6 @@ class DNeRFField(nn.Module):
         if self.time_grid is not None:
             grids += list(self.time_grid.parameters())
         return self.canonical.param_groups(lr, weight_decay) + [
-            {"params": grids, "lr": lr, "weight_decay": 0.0},
+            {"params": grids, "lr": lr, "weight_decay": 0.0, "tables": True},
             {"params": list(self.deform_mlp.parameters()), "lr": lr, "weight_decay": weight_decay},
         ]

@@ -88,9 +88,10 @@ class NGPField(nn.Module):
         return trunc_exp(self.density_mlp(encoding)[:, 0])
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """Adam groups: hash tables without weight decay, MLPs with it (Instant-NGP)."""
+        """Adam groups: hash tables without weight decay (marked ``"tables"``: ``optim.sparse_tables``
+        applies to them), MLPs with it (Instant-NGP)."""
         return [
-            {"params": list(self.grid.parameters()), "lr": lr, "weight_decay": 0.0},
+            {"params": list(self.grid.parameters()), "lr": lr, "weight_decay": 0.0, "tables": True},
             {"params": list(self.density_mlp.parameters()) + list(self.color_mlp.parameters()),
              "lr": lr, "weight_decay": weight_decay},
         ]

@@ -25,7 +25,8 @@ A model is a field plus the sampler that feeds it, built for one scene:
 * ``shade(rays, values, opacity) -> rgb``: deferred shading, per ray, of the accumulated
   per-sample values ``sum_i w_i v_i`` that ``field.activate`` gives (the colour itself for
   every model but MeRF), before the background;
-* ``param_groups(optim)``: optimiser parameter groups (a group may carry its own ``lr``);
+* ``param_groups(optim)``: optimiser parameter groups (a group may carry its own ``lr``, and
+  ``"tables": True`` where it holds hash tables, for ``optim.sparse_tables``);
 * ``log_scalars() -> dict``: the model's own figures for the training log;
 * ``appearance_codes()``: per-image appearance codes (evaluation protocols fit held-out ones);
 * ``level_set(level)``: the function whose level set is the surface (mesh export);

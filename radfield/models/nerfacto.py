@@ -162,5 +162,5 @@ class NerfactoModel(Model):
         grids = list(self.field.grid.parameters()) + [p for prop in self.proposals for p in prop.grid.parameters()]
         mlps = [self.field.density_mlp, self.field.color_mlp, self.field.appearance] + \
                [prop.mlp for prop in self.proposals]
-        groups = [{"params": grids, "lr": optim.lr, "weight_decay": 0.0}]
+        groups = [{"params": grids, "lr": optim.lr, "weight_decay": 0.0, "tables": True}]
         return groups + self.mlp_param_groups(mlps, optim)

@@ -15,7 +15,7 @@ One step:
 3. ``model.sample`` -> packed samples; ``baseline_step`` or the HSM step -> gradients (a model
    that grows new parameters before the step, ``Model.grow``, gets its optimiser rebuilt:
    :func:`make_optimizer`);
-4. Adam step, learning-rate schedule (one factor for every parameter group's own rate), the
+4. Adam step (Instant-NGP's for hash tables with ``optim.sparse_tables``), learning-rate schedule (one factor for every parameter group's own rate), the
    model's periodic update (e.g. the occupancy grid);
 5. adapt ``n_rays`` so the next step has about the model's ``optim.target_samples`` samples,
    and early termination's pass at most ``train.marched_budget`` times that many marched ones.
@@ -73,6 +73,7 @@ from radfield.models import SceneInfo, build_model
 from radfield.native import keep_freed_memory
 from radfield.rendering.backgrounds import background_color, ray_background, training_colour
 from radfield.rendering.images import render_image
+from radfield.training.adam import Adam
 from radfield.training.checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint,
                                           save_checkpoint)
 from radfield.training.distributed import current_world
@@ -91,9 +92,10 @@ def learning_rate_factor(progress: float, step: int, warmup_steps: int,
 
 
 def make_optimizer(model, optim: OptimConfig, previous: torch.optim.Optimizer | None = None
-                   ) -> torch.optim.Adam:
-    """Adam over ``model.param_groups(optim)`` (fused; each group's own rate kept as its
-    ``base_lr``, which the schedule scales). With ``previous`` (the optimiser of the model before
+                   ) -> Adam:
+    """Adam over ``model.param_groups(optim)`` (torch's fused Adam; with ``optim.sparse_tables``
+    Instant-NGP's step for the groups marked ``"tables"``, :mod:`radfield.training.adam`; each
+    group's own rate kept as its ``base_lr``, which the schedule scales). With ``previous`` (the optimiser of the model before
     ``Model.grow`` replaced some of its parameters), every parameter ``previous`` also held keeps
     its state (moments, step count); the new parameters start afresh, as in a new Adam (DVGO
     restarts its optimiser at each growth, the MLP's moments included).
@@ -101,7 +103,8 @@ def make_optimizer(model, optim: OptimConfig, previous: torch.optim.Optimizer | 
     groups = model.param_groups(optim)
     for group in groups:  # the schedule scales each group's own rate
         group["base_lr"] = group.get("lr", optim.lr)
-    optimizer = torch.optim.Adam(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
+        group["sparse"] = bool(group.pop("tables", False) and optim.sparse_tables)
+    optimizer = Adam(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
     if previous is not None:
         kept = {p for group in groups for p in group["params"]}
         for p, state in previous.state.items():
