@@ -41,6 +41,24 @@ static inline void update_chunk(float *restrict p, const float *restrict g, floa
     }
 }
 
+/* update_chunk on a whole chunk, and on the last, shorter one. Not inlined into the parallel loop:
+ * their own restrict arguments (and the whole chunk's constant trip count) let gcc vectorise. */
+__attribute__((noinline)) static void update_full(float *restrict p, const float *restrict g, float *restrict m,
+                                                  float *restrict v, float *restrict k, float lr, float b1,
+                                                  float a1, float b2, float a2, float eps,
+                                                  const float *restrict c1, const float *restrict c2s,
+                                                  int32_t last) {
+    update_chunk(p, g, m, v, k, CHUNK, lr, b1, a1, b2, a2, eps, c1, c2s, last);
+}
+
+__attribute__((noinline)) static void update_tail(float *restrict p, const float *restrict g, float *restrict m,
+                                                  float *restrict v, float *restrict k, int len, float lr,
+                                                  float b1, float a1, float b2, float a2, float eps,
+                                                  const float *restrict c1, const float *restrict c2s,
+                                                  int32_t last) {
+    update_chunk(p, g, m, v, k, len, lr, b1, a1, b2, a2, eps, c1, c2s, last);
+}
+
 /* One step over n_params tensors: p[t], g[t], m[t], v[t], k[t] are the addresses of tensor t's
  * contiguous float32 values, gradients, moments and step counts, size[t] its number of entries. */
 void sparse_adam(int32_t n_params, const int64_t *p, const int64_t *g, const int64_t *m,
@@ -59,11 +77,10 @@ void sparse_adam(int32_t n_params, const int64_t *p, const int64_t *g, const int
             int any = 0;
             for (int64_t j = 0; j < len; ++j) any |= gt[i + j] != 0.0f;
             if (!any) continue;
-            if (len == CHUNK) /* a constant trip count: the loop vectorises */
-                update_chunk(pt + i, gt + i, mt + i, vt + i, kt + i, CHUNK, lr, b1, a1, b2, a2, eps, c1, c2s, last);
+            if (len == CHUNK)
+                update_full(pt + i, gt + i, mt + i, vt + i, kt + i, lr, b1, a1, b2, a2, eps, c1, c2s, last);
             else
-                update_chunk(pt + i, gt + i, mt + i, vt + i, kt + i, (int)len, lr, b1, a1, b2, a2, eps, c1, c2s,
-                             last);
+                update_tail(pt + i, gt + i, mt + i, vt + i, kt + i, (int)len, lr, b1, a1, b2, a2, eps, c1, c2s, last);
         }
     }
 }
