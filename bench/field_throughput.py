@@ -131,8 +131,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     batch = 2**args.batch_log2
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 2^{args.batch_log2}, "
-          f"hash grid {args.tables} ({grid_description(args.tables)}), median of {args.iters} (reference {args.ref_iters}) steps "
-          f"after {args.warmup} warm-up, freed memory {'kept' if kept else 'returned'}")  # fmt: skip
+          f"hash grid {args.tables} ({grid_description(args.tables)}), median of {args.iters} "
+          f"(reference {args.ref_iters}) steps after {args.warmup} warm-up, "
+          f"freed memory {'kept' if kept else 'returned'}")  # fmt: skip
     on_cuda = args.device.startswith("cuda")
     paths = [("kernel", True)] if (triton_kernels() if on_cuda else kernel_available()) else []
     if not paths:

@@ -15,8 +15,9 @@ One step:
 3. ``model.sample`` -> packed samples; ``baseline_step`` or the HSM step -> gradients (a model
    that grows new parameters before the step, ``Model.grow``, gets its optimiser rebuilt:
    :func:`make_optimizer`);
-4. Adam step (Instant-NGP's for hash tables with ``optim.sparse_tables``), learning-rate schedule (one factor for every parameter group's own rate), the
-   model's periodic update (e.g. the occupancy grid);
+4. Adam step (Instant-NGP's for hash tables with ``optim.sparse_tables``), learning-rate schedule
+   (one factor for every parameter group's own rate), the model's periodic update (e.g. the
+   occupancy grid);
 5. adapt ``n_rays`` so the next step has about the model's ``optim.target_samples`` samples,
    and early termination's pass at most ``train.marched_budget`` times that many marched ones.
 
@@ -95,10 +96,10 @@ def make_optimizer(model, optim: OptimConfig, previous: torch.optim.Optimizer | 
                    ) -> Adam:
     """Adam over ``model.param_groups(optim)`` (torch's fused Adam; with ``optim.sparse_tables``
     Instant-NGP's step for the groups marked ``"tables"``, :mod:`radfield.training.adam`; each
-    group's own rate kept as its ``base_lr``, which the schedule scales). With ``previous`` (the optimiser of the model before
-    ``Model.grow`` replaced some of its parameters), every parameter ``previous`` also held keeps
-    its state (moments, step count); the new parameters start afresh, as in a new Adam (DVGO
-    restarts its optimiser at each growth, the MLP's moments included).
+    group's own rate kept as its ``base_lr``, which the schedule scales). With ``previous`` (the
+    optimiser of the model before ``Model.grow`` replaced some of its parameters), every parameter
+    ``previous`` also held keeps its state (moments, step count); the new parameters start afresh,
+    as in a new Adam (DVGO restarts its optimiser at each growth, the MLP's moments included).
     """
     groups = model.param_groups(optim)
     for group in groups:  # the schedule scales each group's own rate
