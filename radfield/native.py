@@ -23,6 +23,10 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
 
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math"]
 """``-ffp-contract=off``: no fused multiply-adds, so the kernels round as PyTorch's references do.
@@ -165,3 +169,9 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
+def addresses(tensors: Sequence[Tensor | None]) -> Tensor:
+    """The ``(n,)`` int64 array of the tensors' data addresses (0 for None), which a kernel reads
+    as an array of pointers: one argument for a list of tables, of any length."""
+    return torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)

@@ -65,7 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from radfield.fields.window import WindowedBands
-from radfield.native import NativeLibrary
+from radfield.native import NativeLibrary, addresses
 
 __all__ = [
     "HashGridConfig",
@@ -227,10 +227,6 @@ def _kernel_applies(x: Tensor, tables: Sequence[Tensor]) -> bool:
     return _get_library() is not None
 
 
-def _addresses(tensors: Sequence[Tensor | None]) -> Tensor:
-    return torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
-
-
 class GradientStorage:
     """Storage for the tables' gradients, reused from one backward to the next.
 
@@ -313,7 +309,7 @@ class _HashGridFunction(torch.autograd.Function):
             return precomputed.detach()
         head, keep = _HashGridFunction._head(x, resolutions, tables, slices)
         n_feat = tables[0].shape[1] // (1 if slices is None else slices[2])
-        ptrs = _addresses(tables)
+        ptrs = addresses(tables)
         out = torch.empty(x.shape[0], len(tables) * n_feat, dtype=torch.float32)
         if slices is None and x.requires_grad:  # an input gradient will be asked for: dy/dx now
             ctx.jacobian = torch.empty(x.shape[0], len(tables) * n_feat, 3, dtype=torch.float32)
@@ -342,7 +338,7 @@ class _HashGridFunction(torch.autograd.Function):
                     grad_tables[level] = (torch.empty_like(table) if ctx.storage is None
                                           else ctx.storage.take(level, table))
             # keep every address array in a variable: a temporary would be freed before the call
-            grad_ptrs = _addresses(grad_tables)
+            grad_ptrs = addresses(grad_tables)
             call = lib.hg_backward_tables_sliced if sliced else lib.hg_backward_tables
             call(*head, grad_ptrs.data_ptr(), grad_out.data_ptr(), nthreads)
         grad_x = None
@@ -350,7 +346,7 @@ class _HashGridFunction(torch.autograd.Function):
             grad_x = clamp_gradient(x, torch.einsum("nk,nkd->nd", grad_out, ctx.jacobian))
         elif ctx.needs_input_grad[0]:  # time-sliced tables: a second pass over the corners
             grad_x = torch.empty_like(x)
-            table_ptrs = _addresses(tables)
+            table_ptrs = addresses(tables)
             lib.hg_backward_input_sliced(*head, table_ptrs.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(),
                                          nthreads)
             grad_x = clamp_gradient(x, grad_x)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from radfield.errors import RadfieldError
-from radfield.native import NativeLibrary
+from radfield.native import NativeLibrary, addresses
 
 _P, _I32, _I64, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float
 _KERNEL = NativeLibrary(Path(__file__).with_name("_adam_cpu.c"), {
@@ -83,11 +83,10 @@ def sparse_adam_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[T
             sparse_adam_reference(p, g, m, v, k, lr, betas, eps)
         return
     c1, c2s = bias_tables(*betas)
-    addresses = [torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64)
-                 for ts in (params, grads, exp_avgs, exp_avg_sqs, entry_steps)]
+    arrays = [addresses(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs, entry_steps)]
     sizes = torch.tensor([p.numel() for p in params], dtype=torch.int64)
     (b1, b2), (a1, a2) = betas, (1 - betas[0], 1 - betas[1])  # as the reference rounds them
-    lib.sparse_adam(len(params), *(a.data_ptr() for a in addresses), sizes.data_ptr(), lr, b1, a1, b2, a2, eps,
+    lib.sparse_adam(len(params), *(a.data_ptr() for a in arrays), sizes.data_ptr(), lr, b1, a1, b2, a2, eps,
                     c1.data_ptr(), c2s.data_ptr(), len(c1), torch.get_num_threads())
 
 
