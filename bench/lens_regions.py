@@ -18,11 +18,10 @@ import json
 import numpy as np
 import torch
 
-from radfield.data import load_scene_groups
+from runs import trained_run  # this checkout first on sys.path
+
 from radfield.data.scene import over_background
-from radfield.rendering.backgrounds import background_color
 from radfield.rendering.images import render_image
-from radfield.training.checkpoint import load_run
 
 REGIONS = {"centre": (0.0, 0.5), "ring": (0.5, 1.0), "corners": (1.0, float("inf"))}
 
@@ -40,10 +39,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def renders(run_dir: str, images: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``(renders, ground truths)`` of the run's test images, on its evaluation background."""
-    config, model = load_run(run_dir)
-    data = load_scene_groups(config.data.path, "test", config.data.downscale,
-                             colmap_model=config.data.colmap_model)[0]
-    bg = background_color(config.data.eval_background, "cpu")
+    _, model, data, bg = trained_run(run_dir)
     out, gts = [], []
     for i in images:
         out.append(render_image(model, data.cameras, i, bg).rgb.clamp(0, 1))

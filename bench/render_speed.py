@@ -17,10 +17,9 @@ import time
 
 import torch
 
-from radfield.data import load_scene_groups
+from runs import trained_run  # this checkout first on sys.path
+
 from radfield.data.scene import over_background
-from radfield.rendering.backgrounds import background_color
-from radfield.training.checkpoint import load_run
 from radfield.rendering.images import render_image
 
 
@@ -32,10 +31,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the figures here too")
     args = ap.parse_args()
 
-    config, model = load_run(args.run_dir)
-    data = load_scene_groups(config.data.path, "test", config.data.downscale,
-                             colmap_model=config.data.colmap_model)[0]
-    bg = background_color(config.data.eval_background, "cpu")
+    _, model, data, bg = trained_run(args.run_dir)
     images = [int(i) for i in args.images.split(",")]
     kw = {} if args.chunk is None else {"chunk": args.chunk}
     render_image(model, data.cameras, images[0], bg, **kw)  # warm-up

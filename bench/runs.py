@@ -39,3 +39,16 @@ def fresh(run_dir: Path) -> Path:
     """``run_dir``, emptied: every benchmark run trains from scratch."""
     shutil.rmtree(run_dir, ignore_errors=True)
     return run_dir
+
+
+def trained_run(run_dir: str | Path, split: str = "test"):
+    """A trained run as ``radfield eval`` loads it: ``(config, model, data, background)``, with
+    ``data`` the run's ``split`` and ``background`` ``(3,)`` its evaluation background."""
+    from radfield.data import load_scene_groups
+    from radfield.rendering.backgrounds import background_color
+    from radfield.training.checkpoint import load_run
+
+    config, model = load_run(run_dir)
+    data = load_scene_groups(config.data.path, split, config.data.downscale,
+                             colmap_model=config.data.colmap_model)[0]
+    return config, model, data, background_color(config.data.eval_background, "cpu")
