@@ -1,5 +1,5 @@
 """Shared fixtures and helpers of the test suite: one torch thread for small batches, short run
-configs, forbidding image decoding and comparing cameras (reader tests)."""
+configs, forbidding image decoding, comparing cameras (reader tests) and reading videos back."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from pathlib import Path  # noqa: E402
 
+import imageio.v2 as imageio  # noqa: E402
 import imageio.v3 as iio  # noqa: E402
+import numpy as np  # noqa: E402
 import PIL.ImageFile  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -100,3 +102,12 @@ def assert_same_cameras():
             assert _same_value(cams.meta[key], scene.meta[key]), key
 
     return check
+
+
+def read_video(path: Path) -> list[np.ndarray]:
+    """Every frame of the video at ``path`` (through imageio's ffmpeg reader)."""
+    reader = imageio.get_reader(path, format="FFMPEG")
+    try:
+        return [np.asarray(frame) for frame in reader]
+    finally:
+        reader.close()

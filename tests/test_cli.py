@@ -25,12 +25,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import imageio.v2 as imageio
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
+from conftest import read_video
 from radfield.cli import main
 from radfield.config import PRESETS, RunConfig, apply_overrides, parse_override
 from radfield.data.synthetic import make_scene
@@ -225,20 +225,12 @@ def test_eval_metrics_and_renders(evaluated_run, scene):
         assert np.isfinite(row["psnr"]) and -1.0 <= row["ssim"] <= 1.0
 
 
-def _read_video(path: Path) -> list[np.ndarray]:
-    reader = imageio.get_reader(path, format="FFMPEG")
-    try:
-        return [np.asarray(frame) for frame in reader]
-    finally:
-        reader.close()
-
-
 def test_render_test_path_video(evaluated_run, capsys):
     out = evaluated_run / "v.mp4"
     rc, stdout, _ = run_cli(["render", evaluated_run, "--path", "test", "--out", out,
                              "--device", "cpu"], capsys)
     assert rc == 0 and f"({N_TEST} frames)" in stdout
-    frames = _read_video(out)
+    frames = read_video(out)
     assert len(frames) == N_TEST
     pngs = [iio.imread(evaluated_run / "renders" / "test" / f"r_{i}_rgb.png").astype(np.float64)
             for i in range(N_TEST)]
@@ -254,7 +246,7 @@ def test_render_orbit_frames(trained_run, capsys, no_image_decoding):
     rc, stdout, _ = run_cli(["render", trained_run, "--path", "orbit", "--frames", "4",
                              "--device", "cpu"], capsys)
     assert rc == 0
-    frames = _read_video(trained_run / "orbit.mp4")
+    frames = read_video(trained_run / "orbit.mp4")
     assert len(frames) == 4 and frames[0].shape == (SIZE, SIZE, 3)
 
 

@@ -36,13 +36,12 @@ import urllib.request
 from contextlib import nullcontext
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import make_config
+from conftest import make_config, read_video
 from radfield.cameras import image_rays, look_at, project
 from radfield.cli import main
 from radfield.data.synthetic import make_scene
@@ -366,14 +365,14 @@ def test_render_camera_path_json(run, loaded, tmp_path, capsys):
     out = tmp_path / "path.mp4"
     argv = ["render", str(run), "--path", str(tmp_path / "path.json"), "--out", str(out), "--device", "cpu"]
     assert main(argv) == 0
-    frames = _read_video(out)
+    frames = read_video(out)
     assert len(frames) == 5 and frames[0].shape == (16, 24, 3)
     model, bg = loaded
     first = render_image(model, keyframe_cameras(path), 0, bg).rgb.numpy() * 255
     assert np.abs(frames[0].astype(float) - first).mean() < 8.0  # H.264 loses a little
     assert main(["render", str(run), "--path", str(tmp_path / "path.json"), "--frames", "3", "--out",
                  str(out), "--device", "cpu"]) == 0
-    assert len(_read_video(out)) == 3
+    assert len(read_video(out)) == 3
     capsys.readouterr()
     bad = tmp_path / "bad.json"
     bad.write_text("{")
@@ -381,14 +380,6 @@ def test_render_camera_path_json(run, loaded, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"radfield: error: {bad}: not valid JSON") and err.count("\n") == 1
     assert not (run / "bad.mp4").exists()
-
-
-def _read_video(path: Path) -> list[np.ndarray]:
-    reader = imageio.get_reader(path, format="FFMPEG")
-    try:
-        return [np.asarray(frame) for frame in reader]
-    finally:
-        reader.close()
 
 
 # ---------------------------------------------------------------------------- command-line errors
@@ -777,7 +768,7 @@ def test_camera_path_editor_in_browser(run, browser, tmp_path, capsys):
         close(viewer, browser)
     out = tmp_path / "cams.mp4"
     assert main(["render", str(run), "--path", str(file), "--out", str(out), "--device", "cpu"]) == 0
-    assert len(_read_video(out)) == 4
+    assert len(read_video(out)) == 4
 
 
 def test_live_training_progress_and_pause(scene, browser, tmp_path):
