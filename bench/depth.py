@@ -1,6 +1,7 @@
 """Depth supervision and few-view training (issue 11): the paper's table, views x depth losses.
 
     python bench/depth.py                      # both suites, 10 minutes per run (about 4 hours)
+    python bench/depth.py --jobs 2             # two runs at once, one core each (about 2 hours)
     python bench/depth.py --suites tabletop --views 3 6 --budget 900
 
 Suites:
@@ -20,17 +21,22 @@ farthest-point sampling on the camera centres (``--train-views``). Writes
 existing file is reused unless ``--force``: the table can be finished across sessions);
 ``--seeds 0 1 2`` trains each cell once per seed and reports the mean (one floater in one view
 can move a few-view run by a decibel); ``bench/out/depth_<suite>.json``, and
-prints a markdown table and the issue's goals.
+prints a markdown table and the issue's goals. ``--jobs 2`` trains two runs at a time with one
+thread each: on a 2-core machine a run then takes about 5 600 steps in its 600 s against 6 500-7 300
+alone on both cores (``bench/RESULTS.md``, 2026-12-05), so the table takes half the time; say which
+was used, since step counts differ.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from runs import DATA, OUT, ROOT, budgeted_config, fresh  # this checkout first on sys.path
@@ -138,6 +144,29 @@ def goals(results: dict, views: list[str]) -> str:
     return "\n".join(lines)
 
 
+def train_all(pending: list[tuple[str, Path, dict]], jobs: int) -> list[str]:
+    """Train each ``(label, file, spec)`` in its own process, ``jobs`` at a time (each then on
+    ``cores // jobs`` threads), writing its result to ``file`` as it ends; the failed labels."""
+    env = dict(os.environ)
+    if jobs > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+
+    def one(label: str, file: Path, spec: dict) -> str | None:
+        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
+                              capture_output=True, text=True, cwd=ROOT, env=env)
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            return f"{label} (exit {proc.returncode})"
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        file.write_text(json.dumps(res, indent=1))
+        print(f"{label}: {res['steps']} steps, test PSNR {_fmt(res['test_psnr'])}, AbsRel "
+              f"{_fmt(res['depth_abs_rel'], 4)}", flush=True)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return [f for f in pool.map(lambda item: one(*item), pending) if f]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
@@ -155,6 +184,9 @@ def main() -> None:
                     help="train each run once per seed (train.seed); the table and goals use the mean")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--force", action="store_true", help="rerun runs whose JSON exists")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at once, each on cores / jobs threads (2 on a 2-core machine: the table in "
+                         "half the time, each run on one core)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -165,38 +197,35 @@ def main() -> None:
     overrides = {k.strip(): _value(v.strip()) for k, _, v in (s.partition("=") for s in args.set)}
     if "train.seed" in overrides:
         raise SystemExit("depth.py: give seeds with --seeds, not --set train.seed (--seeds decides the file names)")
-    reports = []
+    pending = []  # runs to train: (label, result file, spec)
+    cells = {suite: {} for suite in args.suites}  # suite -> (views, loss) -> its result files, one a seed
     for suite in args.suites:
         info = SUITES[suite]
-        views = args.views or info["views"]
-        results, runs = {}, {}
-        for v in views:
+        for v in args.views or info["views"]:
             for loss in args.losses:
-                per_seed = []
+                files = []
                 for seed in args.seeds:
                     name = f"{suite}_{v}v_{loss}" + (f"_s{seed}" if seed else "")
                     file = out / f"depth_{name}.json"
+                    files.append(file)
                     if file.exists() and not args.force:
-                        per_seed.append(json.loads(file.read_text()))
                         continue
                     spec = {"suite": suite, "data": getattr(args, suite), "views": v, "loss": loss,
                             "preset": args.preset, "budget": args.budget, "test_every": args.test_every,
                             "overrides": {**info["overrides"], **overrides, "train.seed": seed},
                             "beta_eps": info.get("beta_eps"), "run_dir": str(out / f"run_depth_{name}")}
-                    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
-                                          capture_output=True, text=True, cwd=ROOT)
-                    if proc.returncode != 0:
-                        print(proc.stderr[-2000:], file=sys.stderr)
-                        raise SystemExit(f"{suite} {v} views {loss} seed {seed}: failed (exit {proc.returncode})")
-                    res = json.loads(proc.stdout.strip().splitlines()[-1])
-                    file.write_text(json.dumps(res, indent=1))
-                    per_seed.append(res)
-                    print(f"{suite} {v} views {loss} seed {seed}: {res['steps']} steps, test PSNR "
-                          f"{_fmt(res['test_psnr'])}, AbsRel {_fmt(res['depth_abs_rel'], 4)}", flush=True)
-                runs[(v, loss)] = per_seed
-                results[(v, loss)] = seed_mean(per_seed)
+                    pending.append((f"{suite} {v} views {loss} seed {seed}", file, spec))
+                cells[suite][(v, loss)] = files
+    failed = train_all(pending, args.jobs)
+    if failed:
+        raise SystemExit("failed: " + "; ".join(failed))
+    reports = []
+    for suite in args.suites:
+        runs = {cell: [json.loads(f.read_text()) for f in files] for cell, files in cells[suite].items()}
+        results = {cell: seed_mean(r) for cell, r in runs.items()}
         (out / f"depth_{suite}.json").write_text(json.dumps(
             {f"{v}v_{loss}": {"mean": results[(v, loss)], "runs": r} for (v, loss), r in runs.items()}, indent=1))
+        views = args.views or SUITES[suite]["views"]
         reports.append(table(suite, results, views, args.losses) + "\n\n" + goals(results, views))
     seeds = f", the mean of seeds {' '.join(map(str, args.seeds))}" if len(args.seeds) > 1 else ""
     print(f"\npreset {args.preset}, {args.budget:.0f} s of training per run{seeds}")
