@@ -1025,7 +1025,7 @@ def test_neural_sim_bilevel_hypergradient_matches_finite_differences():
         e[k] = h
         up = example.bilevel_loss(net, x, labels, (p + e).detach(), val_x, val_labels, 0.5)[0]
         down = example.bilevel_loss(net, x, labels, (p - e).detach(), val_x, val_labels, 0.5)[0]
-        assert float(grad[k]) == pytest.approx(float(up - down) / (2 * h), rel=1e-5, abs=1e-9)
+        assert float(grad[k]) == pytest.approx(float((up - down).detach()) / (2 * h), rel=1e-5, abs=1e-9)
     assert grad.abs().max() > 1e-4  # the step does depend on p
     lower = example.bilevel_loss(net, x, labels, (p - 1e-3 * grad).detach(), val_x, val_labels, 0.5)[0]
-    assert float(lower) < float(loss)
+    assert float(lower.detach()) < float(loss.detach())
