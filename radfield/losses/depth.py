@@ -42,14 +42,10 @@ mip-NeRF code adds its depth losses to a Charbonnier photometric loss,
 ``sqrt(d^2 + 1e-3)``, whose gradient at small residuals is ``1 / (2 sqrt(1e-3))``, about 16 times
 that of radfield's default L2 loss. So the bounded loss's unscaled ``L_cdf`` becomes about 0.1 here,
 and that code's ``lambda_depth = 0.1`` for L2 becomes 0.1 / 16; URF's 0.1 was scaled alike.
-Measured on tabletop (``bench/depth.py``, 10 minutes, ``bench/RESULTS.md``):
-- bounded: with every view 1.0 scored about 1 dB below no depth and 0.1 0.21 dB below; at 3 and
-  6 views 0.1 scored higher than 1.0;
-- L2 at 0.00625: +2.07 / +1.85 / +0.24 dB over no depth at 3 / 6 / all views, in one session
-  (two seeds at 3 and 6 views, one with all). At 0.1, another session measured +2.74 and -0.03 at
-  3 and 6 views (one seed);
-- URF at 0.00625: +5.24 / +3.31 / -0.43 dB over no depth at 3 / 6 / all views, in one session (one
-  seed; 20.48 / 23.18 / 30.78 dB). URF at 0.1: ``bench/RESULTS.md`` (other sessions).
+Measured on tabletop (``bench/depth.py``, 10 minutes a run, every run in one session, one seed,
+``bench/RESULTS.md`` 2026-12-05), test PSNR over no depth at 3 / 6 / all views: L2 +2.54 / +2.10 /
+-0.16 dB, URF +5.39 / +3.15 / -0.26, DS-NeRF +4.43 / +1.90 / -2.97, bounded +5.74 / +3.58 / -0.25.
+The bounded loss at 1.0 lost about 1 dB with every view (an earlier session).
 With ``--loss charbonnier`` multiply these by 10 (bounded) or 16 (L2, URF)."""
 
 
