@@ -225,7 +225,7 @@ def main() -> None:
         results = {cell: seed_mean(r) for cell, r in runs.items()}
         (out / f"depth_{suite}.json").write_text(json.dumps(
             {f"{v}v_{loss}": {"mean": results[(v, loss)], "runs": r} for (v, loss), r in runs.items()}, indent=1))
-        views = args.views or SUITES[suite]["views"]
+        views = list(dict.fromkeys(v for v, _ in cells[suite]))
         reports.append(table(suite, results, views, args.losses) + "\n\n" + goals(results, views))
     seeds = f", the mean of seeds {' '.join(map(str, args.seeds))}" if len(args.seeds) > 1 else ""
     print(f"\npreset {args.preset}, {args.budget:.0f} s of training per run{seeds}")

@@ -133,13 +133,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 2^{args.batch_log2}, "
           f"hash grid {args.tables} ({grid_description(args.tables)}), median of {args.iters} "
           f"(reference {args.ref_iters}) steps after {args.warmup} warm-up, "
-          f"freed memory {'kept' if kept else 'returned'}")  # fmt: skip
+          f"freed memory {'kept' if kept else 'returned'}")
     on_cuda = args.device.startswith("cuda")
     paths = [("kernel", True)] if (triton_kernels() if on_cuda else kernel_available()) else []
     if not paths:
         print(f"({'Triton kernels' if on_cuda else 'CPU kernel'} unavailable: reference only)")
     paths.append(("reference", False))
-    header = f"{'path':<10} {'model':<14} {'fwd ms':>8} {'bwd ms':>8} {'adam ms':>8} {'step ms':>8} {'Msamples/s':>11}  adam"
+    header = (f"{'path':<10} {'model':<14} {'fwd ms':>8} {'bwd ms':>8} {'adam ms':>8} {'step ms':>8} "
+              f"{'Msamples/s':>11}  adam")
     print(header)
     print("-" * len(header))
     for name, use_kernel in paths:

@@ -43,12 +43,9 @@ def fresh(run_dir: Path) -> Path:
 
 def trained_run(run_dir: str | Path, split: str = "test"):
     """A trained run as ``radfield eval`` loads it: ``(config, model, data, background)``, with
-    ``data`` the run's ``split`` and ``background`` ``(3,)`` its evaluation background."""
-    from radfield.data import load_scene_groups
-    from radfield.rendering.backgrounds import background_color
-    from radfield.training.checkpoint import load_run
+    ``data`` the run's ``split`` (its first group) and ``background`` ``(3,)`` its evaluation
+    background (:func:`radfield.evaluation.evaluate.load_for_evaluation`)."""
+    from radfield.evaluation.evaluate import load_for_evaluation
 
-    config, model = load_run(run_dir)
-    data = load_scene_groups(config.data.path, split, config.data.downscale,
-                             colmap_model=config.data.colmap_model)[0]
-    return config, model, data, background_color(config.data.eval_background, "cpu")
+    config, model, groups, background = load_for_evaluation(run_dir, split)
+    return config, model, groups[0], background

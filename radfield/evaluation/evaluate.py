@@ -160,6 +160,19 @@ def mean_scores(rows: list[dict]) -> dict:
             "depth_rmse": mean("depth_rmse")}
 
 
+def load_for_evaluation(run_dir: str | Path, split: str = "test", device: str = "cpu"):
+    """A trained run and what it is scored on: ``(config, model, groups, background)``, with
+    ``groups`` the run's ``split`` (:func:`load_scene_groups`: one group, or a multi-scale
+    dataset's scales) and ``background`` ``(3,)`` its evaluation background. Runs of models that
+    render unseen scenes (PixelNeRF) are refused: they are scored with ``--scenes``."""
+    config, model = load_run(run_dir, device)
+    if model.multi_scene:
+        raise RadfieldError(f"{run_dir}: {config.model} renders unseen scenes from their source views: "
+                            f"radfield eval {run_dir} --scenes FOLDER [--sources 1,2,3]")
+    groups = load_scene_groups(config.data.path, split, config.data.downscale, colmap_model=config.data.colmap_model)
+    return config, model, groups, background_color(config.data.eval_background, device)
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
                  save_renders: bool = True, progress: bool = True, every: int = 1,
                  appearance: str = "mean", model=None, tag: str | None = None,
@@ -189,15 +202,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu",
         raise RadfieldError(f"unknown appearance protocol {appearance!r} "
                             f"(choose from: {', '.join(APPEARANCE_PROTOCOLS)})")
     run_dir = Path(run_dir)
-    config, trained = load_run(run_dir, device)
-    if trained.multi_scene:
-        raise RadfieldError(f"{run_dir}: {config.model} renders unseen scenes from their source views: "
-                            f"radfield eval {run_dir} --scenes FOLDER [--sources 1,2,3]")
+    config, trained, groups, bg = load_for_evaluation(run_dir, split, device)
     model = trained if model is None else model
-    groups = [with_depth(g, "auto", config.data.path)
-              for g in load_scene_groups(config.data.path, split, config.data.downscale,
-                                         colmap_model=config.data.colmap_model)]
-    bg = background_color(config.data.eval_background, device)
+    groups = [with_depth(g, "auto", config.data.path) for g in groups]
     lpips = lpips_fn(device=device)
     pose_opt = config.train.pose_opt
     if fit_poses is None:
