@@ -22,9 +22,8 @@ existing file is reused unless ``--force``: the table can be finished across ses
 ``--seeds 0 1 2`` trains each cell once per seed and reports the mean (one floater in one view
 can move a few-view run by a decibel); ``bench/out/depth_<suite>.json``, and
 prints a markdown table and the issue's goals. ``--jobs 2`` trains two runs at a time with one
-thread each: on a 2-core machine a run then takes about 5 600 steps in its 600 s against 6 500-7 300
-alone on both cores (``bench/RESULTS.md``, 2026-12-05), so the table takes half the time; say which
-was used, since step counts differ.
+thread each: on a 2-core machine the table then takes half the time, each run about 5 600 steps in
+its 600 s (``bench/RESULTS.md``, 2026-12-05); say which was used, since step counts differ.
 """
 
 from __future__ import annotations
