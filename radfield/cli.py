@@ -107,13 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-loss", default=None, help="depth supervision: none, l2, urf, dsnerf or bounded "
                    "(default none)")
     p.add_argument("--depth-weight", type=float, default=None,
-                   help="weight of the depth loss (default: the loss's reference weight, 0.1; bounded 1)")
+                   help="weight of the depth loss (default: the loss's reference weight: L2 and URF 0.00625, "
+                   "dsnerf and bounded 0.1)")
     p.add_argument("--depth-eps", type=float, default=None,
                    help="depth uncertainty, scene units along the ray (dsnerf, bounded; 0.03)")
     p.add_argument("--depth-beta", type=float, default=None,
                    help="the spec's beta of the bounded loss (0; > 0 makes its bounds stricter)")
     p.add_argument("--depth-margin", type=float, default=None,
                    help="margin that loosens the bounded loss's bounds, scene units (0)")
+    p.add_argument("--depth-all-levels", action="store_true", default=None,
+                   help="also apply the depth loss to each proposal (or coarse) level's weights")
     p.add_argument("--depth-source", default=None,
                    help="auto, maps (depth_file_path), sparse (COLMAP points) or mono (default auto)")
     p.add_argument("--mono-depth", default=None, metavar="FOLDER",
@@ -272,7 +275,7 @@ def run_config_from_args(args) -> RunConfig:
                  "data.colmap_model": args.colmap_model, "data.train_views": args.train_views,
                  "train.depth.loss": args.depth_loss, "train.depth.weight": args.depth_weight,
                  "train.depth.eps": args.depth_eps, "train.depth.beta": args.depth_beta,
-                 "train.depth.margin": args.depth_margin,
+                 "train.depth.margin": args.depth_margin, "train.depth.all_levels": args.depth_all_levels,
                  "data.depth_source": args.depth_source, "data.mono_depth": args.mono_depth}
     apply_overrides(config, {k: v for k, v in overrides.items() if v is not None})
     if args.hsm:

@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from statistics import NormalDist
 
 import imageio.v3 as iio
@@ -43,6 +44,7 @@ from radfield.losses.depth import (DepthConfig, bounded_density_loss, check_dept
                                    urf_loss, urf_window, weight_scale)
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, photometric_objective,
                                      with_depth_loss)
+from radfield.samplers.samples import Level
 from radfield.training.trainer import Trainer
 
 from conftest import make_config
@@ -302,6 +304,39 @@ def test_hsm_injected_gradient_includes_the_depth_loss(name):
     batch.depth_scale = 0.3  # an annealed weight scales the depth term alone
     g_annealed = raw_gradient(model, batch, with_depth_loss(photometric_objective(l2), fn, 0.5))
     torch.testing.assert_close(g_annealed, g_photo + 0.3 * g_depth, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_all_levels_adds_the_loss_on_each_earlier_levels_bins(name):
+    """With ``all_levels`` the objective gains ``weight * loss(level)`` for a proposal level (bins
+    in ``t`` beside its ``s``) and a coarse level (bins in ``t`` only), each against brute force."""
+    batch, g = depth_batch(seed=3), torch.Generator().manual_seed(4)
+    n = batch.samples.n_rays
+    levels = []
+    for with_s in (True, False):
+        t = 1.0 + torch.cumsum(0.05 + 0.2 * torch.rand(n, 9, generator=g, dtype=torch.float64), dim=1)
+        t = torch.cat([torch.ones(n, 1, dtype=torch.float64), t], dim=1)
+        w = torch.rand(n, 9, generator=g, dtype=torch.float64)
+        w = (w / (w.sum(1, keepdim=True) + 0.2)).requires_grad_()
+        s = (t - 1.0) / (t[:, -1:] - 1.0) if with_s else t
+        levels.append(Level(s, w, weight=0.0, t=t if with_s else None))
+    batch.samples.levels = levels
+    batch.depth, batch.depth_eps = batch.depth.double(), batch.depth_eps.double()
+    w_final = torch.rand(len(batch.samples), generator=g, dtype=torch.float64) * 0.2
+    out = SimpleNamespace(rgb=torch.rand(n, 3, generator=g, dtype=torch.float64), weights=w_final)
+    fn = loss_fn(name)
+    base = with_depth_loss(photometric_objective(l2), fn, 0.5)(out, batch)
+    every = with_depth_loss(photometric_objective(l2), fn, 0.5, all_levels=True)(out, batch)
+    brute = BRUTE[name]
+    expected = 0.0
+    for level in levels:
+        t = level.t if level.t is not None else level.s
+        ri = torch.arange(n).repeat_interleave(9)
+        expected += brute(level.weights.detach().reshape(-1), t[:, :-1].reshape(-1), t[:, 1:].reshape(-1), ri, n,
+                          batch.depth, batch.depth_eps)
+    assert float((every - base).detach()) == pytest.approx(0.5 * expected, rel=1e-9, abs=1e-12)
+    every.backward()
+    assert all(float(level.weights.grad.abs().max()) > 0 for level in levels)
 
 
 # ---------------------------------------------------------------------------- colour consistency
@@ -624,11 +659,11 @@ def test_cli_options_reach_the_config(scene, tmp_path, capsys):
     run = tmp_path / "run"
     rc, out, err = run_cli(["train", scene, "--out", run, *COMMON, "--depth-loss", "urf", "--depth-weight", "0.3",
                             "--depth-eps", "0.05", "--depth-beta", "0.06", "--depth-margin", "0.02", "--train-views", "5",
-                            "--set", "train.depth.fraction=0.5"], capsys)
+                            "--depth-all-levels", "--set", "train.depth.fraction=0.5"], capsys)
     assert rc == 0, err
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["depth"] == {**saved["train"]["depth"], "loss": "urf", "weight": 0.3, "eps": 0.05,
-                                       "beta": 0.06, "margin": 0.02, "fraction": 0.5}
+                                       "beta": 0.06, "margin": 0.02, "fraction": 0.5, "all_levels": True}
     assert saved["data"]["train_views"] == 5 and saved["data"]["depth_source"] == "auto"
     preset = apply_overrides(RunConfig(), PRESETS["ngp-small"])
-    assert preset.train.depth.loss == "none"  # off unless asked
+    assert preset.train.depth.loss == "none" and not preset.train.depth.all_levels  # off unless asked

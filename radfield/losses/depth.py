@@ -14,9 +14,9 @@ Vocabulary, along one ray ``r``:
 * ``Phi(x)`` the CDF of the Gaussian ``N(D, eps^2)`` at ``x``.
 
 Every loss is 0 (with a graph) when no ray of the batch has depth, and works with rays that have
-no samples and with batches of zero samples. They act on the final level's weights only, so any
-model gets them, and hard sample mining keeps them in the gradient it injects (they are part of
-the objective it differentiates).
+no samples and with batches of zero samples. They act on the final level's weights (and, with
+``all_levels``, on each earlier level's), so any model gets them, and hard sample mining keeps them
+in the gradient it injects (they are part of the objective it differentiates).
 """
 
 from __future__ import annotations
@@ -88,6 +88,10 @@ class DepthConfig:
     fraction: float = 0.25
     """Fraction of each batch's rays drawn from pixels that have depth (the rest uniformly, as
     without depth); 0 = depth only where uniform draws land on it."""
+    all_levels: bool = False
+    """Also apply the loss, at the same weight, to every earlier level's weights (proposal or
+    coarse levels), as nerfstudio's depth-nerfacto sums its depth loss over all levels; False:
+    the final level only, and the earlier levels follow it through their own losses."""
     anneal: tuple[float, float] | None = None
     """Fractions ``(start, end)`` of the run over which the weight falls linearly from its value
     to ``anneal_to`` times it (None: constant). Depth shapes the geometry early and the colour has

@@ -132,7 +132,7 @@ class NerfactoModel(Model):
                 sigma = proposal.density(bins.positions(rays))
                 w = render_weights(sigma, bins.t_starts, bins.t_ends, bins.ray_indices, n_rays)[0]
             w = w.view(n_rays, -1)
-            levels.append(Level(s, w, weight=cfg.interlevel_weight))
+            levels.append(Level(s, w, weight=cfg.interlevel_weight, t=t))
             s = sample_pdf(s, w if self.anneal == 1.0 else w.detach().pow(self.anneal), n, jitter=training,
                            generator=generator)
             t = s_to_t(s, near, far, spacing) * unit

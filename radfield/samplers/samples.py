@@ -29,6 +29,8 @@ class Level:
             levels get a photometric loss), or None (proposal levels get the interlevel loss).
         opacity: ``(n_rays,)`` with ``rgb``: ``sum_i w_i``, to composite the background.
         weight: the weight of this level's loss in the training objective.
+        t: ``(n_rays, n_bins + 1)`` the bin endpoints in ray distance where ``s`` is another
+            space (proposal samplers), for losses on ray distance (depth); None where ``s`` is ``t``.
     """
 
     s: Tensor
@@ -36,6 +38,7 @@ class Level:
     rgb: Tensor | None = None
     opacity: Tensor | None = None
     weight: float = 1.0
+    t: Tensor | None = None
 
 
 @dataclass

@@ -33,7 +33,7 @@ from radfield.losses.regularisers import distortion
 from radfield.errors import RadfieldError
 from radfield.rendering.pipeline import render_samples
 from radfield.rendering.volume import RenderOutput
-from radfield.samplers.samples import Samples
+from radfield.samplers.samples import Samples, packed_from_bins
 
 
 @dataclass
@@ -141,11 +141,13 @@ def photometric_objective(loss_fn: Callable[..., Tensor], distortion_weight: flo
     return objective
 
 
-def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: float) -> Objective:
+def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: float,
+                    all_levels: bool = False) -> Objective:
     """``objective + weight * batch.depth_scale * depth_loss(final weights, samples, batch.depth,
     batch.depth_eps)`` (:mod:`radfield.losses.depth`); batches without depths get ``objective``
     alone. The depth loss acts on the final level's weights, like the distortion loss, so the HSM
-    step keeps it in the gradient it injects."""
+    step keeps it in the gradient it injects; ``all_levels`` adds the same term on each earlier
+    level's weights (their bins in ray distance)."""
     if depth_loss is None or weight == 0:
         return objective
 
@@ -155,6 +157,10 @@ def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: 
             return loss
         s = batch.samples
         depth = depth_loss(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, batch.depth, batch.depth_eps)
+        for level in s.levels if all_levels else ():
+            bins = packed_from_bins(level.s if level.t is None else level.t)
+            depth = depth + depth_loss(level.weights.reshape(-1), bins.t_starts, bins.t_ends, bins.ray_indices,
+                                       s.n_rays, batch.depth, batch.depth_eps)
         return loss + weight * batch.depth_scale * depth
 
     return total

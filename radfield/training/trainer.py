@@ -283,7 +283,7 @@ class Trainer:
             raise RadfieldError(f"data.depth_source: unknown depth source {config.data.depth_source!r} "
                                 f"(choose from: {', '.join(DEPTH_SOURCES)})")
         self.objective = with_depth_loss(photometric_objective(self.loss, optim.distortion_weight),
-                                         self.depth_loss, depth_weight(cfg.depth))
+                                         self.depth_loss, depth_weight(cfg.depth), cfg.depth.all_levels)
         self.patch_size = cfg.patch_size if self.loss.needs_patches else None
         self.eval_bg = background_color(config.data.eval_background, self.device)
         self.load_data()
