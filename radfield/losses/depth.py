@@ -89,9 +89,12 @@ class DepthConfig:
     """Fraction of each batch's rays drawn from pixels that have depth (the rest uniformly, as
     without depth); 0 = depth only where uniform draws land on it."""
     all_levels: bool = False
-    """Also apply the loss, at the same weight, to every earlier level's weights (proposal or
-    coarse levels), as nerfstudio's depth-nerfacto sums its depth loss over all levels; False:
-    the final level only, and the earlier levels follow it through their own losses."""
+    """Apply the loss to every level's weights, the final one and each earlier (proposal or
+    coarse) level, and take the mean over the levels, as nerfstudio's depth-nerfacto does; False:
+    the final level only, and the earlier levels follow it through their own losses. One run,
+    tabletop at 3 views with L2 and the levels' terms summed rather than averaged
+    (``bench/depth.py``, 600 s, 2026-12-05): 17.73 dB against 17.56 for the final level only
+    (another session's run), so off by default."""
     anneal: tuple[float, float] | None = None
     """Fractions ``(start, end)`` of the run over which the weight falls linearly from its value
     to ``anneal_to`` times it (None: constant). Depth shapes the geometry early and the colour has

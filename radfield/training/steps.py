@@ -146,8 +146,9 @@ def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: 
     """``objective + weight * batch.depth_scale * depth_loss(final weights, samples, batch.depth,
     batch.depth_eps)`` (:mod:`radfield.losses.depth`); batches without depths get ``objective``
     alone. The depth loss acts on the final level's weights, like the distortion loss, so the HSM
-    step keeps it in the gradient it injects; ``all_levels`` adds the same term on each earlier
-    level's weights (their bins in ray distance)."""
+    step keeps it in the gradient it injects; ``all_levels`` takes the mean of the term over the
+    final and each earlier level's weights (their bins in ray distance), as nerfstudio's
+    depth-nerfacto does."""
     if depth_loss is None or weight == 0:
         return objective
 
@@ -157,11 +158,12 @@ def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: 
             return loss
         s = batch.samples
         depth = depth_loss(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, batch.depth, batch.depth_eps)
-        for level in s.levels if all_levels else ():
+        levels = s.levels if all_levels else []
+        for level in levels:
             bins = packed_from_bins(level.s if level.t is None else level.t)
             depth = depth + depth_loss(level.weights.reshape(-1), bins.t_starts, bins.t_ends, bins.ray_indices,
                                        s.n_rays, batch.depth, batch.depth_eps)
-        return loss + weight * batch.depth_scale * depth
+        return loss + weight * batch.depth_scale * depth / (1 + len(levels))
 
     return total
 
