@@ -339,7 +339,8 @@ def fit_pose(model, cameras: Cameras, index: int, target: Tensor, background: Te
                         rgb = block_colours(render_rays_grad(model, batch_rays(cand), background, sampling).rgb)
                     new = float(((rgb - pixels) ** 2).mean())
                     if new < loss:
-                        c2w, loss, lam, radius = cand, new, max(lam / 3, 1e-7), min(2 * radius, options.max_radius * reach)
+                        c2w, loss = cand, new
+                        lam, radius = max(lam / 3, 1e-7), min(2 * radius, options.max_radius * reach)
                         break
                     lam, radius = min(lam * 4, 1e7), max(radius / 2, reach / 16)
                 losses.append(loss)

@@ -139,9 +139,10 @@ def footprint_steps(cameras, aabb: Tensor, aabb_scale: float, cascades: int) -> 
     """``steps_per_diagonal`` for ``cameras``: :data:`STEPS_PER_FOOTPRINT` steps per pixel footprint
     at the box's centre (:func:`pixel_footprint`) over cascade 0's diagonal, at most
     :data:`DEFAULT_STEPS_PER_DIAGONAL` and at least :data:`MIN_STEPS_PER_DIAGONAL`. A step much
-    finer than a pixel adds samples that see the same colour (Instant-NGP's 1024 steps suit 800 px images); one coarser than a
-    pixel misses thin surfaces. Example: box ``[-1.5, 1.5]^3`` (diagonal 5.2), 200 px cameras 4
-    units away (footprint 0.0144): ``5.2 / 0.0144 * STEPS_PER_FOOTPRINT`` rounded up."""
+    finer than a pixel adds samples that see the same colour (Instant-NGP's 1024 steps suit 800 px
+    images); one coarser than a pixel misses thin surfaces. Example: box ``[-1.5, 1.5]^3``
+    (diagonal 5.2), 200 px cameras 4 units away (footprint 0.0144): ``5.2 / 0.0144 *
+    STEPS_PER_FOOTPRINT`` rounded up."""
     box = cascade_boxes(aabb, aabb_scale, cascades)[0]
     diagonal = float((box[3:] - box[:3]).double().norm())
     footprint = pixel_footprint(cameras, (aabb[:3] + aabb[3:]) / 2)
