@@ -39,7 +39,7 @@ from radfield.errors import RadfieldError
 from radfield.evaluation.evaluate import evaluate_run, format_table
 from radfield.evaluation.metrics import depth_errors
 from radfield.losses import l2
-from radfield.losses.depth import (DepthConfig, bounded_density_loss, check_depth_config, depth_weight,
+from radfield.losses.depth import (DepthConfig, bounded_density_loss, check_depth_config, depth_unit, depth_weight,
                                    dsnerf_loss, expected_depth_loss, gaussian_cdf, make_depth_loss,
                                    urf_loss, urf_window, weight_scale)
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, photometric_objective,
@@ -340,6 +340,38 @@ def test_all_levels_adds_the_loss_on_each_earlier_levels_bins(name):
     assert all(float(level.weights.grad.abs().max()) > 0 for level in levels)
 
 
+def test_depth_unit_by_hand():
+    assert depth_unit(DepthConfig(), 1.0833) == 0.269
+    assert depth_unit(DepthConfig(), 4.0311001) == 1.0  # NeRF-synthetic's scale: lengths as they are
+    assert depth_unit(DepthConfig(), None) == 1.0
+    assert depth_unit(DepthConfig(unit=2.5), 1.0833) == 2.5
+    with pytest.raises(RadfieldError, match="train.depth.unit"):
+        check_depth_config(DepthConfig(loss="l2", unit=0.0))
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_a_scene_scaled_by_its_unit_gets_the_same_depth_loss(name):
+    """Every length of a batch (samples, levels, depths) times ``k`` with ``depth_unit = k``
+    gives the objective of the unscaled batch with unit 1: the losses are free of the scene's size."""
+    k = 0.27
+    fn = loss_fn(name)
+    values = []
+    for unit in (1.0, k):
+        batch = depth_batch(seed=4)
+        s = batch.samples
+        n = s.n_rays
+        t = torch.linspace(1.2, 2.8, 8).expand(n, 8)
+        w = torch.softmax(torch.randn(n, 7, generator=torch.Generator().manual_seed(6)), dim=1) * 0.9
+        s.levels = [Level((t - 1.2) / 1.6, w, weight=0.0, t=t * unit)]
+        s.t_starts, s.t_ends = s.t_starts * unit, s.t_ends * unit
+        batch.depth, batch.depth_unit = batch.depth * unit, unit
+        out = SimpleNamespace(rgb=torch.rand(n, 3, generator=torch.Generator().manual_seed(7)),
+                              weights=torch.rand(len(s), generator=torch.Generator().manual_seed(8)) * 0.2)
+        photo = photometric_objective(l2)(out, batch)
+        values.append(float(with_depth_loss(photometric_objective(l2), fn, 0.5, all_levels=True)(out, batch) - photo))
+    assert values[0] > 0 and values[1] == pytest.approx(values[0], rel=1e-4)
+
+
 # ---------------------------------------------------------------------------- colour consistency
 
 
@@ -557,6 +589,9 @@ def test_batches_carry_depth_along_the_ray(scene, tmp_path):
         planar = np.load(scene / "train" / f"r_{view}_depth.npy")[row, col]
         assert batch.depth[r].item() == pytest.approx(planar / rays.z_per_t[r].item(), rel=1e-5)
     assert batch.depth_scale == 1.0
+    radius = float((trainer.data.cameras.centers.double() - trainer.data.aabb.double().view(2, 3).mean(0))
+                   .norm(dim=-1).max())  # the farthest training camera from the box's centre
+    assert batch.depth_unit == round(radius / 4.0311, 3) != 1.0
     trainer.config.train.depth.anneal, trainer.config.train.depth.anneal_to = (0.0, 1.0), 0.5
     trainer.run_progress = lambda: 0.5  # half-way through the anneal: half-way from 1 to 0.5
     assert trainer.make_batch(50).depth_scale == pytest.approx(0.75)
@@ -659,8 +694,8 @@ def test_depth_loss_on_data_without_depth_is_one_line(scene, tmp_path, capsys):
 def test_cli_options_reach_the_config(scene, tmp_path, capsys):
     run = tmp_path / "run"
     rc, out, err = run_cli(["train", scene, "--out", run, *COMMON, "--depth-loss", "urf", "--depth-weight", "0.3",
-                            "--depth-eps", "0.05", "--depth-beta", "0.06", "--depth-margin", "0.02", "--train-views", "5",
-                            "--depth-all-levels", "--set", "train.depth.fraction=0.5"], capsys)
+                            "--depth-eps", "0.05", "--depth-beta", "0.06", "--depth-margin", "0.02",
+                            "--train-views", "5", "--depth-all-levels", "--set", "train.depth.fraction=0.5"], capsys)
     assert rc == 0, err
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["depth"] == {**saved["train"]["depth"], "loss": "urf", "weight": 0.3, "eps": 0.05,

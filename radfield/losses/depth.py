@@ -33,6 +33,10 @@ from radfield.errors import RadfieldError
 from radfield.rendering.volume import accumulate_along_rays, exclusive_sum_per_ray
 
 DEPTH_LOSSES = ("none", "l2", "urf", "dsnerf", "bounded")
+SYNTHETIC_CAMERA_RADIUS = 4.0311
+"""NeRF-synthetic's cameras' distance from the scene's centre (Blender units), the scale the
+spec's reference values (``eps = 0.03``) were set at: the depth losses' unit of length is a
+capture's own camera distance over this (:func:`depth_unit`)."""
 URF_TARGETS = ("peak", "mass")
 REFERENCE_WEIGHTS = {"l2": 0.00625, "urf": 0.00625, "dsnerf": 0.1, "bounded": 0.1}
 """The weight of each loss when ``train.depth.weight`` is None: DS-NeRF's 0.1, 0.1 for the bounded
@@ -88,6 +92,12 @@ class DepthConfig:
     fraction: float = 0.25
     """Fraction of each batch's rays drawn from pixels that have depth (the rest uniformly, as
     without depth); 0 = depth only where uniform draws land on it."""
+    unit: float | None = None
+    """The length, in scene units, that the depth losses measure distances in: they see ``t /
+    unit`` and ``D / unit``, and ``eps``, ``beta``, ``margin`` and URF's window are in it, so a
+    loss acts alike on captures of any size. None: :func:`depth_unit`, the farthest training
+    camera's distance from the scene box's centre over NeRF-synthetic's 4.0311 (1 for tabletop,
+    0.269 for garden-colmap's reader-normalised units at 6 views)."""
     all_levels: bool = False
     """Apply the loss to every level's weights, the final one and each earlier (proposal or
     coarse) level, and take the mean over the levels, as nerfstudio's depth-nerfacto does; False:
@@ -127,6 +137,8 @@ def check_depth_config(config: DepthConfig) -> None:
         if not math.isfinite(value) or value < low or (strict and value == low):
             raise RadfieldError(f"train.depth.{name}: must be {'>' if strict else '>='} {low:g} "
                                 f"and finite, got {value}")
+    if config.unit is not None and not (math.isfinite(config.unit) and config.unit > 0):
+        raise RadfieldError(f"train.depth.unit: must be > 0 and finite, got {config.unit}")
     if not 0.0 <= config.fraction <= 1.0:
         raise RadfieldError(f"train.depth.fraction: must be in [0, 1], got {config.fraction}")
     if config.anneal is not None and not (len(config.anneal) == 2 and 0.0 <= config.anneal[0] < config.anneal[1]):
@@ -147,6 +159,14 @@ def depth_weight(config: DepthConfig) -> float:
     if config.weight is not None:
         return config.weight
     return REFERENCE_WEIGHTS.get(config.loss, 0.0)
+
+
+def depth_unit(config: DepthConfig, camera_radius: float | None) -> float:
+    """``config.unit``, else ``camera_radius / SYNTHETIC_CAMERA_RADIUS`` rounded to three decimals
+    (1 without a camera radius). Example: cameras 1.0833 from the centre -> 0.269."""
+    if config.unit is not None:
+        return config.unit
+    return round(camera_radius / SYNTHETIC_CAMERA_RADIUS, 3) if camera_radius else 1.0
 
 
 def weight_scale(config: DepthConfig, progress: float) -> float:

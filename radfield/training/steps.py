@@ -53,9 +53,12 @@ class StepBatch:
     depth: Tensor | None = None
     """``(n_rays,)`` measured depth **along the ray** (planar depth / ``z_per_t``), 0 = none."""
     depth_eps: Tensor | None = None
-    """``(n_rays,)`` the depth loss's uncertainty (or window) per ray, in ray distance."""
+    """``(n_rays,)`` the depth loss's uncertainty (or window) per ray, in ``depth_unit``."""
     depth_scale: float = 1.0
     """The factor on the depth loss's weight this step (``train.depth.anneal``)."""
+    depth_unit: float = 1.0
+    """The length the depth loss measures distances in (``train.depth.unit``): it sees ``t /
+    depth_unit`` and ``depth / depth_unit``; ``depth_eps`` is in this unit."""
     near_gradient: float = 0.0
     """"Floaters No More" (Philip and Deschaintre 2023): the gradient reaching each sample's
     field outputs is scaled by ``min(1, (t / near_gradient)^2)``, ``t`` its distance from the
@@ -144,7 +147,8 @@ def photometric_objective(loss_fn: Callable[..., Tensor], distortion_weight: flo
 def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: float,
                     all_levels: bool = False) -> Objective:
     """``objective + weight * batch.depth_scale * depth_loss(final weights, samples, batch.depth,
-    batch.depth_eps)`` (:mod:`radfield.losses.depth`); batches without depths get ``objective``
+    batch.depth_eps)`` (:mod:`radfield.losses.depth`), distances in ``batch.depth_unit``;
+    batches without depths get ``objective``
     alone. The depth loss acts on the final level's weights, like the distortion loss, so the HSM
     step keeps it in the gradient it injects; ``all_levels`` takes the mean of the term over the
     final and each earlier level's weights (their bins in ray distance), as nerfstudio's
@@ -156,13 +160,14 @@ def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: 
         loss = objective(out, batch)
         if batch.depth is None or batch.depth_scale == 0:
             return loss
-        s = batch.samples
-        depth = depth_loss(out.weights, s.t_starts, s.t_ends, s.ray_indices, s.n_rays, batch.depth, batch.depth_eps)
+        s, unit = batch.samples, batch.depth_unit
+        d = batch.depth / unit
+        depth = depth_loss(out.weights, s.t_starts / unit, s.t_ends / unit, s.ray_indices, s.n_rays, d, batch.depth_eps)
         levels = s.levels if all_levels else []
         for level in levels:
-            bins = packed_from_bins(level.s if level.t is None else level.t)
+            bins = packed_from_bins((level.s if level.t is None else level.t) / unit)
             depth = depth + depth_loss(level.weights.reshape(-1), bins.t_starts, bins.t_ends, bins.ray_indices,
-                                       s.n_rays, batch.depth, batch.depth_eps)
+                                       s.n_rays, d, batch.depth_eps)
         return loss + weight * batch.depth_scale * depth / (1 + len(levels))
 
     return total

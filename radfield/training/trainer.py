@@ -69,7 +69,7 @@ from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
 from radfield.losses import PhotometricLoss
-from radfield.losses.depth import depth_weight, make_depth_loss, urf_window, weight_scale
+from radfield.losses.depth import depth_unit, depth_weight, make_depth_loss, urf_window, weight_scale
 from radfield.models import SceneInfo, build_model
 from radfield.native import keep_freed_memory
 from radfield.rendering.backgrounds import background_color, ray_background, training_colour
@@ -525,8 +525,9 @@ class Trainer:
         patch = min(cfg.patch_size, self.data.cameras.height, self.data.cameras.width)
         depth, depth_eps = self._depth_targets(parts, plain)
         scale = weight_scale(cfg.depth, self.run_progress()) if depth is not None else 1.0
+        unit = depth_unit(cfg.depth, self.model.scene.meta.get("camera_radius"))
         return StepBatch(rays, samples, target, bg, patch if self.loss.needs_patches else None,
-                         depth, depth_eps, scale, self.near_gradient)
+                         depth, depth_eps, scale, unit, self.near_gradient)
 
     @property
     def near_gradient(self) -> float:
