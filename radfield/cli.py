@@ -110,11 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the depth loss (default: the loss's reference weight: L2 and URF 0.00625, "
                    "dsnerf and bounded 0.1)")
     p.add_argument("--depth-eps", type=float, default=None,
-                   help="depth uncertainty, scene units along the ray (dsnerf, bounded; 0.03)")
+                   help="depth uncertainty along the ray, in train.depth.unit (dsnerf, bounded; 0.03)")
     p.add_argument("--depth-beta", type=float, default=None,
                    help="the spec's beta of the bounded loss (0; > 0 makes its bounds stricter)")
     p.add_argument("--depth-margin", type=float, default=None,
-                   help="margin that loosens the bounded loss's bounds, scene units (0)")
+                   help="margin that loosens the bounded loss's bounds, in train.depth.unit (0)")
     p.add_argument("--depth-all-levels", action="store_true", default=None,
                    help="also apply the depth loss to each proposal (or coarse) level's weights")
     p.add_argument("--depth-source", default=None,

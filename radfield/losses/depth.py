@@ -65,19 +65,19 @@ class DepthConfig:
     """Weight of the depth loss in the training objective; None = the loss's reference weight
     (:data:`REFERENCE_WEIGHTS`)."""
     eps: float = 0.03
-    """Depth uncertainty (standard deviation, scene units along the ray) of ``dsnerf`` and
+    """Depth uncertainty (standard deviation along the ray, in :attr:`unit`) of ``dsnerf`` and
     ``bounded``; sparse SfM depths scale it per point by their reprojection error."""
     beta: float = 0.0
     """``bounded``: the margin ``beta`` of the CDF bounds (0 for synthetic depth; the spec
     suggests ``2 eps`` for sensor or monocular depth). As the spec writes the loss, ``beta``
     makes both bounds stricter; ``margin`` loosens them."""
     margin: float = 0.0
-    """``bounded``: a margin that loosens both CDF bounds, in scene units along the ray: the CDF
+    """``bounded``: a margin that loosens both CDF bounds, along the ray in :attr:`unit`: the CDF
     may run ahead of the Gaussian's by ``margin`` before ``D`` and lag it by ``margin`` behind
     ``D`` (``Phi`` evaluated at ``t + margin`` in the near region, ``t - margin`` in the far one),
     what a margin for depth with errors (SfM points, sensors) does."""
     urf_window: tuple[float, float] = (0.45, 0.15)
-    """``urf``: window half-width ``eps`` at the start and at the end of the run (scene units),
+    """``urf``: window half-width ``eps`` at the start and at the end of the run (in :attr:`unit`),
     annealed linearly with the run's progress."""
     urf_target: str = "peak"
     """``urf``: what each weight in the window is pulled to: ``peak``, the kernel's value at the
