@@ -161,14 +161,13 @@ def with_depth_loss(objective: Objective, depth_loss: DepthLoss | None, weight: 
         if batch.depth is None or batch.depth_scale == 0:
             return loss
         s, unit = batch.samples, batch.depth_unit
+        levels = [(out.weights, s.t_starts, s.t_ends, s.ray_indices)]  # (weights, t_starts, t_ends, ray_indices)
+        for level in s.levels if all_levels else []:
+            bins = packed_from_bins(level.s if level.t is None else level.t)
+            levels.append((level.weights.reshape(-1), bins.t_starts, bins.t_ends, bins.ray_indices))
         d = batch.depth / unit
-        depth = depth_loss(out.weights, s.t_starts / unit, s.t_ends / unit, s.ray_indices, s.n_rays, d, batch.depth_eps)
-        levels = s.levels if all_levels else []
-        for level in levels:
-            bins = packed_from_bins((level.s if level.t is None else level.t) / unit)
-            depth = depth + depth_loss(level.weights.reshape(-1), bins.t_starts, bins.t_ends, bins.ray_indices,
-                                       s.n_rays, d, batch.depth_eps)
-        return loss + weight * batch.depth_scale * depth / (1 + len(levels))
+        depth = sum(depth_loss(w, t0 / unit, t1 / unit, ri, s.n_rays, d, batch.depth_eps) for w, t0, t1, ri in levels)
+        return loss + weight * batch.depth_scale * depth / len(levels)
 
     return total
 
