@@ -101,10 +101,10 @@ class DepthConfig:
     all_levels: bool = False
     """Apply the loss to every level's weights, the final one and each earlier (proposal or
     coarse) level, and take the mean over the levels, as nerfstudio's depth-nerfacto does; False:
-    the final level only, and the earlier levels follow it through their own losses. One run,
-    tabletop at 3 views with L2 and the levels' terms summed rather than averaged
-    (``bench/depth.py``, 600 s, 2026-12-05): 17.73 dB against 17.56 for the final level only
-    (another session's run), so off by default."""
+    the final level only, and the earlier levels follow it through their own losses. Measured
+    (``bench/depth.py``, 600 s, 2026-12-05, ``bench/RESULTS.md``): the bounded loss on
+    garden-colmap at 6 views scored 17.06 / 17.32 dB against 18.66 / 19.24 on the final level only
+    (seeds 0 / 1), so off by default."""
     anneal: tuple[float, float] | None = None
     """Fractions ``(start, end)`` of the run over which the weight falls linearly from its value
     to ``anneal_to`` times it (None: constant). Depth shapes the geometry early and the colour has
