@@ -41,7 +41,7 @@ from radfield.evaluation.metrics import depth_errors
 from radfield.losses import l2
 from radfield.losses.depth import (DepthConfig, bounded_density_loss, check_depth_config, depth_unit, depth_weight,
                                    dsnerf_loss, expected_depth_loss, gaussian_cdf, make_depth_loss,
-                                   urf_loss, urf_window, weight_scale)
+                                   termination_depth_loss, urf_loss, urf_window, weight_scale)
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, photometric_objective,
                                      with_depth_loss)
 from radfield.samplers.samples import Level
@@ -53,7 +53,8 @@ from test_hsm import grads, random_batch, raw_gradient, small_field
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-LOSSES = ("l2", "urf", "urf-mass", "dsnerf", "bounded")  # urf-mass: urf with train.depth.urf_target=mass
+LOSSES = ("l2", "l2-termination", "l2-log", "urf", "urf-mass", "dsnerf", "bounded")
+"""urf-mass: urf with train.depth.urf_target=mass; l2-termination / l2-log: l2 with that l2_form."""
 
 
 # ---------------------------------------------------------------------------- brute force
@@ -90,6 +91,13 @@ def per_ray(w, t0, t1, ri, n):
 
 def brute_l2(w, t0, t1, ri, n, depth, eps):
     terms = [(sum(wi * t for wi, t, _ in s) - d) ** 2
+             for s, d in zip(per_ray(w, t0, t1, ri, n), depth.tolist()) if d > 0]
+    return sum(terms) / len(terms)
+
+
+def brute_l2_termination(w, t0, t1, ri, n, depth, eps, log=False):
+    f = math.log if log else (lambda x: x)
+    terms = [sum(wi * (f(t) - f(d)) ** 2 for wi, t, _ in s)
              for s, d in zip(per_ray(w, t0, t1, ri, n), depth.tolist()) if d > 0]
     return sum(terms) / len(terms)
 
@@ -134,13 +142,17 @@ def brute_bounded(w, t0, t1, ri, n, depth, eps, beta=0.0, empty_weight=1.0, cdf_
     return empty_weight * mean(empty) + cdf_weight * (mean(near) + mean(far))
 
 
-BRUTE = {"l2": brute_l2, "urf": brute_urf, "urf-mass": functools.partial(brute_urf, mass=True),
+BRUTE = {"l2": brute_l2, "l2-termination": brute_l2_termination,
+         "l2-log": functools.partial(brute_l2_termination, log=True), "urf": brute_urf,
+         "urf-mass": functools.partial(brute_urf, mass=True),
          "dsnerf": brute_dsnerf, "bounded": brute_bounded}
 
 
 def loss_fn(name: str, **params):
     if name == "urf-mass":
         return make_depth_loss(DepthConfig(loss="urf", urf_target="mass", **params))
+    if name.startswith("l2-"):
+        return make_depth_loss(DepthConfig(loss="l2", l2_form=name[3:], **params))
     return make_depth_loss(DepthConfig(loss=name, **params))
 
 
@@ -153,6 +165,10 @@ def test_hand_values():
     t = torch.tensor([1.0, 3.0])
     assert expected_depth_loss(torch.tensor([0.5, 0.25]), t - 0.5, t + 0.5, one(2), 1,
                                torch.tensor([2.0])).item() == pytest.approx(0.5625)
+    assert termination_depth_loss(torch.tensor([0.5, 0.25]), t - 0.5, t + 0.5, one(2), 1,
+                                  torch.tensor([2.0])).item() == pytest.approx(0.75)
+    assert termination_depth_loss(torch.tensor([0.5, 0.25]), t - 0.5, t + 0.5, one(2), 1, torch.tensor([2.0]),
+                                  log=True).item() == pytest.approx(0.5 * math.log(2) ** 2 + 0.25 * math.log(1.5) ** 2)
     t, w = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([0.1, 0.6, 0.2], dtype=torch.float64)
     d = torch.tensor([2.0], dtype=torch.float64)
     assert urf_loss(w, t - 0.5, t + 0.5, one(3), 1, d, torch.tensor([0.6])).item() == pytest.approx(0.17)
@@ -661,6 +677,7 @@ COMMON = ["--preset", "ngp-small", "--no-progress", "--device", "cpu", "--max-st
     (["--depth-loss", "l2", "--depth-weight", "-1"], ["train.depth.weight", "-1"]),
     (["--depth-loss", "bounded", "--depth-eps", "0"], ["train.depth.eps"]),
     (["--depth-loss", "bounded", "--depth-margin", "-1"], ["train.depth.margin"]),
+    (["--depth-loss", "l2", "--depth-l2-form", "median"], ["train.depth.l2_form", "median", "log"]),
     (["--depth-source", "lidar"], ["data.depth_source", "lidar"]),
     (["--depth-loss", "l2", "--depth-source", "sparse"], ["data.depth_source sparse", "SfM points"]),
     (["--train-views", "20"], ["--train-views 20", "12 views"]),
@@ -695,11 +712,31 @@ def test_cli_options_reach_the_config(scene, tmp_path, capsys):
     run = tmp_path / "run"
     rc, out, err = run_cli(["train", scene, "--out", run, *COMMON, "--depth-loss", "urf", "--depth-weight", "0.3",
                             "--depth-eps", "0.05", "--depth-beta", "0.06", "--depth-margin", "0.02",
-                            "--train-views", "5", "--depth-all-levels", "--set", "train.depth.fraction=0.5"], capsys)
+                            "--train-views", "5", "--depth-all-levels", "--depth-l2-form", "log",
+                            "--set", "train.depth.fraction=0.5"], capsys)
     assert rc == 0, err
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["depth"] == {**saved["train"]["depth"], "loss": "urf", "weight": 0.3, "eps": 0.05,
-                                       "beta": 0.06, "margin": 0.02, "fraction": 0.5, "all_levels": True}
+                                       "beta": 0.06, "margin": 0.02, "fraction": 0.5, "all_levels": True,
+                                       "l2_form": "log"}
     assert saved["data"]["train_views"] == 5 and saved["data"]["depth_source"] == "auto"
     preset = apply_overrides(RunConfig(), PRESETS["ngp-small"])
     assert preset.train.depth.loss == "none" and not preset.train.depth.all_levels  # off unless asked
+
+
+def test_l2_termination_sees_the_mass_that_the_rendered_depth_hides():
+    """One ray, D = 2: 0.9 of the mass in front at t = 1 and 0.1 at t = 11 render depth exactly
+    2, so the spec's L2 is 0; the termination forms charge every weight by its distance:
+    0.9 * 1 + 0.1 * 81 = 9.0 (and 0.9 log(2)^2 + 0.1 log(5.5)^2 in log t). All the mass at D
+    costs nothing in every form."""
+    t = torch.tensor([1.0, 2.0, 11.0], dtype=torch.float64)
+    ri, d = torch.zeros(3, dtype=torch.long), torch.tensor([2.0], dtype=torch.float64)
+    split, at_d = torch.tensor([0.9, 0.0, 0.1], dtype=torch.float64), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    forms = {f: loss_fn("l2" if f == "expected" else f"l2-{f}") for f in ("expected", "termination", "log")}
+    values = {f: fn(split, t - 0.1, t + 0.1, ri, 1, d, d).item() for f, fn in forms.items()}
+    assert values["expected"] == pytest.approx(0.0, abs=1e-12)
+    assert values["termination"] == pytest.approx(9.0)
+    assert values["log"] == pytest.approx(0.9 * math.log(2) ** 2 + 0.1 * math.log(5.5) ** 2)
+    assert all(fn(at_d, t - 0.1, t + 0.1, ri, 1, d, d).item() == pytest.approx(0.0, abs=1e-12) for fn in forms.values())
+    with pytest.raises(RadfieldError, match="train.depth.l2_form"):
+        check_depth_config(DepthConfig(loss="l2", l2_form="median"))
