@@ -368,11 +368,11 @@ def make_depth_loss(config: DepthConfig) -> DepthLoss | None:
     check_depth_config(config)
     if config.loss == "none":
         return None
-    if config.loss == "l2" and config.l2_form != "expected":
+    if config.loss == "l2":
+        if config.l2_form == "expected":
+            return lambda w, t0, t1, ri, n, depth, eps: expected_depth_loss(w, t0, t1, ri, n, depth)
         log = config.l2_form == "log"
         return lambda w, t0, t1, ri, n, depth, eps: termination_depth_loss(w, t0, t1, ri, n, depth, log)
-    if config.loss == "l2":
-        return lambda w, t0, t1, ri, n, depth, eps: expected_depth_loss(w, t0, t1, ri, n, depth)
     if config.loss == "urf":
         return functools.partial(urf_loss, target=config.urf_target)
     if config.loss == "dsnerf":
