@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the spec's beta of the bounded loss (0; > 0 makes its bounds stricter)")
     p.add_argument("--depth-margin", type=float, default=None,
                    help="margin that loosens the bounded loss's bounds, in train.depth.unit (0)")
+    p.add_argument("--depth-bounds-at", default=None,
+                   help="where the bounded loss checks its CDF bounds: midpoints (the spec's) or ends "
+                   "(the intervals' ends, every interval behind the depth)")
     p.add_argument("--depth-l2-form", default=None,
                    help="what L2 compares with the depth: expected (the rendered depth, the spec's), "
                    "termination or log (each weight's squared distance, in t or in log t)")
@@ -279,7 +282,7 @@ def run_config_from_args(args) -> RunConfig:
                  "train.depth.loss": args.depth_loss, "train.depth.weight": args.depth_weight,
                  "train.depth.eps": args.depth_eps, "train.depth.beta": args.depth_beta,
                  "train.depth.margin": args.depth_margin, "train.depth.all_levels": args.depth_all_levels,
-                 "train.depth.l2_form": args.depth_l2_form,
+                 "train.depth.l2_form": args.depth_l2_form, "train.depth.bounds_at": args.depth_bounds_at,
                  "data.depth_source": args.depth_source, "data.mono_depth": args.mono_depth}
     apply_overrides(config, {k: v for k, v in overrides.items() if v is not None})
     if args.hsm:

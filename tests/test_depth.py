@@ -53,8 +53,9 @@ from test_hsm import grads, random_batch, raw_gradient, small_field
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-LOSSES = ("l2", "l2-termination", "l2-log", "urf", "urf-mass", "dsnerf", "bounded")
-"""urf-mass: urf with train.depth.urf_target=mass; l2-termination / l2-log: l2 with that l2_form."""
+LOSSES = ("l2", "l2-termination", "l2-log", "urf", "urf-mass", "dsnerf", "bounded", "bounded-ends")
+"""urf-mass: urf with train.depth.urf_target=mass; l2-termination / l2-log: l2 with that l2_form;
+bounded-ends: bounded with train.depth.bounds_at=ends."""
 
 
 # ---------------------------------------------------------------------------- brute force
@@ -123,34 +124,44 @@ def brute_dsnerf(w, t0, t1, ri, n, depth, eps):
     return sum(terms) / len(terms)
 
 
-def brute_bounded(w, t0, t1, ri, n, depth, eps, beta=0.0, empty_weight=1.0, cdf_weight=0.1, margin=0.0):
+def brute_bounded(w, t0, t1, ri, n, depth, eps, beta=0.0, empty_weight=1.0, cdf_weight=0.1, margin=0.0,
+                  ends=False):
+    """``ends``: the CDF at each interval's start (the weights before it) and end (through it)."""
     empty, near, far = [], [], []
     for s, d, e in zip(per_ray(w, t0, t1, ri, n), depth.tolist(), eps.tolist()):
         if d <= 0:
             continue
         phi = NormalDist(d, e).cdf
         cdf = 0.0
-        for wi, t, _ in s:
-            cdf += wi
-            if t < d - 3 * e - margin:
+        for wi, t, dt in s:
+            start, end = (t - dt / 2, t + dt / 2) if ends else (t, t)
+            if end < d - 3 * e - margin:
                 empty.append(wi ** 2)
-            elif t < d:
-                near.append(max(cdf - phi(t - beta + margin), 0.0) ** 2)
-            elif t <= d + 3 * e + margin:
-                far.append(max(phi(t + beta - margin) - cdf, 0.0) ** 2)
+            elif end < d:
+                near.append(max(cdf + wi - phi(end - beta + margin), 0.0) ** 2)
+            elif not ends and t <= d + 3 * e + margin:
+                far.append(max(phi(t + beta - margin) - cdf - wi, 0.0) ** 2)
+            if ends and start >= d:
+                far.append(max(phi(start + beta - margin) - cdf, 0.0) ** 2)
+            cdf += wi
     mean = lambda x: sum(x) / len(x) if x else 0.0  # noqa: E731
     return empty_weight * mean(empty) + cdf_weight * (mean(near) + mean(far))
+
+
+brute_bounded_ends = functools.partial(brute_bounded, ends=True)
 
 
 BRUTE = {"l2": brute_l2, "l2-termination": brute_l2_termination,
          "l2-log": functools.partial(brute_l2_termination, log=True), "urf": brute_urf,
          "urf-mass": functools.partial(brute_urf, mass=True),
-         "dsnerf": brute_dsnerf, "bounded": brute_bounded}
+         "dsnerf": brute_dsnerf, "bounded": brute_bounded, "bounded-ends": brute_bounded_ends}
 
 
 def loss_fn(name: str, **params):
     if name == "urf-mass":
         return make_depth_loss(DepthConfig(loss="urf", urf_target="mass", **params))
+    if name == "bounded-ends":
+        return make_depth_loss(DepthConfig(loss="bounded", bounds_at="ends", **params))
     if name.startswith("l2-"):
         return make_depth_loss(DepthConfig(loss="l2", l2_form=name[3:], **params))
     return make_depth_loss(DepthConfig(loss=name, **params))
@@ -189,6 +200,12 @@ def test_hand_values():
     value = bounded_density_loss(w, t - 0.01, t + 0.01, one(4), 1, d, torch.tensor([0.1], dtype=torch.float64),
                                  margin=0.1)
     assert value.item() == pytest.approx(0.011, rel=1e-12)
+    value = bounded_density_loss(w, t - 0.01, t + 0.01, one(4), 1, d, torch.tensor([0.1], dtype=torch.float64),
+                                 at="ends")
+    phi = NormalDist(2.0, 0.1).cdf
+    far = ((phi(2.09) - 0.6) ** 2 + (phi(2.99) - 0.9) ** 2) / 2
+    assert value.item() == pytest.approx(0.01 + 0.1 * ((0.6 - phi(1.91)) ** 2 + far), rel=1e-12)
+    assert value.item() == pytest.approx(0.030132, abs=1e-6)
     phi = gaussian_cdf(torch.tensor(1.1), torch.tensor(1.0), torch.tensor(0.1)).item()
     assert phi == pytest.approx(0.841345, abs=1e-6)
 
@@ -208,7 +225,22 @@ def test_bounded_beta_and_lambdas_match_brute_force():
                                        (0.0, 1.0, 0.1, 0.08), (0.05, 1.0, 1.0, 0.2)):
         got = bounded_density_loss(*batch, beta, lam_e, lam_p, margin).item()
         assert got == pytest.approx(brute_bounded(*batch, beta, lam_e, lam_p, margin), rel=1e-10, abs=1e-14)
+        got = bounded_density_loss(*batch, beta, lam_e, lam_p, margin, at="ends").item()
+        assert got == pytest.approx(brute_bounded_ends(*batch, beta, lam_e, lam_p, margin), rel=1e-10, abs=1e-14)
     assert bounded_density_loss(*batch, margin=0.1).item() < bounded_density_loss(*batch).item()  # looser
+
+
+def test_bounds_at_ends_see_the_weight_just_behind_the_surface():
+    """A ray whose weight all lies in one sample just behind the far window: the spec's
+    midpoints find nothing to bound (the sample is in no region), the interval ends do."""
+    one = torch.zeros(3, dtype=torch.long)
+    t0 = torch.tensor([1.0, 1.5, 2.2], dtype=torch.float64)
+    t1 = torch.tensor([1.5, 2.2, 2.3], dtype=torch.float64)
+    w = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    d, e = torch.tensor([2.0], dtype=torch.float64), torch.tensor([0.05], dtype=torch.float64)
+    assert bounded_density_loss(w, t0, t1, one, 1, d, e).item() == 0.0
+    got = bounded_density_loss(w, t0, t1, one, 1, d, e, empty_weight=0.0, cdf_weight=1.0, at="ends").item()
+    assert got == pytest.approx(NormalDist(2.0, 0.05).cdf(2.2) ** 2, rel=1e-12)  # Phi(2.2) - W(2.2) = Phi - 0
 
 
 def test_every_region_of_the_bounded_loss_is_exercised():
@@ -229,7 +261,9 @@ def test_loss_gradients_match_finite_differences(name):
     w = w.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda x: fn(x, t0, t1, ri, n, depth, eps), (w,), eps=1e-7, atol=1e-6)
     (g,) = torch.autograd.grad(fn(w, t0, t1, ri, n, depth, eps), w)
-    assert g[ri == 3].abs().max() == 0  # the ray without depth gets no gradient
+    # the ray without depth gets no gradient (up to rounding: the CDF is one cumulative sum over
+    # the batch, less each ray's start, so later rays' gradients cancel on it to ~1e-18)
+    assert g[ri == 3].abs().max() < 1e-12
     assert g.abs().max() > 1e-3
 
 
@@ -678,6 +712,7 @@ COMMON = ["--preset", "ngp-small", "--no-progress", "--device", "cpu", "--max-st
     (["--depth-loss", "bounded", "--depth-eps", "0"], ["train.depth.eps"]),
     (["--depth-loss", "bounded", "--depth-margin", "-1"], ["train.depth.margin"]),
     (["--depth-loss", "l2", "--depth-l2-form", "median"], ["train.depth.l2_form", "median", "log"]),
+    (["--depth-loss", "bounded", "--depth-bounds-at", "edges"], ["train.depth.bounds_at", "edges", "ends"]),
     (["--depth-source", "lidar"], ["data.depth_source", "lidar"]),
     (["--depth-loss", "l2", "--depth-source", "sparse"], ["data.depth_source sparse", "SfM points"]),
     (["--train-views", "20"], ["--train-views 20", "12 views"]),
@@ -713,12 +748,12 @@ def test_cli_options_reach_the_config(scene, tmp_path, capsys):
     rc, out, err = run_cli(["train", scene, "--out", run, *COMMON, "--depth-loss", "urf", "--depth-weight", "0.3",
                             "--depth-eps", "0.05", "--depth-beta", "0.06", "--depth-margin", "0.02",
                             "--train-views", "5", "--depth-all-levels", "--depth-l2-form", "log",
-                            "--set", "train.depth.fraction=0.5"], capsys)
+                            "--depth-bounds-at", "ends", "--set", "train.depth.fraction=0.5"], capsys)
     assert rc == 0, err
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["depth"] == {**saved["train"]["depth"], "loss": "urf", "weight": 0.3, "eps": 0.05,
                                        "beta": 0.06, "margin": 0.02, "fraction": 0.5, "all_levels": True,
-                                       "l2_form": "log"}
+                                       "l2_form": "log", "bounds_at": "ends"}
     assert saved["data"]["train_views"] == 5 and saved["data"]["depth_source"] == "auto"
     preset = apply_overrides(RunConfig(), PRESETS["ngp-small"])
     assert preset.train.depth.loss == "none" and not preset.train.depth.all_levels  # off unless asked
