@@ -53,9 +53,10 @@ from test_hsm import grads, random_batch, raw_gradient, small_field
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-LOSSES = ("l2", "l2-termination", "l2-log", "urf", "urf-mass", "dsnerf", "bounded", "bounded-ends")
-"""urf-mass: urf with train.depth.urf_target=mass; l2-termination / l2-log: l2 with that l2_form;
-bounded-ends: bounded with train.depth.bounds_at=ends."""
+LOSSES = ("l2", "l2-termination", "l2-log", "urf", "urf-mass", "dsnerf", "dsnerf-mass", "bounded",
+          "bounded-ends")
+"""urf-mass / dsnerf-mass: urf with train.depth.urf_target=mass, dsnerf with dsnerf_target=mass;
+l2-termination / l2-log: l2 with that l2_form; bounded-ends: bounded with bounds_at=ends."""
 
 
 # ---------------------------------------------------------------------------- brute force
@@ -118,8 +119,12 @@ def brute_urf(w, t0, t1, ri, n, depth, eps, mass=False):
     return sum(terms) / len(terms)
 
 
-def brute_dsnerf(w, t0, t1, ri, n, depth, eps):
-    terms = [sum(-math.log(wi + 1e-5) * math.exp(-(t - d) ** 2 / (2 * e ** 2)) * dt for wi, t, dt in s)
+def brute_dsnerf(w, t0, t1, ri, n, depth, eps, mass=False):
+    def kernel(t, dt, d, e):
+        if mass:
+            return math.sqrt(2 * math.pi) * e * (NormalDist(d, e).cdf(t + dt / 2) - NormalDist(d, e).cdf(t - dt / 2))
+        return math.exp(-(t - d) ** 2 / (2 * e ** 2)) * dt
+    terms = [sum(-math.log(wi + 1e-5) * kernel(t, dt, d, e) for wi, t, dt in s)
              for s, d, e in zip(per_ray(w, t0, t1, ri, n), depth.tolist(), eps.tolist()) if d > 0]
     return sum(terms) / len(terms)
 
@@ -154,12 +159,15 @@ brute_bounded_ends = functools.partial(brute_bounded, ends=True)
 BRUTE = {"l2": brute_l2, "l2-termination": brute_l2_termination,
          "l2-log": functools.partial(brute_l2_termination, log=True), "urf": brute_urf,
          "urf-mass": functools.partial(brute_urf, mass=True),
-         "dsnerf": brute_dsnerf, "bounded": brute_bounded, "bounded-ends": brute_bounded_ends}
+         "dsnerf": brute_dsnerf, "dsnerf-mass": functools.partial(brute_dsnerf, mass=True),
+         "bounded": brute_bounded, "bounded-ends": brute_bounded_ends}
 
 
 def loss_fn(name: str, **params):
     if name == "urf-mass":
         return make_depth_loss(DepthConfig(loss="urf", urf_target="mass", **params))
+    if name == "dsnerf-mass":
+        return make_depth_loss(DepthConfig(loss="dsnerf", dsnerf_target="mass", **params))
     if name == "bounded-ends":
         return make_depth_loss(DepthConfig(loss="bounded", bounds_at="ends", **params))
     if name.startswith("l2-"):
@@ -190,6 +198,8 @@ def test_hand_values():
     expected = (-math.log(0.10001) * math.exp(-0.5) - math.log(0.60001) - math.log(0.20001) * math.exp(-0.5))
     assert dsnerf_loss(w, t - 0.5, t + 0.5, one(3), 1, d, torch.tensor([1.0])).item() == pytest.approx(expected)
     assert expected == pytest.approx(2.88348, abs=1e-5)
+    got = dsnerf_loss(w, t - 0.5, t + 0.5, one(3), 1, d, torch.tensor([0.1], dtype=torch.float64), target="mass")
+    assert got.item() == pytest.approx(0.12804, abs=1e-5)  # all of N(2, 0.1^2) in [1.5, 2.5]
     t = torch.tensor([1.0, 1.9, 2.1, 3.0], dtype=torch.float64)
     w = torch.tensor([0.1, 0.5, 0.3, 0.1], dtype=torch.float64)
     phi = NormalDist(2.0, 0.1).cdf(1.9)
@@ -208,6 +218,24 @@ def test_hand_values():
     assert value.item() == pytest.approx(0.030132, abs=1e-6)
     phi = gaussian_cdf(torch.tensor(1.1), torch.tensor(1.0), torch.tensor(0.1)).item()
     assert phi == pytest.approx(0.841345, abs=1e-6)
+
+
+def test_dsnerf_mass_tends_to_the_spec_on_fine_intervals_and_reaches_a_narrow_gaussian():
+    """Intervals of 0.001 around D: the mass form equals the spec's density quadrature to 1e-6;
+    eps = 0.01 below a spacing of 0.5: the spec's form reaches no sample (every midpoint 15
+    eps away or more), the mass form charges the interval that holds D."""
+    one = lambda k: torch.zeros(k, dtype=torch.long)  # noqa: E731
+    t = torch.linspace(1.5, 2.5, 1001, dtype=torch.float64)
+    w = torch.full_like(t, 1e-3)
+    d, e = torch.tensor([2.0], dtype=torch.float64), torch.tensor([0.05], dtype=torch.float64)
+    spec = dsnerf_loss(w, t - 5e-4, t + 5e-4, one(1001), 1, d, e)
+    mass = dsnerf_loss(w, t - 5e-4, t + 5e-4, one(1001), 1, d, e, target="mass")
+    assert mass.item() == pytest.approx(spec.item(), rel=1e-6)
+    t, w = torch.tensor([1.25, 1.75, 2.25], dtype=torch.float64), torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    d, e = torch.tensor([1.9], dtype=torch.float64), torch.tensor([0.01], dtype=torch.float64)
+    assert dsnerf_loss(w, t - 0.25, t + 0.25, one(3), 1, d, e).item() < 1e-40
+    got = dsnerf_loss(w, t - 0.25, t + 0.25, one(3), 1, d, e, target="mass").item()
+    assert got == pytest.approx(-math.log(0.30001) * math.sqrt(2 * math.pi) * 0.01, rel=1e-9)
 
 
 @pytest.mark.parametrize("name", LOSSES)
@@ -298,6 +326,7 @@ def test_urf_window_anneals_and_config_checks():
                         ({"fraction": 1.5}, "train.depth.fraction"),
                         ({"urf_window": (0.4, 0.0)}, "train.depth.urf_window"),
                         ({"urf_target": "top"}, "train.depth.urf_target"),
+                        ({"dsnerf_target": "peak"}, "train.depth.dsnerf_target"),
                         ({"anneal": (0.5, 0.5)}, "train.depth.anneal"), ({"anneal_to": 1.5}, "train.depth.anneal_to"),
                         ({"consistency": -1.0}, "train.depth.consistency"), ({"margin": -0.1}, "train.depth.margin"),
                         ({"consistency": float("nan")}, "train.depth.consistency")):

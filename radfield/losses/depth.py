@@ -40,6 +40,7 @@ capture's own camera distance over this (:func:`depth_unit`)."""
 URF_TARGETS = ("peak", "mass")
 L2_FORMS = ("expected", "termination", "log")
 BOUNDS_AT = ("midpoints", "ends")
+DSNERF_TARGETS = ("density", "mass")
 REFERENCE_WEIGHTS = {"l2": 0.00625, "urf": 0.00625, "dsnerf": 0.1, "bounded": 0.1}
 """The weight of each loss when ``train.depth.weight`` is None: DS-NeRF's 0.1, 0.1 for the bounded
 loss (whose own ``lambda_empty`` / ``lambda_phi`` weigh its terms) and 0.00625 for L2 and URF
@@ -112,6 +113,13 @@ class DepthConfig:
     the sample's interval (URF's continuous loss in masses: the targets of a ray sum to at most 1,
     as its weights do). Measured on tabletop (every view, 10 minutes): nerfacto's proposals put
     a median of 24 of 32 samples in the final window, whose ``peak`` targets sum to about 23."""
+    dsnerf_target: str = "density"
+    """``dsnerf``: what weighs ``-log w_i``. ``density``: the Gaussian's value at the midpoint
+    times the interval's length, ``exp(-(t_i - D)^2 / (2 eps^2)) dt_i`` (the spec's quadrature;
+    where ``eps`` is below the samples' spacing it reaches few samples, or none). ``mass``: its
+    exact mass over the interval, ``Phi(t1_i) - Phi(t0_i)``, times ``sqrt(2 pi) eps`` so that it
+    tends to ``density`` on fine intervals: the interval that holds ``D`` is always reached, and
+    as ``eps`` falls the loss asks for all the mass there, a sharp surface."""
     empty_weight: float = 1.0
     """``bounded``: ``lambda_empty``, the weight of the empty-space term."""
     cdf_weight: float = 0.1
@@ -179,6 +187,9 @@ def check_depth_config(config: DepthConfig) -> None:
     if config.bounds_at not in BOUNDS_AT:
         raise RadfieldError(f"train.depth.bounds_at: unknown choice {config.bounds_at!r} "
                             f"(choose from: {', '.join(BOUNDS_AT)})")
+    if config.dsnerf_target not in DSNERF_TARGETS:
+        raise RadfieldError(f"train.depth.dsnerf_target: unknown target {config.dsnerf_target!r} "
+                            f"(choose from: {', '.join(DSNERF_TARGETS)})")
     if config.urf_target not in URF_TARGETS:
         raise RadfieldError(f"train.depth.urf_target: unknown target {config.urf_target!r} "
                             f"(choose from: {', '.join(URF_TARGETS)})")
@@ -308,7 +319,7 @@ def urf_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Ten
 
 
 def dsnerf_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor, n_rays: int,
-                depth: Tensor, eps: Tensor) -> Tensor:
+                depth: Tensor, eps: Tensor, target: str = "density") -> Tensor:
     """DS-NeRF's KL term on ray termination, per ray
 
     ``sum_i -log(w_i + 1e-5) exp(-(t_i - D)^2 / (2 eps^2)) dt_i``,
@@ -318,10 +329,19 @@ def dsnerf_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: 
 
     Example: one ray, unit intervals with ``t = 1, 2, 3``, ``w = (0.1, 0.6, 0.2)``, ``D = 2``,
     ``eps = 1``: ``2.30249 e^-0.5 + 0.51081 + 1.60939 e^-0.5 = 2.88348``.
+
+    ``target = "mass"`` replaces ``exp(-(t_i - D)^2 / (2 eps^2)) dt_i`` by ``sqrt(2 pi) eps
+    (Phi(t1_i) - Phi(t0_i))``, the same integral taken exactly over each interval. In the
+    example, ``eps = 0.1``: only ``[1.5, 2.5]`` holds mass (``1 - 2e-7``), so ``L = 0.51081
+    sqrt(2 pi) 0.1 = 0.12804``, where ``density`` gives ``0.51081`` times ``dt = 1``.
     """
     t, d, has = _per_sample(weights, t_starts, t_ends, ray_indices, depth)
     e = eps.to(weights.dtype)[ray_indices]
-    per_sample = -torch.log(weights + 1e-5) * torch.exp(-((t - d) ** 2) / (2.0 * e ** 2)) * (t_ends - t_starts)
+    if target == "mass":
+        kernel = math.sqrt(2.0 * math.pi) * e * (gaussian_cdf(t_ends, d, e) - gaussian_cdf(t_starts, d, e))
+    else:
+        kernel = torch.exp(-((t - d) ** 2) / (2.0 * e ** 2)) * (t_ends - t_starts)
+    per_sample = -torch.log(weights + 1e-5) * kernel
     per_sample = torch.where(has, per_sample, 0.0)
     return _mean_over_depth_rays(accumulate_along_rays(per_sample, ray_indices, n_rays), depth, weights)
 
@@ -412,7 +432,7 @@ def make_depth_loss(config: DepthConfig) -> DepthLoss | None:
     if config.loss == "urf":
         return functools.partial(urf_loss, target=config.urf_target)
     if config.loss == "dsnerf":
-        return dsnerf_loss
+        return functools.partial(dsnerf_loss, target=config.dsnerf_target)
 
     def bounded(w, t0, t1, ri, n, depth, eps):
         return bounded_density_loss(w, t0, t1, ri, n, depth, eps, config.beta, config.empty_weight,
