@@ -337,8 +337,7 @@ def cmd_train(args) -> int:
     if viewer is not None:
         from radfield.viewer.server import serve_until_interrupted
         viewer.training_finished()
-        print(f"the viewer stays open at {viewer.url} until Ctrl-C", flush=True)
-        serve_until_interrupted(viewer)
+        serve_until_interrupted(viewer, f"the viewer stays open at {viewer.url} until Ctrl-C")
     return 0
 
 
@@ -360,8 +359,7 @@ def cmd_view(args) -> int:
 
     _warn(host_warning(args.host))
     viewer = Viewer.from_run(args.run_dir, _device(args.device), ViewerOptions(host=args.host, port=args.port))
-    print(f"radfield viewer: {viewer.url} (Ctrl-C to stop)", flush=True)
-    serve_until_interrupted(viewer)
+    serve_until_interrupted(viewer, f"radfield viewer: {viewer.url} (Ctrl-C to stop)")
     return 0
 
 

@@ -123,9 +123,13 @@ def box_edges(aabb: Tensor) -> np.ndarray:
     return np.array([[corner(a), corner(b)] for a, b in edges], dtype=np.float32)
 
 
-def serve_until_interrupted(viewer: "Viewer") -> None:
-    """Keep the process (and so the viewer) alive until Ctrl-C, then close the viewer."""
+def serve_until_interrupted(viewer: "Viewer", message: str | None = None) -> None:
+    """Print ``message``, then keep the process (and so the viewer) alive until Ctrl-C, then close
+    the viewer. The message is printed inside the Ctrl-C handler's reach: a Ctrl-C sent as soon
+    as it is read still ends the process cleanly."""
     try:
+        if message:
+            print(message, flush=True)
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
