@@ -87,8 +87,12 @@ class DepthConfig:
     bound ``W(t_start) >= Phi(t_start + beta)`` on every interval that starts at or behind ``D``
     (``W(t_start)`` is the weight before the interval). With midpoints a ray may end behind the
     surface unchecked: the first sample behind ``D`` counts its own weight in ``W_i``, and the
-    far window of a few ``eps`` often holds no sample at all; on garden-colmap 12-20 % of the
-    depth rays' weight lay behind the surface (``bench/depth_mass.py``, 2026-12-05)."""
+    far window of a few ``eps`` often holds no sample at all. Measured (``bench/depth.py``, 600 s,
+    2026-12-05, ``bench/RESULTS.md``): on garden-colmap (sparse SfM depth, 6 views) ``ends`` left
+    0.2-0.3 % of the depth rays' weight behind the surface against 19-21 % at the midpoints
+    (``bench/depth_mass.py``) and scored 20.47 / 19.70 dB against 19.38 / 18.97 (seeds 0 / 1);
+    on tabletop's dense depth maps it did not help (3 views 20.77 against 20.92, seed 0), so
+    ``midpoints`` stays the default."""
     l2_form: str = "expected"
     """``l2``: what is compared with ``D``. ``expected``: the rendered depth ``sum_i w_i t_i``,
     as the spec writes L2 (one number a ray, so a ray can match ``D`` on average with its mass
