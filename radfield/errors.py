@@ -9,6 +9,13 @@ class RadfieldError(Exception):
     """
 
 
+def check_choice(option: str, value, choices, what: str = "choice") -> None:
+    """RadfieldError unless ``value`` is one of ``choices``, e.g. ``train.depth.l2_form: unknown
+    form 'median' (choose from: expected, termination, log)`` for ``what = "form"``."""
+    if value not in choices:
+        raise RadfieldError(f"{option}: unknown {what} {value!r} (choose from: {', '.join(choices)})")
+
+
 class MissingSplitError(RadfieldError):
     """A dataset has no file for the requested split (as opposed to a malformed one)."""
 

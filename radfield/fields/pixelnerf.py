@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from radfield.cameras import Cameras, project
-from radfield.errors import RadfieldError
+from radfield.errors import RadfieldError, check_choice
 from radfield.fields.encodings import PositionalEncoding
 from radfield.fields.nerf import DENSITY_ACTIVATIONS, activate_density
 
@@ -168,12 +168,9 @@ class PixelNeRFField(nn.Module):
 
     def __init__(self, aabb: Tensor, config: PixelNeRFFieldConfig):
         super().__init__()
-        if config.padding not in PADDING_MODES:
-            raise RadfieldError(f"pixelnerf.field.padding: unknown mode {config.padding!r} "
-                                f"(choose from: {', '.join(PADDING_MODES)})")
-        if config.density_activation not in DENSITY_ACTIVATIONS:
-            raise RadfieldError(f"pixelnerf.field.density_activation: unknown activation "
-                                f"{config.density_activation!r} (choose from: {', '.join(DENSITY_ACTIVATIONS)})")
+        check_choice("pixelnerf.field.padding", config.padding, PADDING_MODES, "mode")
+        check_choice("pixelnerf.field.density_activation", config.density_activation, DENSITY_ACTIVATIONS,
+                     "activation")
         self.config = config
         aabb = aabb.float()
         self.register_buffer("half_size", ((aabb[3:] - aabb[:3]) / 2).max())

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from radfield.errors import RadfieldError
+from radfield.errors import RadfieldError, check_choice
 from radfield.rendering.volume import accumulate_along_rays, exclusive_sum_per_ray
 
 DEPTH_LOSSES = ("none", "l2", "urf", "dsnerf", "bounded")
@@ -167,9 +167,7 @@ class DepthConfig:
 
 def check_depth_config(config: DepthConfig) -> None:
     """RadfieldError (one line naming the option) for a value that cannot be used."""
-    if config.loss not in DEPTH_LOSSES:
-        raise RadfieldError(f"train.depth.loss: unknown depth loss {config.loss!r} "
-                            f"(choose from: {', '.join(DEPTH_LOSSES)})")
+    check_choice("train.depth.loss", config.loss, DEPTH_LOSSES, "depth loss")
     bounds = {"weight": (depth_weight(config), 0.0, False), "eps": (config.eps, 0.0, True),
               "beta": (config.beta, 0.0, False),
               "margin": (config.margin, 0.0, False), "empty_weight": (config.empty_weight, 0.0, False),
@@ -187,18 +185,10 @@ def check_depth_config(config: DepthConfig) -> None:
                             f"{list(config.anneal)}")
     if not (math.isfinite(config.anneal_to) and 0.0 <= config.anneal_to <= 1.0):
         raise RadfieldError(f"train.depth.anneal_to: must be in [0, 1], got {config.anneal_to}")
-    if config.l2_form not in L2_FORMS:
-        raise RadfieldError(f"train.depth.l2_form: unknown form {config.l2_form!r} "
-                            f"(choose from: {', '.join(L2_FORMS)})")
-    if config.bounds_at not in BOUNDS_AT:
-        raise RadfieldError(f"train.depth.bounds_at: unknown choice {config.bounds_at!r} "
-                            f"(choose from: {', '.join(BOUNDS_AT)})")
-    if config.dsnerf_target not in DSNERF_TARGETS:
-        raise RadfieldError(f"train.depth.dsnerf_target: unknown target {config.dsnerf_target!r} "
-                            f"(choose from: {', '.join(DSNERF_TARGETS)})")
-    if config.urf_target not in URF_TARGETS:
-        raise RadfieldError(f"train.depth.urf_target: unknown target {config.urf_target!r} "
-                            f"(choose from: {', '.join(URF_TARGETS)})")
+    check_choice("train.depth.l2_form", config.l2_form, L2_FORMS, "form")
+    check_choice("train.depth.bounds_at", config.bounds_at, BOUNDS_AT)
+    check_choice("train.depth.dsnerf_target", config.dsnerf_target, DSNERF_TARGETS, "target")
+    check_choice("train.depth.urf_target", config.urf_target, URF_TARGETS, "target")
     if not all(math.isfinite(v) and v > 0 for v in config.urf_window):
         raise RadfieldError(f"train.depth.urf_window: both half-widths must be > 0, got "
                             f"{list(config.urf_window)}")
