@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-loss", default=None, help="depth supervision: none, l2, urf, dsnerf or bounded "
                    "(default none)")
     p.add_argument("--depth-weight", type=float, default=None,
-                   help="weight of the depth loss (default: the loss's reference weight: L2 and URF 0.00625, "
-                   "dsnerf and bounded 0.1)")
+                   help="weight of the depth loss (default: the loss's reference weight: L2 in log t, dsnerf "
+                   "and bounded 0.1, URF and L2 in t 0.00625), faded to 0 over the run's second half "
+                   "(train.depth.anneal)")
     p.add_argument("--depth-eps", type=float, default=None,
                    help="depth uncertainty along the ray, in train.depth.unit (dsnerf, bounded; 0.03)")
     p.add_argument("--depth-beta", type=float, default=None,
@@ -119,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the bounded loss checks its CDF bounds: midpoints (the spec's) or ends "
                    "(the intervals' ends, every interval behind the depth)")
     p.add_argument("--depth-l2-form", default=None,
-                   help="what L2 compares with the depth: expected (the rendered depth, the spec's), "
-                   "termination or log (each weight's squared distance, in t or in log t)")
+                   help="what L2 compares with the depth: log (each weight's squared distance in log t, the "
+                   "default), termination (the same in t) or expected (the rendered depth, the spec's)")
     p.add_argument("--depth-all-levels", action="store_true", default=None,
                    help="also apply the depth loss to each proposal (or coarse) level's weights")
     p.add_argument("--depth-source", default=None,

@@ -170,8 +170,8 @@ def loss_fn(name: str, **params):
         return make_depth_loss(DepthConfig(loss="dsnerf", dsnerf_target="mass", **params))
     if name == "bounded-ends":
         return make_depth_loss(DepthConfig(loss="bounded", bounds_at="ends", **params))
-    if name.startswith("l2-"):
-        return make_depth_loss(DepthConfig(loss="l2", l2_form=name[3:], **params))
+    if name.startswith("l2"):  # "l2" alone: the spec's form, the rendered depth
+        return make_depth_loss(DepthConfig(loss="l2", l2_form=name[3:] or "expected", **params))
     return make_depth_loss(DepthConfig(loss=name, **params))
 
 
@@ -314,13 +314,17 @@ def test_no_depth_and_no_samples_give_zero_with_a_graph(name):
 def test_urf_window_anneals_and_config_checks():
     config = DepthConfig(loss="urf", urf_window=(0.45, 0.15))
     assert [urf_window(config, p) for p in (0.0, 0.5, 1.0, 2.0)] == pytest.approx([0.45, 0.3, 0.15, 0.15])
-    assert depth_weight(DepthConfig(loss="bounded")) == 0.1 and depth_weight(DepthConfig(loss="l2")) == 0.00625
+    assert depth_weight(DepthConfig(loss="bounded")) == 0.1 and depth_weight(DepthConfig(loss="l2")) == 0.1
+    assert depth_weight(DepthConfig(loss="l2", l2_form="expected")) == 0.00625  # L2 in t: 0.1 / 16
+    assert depth_weight(DepthConfig(loss="l2", l2_form="termination")) == 0.00625
     assert depth_weight(DepthConfig(loss="urf")) == 0.00625
     assert depth_weight(DepthConfig(loss="dsnerf", weight=0.5)) == 0.5
     assert make_depth_loss(DepthConfig()) is None
     annealed = DepthConfig(loss="l2", anneal=(0.5, 1.0), anneal_to=0.2)  # linear from 1 to 0.2 over [0.5, 1]
     assert [weight_scale(annealed, p) for p in (0.0, 0.5, 0.75, 1.0, 1.5)] == pytest.approx([1, 1, 0.6, 0.2, 0.2])
-    assert weight_scale(DepthConfig(loss="l2"), 0.9) == 1.0
+    default = DepthConfig(loss="l2")  # faded linearly to 0 over the run's second half
+    assert [weight_scale(default, p) for p in (0.25, 0.5, 0.75, 1.0)] == pytest.approx([1, 1, 0.5, 0])
+    assert weight_scale(DepthConfig(loss="l2", anneal=None), 0.9) == 1.0
     for bad, option in (({"loss": "l1"}, "train.depth.loss"), ({"weight": -1.0}, "train.depth.weight"),
                         ({"eps": 0.0}, "train.depth.eps"), ({"beta": -0.1}, "train.depth.beta"),
                         ({"fraction": 1.5}, "train.depth.fraction"),

@@ -41,19 +41,20 @@ URF_TARGETS = ("peak", "mass")
 L2_FORMS = ("expected", "termination", "log")
 BOUNDS_AT = ("midpoints", "ends")
 DSNERF_TARGETS = ("density", "mass")
-REFERENCE_WEIGHTS = {"l2": 0.00625, "urf": 0.00625, "dsnerf": 0.1, "bounded": 0.1}
+REFERENCE_WEIGHTS = {"l2": 0.1, "urf": 0.00625, "dsnerf": 0.1, "bounded": 0.1}
 """The weight of each loss when ``train.depth.weight`` is None: DS-NeRF's 0.1, 0.1 for the bounded
-loss (whose own ``lambda_empty`` / ``lambda_phi`` weigh its terms) and 0.00625 for L2 and URF
-(URF's was radfield's own 0.1 until 2026-12-05; the spec gives none). The depth-supervised
-mip-NeRF code adds its depth losses to a Charbonnier photometric loss,
-``sqrt(d^2 + 1e-3)``, whose gradient at small residuals is ``1 / (2 sqrt(1e-3))``, about 16 times
-that of radfield's default L2 loss. So the bounded loss's unscaled ``L_cdf`` becomes about 0.1 here,
-and that code's ``lambda_depth = 0.1`` for L2 becomes 0.1 / 16; URF's 0.1 was scaled alike.
-Measured on tabletop (``bench/depth.py``, 10 minutes a run, every run in one session, one seed,
-``bench/RESULTS.md`` 2026-12-05), test PSNR over no depth at 3 / 6 / all views: L2 +2.54 / +2.10 /
--0.16 dB, URF +5.39 / +3.15 / -0.26, DS-NeRF +4.43 / +1.90 / -2.97, bounded +5.74 / +3.58 / -0.25.
-The bounded loss at 1.0 lost about 1 dB with every view (an earlier session).
-With ``--loss charbonnier`` multiply these by 10 (bounded) or 16 (L2, URF)."""
+loss (whose own ``lambda_empty`` / ``lambda_phi`` weigh its terms), 0.00625 for URF and 0.1 for L2 in
+its default ``log`` form (:data:`L2_WEIGHT_IN_T` in the others). The depth-supervised mip-NeRF code
+adds its depth losses to a Charbonnier photometric loss, ``sqrt(d^2 + 1e-3)``, whose gradient at
+small residuals is ``1 / (2 sqrt(1e-3))``, about 16 times that of radfield's default L2 loss. So the
+bounded loss's unscaled ``L_cdf`` becomes about 0.1 here, and that code's ``lambda_depth = 0.1`` for
+L2 in ``t`` becomes 0.1 / 16; URF's 0.1 (radfield's own until 2026-12-05; the spec gives none) was
+scaled alike. With ``--loss charbonnier`` multiply these by 10 (bounded) or 16 (L2, URF). Measured
+per loss and view count: ``bench/RESULTS.md`` (``bench/depth.py``)."""
+L2_WEIGHT_IN_T = 0.00625
+"""L2's reference weight in its ``expected`` and ``termination`` forms, which measure in ``t``:
+near the surface ``(log t - log D)^2`` is about ``(t - D)^2 / D^2``, and ``D`` is about 4 units on
+NeRF-synthetic's scale, so 0.1 in ``log t`` weighs like 0.00625 in ``t``."""
 
 
 @dataclass
@@ -93,7 +94,7 @@ class DepthConfig:
     (``bench/depth_mass.py``) and scored 20.47 / 19.70 dB against 19.38 / 18.97 (seeds 0 / 1);
     on tabletop's dense depth maps it did not help (3 views 20.77 against 20.92, seed 0), so
     ``midpoints`` stays the default."""
-    l2_form: str = "expected"
+    l2_form: str = "log"
     """``l2``: what is compared with ``D``. ``expected``: the rendered depth ``sum_i w_i t_i``,
     as the spec writes L2 (one number a ray, so a ray can match ``D`` on average with its mass
     elsewhere: on garden-colmap's unbounded scene, 0.2 % of the weight beyond twice the depth
@@ -146,7 +147,7 @@ class DepthConfig:
     (``bench/depth.py``, 600 s, 2026-12-05, ``bench/RESULTS.md``): the bounded loss on
     garden-colmap at 6 views scored 17.06 / 17.32 dB against 18.66 / 19.24 on the final level only
     (seeds 0 / 1), so off by default."""
-    anneal: tuple[float, float] | None = None
+    anneal: tuple[float, float] | None = (0.5, 1.0)
     """Fractions ``(start, end)`` of the run over which the weight falls linearly from its value
     to ``anneal_to`` times it (None: constant). Depth shapes the geometry early and the colour has
     the last word where the two disagree (mirrors, glass, a depth map's own errors): with every
@@ -198,6 +199,8 @@ def depth_weight(config: DepthConfig) -> float:
     """``config.weight``, or the loss's reference weight when it is None (0 for ``none``)."""
     if config.weight is not None:
         return config.weight
+    if config.loss == "l2" and config.l2_form != "log":
+        return L2_WEIGHT_IN_T
     return REFERENCE_WEIGHTS.get(config.loss, 0.0)
 
 
