@@ -63,8 +63,9 @@ class DepthConfig:
     how many of each batch's rays are drawn from pixels that have depth."""
 
     loss: str = "none"
-    """``none``, ``l2`` (expected depth), ``urf`` (line of sight + empty space), ``dsnerf`` (KL
-    on ray termination) or ``bounded`` (probabilistically bounded ray densities)."""
+    """``none``, ``l2`` (where the ray ends against ``D``, :attr:`l2_form`), ``urf`` (line of sight
+    + empty space), ``dsnerf`` (KL on ray termination) or ``bounded`` (probabilistically bounded ray
+    densities)."""
     weight: float | None = None
     """Weight of the depth loss in the training objective; None = the loss's reference weight
     (:data:`REFERENCE_WEIGHTS`)."""
@@ -103,12 +104,10 @@ class DepthConfig:
     ends (the rendered depth's squared error plus the spread of its termination), so every
     weight away from ``D`` costs, the more the farther. ``log``: the same in ``log t``,
     ``sum_i w_i (log t_i - log D)^2``, which weighs a distance by its ratio to ``D`` (a
-    weight at 1000 times the depth costs 48 times its weight, not a million). Measured
-    (``bench/depth.py``, 600 s, 2026-12-05, ``bench/RESULTS.md``): garden-colmap at 6 views,
-    seeds 0 / 1, ``log`` at weight 0.1 scored 20.90 / 20.33 dB against 15.20 / 15.12 for
-    ``expected`` and 14.16 / 16.16 without depth; tabletop at 3 views 19.35 against 18.35
-    (``termination`` 20.30, no depth 15.35). ``expected`` stays the default until the whole
-    table has run with the others."""
+    weight at 1000 times the depth costs 48 times its weight, not a million): the default,
+    at weight 0.1. Measured (``bench/depth.py``, 600 s, the whole table in one session,
+    2026-12-05, ``bench/RESULTS.md``): ``log`` gained the most of every loss on garden-colmap's
+    sparse depth and more than the spec's form on tabletop, at no cost with every view."""
     urf_window: tuple[float, float] = (0.45, 0.15)
     """``urf``: window half-width ``eps`` at the start and at the end of the run (in :attr:`unit`),
     annealed linearly with the run's progress."""
@@ -149,11 +148,12 @@ class DepthConfig:
     (seeds 0 / 1), so off by default."""
     anneal: tuple[float, float] | None = (0.5, 1.0)
     """Fractions ``(start, end)`` of the run over which the weight falls linearly from its value
-    to ``anneal_to`` times it (None: constant). Depth shapes the geometry early and the colour has
-    the last word where the two disagree (mirrors, glass, a depth map's own errors): with every
-    view of tabletop every loss at a constant weight scored 1.1-3.0 dB below no depth (10
-    minutes, ``bench/depth.py``). One probe: the bounded loss faded over the second half scored
-    28.55 dB there against 28.72 at a constant weight, so off by default."""
+    to ``anneal_to`` times it (None: constant); by default over the second half, to 0. Depth
+    shapes the geometry while it forms, and the colour has the last word where the two disagree
+    (tabletop's mirror sphere, glass, a depth map's own errors). Measured (``bench/depth.py``, 600
+    s, 2026-12-05, ``bench/RESULTS.md``): the bounded loss with every view of tabletop scored
+    31.78 dB faded, within 0.3 dB of no depth, where at a constant weight it had lost about half a
+    decibel, and at 3 views it kept its gain."""
     anneal_to: float = 0.0
     """The weight's fraction left after ``anneal``'s end."""
     consistency: float = 0.0
