@@ -67,14 +67,14 @@ def run_one(spec: dict) -> dict:
 
     from radfield.config import apply_overrides
     from radfield.evaluation.evaluate import evaluate_run
-    from radfield.losses.depth import depth_weight
+    from radfield.losses.depth import depth_eps, depth_weight
     from radfield.training.trainer import Trainer
 
     config = budgeted_config(spec["preset"], spec["data"], spec["budget"], eval_every=spec["budget"] / 5,
                              val_images=None, overrides={"train.depth.loss": spec["loss"]})
     config.data.train_views = None if spec["views"] == "all" else int(spec["views"])
     if spec.get("beta_eps") and spec["loss"] == "bounded":
-        config.train.depth.beta = spec["beta_eps"] * config.train.depth.eps
+        config.train.depth.beta = spec["beta_eps"] * depth_eps(config.train.depth)
     apply_overrides(config, spec["overrides"])
     run_dir = fresh(Path(spec["run_dir"]))
     trainer = Trainer(config, run_dir, progress=False, log_tensorboard=False)

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "and bounded 0.1, URF and L2 in t 0.00625), faded to 0 over the run's second half "
                    "(train.depth.anneal)")
     p.add_argument("--depth-eps", type=float, default=None,
-                   help="depth uncertainty along the ray, in train.depth.unit (dsnerf, bounded; 0.03)")
+                   help="depth uncertainty along the ray, in train.depth.unit (dsnerf 0.003, bounded 0.03)")
     p.add_argument("--depth-beta", type=float, default=None,
                    help="the spec's beta of the bounded loss (0; > 0 makes its bounds stricter)")
     p.add_argument("--depth-margin", type=float, default=None,

@@ -55,6 +55,13 @@ L2_WEIGHT_IN_T = 0.00625
 """L2's reference weight in its ``expected`` and ``termination`` forms, which measure in ``t``:
 near the surface ``(log t - log D)^2`` is about ``(t - D)^2 / D^2``, and ``D`` is about 4 units on
 NeRF-synthetic's scale, so 0.1 in ``log t`` weighs like 0.00625 in ``t``."""
+REFERENCE_EPS = {"dsnerf": 0.003, "bounded": 0.03}
+"""The depth uncertainty ``eps`` of each loss when ``train.depth.eps`` is None, in
+:attr:`DepthConfig.unit`: the spec's 0.03 for the bounded loss, 0.003 for DS-NeRF. DS-NeRF's KL term
+asks every ray's weight to spread over its Gaussian, so at 0.03 it blurs each surface over a few
+hundredths of the scene while it is on: with every view of tabletop it lost 1.47 dB against no depth
+at 0.03 and 0.10 dB at 0.003, and at 3 and 6 views it gained more at 0.003 (``bench/depth.py``, 600 s,
+2026-12-05, ``bench/RESULTS.md``)."""
 
 
 @dataclass
@@ -69,9 +76,10 @@ class DepthConfig:
     weight: float | None = None
     """Weight of the depth loss in the training objective; None = the loss's reference weight
     (:data:`REFERENCE_WEIGHTS`)."""
-    eps: float = 0.03
+    eps: float | None = None
     """Depth uncertainty (standard deviation along the ray, in :attr:`unit`) of ``dsnerf`` and
-    ``bounded``; sparse SfM depths scale it per point by their reprojection error."""
+    ``bounded``; sparse SfM depths scale it per point by their reprojection error. None = the
+    loss's reference uncertainty (:data:`REFERENCE_EPS`)."""
     beta: float = 0.0
     """``bounded``: the margin ``beta`` of the CDF bounds (0 for synthetic depth; the spec
     suggests ``2 eps`` for sensor or monocular depth). As the spec writes the loss, ``beta``
@@ -169,7 +177,7 @@ class DepthConfig:
 def check_depth_config(config: DepthConfig) -> None:
     """RadfieldError (one line naming the option) for a value that cannot be used."""
     check_choice("train.depth.loss", config.loss, DEPTH_LOSSES, "depth loss")
-    bounds = {"weight": (depth_weight(config), 0.0, False), "eps": (config.eps, 0.0, True),
+    bounds = {"weight": (depth_weight(config), 0.0, False), "eps": (depth_eps(config), 0.0, True),
               "beta": (config.beta, 0.0, False),
               "margin": (config.margin, 0.0, False), "empty_weight": (config.empty_weight, 0.0, False),
               "cdf_weight": (config.cdf_weight, 0.0, False), "consistency": (config.consistency, 0.0, False)}
@@ -202,6 +210,14 @@ def depth_weight(config: DepthConfig) -> float:
     if config.loss == "l2" and config.l2_form != "log":
         return L2_WEIGHT_IN_T
     return REFERENCE_WEIGHTS.get(config.loss, 0.0)
+
+
+def depth_eps(config: DepthConfig) -> float:
+    """``config.eps``, or the loss's reference uncertainty when it is None (:data:`REFERENCE_EPS`;
+    the spec's 0.03 for a loss that has none of its own)."""
+    if config.eps is not None:
+        return config.eps
+    return REFERENCE_EPS.get(config.loss, REFERENCE_EPS["bounded"])
 
 
 def depth_unit(config: DepthConfig, camera_radius: float | None) -> float:

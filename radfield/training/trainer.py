@@ -69,7 +69,7 @@ from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
 from radfield.losses import PhotometricLoss
-from radfield.losses.depth import depth_unit, depth_weight, make_depth_loss, urf_window, weight_scale
+from radfield.losses.depth import depth_eps, depth_unit, depth_weight, make_depth_loss, urf_window, weight_scale
 from radfield.models import SceneInfo, build_model
 from radfield.native import keep_freed_memory
 from radfield.rendering.backgrounds import background_color, ray_background, training_colour
@@ -496,12 +496,12 @@ class Trainer:
     def _depth_targets(self, parts: list[tuple[Tensor, ...]], rays: Rays
                        ) -> tuple[Tensor | None, Tensor | None]:
         """Per ray: the pixel's depth along the ray (planar depth / ``z_per_t``; 0 = none) and the
-        loss's uncertainty: ``train.depth.eps`` (URF: its window at the run's progress) times the
+        loss's uncertainty: :func:`depth_eps` (URF: its window at the run's progress) times the
         pixel's relative uncertainty."""
         if self.depth_loss is None:
             return None, None
         depth_cfg = self.config.train.depth
-        base = urf_window(depth_cfg, self.run_progress()) if depth_cfg.loss == "urf" else depth_cfg.eps
+        base = urf_window(depth_cfg, self.run_progress()) if depth_cfg.loss == "urf" else depth_eps(depth_cfg)
         planar = torch.cat([g.depths[flat] for g, (flat, *_) in zip(self.groups, parts)])
         rel = torch.cat([torch.ones(len(flat), device=flat.device) if g.uncertainty is None
                          else g.uncertainty[flat] for g, (flat, *_) in zip(self.groups, parts)])
