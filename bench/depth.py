@@ -9,10 +9,10 @@ Suites:
 * ``tabletop`` (``../shared/data/tabletop``, dense depth maps): 3, 6 and all training views x
   {none, l2, urf, dsnerf, bounded};
 * ``garden`` (``../shared/data/garden-colmap``, sparse SfM depth from its COLMAP points): 6 views
-  x the same losses, the bounded loss with the spec's margin for real depth (``beta = 2 eps``)
-  and its bounds checked at the intervals' ends (``train.depth.bounds_at=ends``: at the spec's
-  midpoints a fifth of its depth rays' weight lay behind the surface on this unbounded scene;
-  ``--set train.depth.bounds_at=midpoints`` for the spec's).
+  x the same losses; for sparse depth the bounded loss has, by default, the spec's margin for real
+  depth (``beta = 2 eps``) and its bounds checked at the intervals' ends (``train.depth.bounds_at``
+  ``auto``: at the spec's midpoints a fifth of its depth rays' weight lay behind the surface on
+  this unbounded scene; ``--set train.depth.bounds_at=midpoints`` for the spec's).
 
 Every run trains the same preset for the same training time (``--budget`` seconds, validation
 excluded; at least 600 for the issue's table) in its own process, with each loss at its
@@ -47,7 +47,7 @@ LOSSES = ("none", "l2", "urf", "dsnerf", "bounded")
 SUITES = {
     "tabletop": {"data": DATA / "tabletop", "views": ["3", "6", "all"], "overrides": {}},
     "garden": {"data": DATA / "garden-colmap", "views": ["6"],
-               "overrides": {"data.depth_source": "sparse", "train.depth.bounds_at": "ends"}, "beta_eps": 2.0},
+               "overrides": {"data.depth_source": "sparse"}},
 }
 GOALS = {"3": 3.0, "6": 2.0}
 """Views -> the PSNR gain over no depth the issue asks of the depth losses (dB)."""
@@ -67,14 +67,12 @@ def run_one(spec: dict) -> dict:
 
     from radfield.config import apply_overrides
     from radfield.evaluation.evaluate import evaluate_run
-    from radfield.losses.depth import depth_eps, depth_weight
+    from radfield.losses.depth import depth_weight
     from radfield.training.trainer import Trainer
 
     config = budgeted_config(spec["preset"], spec["data"], spec["budget"], eval_every=spec["budget"] / 5,
                              val_images=None, overrides={"train.depth.loss": spec["loss"]})
     config.data.train_views = None if spec["views"] == "all" else int(spec["views"])
-    if spec.get("beta_eps") and spec["loss"] == "bounded":
-        config.train.depth.beta = spec["beta_eps"] * depth_eps(config.train.depth)
     apply_overrides(config, spec["overrides"])
     run_dir = fresh(Path(spec["run_dir"]))
     trainer = Trainer(config, run_dir, progress=False, log_tensorboard=False)
@@ -86,7 +84,7 @@ def run_one(spec: dict) -> dict:
         **{k: spec[k] for k in ("suite", "views", "loss", "preset", "budget", "test_every")},
         "n_train_views": len(trainer.data), "train_views": [Path(n).name for n in trainer.data.names],
         "depth_weight": depth_weight(config.train.depth) if spec["loss"] != "none" else 0.0,
-        "depth": {k: v for k, v in vars(config.train.depth).items()},
+        "depth": dict(vars(trainer.config.train.depth)),  # as the run resolved it (beta, bounds_at)
         "depth_source": trainer.data.meta.get("depth_source"), "steps": trainer.state.step,
         "wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(), "history": history,
@@ -215,7 +213,7 @@ def main() -> None:
                     spec = {"suite": suite, "data": getattr(args, suite), "views": v, "loss": loss,
                             "preset": args.preset, "budget": args.budget, "test_every": args.test_every,
                             "overrides": {**info["overrides"], **overrides, "train.seed": seed},
-                            "beta_eps": info.get("beta_eps"), "run_dir": str(out / f"run_depth_{name}")}
+                            "run_dir": str(out / f"run_depth_{name}")}
                     pending.append((f"{suite} {v} views {loss} seed {seed}", file, spec))
                 cells[suite][(v, loss)] = files
     failed = train_all(pending, args.jobs)

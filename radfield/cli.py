@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from radfield.config import PRESETS, RunConfig, apply_overrides, parse_override
-from radfield.errors import PeerLost, RadfieldError, RankZeroError
+from radfield.errors import check_choice, PeerLost, RadfieldError, RankZeroError
 from radfield.models import REGISTRY
 from radfield.native import keep_freed_memory
 
@@ -113,12 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-eps", type=float, default=None,
                    help="depth uncertainty along the ray, in train.depth.unit (dsnerf 0.003, bounded 0.03)")
     p.add_argument("--depth-beta", type=float, default=None,
-                   help="the spec's beta of the bounded loss (0; > 0 makes its bounds stricter)")
+                   help="the spec's beta of the bounded loss (> 0 makes its bounds stricter; default 2 eps for "
+                   "sparse or monocular depth, 0 for depth maps)")
     p.add_argument("--depth-margin", type=float, default=None,
                    help="margin that loosens the bounded loss's bounds, in train.depth.unit (0)")
     p.add_argument("--depth-bounds-at", default=None,
-                   help="where the bounded loss checks its CDF bounds: midpoints (the spec's) or ends "
-                   "(the intervals' ends, every interval behind the depth)")
+                   help="where the bounded loss checks its CDF bounds: midpoints (the spec's), ends "
+                   "(the intervals' ends, every interval behind the depth) or auto (default: ends for "
+                   "sparse depth, midpoints otherwise)")
     p.add_argument("--depth-l2-form", default=None,
                    help="what L2 compares with the depth: log (each weight's squared distance in log t, the "
                    "default), termination (the same in t) or expected (the rendered depth, the spec's)")
@@ -263,11 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_config_from_args(args) -> RunConfig:
-    if args.model is not None and args.model not in MODELS:
-        raise RadfieldError(f"--model: unknown model {args.model!r} (choose from: {', '.join(MODELS)})")
+    if args.model is not None:
+        check_choice("--model", args.model, MODELS, "model")
     preset = args.preset or args.model or "ngp"
-    if preset not in PRESETS:
-        raise RadfieldError(f"--preset: unknown preset {preset!r} (choose from: {', '.join(PRESETS)})")
+    check_choice("--preset", preset, PRESETS, "preset")
     config = apply_overrides(RunConfig(), PRESETS[preset])
     if args.model is not None and args.model != config.model:
         raise RadfieldError(f"--preset {preset} is for model {config.model!r}, not {args.model!r}")

@@ -40,7 +40,7 @@ from radfield.evaluation.evaluate import evaluate_run, format_table
 from radfield.evaluation.metrics import depth_errors
 from radfield.losses import l2
 from radfield.losses.depth import (DepthConfig, bounded_density_loss, check_depth_config, depth_eps, depth_unit,
-                                   depth_weight, dsnerf_loss, expected_depth_loss, gaussian_cdf, make_depth_loss,
+                                   depth_weight, dsnerf_loss, for_depth_source, expected_depth_loss, gaussian_cdf, make_depth_loss,
                                    termination_depth_loss, urf_loss, urf_window, weight_scale)
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, photometric_objective,
                                      with_depth_loss)
@@ -565,6 +565,26 @@ def test_colmap_sparse_depth_is_the_projection_of_each_images_points(tmp_path):
     assert torch.all(sparse.depth_uncertainty == 1.0)  # the fixture's errors are all 0.5
 
 
+def test_bounded_loss_choices_follow_the_depth_source(tmp_path):
+    """The spec's margin ``beta = 2 eps`` for depth from real images, 0 for depth maps; bounds at
+    the intervals' ends for sparse SfM depth; what is set explicitly stays. A run on a COLMAP
+    project saves the choices its sparse depth made."""
+    bounded = DepthConfig(loss="bounded", eps=0.05)
+    picks = {s: (c.beta, c.bounds_at) for s in ("sparse", "mono", "maps", None)
+             for c in [for_depth_source(bounded, s)]}
+    assert picks == {"sparse": (0.1, "ends"), "mono": (0.1, "midpoints"), "maps": (0.0, "midpoints"),
+                     None: (0.0, "midpoints")}
+    assert for_depth_source(DepthConfig(loss="bounded", beta=0.02, bounds_at="midpoints"), "sparse").beta == 0.02
+    assert for_depth_source(DepthConfig(loss="bounded", beta=0.02, bounds_at="midpoints"),
+                            "sparse").bounds_at == "midpoints"
+    make_project(tmp_path / "colmap", n_cams=5, n_points=40)
+    config = make_config(tmp_path / "colmap", "ngp-small", {"train.depth.loss": "bounded"}, steps=1)
+    trainer = Trainer(config, tmp_path / "run", progress=False, log_tensorboard=False)
+    assert trainer.data.meta["depth_source"] == "sparse"
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["depth"]
+    assert (saved["beta"], saved["bounds_at"]) == (pytest.approx(0.06), "ends")  # 2 x the spec's 0.03
+
+
 def test_monocular_depth_is_aligned_to_the_sparse_points(tmp_path):
     make_project(tmp_path, n_cams=4, n_points=40)
     data = load_colmap(tmp_path, "train")
@@ -793,6 +813,10 @@ def test_cli_options_reach_the_config(scene, tmp_path, capsys):
                                        "beta": 0.06, "margin": 0.02, "fraction": 0.5, "all_levels": True,
                                        "l2_form": "log", "bounds_at": "ends"}
     assert saved["data"]["train_views"] == 5 and saved["data"]["depth_source"] == "auto"
+    rc, out, err = run_cli(["train", scene, "--out", tmp_path / "maps", *COMMON, "--depth-loss", "bounded"], capsys)
+    assert rc == 0, err  # the bounded loss on depth maps: the spec's synthetic-depth choices
+    saved = json.loads((tmp_path / "maps" / "config.json").read_text())["train"]["depth"]
+    assert (saved["beta"], saved["bounds_at"], saved["eps"]) == (0.0, "midpoints", None)
     preset = apply_overrides(RunConfig(), PRESETS["ngp-small"])
     assert preset.train.depth.loss == "none" and not preset.train.depth.all_levels  # off unless asked
 

@@ -665,7 +665,14 @@ def test_cli_train_with_set_and_loss(scene, tmp_path):
     (["--preset", "tiny", "--set", "tiny.nosuch=3"], ["tiny.nosuch"]),
     (["--preset", "tiny", "--set", "foo"], ["foo", "KEY=VALUE"]),
     (["--model", "ngp", "--preset", "nerf"], ["nerf", "ngp"]),
-], ids=["unknown-key", "malformed-set", "model-preset-mismatch"])
+    (["--preset", "bogus"], ["--preset", "unknown preset 'bogus'", "ngp-small"]),
+    (["--preset", "tiny", "--set", "tiny.optim.schedule=bogus"], ["tiny.optim.schedule", "'bogus'", "log_linear"]),
+    (["--preset", "tiny", "--set", "data.depth_source=bogus"], ["data.depth_source", "'bogus'", "sparse"]),
+    (["--preset", "mipnerf", "--set", "mipnerf.shape=bogus"], ["mipnerf.shape", "'bogus'", "cone"]),
+    (["--preset", "volsdf", "--set", "volsdf.eikonal_gradient=bogus"], ["volsdf.eikonal_gradient", "'bogus'"]),
+    (["--preset", "volsdf", "--set", "volsdf.field.backbone=bogus"], ["volsdf.field.backbone", "'bogus'"]),
+], ids=["unknown-key", "malformed-set", "model-preset-mismatch", "unknown-preset", "unknown-schedule",
+        "unknown-depth-source", "unknown-frustum", "unknown-eikonal", "unknown-sdf-backbone"])
 def test_cli_bad_options_exit_2_with_one_line(scene, tmp_path, capsys, args, words):
     out = tmp_path / "run"
     rc = main(["train", str(scene), *args, "--out", str(out), "--no-progress", "--device", "cpu"])

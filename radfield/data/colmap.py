@@ -60,7 +60,7 @@ from radfield.data.files import (HOLDOUT_EVERY, check_options, check_prescaled_s
                                  holdout_split, image_folder, one_line, read_image,
                                  read_image_size)
 from radfield.data.scene import SceneCameras, SceneData
-from radfield.errors import RadfieldError
+from radfield.errors import check_choice, RadfieldError
 
 # COLMAP model id -> (name, number of parameters); every model so that any file can be parsed.
 CAMERA_MODELS: dict[int, tuple[str, int]] = {
@@ -510,9 +510,7 @@ def _read_views(path: str | Path, split: str, downscale: int, model: str | None,
     intrinsics). ``need_images``: fail unless every registered image is on disk."""
     path = Path(path)
     check_options(downscale, holdout_every)
-    if normalize not in NORMALIZE_METHODS:
-        raise RadfieldError(f"normalize: unknown method {normalize!r} "
-                            f"(choose from: {', '.join(NORMALIZE_METHODS)})")
+    check_choice("normalize", normalize, NORMALIZE_METHODS, "method")
     name, folder = choose_model(path, model)
     sfm = read_model(folder)
     images_file = sfm.files["images"]

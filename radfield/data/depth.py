@@ -42,7 +42,7 @@ from torch import Tensor
 
 from radfield.cameras import Cameras, image_rays, project
 from radfield.data.scene import SceneData, over_background
-from radfield.errors import RadfieldError
+from radfield.errors import check_choice, RadfieldError
 
 DEPTH_SOURCES = ("auto", "maps", "sparse", "mono")
 UNCERTAINTY_RANGE = (0.25, 4.0)
@@ -176,9 +176,7 @@ def with_depth(data: SceneData, source: str, where: str, mono_folder: str | Path
     """``data`` with the depths of ``source`` (see the module doc); ``where`` (the dataset path)
     names the data in errors. ``auto`` without any depth returns ``data`` without depths; an
     explicit source the data cannot give is a RadfieldError."""
-    if source not in DEPTH_SOURCES:
-        raise RadfieldError(f"data.depth_source: unknown depth source {source!r} "
-                            f"(choose from: {', '.join(DEPTH_SOURCES)})")
+    check_choice("data.depth_source", source, DEPTH_SOURCES, "depth source")
     if source == "auto":
         source = "maps" if data.depths is not None else "sparse" if has_sparse_points(data) else None
         if source is None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from radfield.errors import RadfieldError
+from radfield.errors import check_choice
 from radfield.fields.encodings import EncodingConfig, PositionalEncoding
 from radfield.fields.hashgrid import HashGrid, HashGridConfig, TimeSlicedHashGrid
 from radfield.fields.nerf import BoxNormalisation, NeRFField, SkipMLP
@@ -83,9 +83,7 @@ class DNeRFField(nn.Module):
 
     def __init__(self, aabb: Tensor, config, time_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
-        if config.backbone not in DNERF_BACKBONES:
-            raise RadfieldError(f"dnerf.backbone: unknown backbone {config.backbone!r} "
-                                f"(choose from: {', '.join(DNERF_BACKBONES)})")
+        check_choice("dnerf.backbone", config.backbone, DNERF_BACKBONES, "backbone")
         self.backbone = config.backbone
         self.register_buffer("aabb", aabb.float().clone())
         deformation = config.deformation

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from radfield.errors import RadfieldError
+from radfield.errors import check_choice
 from radfield.fields.encodings import PositionalEncoding
 from radfield.fields.hashgrid import HashGrid, HashGridConfig
 from radfield.fields.ngp import mlp
@@ -73,9 +73,7 @@ class SDFField(nn.Module):
 
     def __init__(self, aabb: Tensor, config: SDFFieldConfig):
         super().__init__()
-        if config.backbone not in SDF_BACKBONES:
-            raise RadfieldError(f"volsdf.field.backbone: unknown backbone {config.backbone!r} "
-                                f"(choose from: {', '.join(SDF_BACKBONES)})")
+        check_choice("volsdf.field.backbone", config.backbone, SDF_BACKBONES, "backbone")
         self.config = config
         aabb = aabb.float()
         self.register_buffer("centre", (aabb[:3] + aabb[3:]) / 2)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -39,7 +39,10 @@ spec's reference values (``eps = 0.03``) were set at: the depth losses' unit of 
 capture's own camera distance over this (:func:`depth_unit`)."""
 URF_TARGETS = ("peak", "mass")
 L2_FORMS = ("expected", "termination", "log")
-BOUNDS_AT = ("midpoints", "ends")
+BOUNDS_AT = ("auto", "midpoints", "ends")
+REAL_DEPTH_SOURCES = ("sparse", "mono")
+"""Depth sources measured from real images (``data.depth_source``), whose errors the bounded loss's
+margin ``beta`` allows for by default."""
 DSNERF_TARGETS = ("density", "mass")
 REFERENCE_WEIGHTS = {"l2": 0.1, "urf": 0.00625, "dsnerf": 0.1, "bounded": 0.1}
 """The weight of each loss when ``train.depth.weight`` is None: DS-NeRF's 0.1, 0.1 for the bounded
@@ -80,17 +83,19 @@ class DepthConfig:
     """Depth uncertainty (standard deviation along the ray, in :attr:`unit`) of ``dsnerf`` and
     ``bounded``; sparse SfM depths scale it per point by their reprojection error. None = the
     loss's reference uncertainty (:data:`REFERENCE_EPS`)."""
-    beta: float = 0.0
-    """``bounded``: the margin ``beta`` of the CDF bounds (0 for synthetic depth; the spec
-    suggests ``2 eps`` for sensor or monocular depth). As the spec writes the loss, ``beta``
-    makes both bounds stricter; ``margin`` loosens them."""
+    beta: float | None = None
+    """``bounded``: the margin ``beta`` of the CDF bounds; None = the spec's choice for the depth
+    source, ``2 eps`` for depth measured from real images (sparse SfM points, monocular maps,
+    :data:`REAL_DEPTH_SOURCES`) and 0 for depth maps (:func:`for_depth_source`). As the spec writes
+    the loss, ``beta`` makes both bounds stricter; ``margin`` loosens them."""
     margin: float = 0.0
     """``bounded``: a margin that loosens both CDF bounds, along the ray in :attr:`unit`: the CDF
     may run ahead of the Gaussian's by ``margin`` before ``D`` and lag it by ``margin`` behind
     ``D`` (``Phi`` evaluated at ``t + margin`` in the near region, ``t - margin`` in the far one),
     what a margin for depth with errors (SfM points, sensors) does."""
-    bounds_at: str = "midpoints"
-    """``bounded``: where the CDF bounds are checked. ``midpoints``: at each sample's midpoint
+    bounds_at: str = "auto"
+    """``bounded``: where the CDF bounds are checked. ``auto``: ``ends`` for sparse SfM depth,
+    ``midpoints`` for other depth (:func:`for_depth_source`). ``midpoints``: at each sample's midpoint
     ``t_i`` with the CDF ``W_i`` through that sample, the far bound on ``D <= t_i <= D + 3 eps``
     (the spec's). ``ends``: where the CDF is known exactly, at the ends of the intervals: the near
     bound ``W(t_end) <= Phi(t_end - beta)`` on intervals that end in ``[D - 3 eps, D)``, the far
@@ -102,7 +107,7 @@ class DepthConfig:
     0.2-0.3 % of the depth rays' weight behind the surface against 19-21 % at the midpoints
     (``bench/depth_mass.py``) and scored 20.47 / 19.70 dB against 19.38 / 18.97 (seeds 0 / 1);
     on tabletop's dense depth maps it did not help (3 views 20.77 against 20.92, seed 0), so
-    ``midpoints`` stays the default."""
+    ``midpoints`` stays the choice there."""
     l2_form: str = "log"
     """``l2``: what is compared with ``D``. ``expected``: the rendered depth ``sum_i w_i t_i``,
     as the spec writes L2 (one number a ray, so a ray can match ``D`` on average with its mass
@@ -178,7 +183,7 @@ def check_depth_config(config: DepthConfig) -> None:
     """RadfieldError (one line naming the option) for a value that cannot be used."""
     check_choice("train.depth.loss", config.loss, DEPTH_LOSSES, "depth loss")
     bounds = {"weight": (depth_weight(config), 0.0, False), "eps": (depth_eps(config), 0.0, True),
-              "beta": (config.beta, 0.0, False),
+              "beta": (config.beta or 0.0, 0.0, False),
               "margin": (config.margin, 0.0, False), "empty_weight": (config.empty_weight, 0.0, False),
               "cdf_weight": (config.cdf_weight, 0.0, False), "consistency": (config.consistency, 0.0, False)}
     for name, (value, low, strict) in bounds.items():
@@ -210,6 +215,20 @@ def depth_weight(config: DepthConfig) -> float:
     if config.loss == "l2" and config.l2_form != "log":
         return L2_WEIGHT_IN_T
     return REFERENCE_WEIGHTS.get(config.loss, 0.0)
+
+
+def for_depth_source(config: DepthConfig, source: str | None) -> DepthConfig:
+    """``config`` with its automatic choices made for depth from ``source`` (``sparse``,
+    ``mono``, ``maps`` or None, ``meta["depth_source"]``): ``beta`` None becomes ``2 eps`` for
+    :data:`REAL_DEPTH_SOURCES` and 0 otherwise, ``bounds_at`` ``auto`` becomes ``ends`` for
+    ``sparse`` and ``midpoints`` otherwise."""
+    beta = config.beta
+    if beta is None:
+        beta = 2.0 * depth_eps(config) if source in REAL_DEPTH_SOURCES else 0.0
+    bounds_at = config.bounds_at
+    if bounds_at == "auto":
+        bounds_at = "ends" if source == "sparse" else "midpoints"
+    return replace(config, beta=beta, bounds_at=bounds_at)
 
 
 def depth_eps(config: DepthConfig) -> float:
@@ -434,9 +453,11 @@ DepthLoss = Callable[[Tensor, Tensor, Tensor, Tensor, int, Tensor, Tensor], Tens
 """``loss(weights, t_starts, t_ends, ray_indices, n_rays, depth, eps) -> scalar`` (unweighted)."""
 
 
-def make_depth_loss(config: DepthConfig) -> DepthLoss | None:
-    """The loss ``config.loss`` names with its parameters bound, or None for ``none``."""
+def make_depth_loss(config: DepthConfig, source: str | None = None) -> DepthLoss | None:
+    """The loss ``config.loss`` names with its parameters bound, or None for ``none``; its
+    automatic choices made for depth from ``source`` (:func:`for_depth_source`)."""
     check_depth_config(config)
+    config = for_depth_source(config, source)
     if config.loss == "none":
         return None
     if config.loss == "l2":

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from radfield.cameras import Rays
 from radfield.config import HierarchicalConfig, OptimConfig, RunConfig
-from radfield.errors import RadfieldError
+from radfield.errors import check_choice, RadfieldError
 from radfield.fields.nerf import MipNeRFField, NeRFAEField, NeRFField
 from radfield.fields.window import WindowedBands
 from radfield.geometry import box_near_far
@@ -93,9 +93,7 @@ class MipNeRFModel(HierarchicalModel):
     def __init__(self, config: RunConfig, scene: SceneInfo):
         super().__init__(config, scene)
         cfg, aabb = config.mipnerf, self.aabb
-        if cfg.shape not in FRUSTUM_SHAPES:
-            raise RadfieldError(f"mipnerf.shape: unknown shape {cfg.shape!r} "
-                                f"(choose from: {', '.join(FRUSTUM_SHAPES)})")
+        check_choice("mipnerf.shape", cfg.shape, FRUSTUM_SHAPES, "shape")
         self.sampler = cfg.sampler
         self.to_gaussian = FRUSTUM_SHAPES[cfg.shape]
         self.field = MipNeRFField(aabb, cfg.min_deg, cfg.max_deg, cfg.depth, cfg.width, cfg.skip,

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from radfield.cameras import Rays
 from radfield.config import RunConfig
-from radfield.errors import RadfieldError
+from radfield.errors import check_choice
 from radfield.fields.volsdf import SDFField, eikonal_loss, sdf_gradient
 from radfield.fields.window import WindowedBands
 from radfield.models.base import SceneInfo
@@ -40,9 +40,7 @@ class VolSDFModel(HierarchicalModel):
     def __init__(self, config: RunConfig, scene: SceneInfo):
         super().__init__(config, scene)
         cfg = self.config = config.volsdf
-        if cfg.eikonal_gradient not in EIKONAL_GRADIENTS:
-            raise RadfieldError(f"volsdf.eikonal_gradient: unknown {cfg.eikonal_gradient!r} "
-                                f"(choose from: {', '.join(EIKONAL_GRADIENTS)})")
+        check_choice("volsdf.eikonal_gradient", cfg.eikonal_gradient, EIKONAL_GRADIENTS, "gradient")
         self.sampler = cfg.sampler
         self.field = SDFField(self.aabb, cfg.field)
         self.coarse_field = self.field

@@ -64,12 +64,13 @@ from radfield.data import SceneData, load_scene_groups
 from radfield.data.depth import DEPTH_SOURCES, drop_inconsistent_depth, with_depth
 from radfield.data.scene import over_background
 from radfield.data.views import select_train_views
-from radfield.errors import MissingSplitError, PeerLost, RadfieldError
+from radfield.errors import check_choice, MissingSplitError, PeerLost, RadfieldError
 from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
 from radfield.losses import PhotometricLoss
-from radfield.losses.depth import depth_eps, depth_unit, depth_weight, make_depth_loss, urf_window, weight_scale
+from radfield.losses.depth import (depth_eps, depth_unit, depth_weight, for_depth_source, make_depth_loss, urf_window,
+                                   weight_scale)
 from radfield.models import SceneInfo, build_model
 from radfield.native import keep_freed_memory
 from radfield.rendering.backgrounds import background_color, ray_background, training_colour
@@ -269,24 +270,23 @@ class Trainer:
             config = apply_overrides(run_config_from_dict(saved), overrides or {})
         self.config = config
         cfg, optim = config.train, config.optim
-        if optim.schedule not in LR_SCHEDULES:
-            raise RadfieldError(f"{config.model}.optim.schedule: unknown learning-rate schedule "
-                                f"{optim.schedule!r} (choose from: {', '.join(LR_SCHEDULES)})")
+        check_choice(f"{config.model}.optim.schedule", optim.schedule, LR_SCHEDULES, "learning-rate schedule")
         if cfg.max_time is not None and not cfg.max_time > 0:
             raise RadfieldError(f"--max-time: must be positive, got {cfg.max_time}")
         if not 0 < cfg.val_max_share <= 1:
             raise RadfieldError(f"train.val_max_share: must be in (0, 1], got {cfg.val_max_share}")
         self._eval_wait = cfg.eval_every  # training seconds between validations (val_max_share)
         self.loss = PhotometricLoss.from_spec(cfg.loss, cfg.loss_colour_space, cfg.loss_tonemap, cfg.loss_gamma)
-        self.depth_loss = make_depth_loss(cfg.depth)
-        if config.data.depth_source not in DEPTH_SOURCES:
-            raise RadfieldError(f"data.depth_source: unknown depth source {config.data.depth_source!r} "
-                                f"(choose from: {', '.join(DEPTH_SOURCES)})")
-        self.objective = with_depth_loss(photometric_objective(self.loss, optim.distortion_weight),
-                                         self.depth_loss, depth_weight(cfg.depth), cfg.depth.all_levels)
+        self.depth_loss = make_depth_loss(cfg.depth)  # checks the options before the data is read
+        check_choice("data.depth_source", config.data.depth_source, DEPTH_SOURCES, "depth source")
         self.patch_size = cfg.patch_size if self.loss.needs_patches else None
         self.eval_bg = background_color(config.data.eval_background, self.device)
         self.load_data()
+        if self.depth_loss is not None:  # the choices left to the depth source, made (and saved)
+            cfg.depth = for_depth_source(cfg.depth, self.data.meta.get("depth_source"))
+            self.depth_loss = make_depth_loss(cfg.depth)
+        self.objective = with_depth_loss(photometric_objective(self.loss, optim.distortion_weight),
+                                         self.depth_loss, depth_weight(cfg.depth), cfg.depth.all_levels)
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(config, SceneInfo.from_data(self.data)).to(self.device)
