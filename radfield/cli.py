@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from radfield.config import PRESETS, RunConfig, apply_overrides, parse_override
-from radfield.errors import check_choice, PeerLost, RadfieldError, RankZeroError
+from radfield.errors import PeerLost, RadfieldError, RankZeroError, check_choice
 from radfield.models import REGISTRY
 from radfield.native import keep_freed_memory
 

@@ -60,7 +60,7 @@ from radfield.data.files import (HOLDOUT_EVERY, check_options, check_prescaled_s
                                  holdout_split, image_folder, one_line, read_image,
                                  read_image_size)
 from radfield.data.scene import SceneCameras, SceneData
-from radfield.errors import check_choice, RadfieldError
+from radfield.errors import RadfieldError, check_choice
 
 # COLMAP model id -> (name, number of parameters); every model so that any file can be parsed.
 CAMERA_MODELS: dict[int, tuple[str, int]] = {

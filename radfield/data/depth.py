@@ -42,7 +42,7 @@ from torch import Tensor
 
 from radfield.cameras import Cameras, image_rays, project
 from radfield.data.scene import SceneData, over_background
-from radfield.errors import check_choice, RadfieldError
+from radfield.errors import RadfieldError, check_choice
 
 DEPTH_SOURCES = ("auto", "maps", "sparse", "mono")
 UNCERTAINTY_RANGE = (0.25, 4.0)

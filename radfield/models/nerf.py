@@ -17,7 +17,7 @@ from torch import Tensor
 
 from radfield.cameras import Rays
 from radfield.config import HierarchicalConfig, OptimConfig, RunConfig
-from radfield.errors import check_choice, RadfieldError
+from radfield.errors import RadfieldError, check_choice
 from radfield.fields.nerf import MipNeRFField, NeRFAEField, NeRFField
 from radfield.fields.window import WindowedBands
 from radfield.geometry import box_near_far

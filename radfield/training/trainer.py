@@ -64,7 +64,7 @@ from radfield.data import SceneData, load_scene_groups
 from radfield.data.depth import DEPTH_SOURCES, drop_inconsistent_depth, with_depth
 from radfield.data.scene import over_background
 from radfield.data.views import select_train_views
-from radfield.errors import check_choice, MissingSplitError, PeerLost, RadfieldError
+from radfield.errors import MissingSplitError, PeerLost, RadfieldError, check_choice
 from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
