@@ -453,11 +453,12 @@ DepthLoss = Callable[[Tensor, Tensor, Tensor, Tensor, int, Tensor, Tensor], Tens
 """``loss(weights, t_starts, t_ends, ray_indices, n_rays, depth, eps) -> scalar`` (unweighted)."""
 
 
-def make_depth_loss(config: DepthConfig, source: str | None = None) -> DepthLoss | None:
-    """The loss ``config.loss`` names with its parameters bound, or None for ``none``; its
-    automatic choices made for depth from ``source`` (:func:`for_depth_source`)."""
+def make_depth_loss(config: DepthConfig) -> DepthLoss | None:
+    """The loss ``config.loss`` names with its parameters bound, or None for ``none``. Choices
+    left to the depth source and not yet made (:func:`for_depth_source`) are made as for depth
+    maps."""
     check_depth_config(config)
-    config = for_depth_source(config, source)
+    config = for_depth_source(config, None)
     if config.loss == "none":
         return None
     if config.loss == "l2":
