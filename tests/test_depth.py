@@ -40,8 +40,8 @@ from radfield.evaluation.evaluate import evaluate_run, format_table
 from radfield.evaluation.metrics import depth_errors
 from radfield.losses import l2
 from radfield.losses.depth import (DepthConfig, bounded_density_loss, check_depth_config, depth_eps, depth_unit,
-                                   depth_weight, dsnerf_loss, for_depth_source, expected_depth_loss, gaussian_cdf, make_depth_loss,
-                                   termination_depth_loss, urf_loss, urf_window, weight_scale)
+                                   depth_weight, dsnerf_loss, expected_depth_loss, for_depth_source, gaussian_cdf,
+                                   make_depth_loss, termination_depth_loss, urf_loss, urf_window, weight_scale)
 from radfield.training.steps import (HardSampleMiner, StepBatch, baseline_step, photometric_objective,
                                      with_depth_loss)
 from radfield.samplers.samples import Level
