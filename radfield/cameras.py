@@ -329,6 +329,9 @@ def near_frustum(points: Tensor, radius: Tensor, cameras: Cameras, chunk: int = 
     within ``radius`` of, each of the pyramid's four side planes and the camera's image plane
     through its centre; so every point within ``radius`` of the frustum is kept, and a point in
     front of a pinhole that projects outside its image by more than the radius is not.
+    ``radius`` ``(n, 3)`` instead: the half-extents of axis-aligned boxes centred on the points;
+    the margin to a plane of unit normal ``m`` is then the box's reach ``sum_k h_k |m_k|``, so
+    every box that reaches into the frustum is kept (a tighter test than the box's sphere).
 
     Example: a pinhole at the origin looking down -z with slopes ``+-0.5``: ``(0, 0, -5)`` is
     kept, ``(4, 0, -5)`` (slope 0.8) is not at radius 0.1, nor is ``(0, 0, 5)`` (behind)."""
@@ -352,7 +355,8 @@ def near_frustum(points: Tensor, radius: Tensor, cameras: Cameras, chunk: int = 
     for i in range(0, points.shape[0], chunk):
         p, r = points[i:i + chunk], radius[i:i + chunk]
         dist = (p @ world.T + offset).view(p.shape[0], len(cameras), 5)
-        inside = (dist >= -r[:, None, None]).all(-1) | infinite
+        margin = (r @ world.abs().T).view_as(dist) if r.dim() == 2 else r[:, None, None]
+        inside = (dist >= -margin).all(-1) | infinite
         out.append(inside.any(-1))
     return torch.cat(out) if out else points.new_zeros(0, dtype=torch.bool)
 

@@ -338,6 +338,12 @@ class ProposalPipelineConfig:
     ``proposal_anneal_slope``; so early, unformed proposals cannot starve regions of samples.
     0 = off (nerfstudio: 1000)."""
     proposal_anneal_slope: float = 10.0
+    skip_unseen: bool = True
+    """Space that no training camera sees has no density, in the field and the proposal
+    networks (:class:`radfield.fields.nerfacto.SeenGrid`), as Instant-NGP's occupancy grid
+    leaves untrained cells empty."""
+    seen_resolution: int = 128
+    """Cells per side of that grid over the contracted cube (even)."""
 
 
 @dataclass

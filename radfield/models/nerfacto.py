@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from radfield.cameras import Rays
 from radfield.config import OptimConfig, RunConfig
 from radfield.errors import RadfieldError
-from radfield.fields.nerfacto import NerfactoField, ProposalDensityField
+from radfield.fields.nerfacto import Contraction, NerfactoField, ProposalDensityField, SeenGrid
 from radfield.fields.window import WindowedBands
 from radfield.geometry import box_near_far
 from radfield.models.base import Model, SceneInfo
@@ -69,9 +69,18 @@ class NerfactoModel(Model):
         # the exponent of the proposal weights (ProposalPipelineConfig.proposal_anneal_steps): set
         # from the step by update() each training step, so not saved; a loaded model renders with 1
         self.anneal = 1.0
+        self.seen = None
+        if cfg.skip_unseen:
+            if cfg.seen_resolution < 2 or cfg.seen_resolution % 2:
+                raise RadfieldError(f"{self.section}.seen_resolution={cfg.seen_resolution}: use an even number "
+                                    "of cells, at least 2")
+            self.seen = SeenGrid(cfg.seen_resolution)
+            if scene.cameras is not None:
+                self.seen.mark(Contraction(self.frame.box, cfg.contraction), scene.cameras)
         self.field = self.make_field(cfg, scene)
         self.proposals = nn.ModuleList(
-            ProposalDensityField(self.frame.box, res, cfg.proposal_hidden, cfg.contraction, self.frame.unit)
+            ProposalDensityField(self.frame.box, res, cfg.proposal_hidden, cfg.contraction, self.frame.unit,
+                                 self.seen)
             for res in cfg.proposal_grids)
 
     def box_frame(self) -> SceneFrame:
@@ -98,7 +107,7 @@ class NerfactoModel(Model):
 
     def make_field(self, cfg, scene: SceneInfo) -> nn.Module:
         return NerfactoField(self.frame.box, cfg.grid, cfg.hidden, cfg.geo_features, cfg.appearance_dim,
-                             scene.n_images, cfg.contraction, self.frame.unit, cfg.view_dependent)
+                             scene.n_images, cfg.contraction, self.frame.unit, cfg.view_dependent, self.seen)
 
     @property
     def spacing(self) -> str:
