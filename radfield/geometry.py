@@ -84,7 +84,7 @@ def contract(x: Tensor, norm: str = "inf") -> Tensor:
 def uncontract(y: Tensor, norm: str = "inf") -> Tensor:
     """The inverse of :func:`contract`: ``y`` if ``|y| <= 1``, else ``y / (|y| (2 - |y|))``, so
     the shell ``1 < |y| < 2`` goes back to ``|x| = 1 / (2 - |y|)``; ``|y| >= 2`` (infinity)
-    gives ``inf`` (or ``nan`` in a zero coordinate).
+    gives ``inf`` in its non-zero coordinates (``nan`` in zero ones).
 
     Example (``norm="inf"``): ``(1.75, 0.875, 0) -> (4, 2, 0)``; ``(0.5, 0, 0)`` is unchanged."""
     if norm == "l2":
@@ -93,5 +93,5 @@ def uncontract(y: Tensor, norm: str = "inf") -> Tensor:
         mag = y.abs().amax(dim=-1, keepdim=True)
     else:
         raise ValueError(f"uncontract: unknown norm {norm!r} (expected 'l2' or 'inf')")
-    mag_out = mag.clamp_min(1.0)
+    mag_out = mag.clamp(1.0, 2.0)
     return torch.where(mag <= 1.0, y, y / (mag_out * (2.0 - mag_out)))

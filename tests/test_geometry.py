@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from radfield.cameras import Rays
-from radfield.geometry import box_near_far, contract, ray_aabb_intersect
+from radfield.geometry import box_near_far, contract, ray_aabb_intersect, uncontract
 
 # An asymmetric box: x in [-1, 1], y in [-0.5, 1.5], z in [0, 1].
 AABB = torch.tensor([-1.0, -0.5, 0.0, 1.0, 1.5, 1.0])
@@ -113,3 +113,21 @@ def test_contract_continuous_at_unit_norm_and_gradients(norm):
 def test_contract_rejects_unknown_norm():
     with pytest.raises(ValueError):
         contract(torch.zeros(3), "l1")
+    with pytest.raises(ValueError):
+        uncontract(torch.zeros(3), "l1")
+
+
+@pytest.mark.parametrize("norm", ["l2", "inf"])
+def test_uncontract_inverts_contract(norm):
+    """Points near and far (up to 1e6) go to the contracted ball and back; hand values from
+    test_contract_hand_values read backwards; |y| = 2 is infinity."""
+    g = torch.Generator().manual_seed(2)
+    d = torch.randn(500, 3, generator=g, dtype=torch.float64)
+    x = d * torch.logspace(-2, 6, 500, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(uncontract(contract(x, norm), norm), x, rtol=1e-9, atol=1e-12)
+    if norm == "l2":
+        torch.testing.assert_close(uncontract(torch.tensor([1.08, 1.44, 0.0]), norm), torch.tensor([3.0, 4.0, 0.0]))
+    else:
+        torch.testing.assert_close(uncontract(torch.tensor([1.75, 0.875, 0.0]), norm), torch.tensor([4.0, 2.0, 0.0]))
+    edge = torch.tensor([1.6, 1.2, 0.0]) if norm == "l2" else torch.tensor([2.0, 0.5, 0.0])  # |y| = 2
+    assert torch.isinf(uncontract(edge, norm)[:2]).all()

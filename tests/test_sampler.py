@@ -16,8 +16,10 @@ from torch import Tensor
 from radfield.cameras import (Cameras, Rays, frustum_slopes, generate_rays, near_frustum, orbit_poses,
                               project)
 from radfield.cli import build_parser, run_config_from_args
+from radfield.config import PRESETS, RunConfig, apply_overrides
 from radfield.data.synthetic import make_scene
 from radfield.errors import RadfieldError
+from radfield.fields.nerfacto import Contraction, SeenGrid
 from radfield.lens import Lens
 from radfield.geometry import ray_aabb_intersect
 from radfield.models import SceneInfo, build_model
@@ -851,6 +853,81 @@ def test_unseen_cells_are_never_occupied(tmp_path):
     fresh.seen.zero_()
     fresh.load_state_dict(state)
     assert fresh.seen.all()
+
+
+def test_near_frustum_box_margin_by_hand():
+    """The pinhole of the test above: (2.7, 0, -5) is 0.8944 * 0.2 = 0.1789 outside the x_max
+    side, whose unit normal is (-1, 0, -0.5) / 1.118. A box of half-extents (0.25, 0, 0) reaches
+    0.25 / 1.118 = 0.2236 towards it (kept); a cube of half-extent 0.1 reaches 0.15 / 1.118 =
+    0.1342 (not kept), though its bounding sphere (radius 0.1732) would be within 0.006 of it."""
+    one = torch.ones(1)
+    cam = Cameras(torch.eye(4)[:3][None], 100 * one, 100 * one, 50 * one, 50 * one, 100, 100)
+    pts = torch.tensor([[2.7, 0.0, -5.0]] * 3)
+    half = torch.tensor([[0.25, 0.0, 0.0], [0.1, 0.1, 0.1], [0.0, 0.0, 0.36]])  # the last: 0.18 / 1.118 = 0.161
+    assert near_frustum(pts, half, cam).tolist() == [True, False, False]
+    assert near_frustum(pts[:1], torch.tensor([0.18]), cam).tolist() == [True]
+
+
+@pytest.mark.parametrize("norm,lens", [("inf", None), ("l2", None), ("inf", "opencv")])
+def test_seen_grid_keeps_every_visible_point(norm, lens):
+    """SeenGrid over a contracted scene (box [-2, 2]^3, cameras 4 units out): every point that
+    projects into some image (brute force through the lens), near or out to 1e4, lies in a seen
+    cell; the space straight above the scene, which no camera looks at, is unseen;
+    cells at infinity are seen; a state dict without ``seen`` loads as all seen."""
+    lenses = {None: None, "opencv": Lens(torch.tensor([[0.2, -0.05, 0.0, 0.0, 0.01, 0.0]]).repeat(6, 1),
+                                         torch.zeros(6, dtype=torch.bool))}
+    cams = _ring_cameras(lens=lenses[lens])
+    contraction = Contraction(torch.tensor([-2.0] * 3 + [2.0] * 3), norm)
+    grid = SeenGrid(16)
+    state = {k: v.clone() for k, v in grid.state_dict().items() if k != "seen"}
+    grid.mark(contraction, cams)
+    g = torch.Generator().manual_seed(3)
+    d = torch.randn(40000, 3, generator=g)
+    pts = d / d.norm(dim=-1, keepdim=True) * torch.logspace(-1, 4, 40000)[torch.randperm(40000, generator=g)][:, None]
+    visible = _visible_brute_force(pts, cams)
+    in_seen = grid(contraction(pts))
+    assert visible.float().mean() > 0.05 and (~in_seen).float().mean() > 0.02  # both kinds are tested
+    assert in_seen[visible].all()
+    assert not grid(contraction(torch.tensor([[0.0, 0.0, 3.0]]))).any()
+    assert grid.seen[0].all() and grid.seen[-1].all()  # the faces of the cube: infinity
+    assert not grid.seen.all()
+    grid.load_state_dict(state)
+    assert grid.seen.all()
+
+
+def test_nerfacto_has_no_density_where_no_camera_sees():
+    """A nerfacto model built for training cameras (unbounded scene): its field and each proposal
+    network give density 0 at points of unseen cells, and the same densities as the same model
+    without the grid (``skip_unseen`` off, same initial weights) where cameras see; a saved model
+    keeps the grid, and an odd resolution is refused."""
+    def config(**changes):
+        return apply_overrides(RunConfig(), {**PRESETS["nerfacto-small"], "nerfacto.bounded": False,
+                                             "nerfacto.skip_unseen": True, "nerfacto.seen_resolution": 32, **changes})
+
+    info = SceneInfo(torch.tensor([-1.0] * 3 + [1.0] * 3), n_images=6, meta={"camera_radius": 4.0},
+                     cameras=_ring_cameras())
+    torch.manual_seed(0)
+    model = build_model(config(), info)
+    torch.manual_seed(0)
+    plain = build_model(config(**{"nerfacto.skip_unseen": False}), info)
+    assert plain.seen is None
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.5, -0.3, 0.2], [0.0, 0.0, 3.0], [0.0, 0.0, -3.0]])
+    d = torch.nn.functional.normalize(torch.ones(4, 3), dim=-1)
+    code = model.field.appearance_code(torch.full((4,), -1))
+    seen = model.seen(model.field.contraction(x))
+    assert seen.tolist() == [True, True, False, False]
+    for masked, full in [(model.field.density, plain.field.density),
+                         *[(m.density, p.density) for m, p in zip(model.proposals, plain.proposals)],
+                         (lambda x: model.field.activate(model.field.raw(x, d, code))[0],
+                          lambda x: plain.field.activate(plain.field.raw(x, d, code))[0])]:
+        a, b = masked(x), full(x)
+        assert (b > 1e-3).all() and torch.equal(a[:2], b[:2]) and (a[2:] < 1e-12).all()
+    loaded = build_model(config(), SceneInfo(info.aabb, n_images=6, meta=info.meta))
+    assert loaded.seen.seen.all()
+    loaded.load_state_dict(model.state_dict())
+    assert torch.equal(loaded.seen.seen, model.seen.seen) and not loaded.seen.seen.all()
+    with pytest.raises(RadfieldError, match="seen_resolution=33"):
+        build_model(config(**{"nerfacto.seen_resolution": 33}), info)
 
 
 def _orbit_cameras(n: int, radius: float, focal: float, size: int) -> Cameras:
