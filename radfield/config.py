@@ -193,10 +193,13 @@ class TrainConfig:
     """... or seconds of wall-clock time since the last one, whichever comes first (a killed run
     loses at most this much)."""
     seed: int = 0
-    near_gradient: float = 0.0
+    near_gradient: float | None = None
     """Scale the gradient of samples nearer their camera than this many camera radii (the
     farthest training camera's distance from the box's centre) by ``(t / d)^2`` ("Floaters No
-    More", nerfstudio's ``use_gradient_scaling``: 1 scene unit after its pose scaling); 0 = off."""
+    More", nerfstudio's ``use_gradient_scaling``: 1 scene unit after its pose scaling); 0 = off.
+    None: the model's choice (:meth:`radfield.models.base.Model.default_near_gradient`), made
+    when it is built and saved in config.json: 1 for ``nerfacto`` on unbounded captures
+    (``bench/RESULTS.md``: garden-colmap's floaters), else 0."""
     mixed_precision: bool = True
     """float16 autocast and gradient scaling on CUDA (ignored on the CPU)."""
     hsm: HSMConfig = dc_field(default_factory=HSMConfig)
@@ -341,9 +344,9 @@ class ProposalPipelineConfig:
     skip_unseen: bool = False
     """Space that no training camera sees has no density, in the field and the proposal
     networks (:class:`radfield.fields.nerfacto.SeenGrid`), as Instant-NGP's occupancy grid
-    leaves untrained cells empty. Off by default: on garden-colmap it lifts the view farthest
-    from the training cameras by 0.79-0.97 dB, costs the horizon view 0.1-0.3 dB, and moves the
-    mean by under 0.1 dB (``bench/RESULTS.md``)."""
+    leaves untrained cells empty (MeRF: the proposal networks only). Off by default: on
+    garden-colmap it lifts the view farthest from the training cameras by 0.79-0.97 dB, costs the
+    horizon view 0.13-0.29 dB, and moves the mean by under 0.1 dB (``bench/RESULTS.md``)."""
     seen_resolution: int = 128
     """Cells per side of that grid over the contracted cube (even)."""
 

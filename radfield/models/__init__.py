@@ -48,4 +48,6 @@ def build_model(config: RunConfig, scene: SceneInfo) -> Model:
     decides (writing them into ``config``), then builds its networks."""
     cls = model_class(config.model)
     cls.configure(config, scene)
+    if config.train.near_gradient is None:
+        config.train.near_gradient = cls.default_near_gradient(config)
     return cls(config, scene)

@@ -150,6 +150,12 @@ class Model(nn.Module):
     def configure(cls, config: RunConfig, scene: SceneInfo) -> None:
         """Resolve the options of ``config.<model>`` that depend on the data (default: none)."""
 
+    @classmethod
+    def default_near_gradient(cls, config: RunConfig) -> float:
+        """``train.near_gradient`` when the config leaves it None, after :meth:`configure`
+        (default: 0, off)."""
+        return 0.0
+
     def build_args(self) -> dict:
         """What rebuilds this model besides its config (saved in checkpoints)."""
         return self.scene.to_dict()

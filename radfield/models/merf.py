@@ -29,6 +29,7 @@ from radfield.samplers.samples import Samples, packed_from_bins
 
 class MerfModel(NerfactoModel):
     section = "merf"
+    near_gradient_on_captures = 0.0  # Floaters No More is not measured on MeRF
 
     def scene_frame(self, scene: SceneInfo) -> SceneFrame:
         """The box frame, as the bake's sampler (``BakedMerfModel``) measures the scene."""
