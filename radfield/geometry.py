@@ -53,6 +53,15 @@ def box_near_far(rays: Rays, aabb: Tensor, min_near: float = 1e-3) -> tuple[Tens
 
 # --------------------------------------------------------------------------- scene contraction
 
+def _magnitude(x: Tensor, norm: str, caller: str) -> Tensor:
+    """``(..., 1)`` the L2 (``"l2"``) or L-infinity (``"inf"``) norm of ``x``'s last dimension."""
+    if norm == "l2":
+        return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    if norm == "inf":
+        return x.abs().amax(dim=-1, keepdim=True)
+    raise ValueError(f"{caller}: unknown norm {norm!r} (expected 'l2' or 'inf')")
+
+
 def contract(x: Tensor, norm: str = "inf") -> Tensor:
     """Squash all of space into a ball (``"l2"``) or cube (``"inf"``) of radius 2.
 
@@ -69,12 +78,7 @@ def contract(x: Tensor, norm: str = "inf") -> Tensor:
     Returns:
         ``(..., 3)``, with norm ``< 2``. Gradients are finite at ``x = 0`` and for huge ``|x|``.
     """
-    if norm == "l2":
-        mag = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    elif norm == "inf":
-        mag = x.abs().amax(dim=-1, keepdim=True)
-    else:
-        raise ValueError(f"contract: unknown norm {norm!r} (expected 'l2' or 'inf')")
+    mag = _magnitude(x, norm, "contract")
     # Evaluate the outer branch on |x| >= 1 only, so neither branch divides by zero.
     mag_out = mag.clamp_min(1.0)
     outside = (2.0 - 1.0 / mag_out) * (x / mag_out)
@@ -87,11 +91,6 @@ def uncontract(y: Tensor, norm: str = "inf") -> Tensor:
     gives ``inf`` in its non-zero coordinates (``nan`` in zero ones).
 
     Example (``norm="inf"``): ``(1.75, 0.875, 0) -> (4, 2, 0)``; ``(0.5, 0, 0)`` is unchanged."""
-    if norm == "l2":
-        mag = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-    elif norm == "inf":
-        mag = y.abs().amax(dim=-1, keepdim=True)
-    else:
-        raise ValueError(f"uncontract: unknown norm {norm!r} (expected 'l2' or 'inf')")
+    mag = _magnitude(y, norm, "uncontract")
     mag_out = mag.clamp(1.0, 2.0)
     return torch.where(mag <= 1.0, y, y / (mag_out * (2.0 - mag_out)))

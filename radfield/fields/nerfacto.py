@@ -77,9 +77,9 @@ class SeenGrid(nn.Module):
         u = torch.linspace(-2.0, 2.0, res + 1, device=device, dtype=torch.float64)
         corners = torch.stack(torch.meshgrid(u, u, u, indexing="ij"), -1)
         world = contraction.centre.double() + contraction.radius.double() * uncontract(corners, contraction.norm)
-        shifted = [world[i:i + res, j:j + res, k:k + res] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
-        lo = torch.stack(shifted).amin(0).reshape(-1, 3)
-        hi = torch.stack(shifted).amax(0).reshape(-1, 3)
+        shifted = torch.stack([world[i:i + res, j:j + res, k:k + res]
+                               for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # each cell's 8 corners
+        lo, hi = shifted.amin(0).reshape(-1, 3), shifted.amax(0).reshape(-1, 3)
         finite = torch.isfinite(lo).all(-1) & torch.isfinite(hi).all(-1)
         seen = torch.ones(res ** 3, dtype=torch.bool, device=device)
         centre, half = (lo[finite] + hi[finite]) / 2, (hi[finite] - lo[finite]) / 2
