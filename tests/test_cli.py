@@ -147,6 +147,38 @@ def _composite_white_uint8(rgba: np.ndarray) -> np.ndarray:
     return np.round(np.clip(rgb, 0, 1) * 255.0)
 
 
+@pytest.mark.parametrize("eps", [0.3, 0.6])
+def test_training_pruning_in_rounds_keeps_the_one_pass_samples_and_encodings(trained_run, scene, eps):
+    """The trained NGP run's early-termination pass (training's ``prune_occluded`` with the hash
+    encodings as features): in rounds of 16, 32, ... samples and in one pass over every marched
+    sample, the same samples are kept with the same encodings, bit for bit, and the rounds
+    evaluate fewer samples. (After 40 steps the field is thin: rays terminate at transmittance
+    0.3 or 0.6, not at 1e-4.)"""
+    from radfield.cameras import image_rays
+    from radfield.data import load_scene
+    from radfield.rendering import pipeline
+    from radfield.training.checkpoint import load_run
+
+    _, model = load_run(trained_run)
+    rays = image_rays(load_scene(scene, "test").cameras, 0)
+    density = model.occlusion_density(rays)
+    evaluated = []
+
+    def counting(x, ray_indices):
+        evaluated.append(len(x))
+        return density(x, ray_indices)
+
+    with torch.no_grad():
+        full = model.sample(rays, training=False, early_stop=False)
+        one = pipeline.prune_occluded(rays, full, counting, eps)
+        n_one = sum(evaluated)
+        rounds = pipeline.prune_occluded(rays, full, counting, eps, first_round=16)
+    assert len(one) < len(full)  # something is occluded
+    assert torch.equal(rounds.t_starts, one.t_starts) and torch.equal(rounds.ray_indices, one.ray_indices)
+    assert rounds.features is not None and torch.equal(rounds.features, one.features)
+    assert n_one == len(full) and len(one) <= sum(evaluated) - n_one < len(full)
+
+
 @pytest.mark.parametrize("eps", [1e-4, 0.3])
 def test_image_renders_terminate_early_in_rounds_with_the_two_pass_pixels(trained_run, scene, eps):
     """The trained NGP run: prune then render (two passes) and the rounds of

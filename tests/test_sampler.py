@@ -371,15 +371,17 @@ def _slab_setup():
     return grid, rays
 
 
-def test_early_stopping_drops_samples_behind_a_dense_slab():
+@pytest.mark.parametrize("first_round", [0, 1, 3, 16])
+def test_early_stopping_drops_samples_behind_a_dense_slab(first_round):
     """dt = 2 sqrt3 / 128 = 0.02706. With sigma 50 each slab sample has tau = 1.353; a sample is
     kept while the optical depth in front of it is < ln(1e4) = 9.21: 7 slab samples (6 * 1.353 =
-    8.12, 7 * 1.353 = 9.47). With sigma 25 (odd rays) tau = 0.677: 14 slab samples."""
+    8.12, 7 * 1.353 = 9.47). With sigma 25 (odd rays) tau = 0.677: 14 slab samples. The same in
+    one pass (``first_round`` 0) and in rounds of 1, 3 and 16 samples, then doubling."""
     grid, rays = _slab_setup()
     dt = grid.step_size
     assert dt == pytest.approx(2 * math.sqrt(3) / 128)
     full = grid.sample(rays)
-    stopped = prune_occluded(rays, grid.sample(rays), _slab_sigma(50.0))
+    stopped = prune_occluded(rays, grid.sample(rays), _slab_sigma(50.0), first_round=first_round)
     assert (full.ray_indices.bincount(minlength=4) == 74).all()  # 2 / dt = 73.9 midpoints per ray
     x_full = full.positions(rays)[:, 0]
     x_kept = stopped.positions(rays)[:, 0]
@@ -403,16 +405,52 @@ def test_early_stopping_drops_samples_behind_a_dense_slab():
     assert torch.equal(stopped.ray_indices, full.ray_indices[sel])
 
 
-def test_early_stopping_with_infinite_density_keeps_other_rays():
+@pytest.mark.parametrize("first_round", [0, 4])
+def test_early_stopping_with_infinite_density_keeps_other_rays(first_round):
     grid, rays = _slab_setup()
     full = grid.sample(rays)
-    stopped = prune_occluded(rays, grid.sample(rays), _slab_sigma(math.inf))
+    stopped = prune_occluded(rays, grid.sample(rays), _slab_sigma(math.inf), first_round=first_round)
     x_kept = stopped.positions(rays)[:, 0]
     for r in range(3):  # in front of the slab plus its first sample
         xr = x_kept[stopped.ray_indices == r]
         assert int((xr < 0).sum()) == int((full.positions(rays)[full.ray_indices == r, 0] < 0).sum())
         assert int((xr >= 0).sum()) == 1
     assert int((stopped.ray_indices == 3).sum()) == 74
+
+
+def test_early_stopping_in_rounds_evaluates_fewer_samples_and_carries_features():
+    """In rounds, the samples behind the slab are never evaluated: ray 3 (beside the slab) needs
+    all its 74 samples; rays 0 and 2 terminate at their 7th slab sample and ray 1 at its 14th, so
+    with rounds of 4, 8, 16, 32, ... samples they stop in the round that holds that sample. The
+    kept samples carry the features their round computed (here the positions themselves)."""
+    grid, rays = _slab_setup()
+    full = grid.sample(rays)
+    x_full = full.positions(rays)
+    sigma = _slab_sigma(50.0)
+    evaluated = []
+
+    def with_features(x, ray_indices):
+        evaluated.append(len(x))
+        return sigma(x, ray_indices), torch.cat([x, ray_indices[:, None].float()], 1)
+
+    one = prune_occluded(rays, full, with_features)
+    assert evaluated == [len(full)]
+    evaluated.clear()
+    rounds = prune_occluded(rays, full, with_features, first_round=4)
+    assert torch.equal(rounds.t_starts, one.t_starts) and torch.equal(rounds.ray_indices, one.ray_indices)
+    assert torch.equal(rounds.features, one.features)
+    assert torch.equal(rounds.features[:, :3], rounds.positions(rays))
+    assert rounds.n_marched == one.n_marched == len(full)
+    # Per ray, the samples up to the end of the round that holds its last kept sample (behind
+    # which the transmittance is below eps), or all of them (ray 3).
+    ends = [4, 12, 28, 60, 124]
+    expected = 0
+    for r in range(4):
+        n_kept = int((one.ray_indices == r).sum())
+        n_ray = int((full.ray_indices == r).sum())
+        expected += min(next(e for e in ends if e >= n_kept), n_ray)
+    assert sum(evaluated) == expected < len(full)
+    assert int((x_full[full.ray_indices == 0, 0] < 0).sum()) + 7 == int((one.ray_indices == 0).sum())
 
 
 # ------------------------------------------------------------------- cascades and cone angle

@@ -69,7 +69,7 @@ class NGPModel(Model):
         samples = self.grid.sample(rays, jitter=training, jitter_generator=generator)
         if early_stop:
             samples = prune_occluded(rays, samples, self.occlusion_density(rays),
-                                     self.grid.config.early_stop_eps)
+                                     self.grid.config.early_stop_eps, self.grid.config.early_stop_round)
         return samples
 
     def widened_sampling(self, distance: float):

@@ -73,7 +73,7 @@ def render_samples(model, rays: Rays, samples: Samples, background: Tensor | Non
 @torch.no_grad()
 def prune_occluded(rays: Rays, samples: Samples,
                    sigma_fn: Callable[[Tensor, Tensor], Tensor | tuple[Tensor, Tensor]],
-                   eps: float = 1e-4) -> Samples:
+                   eps: float = 1e-4, first_round: int = 0) -> Samples:
     """Early ray termination: the samples in front of the point where the transmittance
     ``T_i = exp(-sum_{k<i} sigma_k delta_k)`` falls to ``eps`` or below, from a no-grad density
     pass ``sigma_fn(positions (n_samples, 3), ray_indices (n_samples,)) -> (n_samples,)``. A
@@ -81,11 +81,20 @@ def prune_occluded(rays: Rays, samples: Samples,
     (:attr:`Samples.features`: what the training pass may reuse). The result's ``n_marched``
     is ``len(samples)``.
 
+    ``first_round`` 0: one pass over every sample. ``first_round = K > 0``: the pass runs in
+    rounds, as renders do (:func:`render_samples_in_rounds`): round 0 evaluates each ray's first
+    ``K`` samples, round ``r`` the next ``K 2^(r-1)`` of the rays still unterminated, so the
+    samples behind a terminated ray's surface are never evaluated. Same samples kept either way
+    (the optical depths are summed in float64 both ways; only their summation order differs).
+
     Example: one ray of samples with ``sigma delta = 5`` each and ``eps = 1e-4``: ``T`` is 1,
-    ``e^-5 = 6.7e-3``, ``e^-10 = 4.5e-5``: the first two samples are kept.
+    ``e^-5 = 6.7e-3``, ``e^-10 = 4.5e-5``: the first two samples are kept. With ``first_round``
+    8 and 40 such samples, one round of 8 evaluations decides it (the one-pass way evaluates 40).
     """
     if len(samples) == 0:
         return samples
+    if first_round > 0:
+        return _prune_in_rounds(rays, samples, sigma_fn, eps, first_round)
     sigmas = sigma_fn(samples.positions(rays).detach(), samples.ray_indices)
     if isinstance(sigmas, tuple):
         sigmas, features = sigmas
@@ -93,6 +102,40 @@ def prune_occluded(rays: Rays, samples: Samples,
     _, trans, _ = render_weights(sigmas.float(), samples.t_starts, samples.t_ends, samples.ray_indices,
                                  samples.n_rays)
     return replace(samples.select(trans > eps), n_marched=len(samples))
+
+
+@torch.no_grad()
+def _prune_in_rounds(rays: Rays, samples: Samples, sigma_fn, eps: float, first_round: int) -> Samples:
+    """:func:`prune_occluded` in rounds of ``first_round``, then doubling, samples per ray."""
+    n_rays, device = samples.n_rays, samples.t_starts.device
+    counts, offsets = ray_offsets(samples.ray_indices, n_rays)
+    depth = torch.zeros(n_rays, dtype=torch.float64, device=device)  # optical depth so far
+    keep = torch.zeros(len(samples), dtype=torch.bool, device=device)
+    features = None  # (n_samples, C), written at the rows evaluated
+    tau_all = (samples.t_ends - samples.t_starts).float()
+    active = (counts > 0).nonzero()[:, 0]
+    first, size = 0, first_round
+    while len(active):
+        j = first + torch.arange(size, device=device)
+        valid = j < counts[active][:, None]                                  # (A, K)
+        index = (offsets[active][:, None] + j)[valid]
+        part = samples.select(index)
+        sigmas = sigma_fn(part.positions(rays).detach(), part.ray_indices)
+        if isinstance(sigmas, tuple):
+            sigmas, feats = sigmas
+            if features is None:
+                features = feats.new_empty(len(samples), feats.shape[1])
+            features[index] = feats
+        tau = torch.zeros(valid.shape, dtype=torch.float64, device=device)
+        tau[valid] = (sigmas.float() * tau_all[index]).clamp(max=1e3).double()
+        ahead = depth[active][:, None] + torch.cumsum(tau, 1) - tau          # exclusive, per ray
+        keep[index] = torch.exp(-ahead.float())[valid] > eps
+        depth[active] += tau.sum(1)
+        first += size
+        size *= 2
+        active = active[(torch.exp(-depth[active].float()) > eps) & (counts[active] > first)]
+    kept = samples if features is None else replace(samples, features=features)
+    return replace(kept.select(keep), n_marched=len(samples))
 
 
 _COMPOSITOR = NativeLibrary(Path(__file__).with_name("_composite_cpu.c"), {

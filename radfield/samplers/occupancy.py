@@ -93,6 +93,10 @@ class OccupancyGridConfig:
     """``dt_min`` = cascade 0's diagonal / this (Instant-NGP: sqrt(3) * 2 * bound / 1024); 0 = auto,
     from the training images' resolution (:func:`footprint_steps`), 1024 where no cameras say."""
     early_stop_eps: float = 1e-4
+    early_stop_round: int = 16
+    """Training's early-termination pass evaluates each ray's first this many samples, then twice
+    as many a round, until the ray terminates (:func:`~radfield.rendering.pipeline.prune_occluded`);
+    0 = all marched samples in one pass."""
     skip_unseen: bool = True
     """Cells that no training camera sees are never occupied (Instant-NGP's untrained cells)."""
     max_points_per_chunk: int = 1 << 21
