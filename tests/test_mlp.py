@@ -79,3 +79,28 @@ def test_other_structures_run_the_layers():
     x = torch.randn(20, 8)
     for net in (biased, tanh):
         assert torch.equal(net(x), torch.nn.Sequential.forward(net, x))
+
+
+@pytest.mark.parametrize("dout,din", [(64, 32), (16, 64), (48, 16), (64, 64)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_gradient_kernel_matches_float64(dout, din, threads):
+    """``mlp_weight_grad`` (the backward's ``g^T a`` where the kernel has AVX-512), called
+    directly on any machine: float64's sum to float32 rounding over 40 003 rows (blocks of 128
+    and a remainder, split between threads), and the same bits on a second call."""
+    lib = mlp_module._KERNEL.load()
+    lanes = mlp_module._lanes(lib)
+    assert lanes in (8, 16)
+    if dout % lanes or din % lanes:
+        pytest.skip(f"widths {dout} x {din} are not multiples of this kernel's {lanes} lanes")
+    torch.manual_seed(dout + din)
+    n = 40_003
+    g, a = torch.randn(n, dout), torch.randn(n, din).clamp_min(0)  # a: a ReLU's output
+    partials = torch.empty(threads, dout, din)
+    outs = []
+    for _ in range(2):
+        out = torch.empty(dout, din)
+        lib.mlp_weight_grad(g.data_ptr(), a.data_ptr(), n, dout, din, out.data_ptr(), partials.data_ptr(), threads)
+        outs.append(out)
+    reference = g.double().t() @ a.double()
+    torch.testing.assert_close(outs[0].double(), reference, rtol=0, atol=2e-3)  # sums of ~|100|
+    assert torch.equal(outs[0], outs[1])
