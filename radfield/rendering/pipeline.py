@@ -112,22 +112,22 @@ def _prune_in_rounds(rays: Rays, samples: Samples, sigma_fn, eps: float, first_r
     depth = torch.zeros(n_rays, dtype=torch.float64, device=device)  # optical depth so far
     keep = torch.zeros(len(samples), dtype=torch.bool, device=device)
     features = None  # (n_samples, C), written at the rows evaluated
-    tau_all = (samples.t_ends - samples.t_starts).float()
+    positions = samples.positions(rays).detach()  # every marched sample's, in one pass
+    lengths = (samples.t_ends - samples.t_starts).float()
     active = (counts > 0).nonzero()[:, 0]
     first, size = 0, first_round
     while len(active):
         j = first + torch.arange(size, device=device)
         valid = j < counts[active][:, None]                                  # (A, K)
         index = (offsets[active][:, None] + j)[valid]
-        part = samples.select(index)
-        sigmas = sigma_fn(part.positions(rays).detach(), part.ray_indices)
+        sigmas = sigma_fn(positions[index], samples.ray_indices[index])
         if isinstance(sigmas, tuple):
             sigmas, feats = sigmas
             if features is None:
                 features = feats.new_empty(len(samples), feats.shape[1])
             features[index] = feats
         tau = torch.zeros(valid.shape, dtype=torch.float64, device=device)
-        tau[valid] = (sigmas.float() * tau_all[index]).clamp(max=1e3).double()
+        tau[valid] = (sigmas.float() * lengths[index]).clamp(max=1e3).double()
         ahead = depth[active][:, None] + torch.cumsum(tau, 1) - tau          # exclusive, per ray
         keep[index] = torch.exp(-ahead.float())[valid] > eps
         depth[active] += tau.sum(1)
