@@ -126,6 +126,7 @@ def run_one(name: str, run: Run, budget: float, test_every: int, validate: bool 
             "steps": len(steps), "train_wall_s": wall,
             "eval_s": eval_s, "median_step_s": statistics.median(s["t"] for s in steps),
             "median_samples": statistics.median(s["n"] for s in steps),
+            "samples_per_s": sum(s["n"] for s in steps) / max(sum(s["t"] for s in steps), 1e-9),
             "median_kept_fraction": statistics.median(s["b"] / max(s["n"], 1) for s in steps),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "model_mb": sum(t.numel() * t.element_size() for t in trainer.model.state_dict().values()) / 2 ** 20,
