@@ -120,14 +120,14 @@ def _prune_in_rounds(rays: Rays, samples: Samples, sigma_fn, eps: float, first_r
         j = first + torch.arange(size, device=device)
         valid = j < counts[active][:, None]                                  # (A, K)
         index = (offsets[active][:, None] + j)[valid]
-        sigmas = sigma_fn(positions[index], samples.ray_indices[index])
+        sigmas = sigma_fn(positions.index_select(0, index), samples.ray_indices.index_select(0, index))
         if isinstance(sigmas, tuple):
             sigmas, feats = sigmas
             if features is None:
                 features = feats.new_empty(len(samples), feats.shape[1])
-            features[index] = feats
+            features.index_copy_(0, index, feats)
         tau = torch.zeros(valid.shape, dtype=torch.float64, device=device)
-        tau[valid] = (sigmas.float() * lengths[index]).clamp(max=1e3).double()
+        tau[valid] = (sigmas.float() * lengths.index_select(0, index)).clamp(max=1e3).double()
         ahead = depth[active][:, None] + torch.cumsum(tau, 1) - tau          # exclusive, per ray
         keep[index] = torch.exp(-ahead.float())[valid] > eps
         depth[active] += tau.sum(1)
