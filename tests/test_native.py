@@ -52,3 +52,18 @@ def test_kept_freed_memory_is_reused_without_page_faults():
 def test_keep_freed_memory_is_idempotent():
     first = native.keep_freed_memory()
     assert native.keep_freed_memory() == first
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, ("PASSIVE", "1000")),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, ("ACTIVE", None)),
+    ({"GOMP_SPINCOUNT": "50"}, ("PASSIVE", "50")),
+])
+def test_openmp_wait_defaults_leave_the_users_own(env, expected):
+    """Importing radfield sets OpenMP's wait (passive, 1000 spins first) only where the user set
+    no wait policy, and never overrides a spin count of theirs."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", "import os, radfield; print(os.environ.get('OMP_WAIT_POLICY'), "
+                          "os.environ.get('GOMP_SPINCOUNT'))"], env={**clean, **env}, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert tuple(None if v == "None" else v for v in out) == expected
