@@ -104,12 +104,20 @@ def prune_occluded(rays: Rays, samples: Samples,
     return replace(samples.select(trans > eps), n_marched=len(samples))
 
 
-@torch.no_grad()
+def _round_block(counts: Tensor, offsets: Tensor, active: Tensor, first: int, size: int) -> tuple[Tensor, Tensor]:
+    """One round's block of samples: ``valid`` ``(A, size)``, which of samples ``first ..
+    first + size - 1`` of each ``active`` ray exist, and ``index``, the packed indices of those
+    that do (ray by ray, in order)."""
+    j = first + torch.arange(size, device=counts.device)
+    valid = j < counts[active][:, None]
+    return valid, (offsets[active][:, None] + j)[valid]
+
+
 def _prune_in_rounds(rays: Rays, samples: Samples, sigma_fn, eps: float, first_round: int) -> Samples:
     """:func:`prune_occluded` in rounds of ``first_round``, then doubling, samples per ray."""
     n_rays, device = samples.n_rays, samples.t_starts.device
     counts, offsets = ray_offsets(samples.ray_indices, n_rays)
-    depth = torch.zeros(n_rays, dtype=torch.float64, device=device)  # optical depth so far
+    optical = torch.zeros(n_rays, dtype=torch.float64, device=device)  # each ray's optical depth so far
     keep = torch.zeros(len(samples), dtype=torch.bool, device=device)
     features = None  # (n_samples, C), written at the rows evaluated
     positions = samples.positions(rays).detach()  # every marched sample's, in one pass
@@ -117,9 +125,7 @@ def _prune_in_rounds(rays: Rays, samples: Samples, sigma_fn, eps: float, first_r
     active = (counts > 0).nonzero()[:, 0]
     first, size = 0, first_round
     while len(active):
-        j = first + torch.arange(size, device=device)
-        valid = j < counts[active][:, None]                                  # (A, K)
-        index = (offsets[active][:, None] + j)[valid]
+        valid, index = _round_block(counts, offsets, active, first, size)
         sigmas = sigma_fn(positions.index_select(0, index), samples.ray_indices.index_select(0, index))
         if isinstance(sigmas, tuple):
             sigmas, feats = sigmas
@@ -128,12 +134,12 @@ def _prune_in_rounds(rays: Rays, samples: Samples, sigma_fn, eps: float, first_r
             features.index_copy_(0, index, feats)
         tau = torch.zeros(valid.shape, dtype=torch.float64, device=device)
         tau[valid] = (sigmas.float() * lengths.index_select(0, index)).clamp(max=1e3).double()
-        ahead = depth[active][:, None] + torch.cumsum(tau, 1) - tau          # exclusive, per ray
+        ahead = optical[active][:, None] + torch.cumsum(tau, 1) - tau          # exclusive, per ray
         keep[index] = torch.exp(-ahead.float())[valid] > eps
-        depth[active] += tau.sum(1)
+        optical[active] += tau.sum(1)
         first += size
         size *= 2
-        active = active[(torch.exp(-depth[active].float()) > eps) & (counts[active] > first)]
+        active = active[(torch.exp(-optical[active].float()) > eps) & (counts[active] > first)]
     kept = samples if features is None else replace(samples, features=features)
     return replace(kept.select(keep), n_marched=len(samples))
 
@@ -214,12 +220,9 @@ def render_samples_in_rounds(model, rays: Rays, samples: Samples, background: Te
     values, normal_sum = None, None
     last = offsets + counts - 1  # each ray's last sample (the opaque one with opaque_last)
     active = (counts > 0).nonzero()[:, 0]
-    steps = torch.arange(round_size, device=device)
     first = 0
     while len(active):
-        j = first + steps
-        valid = j < counts[active][:, None]                                  # (A, K)
-        index = (offsets[active][:, None] + j)[valid]
+        valid, index = _round_block(counts, offsets, active, first, round_size)  # (A, K), (n,)
         part = samples.select(index)
         staged = field_staged(model, rays, part)
         if staged is None:
