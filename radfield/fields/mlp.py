@@ -13,7 +13,7 @@ layers. Widths are padded to multiples of the vector width (16 or 8 floats) with
 so the results are the unpadded ones. Measured on 2 cores (``bench/RESULTS.md``), with AVX: a
 ``[33 600, 64] x [64, 64]`` product with its ReLU in 1.7 ms against ``torch.mm``'s 2.5-2.9 ms,
 the ngp field's two MLPs' forward and backward in 21.3-23.8 ms against 25.8-27.4 ms; with AVX-512
-the products run 1.6-2.2x faster again, and the weight gradients 2.2x faster than ``torch.mm``'s.
+the products run 1.5-2.2x faster again, and the weight gradients 2.2x faster than ``torch.mm``'s.
 The kernel is first-order: its backward is not itself differentiable (``once_differentiable``;
 torch raises if a gradient of a gradient is asked through it), which no model here needs.
 """
