@@ -25,6 +25,7 @@ from radfield.geometry import ray_aabb_intersect
 from radfield.models import SceneInfo, build_model
 from radfield.rendering.pipeline import prune_occluded
 from radfield.rendering.volume import render
+from radfield.samplers.samples import Samples
 from radfield.samplers import occupancy
 from radfield.samplers.occupancy import (STEPS_PER_FOOTPRINT, OccupancyGrid, OccupancyGridConfig, StepSchedule,
                                          cascade_boxes, footprint_steps, pixel_footprint, resolve_config)
@@ -371,12 +372,25 @@ def _slab_setup():
     return grid, rays
 
 
+def _pruning_rounds(compiled: bool, monkeypatch) -> None:
+    """Run the pruning rounds compiled (``_composite_cpu.c``'s ``prune_round``; skip without a C
+    compiler) or in PyTorch."""
+    from radfield.rendering import pipeline
+    if compiled and pipeline._COMPOSITOR.load() is None:
+        pytest.skip("no C compiler: the compiled pruning rounds are not built")
+    if not compiled:
+        monkeypatch.setattr(pipeline._COMPOSITOR, "load", lambda: None)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("first_round", [0, 1, 3, 16])
-def test_early_stopping_drops_samples_behind_a_dense_slab(first_round):
+def test_early_stopping_drops_samples_behind_a_dense_slab(first_round, compiled, monkeypatch):
     """dt = 2 sqrt3 / 128 = 0.02706. With sigma 50 each slab sample has tau = 1.353; a sample is
     kept while the optical depth in front of it is < ln(1e4) = 9.21: 7 slab samples (6 * 1.353 =
     8.12, 7 * 1.353 = 9.47). With sigma 25 (odd rays) tau = 0.677: 14 slab samples. The same in
-    one pass (``first_round`` 0) and in rounds of 1, 3 and 16 samples, then doubling."""
+    one pass (``first_round`` 0) and in rounds of 1, 3 and 16 samples, then doubling (rounds
+    compiled and in PyTorch)."""
+    _pruning_rounds(compiled, monkeypatch)
     grid, rays = _slab_setup()
     dt = grid.step_size
     assert dt == pytest.approx(2 * math.sqrt(3) / 128)
@@ -405,8 +419,10 @@ def test_early_stopping_drops_samples_behind_a_dense_slab(first_round):
     assert torch.equal(stopped.ray_indices, full.ray_indices[sel])
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("first_round", [0, 4])
-def test_early_stopping_with_infinite_density_keeps_other_rays(first_round):
+def test_early_stopping_with_infinite_density_keeps_other_rays(first_round, compiled, monkeypatch):
+    _pruning_rounds(compiled, monkeypatch)
     grid, rays = _slab_setup()
     full = grid.sample(rays)
     stopped = prune_occluded(rays, grid.sample(rays), _slab_sigma(math.inf), first_round=first_round)
@@ -418,11 +434,13 @@ def test_early_stopping_with_infinite_density_keeps_other_rays(first_round):
     assert int((stopped.ray_indices == 3).sum()) == 74
 
 
-def test_early_stopping_in_rounds_evaluates_fewer_samples_and_carries_features():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_early_stopping_in_rounds_evaluates_fewer_samples_and_carries_features(compiled, monkeypatch):
     """In rounds, the samples behind the slab are never evaluated: ray 3 (beside the slab) needs
     all its 74 samples; rays 0 and 2 terminate at their 7th slab sample and ray 1 at its 14th, so
     with rounds of 4, 8, 16, 32, ... samples they stop in the round that holds that sample. The
     kept samples carry the features their round computed (here the positions themselves)."""
+    _pruning_rounds(compiled, monkeypatch)
     grid, rays = _slab_setup()
     full = grid.sample(rays)
     x_full = full.positions(rays)
@@ -451,6 +469,51 @@ def test_early_stopping_in_rounds_evaluates_fewer_samples_and_carries_features()
         expected += min(next(e for e in ends if e >= n_kept), n_ray)
     assert sum(evaluated) == expected < len(full)
     assert int((x_full[full.ray_indices == 0, 0] < 0).sum()) + 7 == int((one.ray_indices == 0).sum())
+
+
+def test_compiled_pruning_rounds_match_pytorch_on_random_rays(monkeypatch):
+    """200 rays of 0 to 300 samples of random lengths and densities (a third of them 0, a few
+    infinite or NaN), in rounds of 5 then doubling: the compiled rounds evaluate the same samples
+    in the same order as PyTorch's and keep the same ones: exactly those whose float64
+    transmittance ``exp(-sum_{k<i} tau_k)`` exceeds 1e-4 (none behind a NaN). Sample ``i`` lies
+    at ``t`` in ``[i, i + 0.05)`` on rays along x from the origin, so its position names it."""
+    from radfield.rendering import pipeline
+    if pipeline._COMPOSITOR.load() is None:
+        pytest.skip("no C compiler: the compiled pruning rounds are not built")
+    g = torch.Generator().manual_seed(3)
+    counts = torch.randint(0, 301, (200,), generator=g)
+    counts[:5] = 0
+    ray_indices = torch.repeat_interleave(torch.arange(200), counts)
+    n = len(ray_indices)
+    t_starts = torch.arange(n, dtype=torch.float32)
+    t_ends = t_starts + 0.05 * torch.rand(n, generator=g)
+    sigma = torch.empty(n).exponential_(1.0, generator=g) * 40
+    sigma[torch.rand(n, generator=g) < 0.33] = 0.0
+    sigma[torch.rand(n, generator=g) < 0.002] = math.inf
+    sigma[torch.rand(n, generator=g) < 0.002] = math.nan
+    samples = Samples(t_starts, t_ends, ray_indices, 200)
+    rays = Rays(torch.zeros(200, 3), torch.tensor([[1.0, 0.0, 0.0]]).repeat(200, 1), torch.ones(200))
+    kept, evaluated = {}, {}
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(pipeline._COMPOSITOR, "load", lambda: None)
+        picked = []
+
+        def sigma_fn(x, _ray_indices):
+            picked.append(x[:, 0].floor().long())
+            return sigma[picked[-1]]
+
+        kept[compiled] = prune_occluded(rays, samples, sigma_fn, 1e-4, first_round=5)
+        evaluated[compiled] = torch.cat(picked)
+    assert torch.equal(evaluated[True], evaluated[False]) and len(evaluated[True]) < n
+    assert torch.equal(kept[True].t_starts, kept[False].t_starts)
+    keep = []
+    for r in range(200):
+        on = ray_indices == r
+        tau = (sigma[on].double() * (t_ends - t_starts)[on].double()).clamp(max=1e3)
+        keep.append(torch.exp(-(torch.cumsum(tau, 0) - tau)) > 1e-4)
+    assert torch.equal(kept[True].t_starts, t_starts[torch.cat(keep)])
+    assert torch.equal(kept[True].ray_indices, ray_indices[torch.cat(keep)])
 
 
 # ------------------------------------------------------------------- cascades and cone angle

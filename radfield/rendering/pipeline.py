@@ -114,38 +114,72 @@ def _round_block(counts: Tensor, offsets: Tensor, active: Tensor, first: int, si
 
 
 def _prune_in_rounds(rays: Rays, samples: Samples, sigma_fn, eps: float, first_round: int) -> Samples:
-    """:func:`prune_occluded` in rounds of ``first_round``, then doubling, samples per ray."""
+    """:func:`prune_occluded` in rounds of ``first_round``, then doubling, samples per ray. On the
+    CPU each round's bookkeeping runs compiled (``_composite_cpu.c``'s ``prune_round``, a loop
+    over the round's samples; PyTorch's version, on whole ``(rays, K)`` blocks, elsewhere)."""
     n_rays, device = samples.n_rays, samples.t_starts.device
     counts, offsets = ray_offsets(samples.ray_indices, n_rays)
     optical = torch.zeros(n_rays, dtype=torch.float64, device=device)  # each ray's optical depth so far
     keep = torch.zeros(len(samples), dtype=torch.bool, device=device)
     features = None  # (n_samples, C), written at the rows evaluated
     positions = samples.positions(rays).detach()  # every marched sample's, in one pass
-    lengths = (samples.t_ends - samples.t_starts).float()
-    active = (counts > 0).nonzero()[:, 0]
+    lengths = (samples.t_ends - samples.t_starts).float().contiguous()
+    lib = _COMPOSITOR.load() if device.type == "cpu" else None
+    active = (counts > 0).nonzero()[:, 0].contiguous()
     first, size = 0, first_round
-    while len(active):
-        valid, index = _round_block(counts, offsets, active, first, size)
+    valid, index = _round_block(counts, offsets, active, first, size)
+    while len(index):
         sigmas = sigma_fn(positions.index_select(0, index), samples.ray_indices.index_select(0, index))
         if isinstance(sigmas, tuple):
             sigmas, feats = sigmas
             if features is None:
                 features = feats.new_empty(len(samples), feats.shape[1])
             features.index_copy_(0, index, feats)
-        tau = torch.zeros(valid.shape, dtype=torch.float64, device=device)
-        tau[valid] = (sigmas.float() * lengths.index_select(0, index)).clamp(max=1e3).double()
-        ahead = optical[active][:, None] + torch.cumsum(tau, 1) - tau          # exclusive, per ray
-        keep[index] = torch.exp(-ahead.float())[valid] > eps
-        optical[active] += tau.sum(1)
+        state = (counts, offsets, lengths, optical, keep, eps)
+        if lib is not None:
+            active, index = _prune_round_compiled(lib, sigmas, active, first, size, *state)
+        else:
+            active, valid, index = _prune_round_blocks(sigmas, active, first, size, valid, index, *state)
         first += size
         size *= 2
-        active = active[(torch.exp(-optical[active].float()) > eps) & (counts[active] > first)]
     kept = samples if features is None else replace(samples, features=features)
     return replace(kept.select(keep), n_marched=len(samples))
 
 
+def _prune_round_compiled(lib, sigmas: Tensor, active: Tensor, first: int, size: int, counts: Tensor,
+                          offsets: Tensor, lengths: Tensor, optical: Tensor, keep: Tensor, eps: float
+                          ) -> tuple[Tensor, Tensor]:
+    """One round of :func:`_prune_in_rounds` by ``_composite_cpu.c``: ``keep`` and ``optical``
+    updated in place; returns the rays still active and the next round's block of samples."""
+    sigma = sigmas.float().contiguous()
+    next_index = torch.empty(min(len(active) * 2 * size, len(keep)), dtype=torch.int64)
+    sizes = torch.zeros(2, dtype=torch.int64)
+    lib.prune_round(sigma.data_ptr(), lengths.data_ptr(), offsets.data_ptr(), counts.data_ptr(), active.data_ptr(),
+                    len(active), first, size, optical.data_ptr(), keep.view(torch.uint8).data_ptr(), eps,
+                    next_index.data_ptr(), sizes.data_ptr())
+    n_active, n_next = sizes.tolist()
+    return active[:n_active], next_index[:n_next]
+
+
+def _prune_round_blocks(sigmas: Tensor, active: Tensor, first: int, size: int, valid: Tensor, index: Tensor,
+                        counts: Tensor, offsets: Tensor, lengths: Tensor, optical: Tensor, keep: Tensor,
+                        eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_prune_round_compiled` in PyTorch, on the round's ``(A, K)`` block of the
+    ``active`` rays (``valid``: which of its entries are the samples ``index``); returns the next
+    round's ``(active, valid, index)``."""
+    tau = torch.zeros(valid.shape, dtype=torch.float64, device=optical.device)
+    tau[valid] = (sigmas.float() * lengths.index_select(0, index)).clamp(max=1e3).double()
+    ahead = optical[active][:, None] + torch.cumsum(tau, 1) - tau          # exclusive, per ray
+    keep[index] = torch.exp(-ahead.float())[valid] > eps
+    optical[active] += tau.sum(1)
+    active = active[(torch.exp(-optical[active].float()) > eps) & (counts[active] > first + size)]
+    return (active, *_round_block(counts, offsets, active, first + size, 2 * size))
+
+
 _COMPOSITOR = NativeLibrary(Path(__file__).with_name("_composite_cpu.c"), {
     "composite_round": [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_float] + [ctypes.c_void_p] * 4,
+    "prune_round": [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_float]
+    + [ctypes.c_void_p] * 2,
 }, "compositing CPU kernel", "the PyTorch compositing")
 
 
