@@ -86,23 +86,33 @@ def _weight_grad(lib, g: Tensor, a: Tensor) -> Tensor:
     return out
 
 
+def _forward(x: Tensor, weights: tuple[Tensor, ...] | list[Tensor], keep: bool
+             ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """The kernel's forward: ``(output, each layer's padded input if keep else [], the padded
+    weights)``. Without ``keep`` each layer's input is freed once used (a no-grad pass's memory:
+    two layers' activations at a time, not all of them)."""
+    lib = _KERNEL.load()
+    lanes = _lanes(lib)
+    padded = [_padded(w.detach(), _ceil(w.shape[0], lanes), _ceil(w.shape[1], lanes)) for w in weights]
+    h = _padded(x.detach(), x.shape[0], padded[0].shape[1])
+    inputs = []
+    for i, w in enumerate(padded):
+        if keep:
+            inputs.append(h)
+        h = _dense(lib, h, w.t().contiguous(), relu=i < len(padded) - 1)
+    return h[:, :weights[-1].shape[0]], inputs, padded
+
+
 class _MLPFunction(torch.autograd.Function):
     """``x (n, d_0)`` through bias-free layers ``weights`` (torch's ``(d_out, d_in)``), ReLU between."""
 
     @staticmethod
     def forward(ctx, x: Tensor, *weights: Tensor) -> Tensor:
-        lib = _KERNEL.load()
-        lanes = _lanes(lib)
-        padded = [_padded(w.detach(), _ceil(w.shape[0], lanes), _ceil(w.shape[1], lanes)) for w in weights]
-        h = _padded(x.detach(), x.shape[0], padded[0].shape[1])
-        inputs = []
-        for i, w in enumerate(padded):
-            inputs.append(h)
-            h = _dense(lib, h, w.t().contiguous(), relu=i < len(padded) - 1)
+        out, inputs, padded = _forward(x, weights, keep=True)
         ctx.save_for_backward(*inputs, *padded)
         ctx.shapes = [tuple(w.shape) for w in weights]
         ctx.d_in = x.shape[1]
-        return h[:, :weights[-1].shape[0]]
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -124,8 +134,11 @@ class _MLPFunction(torch.autograd.Function):
 
 @torch.compiler.disable
 def mlp_kernel(x: Tensor, weights: list[Tensor]) -> Tensor:
-    """The compiled CPU path of :class:`MLP` (float32 CPU tensors, widths <= :data:`MAX_WIDTH`)."""
-    return _MLPFunction.apply(x, *weights)
+    """The compiled CPU path of :class:`MLP` (float32 CPU tensors, widths <= :data:`MAX_WIDTH`);
+    without a graph to build, no layer's input is kept."""
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        return _MLPFunction.apply(x, *weights)
+    return _forward(x, weights, keep=False)[0]
 
 
 class MLP(nn.Sequential):
