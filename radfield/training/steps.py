@@ -233,7 +233,8 @@ class HardSampleMiner:
 
     Variants (:class:`radfield.config.HSMConfig`, all off by default): ``final_min_fraction``
     raises the lower clamp over the run (``progress``, set by the trainer before each step);
-    ``importance_weights`` injects ``g[idx] / min(1, b p[idx])`` instead.
+    ``importance_weights`` injects ``g[idx] / min(1, b p[idx])`` instead. Whether the batch's
+    samples were pruned by early termination first is the trainer's (``early_stop``, on).
 
     Example (step 4): ``B = 4``, ``p = (0.7, 0.1, 0.1, 0.1)``: ``sum p^2 = 0.52``,
     ``tau_now = sqrt(2.08) = 1.442``; from ``tau = 1`` with ``ema = 0.99``:
