@@ -123,6 +123,11 @@ class Rays:
     z_per_t: Tensor
     attrs: dict[str, Tensor] = field(default_factory=dict)
 
+    def __post_init__(self):
+        # Contiguous origins and directions: samples gather them per sample (Samples.positions),
+        # and a gather from a strided view (a column of the poses) is ~10x slower.
+        self.origins, self.directions = self.origins.contiguous(), self.directions.contiguous()
+
     def __len__(self) -> int:
         return self.origins.shape[0]
 
@@ -250,8 +255,7 @@ def generate_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor,
     radii = z_per_t / f * (2.0 / 12 ** 0.5)
     attrs = {"radii": radii, "camera_index": cam_idx,
              **{k: v[cam_idx] for k, v in cameras.attrs.items()}}
-    # Contiguous origins: a gather from the strided column of c2w is ~10x slower (Samples.positions).
-    return Rays(c2w[:, :3, 3].contiguous(), d_world / norm, z_per_t, attrs)
+    return Rays(c2w[:, :3, 3], d_world / norm, z_per_t, attrs)
 
 
 def pixel_rays(cameras: Cameras, cam_idx: Tensor, i: Tensor, j: Tensor,

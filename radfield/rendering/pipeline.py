@@ -128,6 +128,7 @@ def _prune_in_rounds(rays: Rays, samples: Samples, sigma_fn, eps: float, first_r
     active = (counts > 0).nonzero()[:, 0].contiguous()
     first, size = 0, first_round
     valid, index = _round_block(counts, offsets, active, first, size)
+    state = (counts, offsets, lengths, optical, keep, eps)
     while len(index):
         sigmas = sigma_fn(positions.index_select(0, index), samples.ray_indices.index_select(0, index))
         if isinstance(sigmas, tuple):
@@ -135,7 +136,6 @@ def _prune_in_rounds(rays: Rays, samples: Samples, sigma_fn, eps: float, first_r
             if features is None:
                 features = feats.new_empty(len(samples), feats.shape[1])
             features.index_copy_(0, index, feats)
-        state = (counts, offsets, lengths, optical, keep, eps)
         if lib is not None:
             active, index = _prune_round_compiled(lib, sigmas, active, first, size, *state)
         else:

@@ -80,10 +80,10 @@ class Samples:
         ``directions``: :meth:`directions` when the caller has them already."""
         t_mid = (self.t_starts + self.t_ends) / 2
         d = self.directions(rays) if directions is None else directions
-        return rays.origins.contiguous().index_select(0, self.ray_indices) + t_mid[:, None] * d
+        return rays.origins.index_select(0, self.ray_indices) + t_mid[:, None] * d
 
     def directions(self, rays: Rays) -> Tensor:
-        return rays.directions.contiguous().index_select(0, self.ray_indices)
+        return rays.directions.index_select(0, self.ray_indices)
 
     def select(self, mask_or_index: Tensor) -> "Samples":
         """The subset of samples picked by a boolean mask or a sorted index tensor (a subset is

@@ -210,7 +210,7 @@ def draw_without_replacement(p: Tensor, b: int, generator: torch.Generator | Non
     at most the number of positive ``p``. The exponential race (Efraimidis and Spirakis 2006):
     keys ``E_i / p_i`` with ``E_i = -log U_i`` exponential; the ``b`` smallest win, found by
     ``kthvalue`` and one comparison, which returns them in order (on a 2-core CPU, 32 676
-    samples, b = 9000: 0.5-0.9 ms against 1.5 ms for ``multinomial`` and a sort).
+    samples, b = 9000: 0.54-0.57 ms against 1.52-1.56 ms for ``multinomial`` and a sort).
 
     Example: ``p = (0.5, 0.5, 0)``, ``b = 2``: always ``(0, 1)`` (the third key is infinite)."""
     keys = torch.rand(p.shape, generator=generator, device=p.device).log_().neg_().div_(p)
