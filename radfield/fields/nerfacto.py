@@ -27,6 +27,7 @@ from radfield.fields.hashgrid import HashGrid, HashGridConfig
 from radfield.fields.ngp import mlp
 from radfield.fields.sh import sh_encode
 from radfield.cameras import near_frustum
+from radfield.errors import RadfieldError
 from radfield.geometry import contract, uncontract
 
 
@@ -60,10 +61,12 @@ class SeenGrid(nn.Module):
     Example: a camera at the centre looking down -z sees the cells in front of it and not those
     behind its image plane (beyond their radius)."""
 
-    def __init__(self, resolution: int = 128):
+    def __init__(self, resolution: int = 128, option: str = "resolution"):
+        """``option``: the setting ``resolution`` came from, named in the error when it is odd or
+        below 2."""
         super().__init__()
         if resolution < 2 or resolution % 2:
-            raise ValueError(f"SeenGrid: resolution {resolution} must be even and at least 2")
+            raise RadfieldError(f"{option}={resolution}: use an even number of cells, at least 2")
         self.register_buffer("seen", torch.ones((resolution,) * 3, dtype=torch.bool))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -81,10 +81,7 @@ class NerfactoModel(Model):
         self.anneal = 1.0
         self.seen = None
         if cfg.skip_unseen:
-            if cfg.seen_resolution < 2 or cfg.seen_resolution % 2:
-                raise RadfieldError(f"{self.section}.seen_resolution={cfg.seen_resolution}: use an even number "
-                                    "of cells, at least 2")
-            self.seen = SeenGrid(cfg.seen_resolution)
+            self.seen = SeenGrid(cfg.seen_resolution, f"{self.section}.seen_resolution")
             if scene.cameras is not None:
                 self.seen.mark(Contraction(self.frame.box, cfg.contraction), scene.cameras)
         self.field = self.make_field(cfg, scene)

@@ -89,7 +89,7 @@ class MultiSceneTrainer(Trainer):
     def load_data(self) -> None:
         config = self.config
         unsupported = {"--hsm": config.train.hsm.enabled, "--pose-opt": config.train.pose_opt.enabled,
-                       "--depth-loss": self.depth_loss is not None,
+                       "--depth-loss": self.depth_supervised,
                        "--train-views": config.data.train_views is not None,
                        f"--loss {config.train.loss} (patches)": self.loss.needs_patches}
         for option, used in unsupported.items():

@@ -69,8 +69,8 @@ from radfield.evaluation.metrics import psnr
 from radfield.evaluation.plots import plot_training_curve
 from radfield.io import atomic_write
 from radfield.losses import PhotometricLoss
-from radfield.losses.depth import (depth_eps, depth_unit, depth_weight, for_depth_source, make_depth_loss, urf_window,
-                                   weight_scale)
+from radfield.losses.depth import (check_depth_config, depth_eps, depth_unit, depth_weight, for_depth_source,
+                                   make_depth_loss, urf_window, weight_scale)
 from radfield.models import SceneInfo, build_model
 from radfield.native import keep_freed_memory
 from radfield.rendering.backgrounds import background_color, ray_background, training_colour
@@ -277,14 +277,15 @@ class Trainer:
             raise RadfieldError(f"train.val_max_share: must be in (0, 1], got {cfg.val_max_share}")
         self._eval_wait = cfg.eval_every  # training seconds between validations (val_max_share)
         self.loss = PhotometricLoss.from_spec(cfg.loss, cfg.loss_colour_space, cfg.loss_tonemap, cfg.loss_gamma)
-        self.depth_loss = make_depth_loss(cfg.depth)  # checks the options before the data is read
+        check_depth_config(cfg.depth)  # before the data is read
+        self.depth_supervised = cfg.depth.loss != "none"
         check_choice("data.depth_source", config.data.depth_source, DEPTH_SOURCES, "depth source")
         self.patch_size = cfg.patch_size if self.loss.needs_patches else None
         self.eval_bg = background_color(config.data.eval_background, self.device)
         self.load_data()
-        if self.depth_loss is not None:  # the choices left to the depth source, made (and saved)
+        if self.depth_supervised:  # the choices left to the depth source, made (and saved)
             cfg.depth = for_depth_source(cfg.depth, self.data.meta.get("depth_source"))
-            self.depth_loss = make_depth_loss(cfg.depth)
+        self.depth_loss = make_depth_loss(cfg.depth)
         self.objective = with_depth_loss(photometric_objective(self.loss, optim.distortion_weight),
                                          self.depth_loss, depth_weight(cfg.depth), cfg.depth.all_levels)
 
@@ -337,11 +338,11 @@ class Trainer:
         if len(scales) > 1 and self.loss.needs_patches:
             raise RadfieldError(f"{config.data.path}: patch losses are not supported on multi-scale data")
         scales = select_train_views(scales, config.data.train_views, config.data.path)
-        if self.depth_loss is not None:
+        if self.depth_supervised:
             scales = [self._with_depths(d) for d in scales]
         self.data = scales[0]
         self.groups = [ImageGroup.from_data(d, self._training_cameras(d), self.patch_size, self.device,
-                                            depth=self.depth_loss is not None)
+                                            depth=self.depth_supervised)
                        for d in scales]
         self.has_alpha = self.data.has_alpha
         self.val = self._load_validation()
