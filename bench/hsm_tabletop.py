@@ -2,14 +2,19 @@
 
     python bench/hsm_tabletop.py --budgets 300 1200 [--data ../shared/data/tabletop]
         [--modes baseline hsm hsm-paper hsm-rising hsm-unbiased hsm-early hsm-2x baseline-sparse hsm-sparse]
+        [--modes baseline hsm hsm@0.5] [--val-images 10]
 
 Each (mode, budget) trains in its own process (so peak memory is per run), records validation
-PSNR against training time (2 val images, every --eval-every seconds; validation time is not
-counted as training time), the median step time and its split, the peak resident memory, the
-peak of the training step's own allocations (:func:`step_peak_mb`), then scores the test split.
-Writes bench/out/hsm_<scene>_<budget>.json, a PSNR-vs-time PNG per budget, and prints a markdown
-table for bench/RESULTS.md. Modes: ``baseline``, ``hsm`` (the paper's step) and the variants of
-:data:`MODES` (radfield.config.HSMConfig).
+PSNR against training time (the preset's 2 val images or --val-images of them, every
+--eval-every seconds; validation time is not counted as training time), the median step time
+and its split, the peak resident memory, the peak of the training step's own allocations
+(:func:`step_peak_mb`), then scores the test split. Writes bench/out/hsm_<scene>_<budget>.json,
+a PSNR-vs-time PNG per budget, and prints a markdown table for bench/RESULTS.md.
+
+Modes: ``baseline``, ``hsm`` and the variants of :data:`MODES` (radfield.config.HSMConfig).
+``MODE@F`` trains ``MODE`` for ``F`` times the budget: ``hsm@0.5`` asks whether a run given half
+the time ends where the baseline ends (its schedule's learning-rate decays come within its own
+half, where the full-budget run's are still ahead).
 """
 
 from __future__ import annotations
@@ -71,11 +76,12 @@ def step_peak_mb(trainer, n_steps: int = PROBE_STEPS) -> float:
     return max(peaks)
 
 
-def run_one(mode: str, budget: float, data: str, eval_every: float) -> dict:
+def run_one(mode: str, budget: float, data: str, eval_every: float, val_images: int | None = None) -> dict:
     from radfield.evaluation.evaluate import evaluate_run
     from radfield.training.trainer import Trainer
 
-    config = budgeted_config("ngp", data, budget, eval_every=eval_every, val_images=None, overrides=MODES[mode])
+    config = budgeted_config("ngp", data, budget, eval_every=eval_every, val_images=val_images,
+                             overrides=MODES[mode])
     run_dir = fresh(OUT / f"run_{mode}_{int(budget)}")
     steps: list[dict] = []
 
@@ -101,6 +107,20 @@ def run_one(mode: str, budget: float, data: str, eval_every: float) -> dict:
     }
 
 
+def parse_mode(name: str) -> tuple[str, float]:
+    """``"hsm@0.5"`` -> ``("hsm", 0.5)``; ``"hsm"`` -> ``("hsm", 1.0)``."""
+    mode, _, factor = name.partition("@")
+    if mode not in MODES:
+        raise argparse.ArgumentTypeError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    try:
+        f = float(factor or 1.0)
+    except ValueError:
+        f = 0.0
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"{name!r}: the budget factor after @ must be a positive number")
+    return mode, f
+
+
 def time_to_reach(history: list[dict], target: float) -> float | None:
     """Training time at which the validation PSNR first reaches ``target`` (linear interpolation)."""
     prev = (0.0, 0.0)
@@ -118,14 +138,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA / "tabletop"))
     ap.add_argument("--budgets", type=float, nargs="+", default=[300.0, 1200.0])
-    ap.add_argument("--modes", nargs="+", default=["baseline", "hsm"], choices=list(MODES),
-                    help="baseline first: the others are compared with it")
+    ap.add_argument("--modes", nargs="+", default=["baseline", "hsm"],
+                    help="baseline first: the others are compared with it; MODE@F: F times the budget")
     ap.add_argument("--eval-every", type=float, default=None, help="default: budget / 10")
+    ap.add_argument("--val-images", type=int, default=None,
+                    help="validation images (default: the preset's 2); their PSNR makes the curves")
     ap.add_argument("--one", nargs=2, metavar=("MODE", "BUDGET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    for mode in args.modes:
+        try:
+            parse_mode(mode)
+        except argparse.ArgumentTypeError as e:
+            ap.error(str(e))
     if args.one:
         mode, budget = args.one[0], float(args.one[1])
-        print(json.dumps(run_one(mode, budget, args.data, args.eval_every or budget / 10)))
+        print(json.dumps(run_one(mode, budget, args.data, args.eval_every or budget / 10, args.val_images)))
         return
     OUT.mkdir(parents=True, exist_ok=True)
     from radfield.evaluation.plots import plot_curves
@@ -135,9 +162,11 @@ def main() -> None:
     for budget in args.budgets:
         res = {}
         for mode in args.modes:
-            cmd = [sys.executable, __file__, "--one", mode, str(budget), "--data", args.data]
-            if args.eval_every:
-                cmd += ["--eval-every", str(args.eval_every)]
+            name, factor = parse_mode(mode)
+            cmd = [sys.executable, __file__, "--one", name, str(budget * factor), "--data", args.data,
+                   "--eval-every", str(args.eval_every or budget / 10)]
+            if args.val_images:
+                cmd += ["--val-images", str(args.val_images)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
             res[mode] = json.loads(out.strip().splitlines()[-1])
             print(f"{mode} {budget:.0f}s: test PSNR {res[mode]['test_psnr']:.2f}", flush=True)
