@@ -7,7 +7,9 @@ import os
 
 # Triton kernels run on the CPU under Triton's interpreter (test_triton.py); the variable must be
 # set before anything imports triton (its own library functions are decorated at import).
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# RADFIELD_TEST_DEVICE=cuda runs test_triton.py compiled on a GPU instead (bench/gpu_check.sh).
+if os.environ.get("RADFIELD_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from pathlib import Path  # noqa: E402
 
