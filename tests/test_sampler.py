@@ -540,17 +540,20 @@ def test_cascade_boxes_and_auto_settings_by_hand():
         np.testing.assert_allclose(third[k].numpy(), [*(BIG_CENTRE - f * BIG_HALF), *(BIG_CENTRE + f * BIG_HALF)],
                                    rtol=0, atol=1e-6)
     assert torch.equal(third[2], BIG)
-    # Auto values: 1 + ceil(log2(aabb_scale)) cascades, a cone angle of 1/256 for large scenes.
-    for scale, cascades, cone in [(1, 1, 0.0), (2, 2, 1 / 256), (3, 3, 1 / 256), (4, 3, 1 / 256),
-                                  (5, 4, 1 / 256), (128, 8, 1 / 256)]:
+    # Auto values: 1 + ceil(log2(aabb_scale)) cascades; a cone angle of 1/256 and an occupancy
+    # threshold of 0.03 for large scenes (Instant-NGP's 0.01 in a unit box).
+    for scale, cascades, cone, threshold in [(1, 1, 0.0, 0.01), (2, 2, 1 / 256, 0.03), (3, 3, 1 / 256, 0.03),
+                                             (4, 3, 1 / 256, 0.03), (5, 4, 1 / 256, 0.03),
+                                             (128, 8, 1 / 256, 0.03)]:
         cfg = resolve_config(OccupancyGridConfig(), scale)
-        assert (cfg.cascades, cfg.cone_angle) == (cascades, cone), scale
+        assert (cfg.cascades, cfg.cone_angle, cfg.threshold) == (cascades, cone, threshold), scale
     # Explicit values stand; impossible ones are one-line errors.
-    cfg = resolve_config(OccupancyGridConfig(cascades=2, cone_angle=0.0), 4)
-    assert (cfg.cascades, cfg.cone_angle) == (2, 0.0)
+    cfg = resolve_config(OccupancyGridConfig(cascades=2, cone_angle=0.0, threshold=0.01), 4)
+    assert (cfg.cascades, cfg.cone_angle, cfg.threshold) == (2, 0.0, 0.01)
     assert resolve_config(cfg, 4) == cfg  # resolving twice changes nothing (config.json rebuilds)
     for bad, scale in [(OccupancyGridConfig(cascades=4), 4), (OccupancyGridConfig(cascades=2), 1),
-                       (OccupancyGridConfig(cone_angle=-0.5), 4), (OccupancyGridConfig(), 0.5)]:
+                       (OccupancyGridConfig(cone_angle=-0.5), 4), (OccupancyGridConfig(), 0.5),
+                       (OccupancyGridConfig(threshold=-0.5), 1), (OccupancyGridConfig(threshold=float("nan")), 4)]:
         with pytest.raises(RadfieldError) as err:
             resolve_config(bad, scale)
         assert "\n" not in str(err.value)
