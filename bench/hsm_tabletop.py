@@ -121,6 +121,12 @@ def parse_mode(name: str) -> tuple[str, float]:
     return mode, f
 
 
+def mode_argument(name: str) -> str:
+    """``--modes``' type: ``name`` itself, once :func:`parse_mode` accepts it."""
+    parse_mode(name)
+    return name
+
+
 def time_to_reach(history: list[dict], target: float) -> float | None:
     """Training time at which the validation PSNR first reaches ``target`` (linear interpolation)."""
     prev = (0.0, 0.0)
@@ -138,18 +144,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA / "tabletop"))
     ap.add_argument("--budgets", type=float, nargs="+", default=[300.0, 1200.0])
-    ap.add_argument("--modes", nargs="+", default=["baseline", "hsm"],
+    ap.add_argument("--modes", nargs="+", default=["baseline", "hsm"], type=mode_argument,
                     help="baseline first: the others are compared with it; MODE@F: F times the budget")
     ap.add_argument("--eval-every", type=float, default=None, help="default: budget / 10")
     ap.add_argument("--val-images", type=int, default=None,
                     help="validation images (default: the preset's 2); their PSNR makes the curves")
     ap.add_argument("--one", nargs=2, metavar=("MODE", "BUDGET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    for mode in args.modes:
-        try:
-            parse_mode(mode)
-        except argparse.ArgumentTypeError as e:
-            ap.error(str(e))
     if args.one:
         mode, budget = args.one[0], float(args.one[1])
         print(json.dumps(run_one(mode, budget, args.data, args.eval_every or budget / 10, args.val_images)))

@@ -86,8 +86,8 @@ class OccupancyGridConfig:
     decay: float = 0.95
     threshold: float = -1.0
     """Opacity per step (``density * step_k``) above which a cell is occupied (or the first
-    cascade's mean opacity, when lower, as in Instant-NGP). -1 = auto: Instant-NGP's 0.01 when
-    ``aabb_scale`` is 1, else :data:`LARGE_SCENE_THRESHOLD`."""
+    cascade's mean opacity, when lower, as in Instant-NGP). -1 = auto: :data:`INSTANT_NGP_THRESHOLD`
+    when ``aabb_scale`` is 1, else :data:`LARGE_SCENE_THRESHOLD`."""
     warmup_steps: int = 256
     """Before this step every update visits all cells; afterwards a quarter of all cells at random
     plus a quarter drawn from the occupied ones (Instant-NGP's schedule, over all cascades)."""
@@ -104,6 +104,8 @@ class OccupancyGridConfig:
     max_points_per_chunk: int = 1 << 21
 
 
+INSTANT_NGP_THRESHOLD = 0.01
+"""Instant-NGP's occupancy threshold (``NERF_MIN_OPTICAL_THICKNESS``), the auto value in a unit box."""
 LARGE_SCENE_THRESHOLD = 0.03
 """The auto occupancy threshold when ``aabb_scale`` > 1. Instant-NGP's 0.01 leaves a thin haze in
 a large box occupied, and renders march through all of it: on garden through a lens
@@ -132,7 +134,7 @@ def resolve_config(config: OccupancyGridConfig, aabb_scale: float = 1.0) -> Occu
         raise RadfieldError(f"occupancy.cone_angle={cone_angle}: use a value >= 0, or -1 = auto")
     threshold = config.threshold
     if threshold == -1:
-        threshold = 0.01 if aabb_scale == 1 else LARGE_SCENE_THRESHOLD
+        threshold = INSTANT_NGP_THRESHOLD if aabb_scale == 1 else LARGE_SCENE_THRESHOLD
     elif not (math.isfinite(threshold) and threshold >= 0):
         raise RadfieldError(f"occupancy.threshold={threshold}: use a finite value >= 0, or -1 = auto")
     return replace(config, cascades=cascades, cone_angle=float(cone_angle), threshold=float(threshold))
