@@ -56,6 +56,10 @@ class OptimConfig:
     under --hsm as ``train.hsm.early_stop`` says)."""
     distortion_weight: float = 0.0
     """Weight of the mip-NeRF 360 distortion loss on the sample weights (0 = off)."""
+    weight_average: float = 0.0
+    """Instant-NGP's weight averaging (:mod:`radfield.training.averaging`): validation and the
+    checkpoint's model (what ``eval``, ``render`` and the exporters load) use a moving average of
+    the weights with this decay, updated after every step; training steps the raw weights. 0 = off."""
     sparse_tables: bool = False
     """Instant-NGP's Adam step for hash tables (:mod:`radfield.training.adam`): an entry whose
     gradient is zero keeps its value and moments, and each entry counts its own steps for the

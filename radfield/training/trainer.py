@@ -17,7 +17,8 @@ One step:
    :func:`make_optimizer`);
 4. Adam step (Instant-NGP's for hash tables with ``optim.sparse_tables``), learning-rate schedule
    (one factor for every parameter group's own rate), the model's periodic update (e.g. the
-   occupancy grid);
+   occupancy grid); with ``optim.weight_average`` the weights' moving average takes a step
+   (:mod:`radfield.training.averaging`: validation and the checkpoint's model use it);
 5. adapt ``n_rays`` so the next step has about the model's ``optim.target_samples`` samples,
    and early termination's pass at most ``train.marched_budget`` times that many marched ones.
 
@@ -29,9 +30,9 @@ coarse-to-fine window are set before the batch.
 The trainer knows no model: what a model needs from the data, adds to the loss or reports to the
 log goes through its hooks (:mod:`radfield.models.base`).
 
-Everything that decides the run's future (parameters, optimiser moments, gradient scaler,
-occupancy grid, random generator, ray count, HSM tau, step, training time, history) goes into
-the checkpoint, so ``--resume`` continues a step-limited run exactly. Checkpoints are written
+Everything that decides the run's future (parameters and their average, optimiser moments,
+gradient scaler, occupancy grid, random generator, ray count, HSM tau, step, training time,
+history) goes into the checkpoint, so ``--resume`` continues a step-limited run exactly. Checkpoints are written
 every ``checkpoint_every`` steps or ``checkpoint_every_s`` seconds, whichever comes first, and
 when Ctrl-C or SIGTERM stops the run.
 
@@ -76,6 +77,7 @@ from radfield.native import keep_freed_memory
 from radfield.rendering.backgrounds import background_color, ray_background, training_colour
 from radfield.rendering.images import render_image
 from radfield.training.adam import Adam
+from radfield.training.averaging import WeightAverage, load_raw
 from radfield.training.checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint,
                                           save_checkpoint)
 from radfield.training.distributed import current_world
@@ -273,6 +275,9 @@ class Trainer:
         check_choice(f"{config.model}.optim.schedule", optim.schedule, LR_SCHEDULES, "learning-rate schedule")
         if cfg.max_time is not None and not cfg.max_time > 0:
             raise RadfieldError(f"--max-time: must be positive, got {cfg.max_time}")
+        if not 0 <= optim.weight_average < 1:
+            raise RadfieldError(f"{config.model}.optim.weight_average: must be in [0, 1) (0 = off), "
+                                f"got {optim.weight_average}")
         if not 0 < cfg.val_max_share <= 1:
             raise RadfieldError(f"train.val_max_share: must be in (0, 1], got {cfg.val_max_share}")
         self._eval_wait = cfg.eval_every  # training seconds between validations (val_max_share)
@@ -292,6 +297,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(config, SceneInfo.from_data(self.data)).to(self.device)
         self.optimizer = make_optimizer(self.model, optim)
+        self.average = self._weight_average()
         self.poses = None
         if cfg.pose_opt.enabled:
             pivot = (PoseRefinement.centre_depths(self.data.cameras, self.model.scene.centre)
@@ -404,8 +410,16 @@ class Trainer:
             return None
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
+    def _weight_average(self) -> WeightAverage | None:
+        """The moving average of the model's current parameters (``optim.weight_average``), or None."""
+        decay = self.config.optim.weight_average
+        return WeightAverage(self.model, decay) if decay > 0 else None
+
     def _restore(self, ck: dict) -> None:
-        self.model.load_state_dict(ck["model"])
+        self.model.load_state_dict(ck["model"])  # the averaged weights, where the run averaged them
+        self.average = self._weight_average()
+        if "train_params" in ck:  # the raw weights training steps
+            load_raw(self.model, ck["train_params"])
         # A grown model (Model.grow) took the checkpoint's parameter shapes: optimise those.
         self.optimizer = make_optimizer(self.model, self.config.optim)
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -429,11 +443,14 @@ class Trainer:
 
     def checkpoint_state(self) -> dict:
         s = self.state
-        poses = {} if self.poses is None else {"poses": self.poses.state_dict()}
-        return {**poses,
+        extra = {} if self.poses is None else {"poses": self.poses.state_dict()}
+        model = self.model.state_dict()
+        if self.average is not None:  # what the run's users load: the average; --resume: both
+            model, extra["train_params"] = self.average.averaged_state(self.model), self.average.raw_state()
+        return {**extra,
             "config": json.dumps(run_config_to_dict(self.config)),
             "build": json.dumps(self.model.build_args()),
-            "model": self.model.state_dict(),
+            "model": model,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
@@ -563,6 +580,7 @@ class Trainer:
     def train_step(self):
         if self.model.grow(self.state.step):  # new parameters (coarse-to-fine grids)
             self.optimizer = make_optimizer(self.model, self.config.optim, self.optimizer)
+            self.average = self._weight_average()  # restarts at the grown weights
         self.model.schedule(self.run_progress())
         self.model.update(self.state.step, self.shared_generator)
         factor = self.lr_factor()
@@ -588,6 +606,8 @@ class Trainer:
             self.poses.add_penalty_gradient(self.scaler.scale)  # the same on every rank: after averaging
             self.scaler.step(self.poses.optimizer)
         self.scaler.update()
+        if self.average is not None:
+            self.average.update()
         # Adaptive ray count: aim the next step at the model's target_samples samples (per rank),
         # with the early-termination pass's marched samples within marched_budget times that.
         cost = max(result.n_samples, 1)
@@ -615,6 +635,11 @@ class Trainer:
         return sum(scores) / len(scores) if scores else None
 
     # ------------------------------------------------------------------ the loop
+    def averaged_weights(self):
+        """A context in which the model holds its averaged weights (``optim.weight_average``;
+        unchanged without it)."""
+        return nullcontext() if self.average is None else self.average.applied()
+
     def _request_stop(self, signum, frame) -> None:
         """SIGINT / SIGTERM: finish the step under way, write a checkpoint and stop; a second
         signal stops at once (the last checkpoint stays usable: checkpoints are atomic)."""
@@ -745,7 +770,8 @@ class Trainer:
         if not self.world.is_main:  # rank 0 validates and keeps the history
             return
         start = time.perf_counter()
-        val_psnr = self.validate()
+        with self.averaged_weights():
+            val_psnr = self.validate()
         share = self.config.train.val_max_share
         self._eval_wait = max(self.config.train.eval_every, (time.perf_counter() - start) * (1 - share) / share)
         entry = {"step": self.state.step, "time_s": round(self.state.train_time, 3)}
