@@ -42,6 +42,7 @@ MODES = {  # each variant on top of the defaults, which keep early termination s
     "hsm-unbiased": {**HSM, "train.hsm.importance_weights": True},  # g / min(1, b p)
     "hsm-early": {**HSM, "train.hsm.early_stop": True},             # early termination kept (now "hsm")
     "hsm-2x": {**HSM, "train.hsm.first_pass_samples": 2.0},         # twice the first-pass samples
+    "hsm-half": {**HSM, "train.hsm.first_pass_samples": 0.5},       # half the samples, more steps
     "baseline-sparse": {"ngp.optim.sparse_tables": True},            # Instant-NGP's Adam for the tables
     "hsm-sparse": {**HSM, "ngp.optim.sparse_tables": True},
 }

@@ -429,7 +429,8 @@ class NGPConfig(NGPFieldConfig):
     2048 x ``aabb_scale`` for 800 px images)."""
     occupancy: OccupancyGridConfig = dc_field(default_factory=OccupancyGridConfig)
     """Steps ``steps_per_diagonal`` 0 = auto, from the training images' pixel footprint."""
-    optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(target_samples=1 << 15))
+    optim: OptimConfig = dc_field(default_factory=lambda: OptimConfig(target_samples=1 << 15, weight_average=0.99))
+    """Instant-NGP's Adam and its moving average of the weights (over about 100 steps)."""
 
 
 @dataclass

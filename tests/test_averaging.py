@@ -22,27 +22,35 @@ def scene(tmp_path_factory):
     return make_scene(tmp_path_factory.mktemp("scene"), n_train=6, n_val=1, n_test=1, size=16)
 
 
+def decay_at(n: int, decay: float) -> float:
+    """The n-th update's decay (from 0), TensorFlow's rule written out again."""
+    return min(decay, (1 + n) / (10 + n))
+
+
 def test_average_of_a_step_and_of_a_sequence():
-    """Decay 0.9, a weight stepped from 0 to 1 and held: 1 - 0.9^n after n updates; a random
-    sequence against the recursion in float64."""
+    """Decay 0.2, a weight stepped from 0 to 1 and held: the decays 0.1, 2/11, then 0.2, and
+    the average 0.9, 0.98182, 0.99636, 0.99927 by hand; a random sequence against the recursion
+    in float64."""
     layer = torch.nn.Linear(3, 2)
     with torch.no_grad():
         layer.weight.zero_()
-    average = WeightAverage(layer, 0.9)
+    average = WeightAverage(layer, 0.2)
     with torch.no_grad():
         layer.weight.fill_(1.0)
-    for n in range(1, 4):
+    for decay, value in zip((0.1, 2 / 11, 0.2, 0.2), (0.9, 0.98181818, 0.99636364, 0.99927273)):
+        assert average.current_decay() == pytest.approx(decay)
         average.update()
-        torch.testing.assert_close(average.values[0], torch.full((2, 3), 1 - 0.9 ** n), rtol=0, atol=1e-7)
+        torch.testing.assert_close(average.values[0], torch.full((2, 3), value), rtol=0, atol=1e-7)
 
     gen = torch.Generator().manual_seed(0)
     expected = layer.bias.detach().double().clone()
-    average = WeightAverage(layer, 0.75)
-    for _ in range(20):
+    average = WeightAverage(layer, 0.9)
+    for n in range(40):
         with torch.no_grad():
             layer.bias.copy_(torch.randn(2, generator=gen))
         average.update()
-        expected = 0.75 * expected + 0.25 * layer.bias.detach().double()
+        d = decay_at(n, 0.9)
+        expected = d * expected + (1 - d) * layer.bias.detach().double()
     torch.testing.assert_close(average.values[1].double(), expected, rtol=0, atol=1e-6)
 
 
@@ -52,13 +60,13 @@ def test_applied_swaps_the_average_in_and_the_raw_weights_back():
     raw = layer.weight.detach().clone()
     with torch.no_grad():
         layer.weight.add_(2.0)
-    average.update()  # the average: raw + 1
+    average.update()  # the first update's decay is 0.1: the average is raw + 1.8
     x = torch.ones(1, 2)
     with average.applied():
-        torch.testing.assert_close(layer.weight.detach(), raw + 1.0)
+        torch.testing.assert_close(layer.weight.detach(), raw + 1.8)
         inside = layer(x)
     torch.testing.assert_close(layer.weight.detach(), raw + 2.0)
-    torch.testing.assert_close(inside, x @ (raw + 1.0).T + layer.bias.detach())
+    torch.testing.assert_close(inside, x @ (raw + 1.8).T + layer.bias.detach())
 
 
 def test_bad_decay_is_a_one_line_error(scene, tmp_path):
@@ -84,8 +92,9 @@ def test_a_run_averages_its_raw_weights_and_resumes_exactly(scene, tmp_path):
     expected = {n: p.detach().double().clone() for n, p in full.model.named_parameters()}
 
     def step(trainer, result, seconds):
+        d = decay_at(trainer.state.step - 1, 0.8)
         for n, p in trainer.model.named_parameters():
-            expected[n] = 0.8 * expected[n] + 0.2 * p.detach().double()
+            expected[n] = d * expected[n] + (1 - d) * p.detach().double()
 
     full.train(on_step=step)
     ck = load_checkpoint(tmp_path / "full")
@@ -101,7 +110,7 @@ def test_a_run_averages_its_raw_weights_and_resumes_exactly(scene, tmp_path):
     half = tmp_path / "half"
     _run(scene, half, 12, stop=lambda s: s == 6)
     resumed = _run(scene, half, 12, resume=True)
-    assert resumed.state.step == 12
+    assert resumed.state.step == 12 and resumed.average.n_updates == 12
     for name, p in full.model.named_parameters():
         torch.testing.assert_close(dict(resumed.model.named_parameters())[name], p, rtol=0, atol=1e-6)
     for a, b in zip(full.average.values, resumed.average.values):

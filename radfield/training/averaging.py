@@ -1,8 +1,11 @@
 """Instant-NGP's weight averaging: an exponential moving average of the parameters.
 
 Training steps the raw weights; after every optimiser step the average moves towards them,
-``avg <- decay * avg + (1 - decay) * w`` (torch's ``get_ema_multi_avg_fn``), starting from the
-weights it is made from. Validation, the checkpoint's ``model`` (what ``eval``, ``render`` and the
+``avg <- d_n * avg + (1 - d_n) * w`` (torch's ``get_ema_multi_avg_fn``), starting from the
+weights it is made from. ``d_n = min(decay, (1 + n) / (10 + n))`` at the ``n``-th update
+(TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``): early on, while the weights
+move fast, the average follows them closely, and a short run's average does not reach back over
+a quarter of it. Validation, the checkpoint's ``model`` (what ``eval``, ``render`` and the
 exporters load) and a run's reported scores use the average; the checkpoint also keeps the raw
 weights, so ``--resume`` continues the run exactly.
 
@@ -25,8 +28,8 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 class WeightAverage:
     """The moving average of ``model``'s parameters with ``decay`` (in (0, 1)).
 
-    Example: decay 0.9, a weight stepped from 0 to 1 and held: the average reads 0.1, 0.19,
-    0.271, ... after steps 1, 2, 3 (``1 - 0.9^n``)."""
+    Example: decay 0.2, a weight stepped from 0 to 1 and held: ``d`` is 0.1, 0.18, then 0.2
+    from the third update on; the average reads 0.9, 0.9818, 0.9964, 0.9993, ..."""
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0 < decay < 1:
@@ -36,13 +39,18 @@ class WeightAverage:
         self.names = [name for name, _ in named]
         self.params = [p for _, p in named]
         self.values = [p.detach().clone() for p in self.params]
-        self._update = get_ema_multi_avg_fn(decay)
+        self.n_updates = 0
+
+    def current_decay(self) -> float:
+        """The next update's ``d_n`` (module doc)."""
+        return min(self.decay, (1 + self.n_updates) / (10 + self.n_updates))
 
     @torch.no_grad()
     def update(self) -> None:
         """One step of the average towards the current weights."""
         if self.values:
-            self._update(self.values, [p.detach() for p in self.params], None)
+            get_ema_multi_avg_fn(self.current_decay())(self.values, [p.detach() for p in self.params], None)
+        self.n_updates += 1
 
     @contextmanager
     def applied(self):

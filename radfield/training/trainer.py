@@ -420,6 +420,8 @@ class Trainer:
         self.average = self._weight_average()
         if "train_params" in ck:  # the raw weights training steps
             load_raw(self.model, ck["train_params"])
+            if self.average is not None:
+                self.average.n_updates = int(ck["state"]["average_updates"])
         # A grown model (Model.grow) took the checkpoint's parameter shapes: optimise those.
         self.optimizer = make_optimizer(self.model, self.config.optim)
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -456,7 +458,8 @@ class Trainer:
             "generator": self.generator.get_state(),
             "state": {"step": s.step, "train_time": s.train_time, "n_rays": s.n_rays,
                       "last_eval_time": s.last_eval_time, "wall_time": s.wall_time,
-                      "hsm_tau": self.miner.tau if self.miner else 1.0},
+                      "hsm_tau": self.miner.tau if self.miner else 1.0,
+                      "average_updates": self.average.n_updates if self.average else 0},
             "history": json.dumps(self.history),
         }
 
