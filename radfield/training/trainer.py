@@ -773,7 +773,7 @@ class Trainer:
         if not self.world.is_main:  # rank 0 validates and keeps the history
             return
         start = time.perf_counter()
-        with self.averaged_weights():
+        with self.lock, self.averaged_weights():  # a live viewer's renders wait for the swap back
             val_psnr = self.validate()
         share = self.config.train.val_max_share
         self._eval_wait = max(self.config.train.eval_every, (time.perf_counter() - start) * (1 - share) / share)
