@@ -32,9 +32,9 @@ log goes through its hooks (:mod:`radfield.models.base`).
 
 Everything that decides the run's future (parameters and their average, optimiser moments,
 gradient scaler, occupancy grid, random generator, ray count, HSM tau, step, training time,
-history) goes into the checkpoint, so ``--resume`` continues a step-limited run exactly. Checkpoints are written
-every ``checkpoint_every`` steps or ``checkpoint_every_s`` seconds, whichever comes first, and
-when Ctrl-C or SIGTERM stops the run.
+history) goes into the checkpoint, so ``--resume`` continues a step-limited run exactly.
+Checkpoints are written every ``checkpoint_every`` steps or ``checkpoint_every_s`` seconds,
+whichever comes first, and when Ctrl-C or SIGTERM stops the run.
 
 Under torchrun (:mod:`radfield.training.distributed`) every process runs this loop on its own
 rays; ``self.world`` averages the gradients between backward and optimiser step, agrees on the
