@@ -66,9 +66,9 @@ class WeightAverage:
         for i, p in enumerate(self.params):
             p.data, self.values[i] = self.values[i], p.data
 
-    def averaged_state(self, model: nn.Module) -> dict[str, Tensor]:
-        """``model.state_dict()`` with the averaged parameters in place of the raw ones."""
-        return {**model.state_dict(), **{n: v.detach().clone() for n, v in zip(self.names, self.values)}}
+    def averaged_state(self) -> dict[str, Tensor]:
+        """The averaged parameters by name (to put in place of the raw ones in a state dict)."""
+        return {n: v.detach().clone() for n, v in zip(self.names, self.values)}
 
     def raw_state(self) -> dict[str, Tensor]:
         """The raw (training) parameters by name."""

@@ -448,7 +448,8 @@ class Trainer:
         extra = {} if self.poses is None else {"poses": self.poses.state_dict()}
         model = self.model.state_dict()
         if self.average is not None:  # what the run's users load: the average; --resume: both
-            model, extra["train_params"] = self.average.averaged_state(self.model), self.average.raw_state()
+            extra["train_params"] = self.average.raw_state()
+            model.update(self.average.averaged_state())
         return {**extra,
             "config": json.dumps(run_config_to_dict(self.config)),
             "build": json.dumps(self.model.build_args()),
