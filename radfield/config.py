@@ -206,8 +206,8 @@ class TrainConfig:
     farthest training camera's distance from the box's centre) by ``(t / d)^2`` ("Floaters No
     More", nerfstudio's ``use_gradient_scaling``: 1 scene unit after its pose scaling); 0 = off.
     None: the model's choice (:meth:`radfield.models.base.Model.default_near_gradient`), made
-    when it is built and saved in config.json: 1 for ``nerfacto`` on unbounded captures
-    (``bench/RESULTS.md``: garden-colmap's floaters), else 0."""
+    when it is built and saved in config.json: 1 for ``nerfacto`` on unbounded captures and for
+    ``ngp`` on a capture with an ``aabb_scale`` (``bench/RESULTS.md``: floaters), else 0."""
     mixed_precision: bool = True
     """float16 autocast and gradient scaling on CUDA (ignored on the CPU)."""
     hsm: HSMConfig = dc_field(default_factory=HSMConfig)

@@ -298,19 +298,24 @@ def test_near_gradient_reaches_the_batch_in_camera_radius_units(tmp_path):
     assert trainer.make_batch(64).near_gradient == pytest.approx(0.5 * float(radius), rel=1e-5)
 
 
-@pytest.mark.parametrize("preset,changes,expected", [
-    ("nerfacto-small", {"nerfacto.bounded": False}, 1.0),     # a capture: Floaters No More on
-    ("nerfacto-small", {"nerfacto.bounded": True}, 0.0),      # an object in its box: off
-    ("nerfacto-small", {"train.near_gradient": 0.25}, 0.25),  # the user's value is kept
-    ("merf-small", {"merf.bounded": False}, 0.0),             # not measured on MeRF: off
-    ("ngp-small", {}, 0.0)])
-def test_near_gradient_default_is_the_models_choice(preset, changes, expected):
+@pytest.mark.parametrize("preset,changes,aabb_scale,expected", [
+    ("nerfacto-small", {"nerfacto.bounded": False}, 1, 1.0),     # a capture: Floaters No More on
+    ("nerfacto-small", {"nerfacto.bounded": True}, 1, 0.0),      # an object in its box: off
+    ("nerfacto-small", {"train.near_gradient": 0.25}, 1, 0.25),  # the user's value is kept
+    ("merf-small", {"merf.bounded": False}, 1, 0.0),             # not measured on MeRF: off
+    ("ngp-small", {}, 1, 0.0),                                   # the box is the region of interest: off
+    ("ngp-small", {}, 4, 1.0),                                   # an Instant-NGP capture's large box: on
+    ("ngp-small", {"train.near_gradient": 0.0}, 4, 0.0),         # turned off by the user
+    ("voxels", {}, 4, 0.0)])                                     # not measured on the voxel grid: off
+def test_near_gradient_default_is_the_models_choice(preset, changes, aabb_scale, expected):
     """``train.near_gradient`` None is resolved when the model is built: 1 camera radius for
-    nerfacto on an unbounded scene, 0 otherwise, and a value the user set stays."""
+    nerfacto on an unbounded scene and for ngp in a box grown by an ``aabb_scale``, 0 otherwise,
+    and a value the user set stays."""
     from radfield.config import PRESETS
     from radfield.models import build_model
 
     config = apply_overrides(RunConfig(), {**PRESETS[preset], **changes})
     assert config.train.near_gradient == changes.get("train.near_gradient")
-    build_model(config, SceneInfo(torch.tensor([-1.0] * 3 + [1.0] * 3), n_images=2, meta={"camera_radius": 4.0}))
+    meta = {"camera_radius": 4.0, **({"aabb_scale": aabb_scale} if aabb_scale > 1 else {})}
+    build_model(config, SceneInfo(torch.tensor([-1.0] * 3 + [1.0] * 3), n_images=2, meta=meta))
     assert config.train.near_gradient == expected

@@ -49,5 +49,5 @@ def build_model(config: RunConfig, scene: SceneInfo) -> Model:
     cls = model_class(config.model)
     cls.configure(config, scene)
     if config.train.near_gradient is None:
-        config.train.near_gradient = cls.default_near_gradient(config)
+        config.train.near_gradient = cls.default_near_gradient(config, scene)
     return cls(config, scene)

@@ -151,7 +151,7 @@ class Model(nn.Module):
         """Resolve the options of ``config.<model>`` that depend on the data (default: none)."""
 
     @classmethod
-    def default_near_gradient(cls, config: RunConfig) -> float:
+    def default_near_gradient(cls, config: RunConfig, scene: SceneInfo) -> float:
         """``train.near_gradient`` when the config leaves it None, after :meth:`configure`
         (default: 0, off)."""
         return 0.0

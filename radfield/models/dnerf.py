@@ -29,6 +29,7 @@ def ray_times(rays: Rays) -> Tensor:
 
 class DNeRFModel(NGPModel):
     section = "dnerf"
+    near_gradient_on_captures = 0.0  # Floaters No More is not measured on this model
 
     @classmethod
     def configure(cls, config: RunConfig, scene: SceneInfo) -> None:

@@ -60,7 +60,7 @@ class NerfactoModel(Model):
             cfg.bounded = scene.has_alpha
 
     @classmethod
-    def default_near_gradient(cls, config: RunConfig) -> float:
+    def default_near_gradient(cls, config: RunConfig, scene: SceneInfo) -> float:
         """1 camera radius on unbounded captures (Floaters No More: on garden-colmap, 10 minutes,
         three seeds, +1.2 to +2.8 dB on the mean and +4.1 to +7.6 dB on the worst view,
         ``bench/RESULTS.md``), 0 in a box."""

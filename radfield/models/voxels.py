@@ -35,6 +35,7 @@ DYNAMIC_TIME_SLICES = 8
 
 class VoxelsModel(NGPModel):
     section = "voxels"
+    near_gradient_on_captures = 0.0  # Floaters No More is not measured on this model
 
     @classmethod
     def configure(cls, config: RunConfig, scene: SceneInfo) -> None:
