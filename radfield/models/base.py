@@ -152,9 +152,17 @@ class Model(nn.Module):
 
     @classmethod
     def default_near_gradient(cls, config: RunConfig, scene: SceneInfo) -> float:
-        """``train.near_gradient`` when the config leaves it None, after :meth:`configure`
-        (default: 0, off)."""
-        return 0.0
+        """``train.near_gradient`` when the config leaves it None, after :meth:`configure`:
+        :attr:`near_gradient_on_captures` where :meth:`is_capture`, else 0 (off)."""
+        return cls.near_gradient_on_captures if cls.is_capture(config, scene) else 0.0
+
+    near_gradient_on_captures = 0.0
+    """Floaters No More's distance (camera radii) on captures; 0 for a model it is not measured on."""
+
+    @classmethod
+    def is_capture(cls, config: RunConfig, scene: SceneInfo) -> bool:
+        """The scene reaches beyond the region of interest (default: no)."""
+        return False
 
     def build_args(self) -> dict:
         """What rebuilds this model besides its config (saved in checkpoints)."""

@@ -60,14 +60,14 @@ class NerfactoModel(Model):
             cfg.bounded = scene.has_alpha
 
     @classmethod
-    def default_near_gradient(cls, config: RunConfig, scene: SceneInfo) -> float:
-        """1 camera radius on unbounded captures (Floaters No More: on garden-colmap, 10 minutes,
-        three seeds, +1.2 to +2.8 dB on the mean and +4.1 to +7.6 dB on the worst view,
-        ``bench/RESULTS.md``), 0 in a box."""
-        return 0.0 if getattr(config, cls.section).bounded else cls.near_gradient_on_captures
+    def is_capture(cls, config: RunConfig, scene: SceneInfo) -> bool:
+        """Unbounded scenes (not ``bounded``)."""
+        return not getattr(config, cls.section).bounded
 
     near_gradient_on_captures = 1.0
-    """What :meth:`default_near_gradient` gives unbounded scenes (MeRF: 0, not measured)."""
+    """Floaters No More on unbounded captures: on garden-colmap, 10 minutes, three seeds, +1.2 to
+    +2.8 dB on the mean and +4.1 to +7.6 dB on the worst view (``bench/RESULTS.md``; MeRF: 0, not
+    measured)."""
 
     def __init__(self, config: RunConfig, scene: SceneInfo):
         super().__init__(config, scene)

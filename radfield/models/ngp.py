@@ -40,17 +40,15 @@ class NGPModel(Model):
                                                                cfg.occupancy.cascades)
 
     @classmethod
-    def default_near_gradient(cls, config: RunConfig, scene: SceneInfo) -> float:
-        """Floaters No More on a capture whose box is larger than its region of interest
-        (``aabb_scale`` > 1): ``near_gradient_on_captures`` camera radii, else 0. Garden through
-        a wide lens as an Instant-NGP capture (``aabb_scale`` 4), 10 minutes: 23.31 dB without it
-        (a haze of the grass's colour in front of the cameras), 29.64 with 1 radius, 28.15 with
-        0.5 (``bench/RESULTS.md``, 2026-12-06)."""
-        return cls.near_gradient_on_captures if scene.aabb_scale > 1 else 0.0
+    def is_capture(cls, config: RunConfig, scene: SceneInfo) -> bool:
+        """A box larger than the region of interest (``aabb_scale`` > 1)."""
+        return scene.aabb_scale > 1
 
     near_gradient_on_captures = 1.0
-    """What :meth:`default_near_gradient` gives a capture with an ``aabb_scale`` (the voxel grid
-    and D-NeRF: 0, not measured)."""
+    """Floaters No More on captures: garden through a wide lens as an Instant-NGP capture
+    (``aabb_scale`` 4), 10 minutes: 23.31 dB without it (a haze of the grass's colour in front of
+    the cameras), 29.64 with 1 radius, 28.15 with 0.5 (``bench/RESULTS.md``, 2026-12-06; the voxel
+    grid and D-NeRF: 0, not measured)."""
 
     def __init__(self, config: RunConfig, scene: SceneInfo):
         super().__init__(config, scene)
