@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib
 import os
 import platform
 import shutil
@@ -145,6 +146,30 @@ class NativeLibrary:
                     warnings.warn(f"radfield: {self.what} unavailable, using {self.fallback} ({err})",
                                   RuntimeWarning, stacklevel=3)
         return self.lib
+
+
+class TritonModule:
+    """A module of Triton kernels (a GPU path), imported at first use: :meth:`load` returns it,
+    or None when ``RADFIELD_NO_KERNEL=1`` or the ``triton`` package is missing or fails to import
+    (then one warning, and the PyTorch path runs). Example:
+    ``TritonModule("radfield.rendering.volume_triton", "volume rendering")``."""
+
+    def __init__(self, module: str, what: str):
+        self.module, self.what = module, what
+        self.loaded = None
+        self.failed = False
+
+    def load(self):
+        if os.environ.get("RADFIELD_NO_KERNEL", "") not in ("", "0"):
+            return None
+        if self.loaded is None and not self.failed:
+            try:
+                self.loaded = importlib.import_module(self.module)
+            except Exception as exc:  # not installed, or a broken install
+                self.failed = True
+                warnings.warn(f"radfield: no Triton kernels for {self.what} ({type(exc).__name__}: {exc}); "
+                              "the PyTorch path runs on this GPU", RuntimeWarning, stacklevel=3)
+        return self.loaded
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)

@@ -55,8 +55,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -65,7 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from radfield.fields.window import WindowedBands
-from radfield.native import NativeLibrary, addresses
+from radfield.native import NativeLibrary, TritonModule, addresses
 
 __all__ = [
     "HashGridConfig",
@@ -197,26 +195,13 @@ def kernel_available() -> bool:
     return _get_library() is not None
 
 
-_triton: object | None = None
-_triton_failed = False
+_TRITON = TritonModule("radfield.fields.hashgrid_triton", "the hash grid")
 
 
 def triton_kernels():
     """:mod:`radfield.fields.hashgrid_triton`, or None: RADFIELD_NO_KERNEL=1, or the ``triton``
     package missing or failing to import (then one warning, and the reference runs)."""
-    global _triton, _triton_failed
-    if _triton is None and not _triton_failed:
-        if os.environ.get("RADFIELD_NO_KERNEL") == "1":
-            _triton_failed = True
-            return None
-        try:
-            from radfield.fields import hashgrid_triton
-            _triton = hashgrid_triton
-        except Exception as exc:  # not installed, or a broken install
-            _triton_failed = True
-            warnings.warn(f"hash grid: no Triton kernels ({type(exc).__name__}: {exc}); the PyTorch "
-                          "reference runs on this GPU", RuntimeWarning, stacklevel=3)
-    return _triton
+    return _TRITON.load()
 
 
 def _kernel_applies(x: Tensor, tables: Sequence[Tensor]) -> bool:

@@ -27,6 +27,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from radfield.native import TritonModule
+
+_TRITON = TritonModule("radfield.rendering.volume_triton", "volume rendering")
+
 
 def ray_offsets(ray_indices: Tensor, n_rays: int) -> tuple[Tensor, Tensor]:
     """Per-ray sample ``counts`` and start ``offsets`` (both ``(n_rays,)`` long) of sorted
@@ -122,7 +126,14 @@ def render(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_i
             ``background`` is None: their weighted sums per ray).
         background: ``(3,)`` or ``(n_rays, 3)``; black when None.
         opaque_last: the last interval of each ray is opaque (see :func:`render_weights`).
+
+    On CUDA the Triton kernels of :mod:`radfield.rendering.volume_triton` render (forward and
+    backward fused per ray) when they apply.
     """
+    if sigmas.is_cuda and (kernels := _TRITON.load()) is not None and kernels.applies(sigmas, rgbs, t_starts, t_ends):
+        weights, rgb, opacity, depth = kernels.render_triton(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays,
+                                                             opaque_last)
+        return RenderOutput(rgb=composite(rgb, opacity, background), opacity=opacity, depth=depth, weights=weights)
     weights, _, _ = render_weights(sigmas, t_starts, t_ends, ray_indices, n_rays, opaque_last)
     rgb = accumulate_along_rays(weights, ray_indices, n_rays, rgbs)
     opacity = accumulate_along_rays(weights, ray_indices, n_rays)
