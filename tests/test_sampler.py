@@ -720,6 +720,25 @@ def test_cascaded_cone_march_matches_brute_force(aabb_scale):
     assert torch.equal(a.ray_indices, b.ray_indices) and torch.equal(a.t_starts, b.t_starts)
 
 
+def march_case(aabb_scale: int, n: int) -> tuple[OccupancyGrid, OccupancyGrid, Rays]:
+    """``(grid, reference, rays)``: a grid of 16^3 cells per cascade over ``BIG`` (fixed steps at
+    aabb_scale 1, three cascades with a cone angle at 4 and 3) with 30 % random occupancy, the
+    same grid marched by PyTorch, and ``n`` rays from inside and outside the box, some missing it,
+    five axis-parallel."""
+    grid = OccupancyGrid(BIG, OccupancyGridConfig(resolution=16, steps_per_diagonal=200), aabb_scale)
+    g = torch.Generator().manual_seed(aabb_scale)
+    grid.occupied.copy_(torch.rand(grid.occupied.shape, generator=g) < 0.3)
+    v = torch.randn(n, 3, generator=g)
+    reach = 12 * torch.rand(n, 1, generator=g)
+    origins = torch.tensor(BIG_CENTRE, dtype=torch.float32) + v / v.norm(dim=1, keepdim=True) * reach
+    directions = torch.randn(n, 3, generator=g) * torch.rand(n, 1, generator=g) * 2  # not unit length
+    directions[:5] = torch.tensor([1.0, 0.0, 0.0])  # axis-parallel
+    reference = OccupancyGrid(BIG, grid.config, aabb_scale)
+    reference.load_state_dict(grid.state_dict())
+    reference.use_kernel = False
+    return grid, reference, _rays(origins, directions)
+
+
 @pytest.mark.skipif(not occupancy._MARCHER.load(), reason="no C compiler: the compiled marcher is not built")
 @pytest.mark.parametrize("aabb_scale", [1, 4, 3])
 def test_compiled_march_equals_the_pytorch_march_to_the_bit(aabb_scale):
@@ -727,20 +746,9 @@ def test_compiled_march_equals_the_pytorch_march_to_the_bit(aabb_scale):
     without jitter and a near plane: one grid with fixed steps (aabb_scale 1), three cascades with a
     cone angle (4, and 3, whose last box clips), random occupancy of 30%, rays from inside and
     outside the box, some missing it."""
-    res = 16
-    grid = OccupancyGrid(BIG, OccupancyGridConfig(resolution=res, steps_per_diagonal=200), aabb_scale)
-    assert (grid.n_cascades, grid.config.cone_angle > 0) == ((1, False) if aabb_scale == 1 else (3, True))
-    g = torch.Generator().manual_seed(aabb_scale)
-    grid.occupied.copy_(torch.rand(grid.occupied.shape, generator=g) < 0.3)
     n = 300
-    v = torch.randn(n, 3, generator=g)
-    origins = torch.tensor(BIG_CENTRE, dtype=torch.float32) + v / v.norm(dim=1, keepdim=True) * 12 * torch.rand(n, 1, generator=g)
-    directions = torch.randn(n, 3, generator=g) * torch.rand(n, 1, generator=g) * 2  # not unit length
-    directions[:5] = torch.tensor([1.0, 0.0, 0.0])  # axis-parallel
-    rays = _rays(origins, directions)
-    reference = OccupancyGrid(BIG, grid.config, aabb_scale)
-    reference.load_state_dict(grid.state_dict())
-    reference.use_kernel = False
+    grid, reference, rays = march_case(aabb_scale, n)
+    assert (grid.n_cascades, grid.config.cone_angle > 0) == ((1, False) if aabb_scale == 1 else (3, True))
     for jitter, near in ((False, 0.0), (True, 0.0), (True, 2.5)):
         a, b = (m.sample(rays, near=near, jitter=jitter, jitter_generator=torch.Generator().manual_seed(7))
                 for m in (grid, reference))

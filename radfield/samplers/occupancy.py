@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from radfield.cameras import Rays, near_frustum
 from radfield.errors import RadfieldError
 from radfield.geometry import ray_aabb_intersect
-from radfield.native import NativeLibrary
+from radfield.native import NativeLibrary, TritonModule
 from radfield.samplers.samples import Samples
 
 __all__ = ["OccupancyGrid", "OccupancyGridConfig", "Samples", "StepSchedule", "cascade_boxes",
@@ -67,6 +67,13 @@ _MARCHER = NativeLibrary(Path(__file__).with_name("_march_cpu.c"), {
     "occ_march_count": [*_MARCH_HEAD, _P, _P, _I32],
     "occ_march_fill": [*_MARCH_HEAD, _P, _P, _P, _P, _P, _P, _I32],
 }, "occupancy marcher CPU kernel", "the PyTorch march")
+_TRITON = TritonModule("radfield.samplers.march_triton", "the occupancy march")
+
+
+def _triton_marcher(o: Tensor):
+    """:mod:`radfield.samplers.march_triton` for rays on a GPU, else None (the tests run it on the
+    CPU under Triton's interpreter by replacing this function)."""
+    return _TRITON.load() if o.is_cuda else None
 
 LARGE_SCENE_CONE_ANGLE = 1 / 256
 """Instant-NGP's cone angle for scenes larger than the region of interest."""
@@ -460,8 +467,12 @@ class OccupancyGrid(nn.Module):
                   else torch.full((n_rays,), 0.5, device=dev))
         steps = StepSchedule.start(t_near, offset, self.step_size, self.max_step, self.config.cone_angle)
         n_steps = int(steps.steps_before(t_far).max().item()) + 1 if n_rays else 0
-        lib = _MARCHER.load() if self.use_kernel and o.device.type == "cpu" and o.dtype == torch.float32 else None
-        if lib is not None:
+        kernel = self.use_kernel and o.dtype == torch.float32
+        triton_path = _triton_marcher(o) if kernel else None
+        lib = _MARCHER.load() if kernel and triton_path is None and o.device.type == "cpu" else None
+        if triton_path is not None:
+            ray_indices, t_mid, dt = triton_path.march(*self._kernel_arguments(o, d, steps, t_far, n_steps))
+        elif lib is not None:
             ray_indices, t_mid, dt = self._march_compiled(lib, o, d, steps, t_far, n_steps)
         else:
             per_chunk = max(1, self.config.max_points_per_chunk // max(n_steps, 1))
@@ -472,22 +483,29 @@ class OccupancyGrid(nn.Module):
         t_starts = t_mid - dt / 2
         return Samples(t_starts, t_starts + dt, ray_indices, n_rays)
 
+    def _kernel_arguments(self, o: Tensor, d: Tensor, steps: StepSchedule, t_far: Tensor, n_steps: int) -> tuple:
+        """The marching kernels' arguments (``_march_cpu.c``'s and :func:`march_triton.march`'s):
+        contiguous float32 rays, the schedule's ``(7, n_rays)`` rows, ``t_far``, the step cap (the
+        PyTorch march's segments' end), the growth table, ``dt_min``, ``dt_max``, the cone angle,
+        the occupancy as bytes, the boxes, their sizes, the cascades and the resolution."""
+        k = self.coarse_factor
+        sched = torch.stack([steps.offset, steps.anchor, steps.t_0, steps.n_a, steps.t_a, steps.n_b,
+                             steps.t_b]).float().contiguous()
+        return (o.contiguous(), d.contiguous(), sched, t_far.contiguous(), -(-n_steps // k) * k,
+                steps.growth.float().contiguous(), steps.dt_min, steps.dt_max, steps.cone_angle,
+                self.occupied.contiguous().view(torch.uint8), self.boxes.float().contiguous(),
+                self.box_size.float().contiguous(), self.n_cascades, self.config.resolution)
+
     def _march_compiled(self, lib, o: Tensor, d: Tensor, steps: StepSchedule, t_far: Tensor,
                         n_steps: int) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`_march` of all the rays by the compiled kernel (``_march_cpu.c``): the same steps,
         to the bit. It walks each ray's steps one by one (a few ns each) where the PyTorch march
         tests segments, then steps, as whole tensors; the step cap is the segments' end, as there."""
-        k = self.coarse_factor
-        cap = -(-n_steps // k) * k
-        o, d, t_far = o.contiguous(), d.contiguous(), t_far.contiguous()
-        sched = torch.stack([steps.offset, steps.anchor, steps.t_0, steps.n_a, steps.t_a, steps.n_b,
-                             steps.t_b]).float().contiguous()
-        growth = steps.growth.float().contiguous()
-        occupied = self.occupied.contiguous().view(torch.uint8)
-        boxes, sizes = self.boxes.float().contiguous(), self.box_size.float().contiguous()
+        o, d, sched, t_far, cap, growth, dt_min, dt_max, cone, occupied, boxes, sizes, n_cascades, res = \
+            self._kernel_arguments(o, d, steps, t_far, n_steps)
         head = [o.data_ptr(), d.data_ptr(), sched.data_ptr(), t_far.data_ptr(), o.shape[0], cap,
-                growth.data_ptr(), steps.dt_min, steps.dt_max, steps.cone_angle, occupied.data_ptr(),
-                boxes.data_ptr(), sizes.data_ptr(), self.n_cascades, self.config.resolution]
+                growth.data_ptr(), dt_min, dt_max, cone, occupied.data_ptr(),
+                boxes.data_ptr(), sizes.data_ptr(), n_cascades, res]
         counts, spans = torch.empty(o.shape[0], dtype=torch.int64), torch.empty(o.shape[0], 2, dtype=torch.int64)
         lib.occ_march_count(*head, counts.data_ptr(), spans.data_ptr(), torch.get_num_threads())
         starts = torch.cumsum(counts, 0) - counts
