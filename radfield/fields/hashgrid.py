@@ -204,6 +204,12 @@ def triton_kernels():
     return _TRITON.load()
 
 
+def triton_for(x: Tensor):
+    """The Triton kernels (:func:`triton_kernels`) for points ``x`` on a GPU, else None (tests
+    run them on the CPU under Triton's interpreter by replacing this function)."""
+    return triton_kernels() if x.is_cuda else None
+
+
 def _kernel_applies(x: Tensor, tables: Sequence[Tensor]) -> bool:
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return False
@@ -393,7 +399,8 @@ class HashGrid(WindowedBands, nn.Module):
         applies and ``x`` needs no gradient it is reused as the output, and the backward still
         gives the tables' gradient (it reads only ``x``); elsewhere it is computed again."""
         tables = list(self.tables)
-        if encoding is not None and not x.requires_grad and self.config.use_kernel and _kernel_applies(x, tables):
+        if (encoding is not None and not x.requires_grad and self.config.use_kernel and triton_for(x) is None
+                and _kernel_applies(x, tables)):
             out = hash_grid_kernel(x, tables, self.resolutions, self.gradient_storage, precomputed=encoding)
         else:
             out = self.encode(x)
@@ -403,11 +410,10 @@ class HashGrid(WindowedBands, nn.Module):
         """x (n, 3) -> (n, L * F) before the window; the kernel path where it applies, else the
         reference."""
         tables = list(self.tables)
+        if self.config.use_kernel and (triton_path := triton_for(x)) is not None and triton_path.applies(x, tables):
+            return triton_path.hash_grid_triton(x, tables, self.resolutions)
         if self.config.use_kernel and _kernel_applies(x, tables):
             return hash_grid_kernel(x, tables, self.resolutions, self.gradient_storage)
-        if self.config.use_kernel and x.is_cuda and (triton_path := triton_kernels()) is not None \
-                and triton_path.applies(x, tables):
-            return triton_path.hash_grid_triton(x, tables, self.resolutions)
         return hash_grid_reference(x, tables, self.resolutions)
 
     def windowed(self, encoding: Tensor) -> Tensor:

@@ -130,7 +130,7 @@ def render(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_i
     On CUDA the Triton kernels of :mod:`radfield.rendering.volume_triton` render (forward and
     backward fused per ray) when they apply.
     """
-    if sigmas.is_cuda and (kernels := _TRITON.load()) is not None and kernels.applies(sigmas, rgbs, t_starts, t_ends):
+    if (kernels := _triton_for(sigmas)) is not None and kernels.applies(sigmas, rgbs, t_starts, t_ends):
         weights, rgb, opacity, depth = kernels.render_triton(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays,
                                                              opaque_last)
         return RenderOutput(rgb=composite(rgb, opacity, background), opacity=opacity, depth=depth, weights=weights)
@@ -139,6 +139,12 @@ def render(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_i
     opacity = accumulate_along_rays(weights, ray_indices, n_rays)
     depth = accumulate_along_rays(weights, ray_indices, n_rays, ((t_starts + t_ends) / 2)[:, None])[:, 0]
     return RenderOutput(rgb=composite(rgb, opacity, background), opacity=opacity, depth=depth, weights=weights)
+
+
+def _triton_for(sigmas: Tensor):
+    """:mod:`radfield.rendering.volume_triton` for samples on a GPU, else None (tests run it on the
+    CPU under Triton's interpreter by replacing this function)."""
+    return _TRITON.load() if sigmas.is_cuda else None
 
 
 def composite(rgb: Tensor, opacity: Tensor, background: Tensor | None) -> Tensor:
