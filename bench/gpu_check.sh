@@ -5,7 +5,7 @@
 #
 #   bash bench/gpu_check.sh          # writes gpu_check.log and demo_metrics.json to $OUT (or ./gpu_check_out)
 #
-# 1. tests/test_triton.py, test_volume_triton.py and test_march_triton.py compiled on the GPU
+# 1. tests/test_triton.py, test_volume_kernels.py and test_march_triton.py compiled on the GPU
 #    (RADFIELD_TEST_DEVICE=cuda): the hash grid's Triton kernels against a brute-force evaluation,
 #    the PyTorch reference's gradients and a hand-built scatter; volume rendering's against a
 #    hand-computed ray, the PyTorch path and finite differences; the march's against the PyTorch
@@ -23,7 +23,7 @@ mkdir -p "$out"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     $py -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '|', torch.cuda.get_device_name())"
     echo "== 1. Triton kernels compiled on the GPU (tests/test_*triton.py)"
-    RADFIELD_TEST_DEVICE=cuda timeout 300 $py -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_volume_triton.py tests/test_march_triton.py
+    RADFIELD_TEST_DEVICE=cuda timeout 300 $py -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_volume_kernels.py tests/test_march_triton.py
     echo "== 2. field throughput on CUDA (radfield's ngp grid, then the paper's)"
     timeout 300 $py bench/field_throughput.py --device cuda --batch-log2 18 --tables ngp --iters 20
     timeout 300 $py bench/field_throughput.py --device cuda --batch-log2 18 --tables paper --iters 20

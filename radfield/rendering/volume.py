@@ -22,14 +22,23 @@ a float32 global cumsum loses up to 6e-3 in the weights at ~260k samples (measur
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from radfield.native import TritonModule
+from radfield.native import NativeLibrary, TritonModule
 
 _TRITON = TritonModule("radfield.rendering.volume_triton", "volume rendering")
+_P, _I32, _I64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+_COMPILED = NativeLibrary(Path(__file__).with_name("_volume_cpu.c"), {
+    "vr_forward": [_P] * 6 + [_I64, _I32, _I32] + [_P] * 4 + [_I32],
+    "vr_backward": [_P] * 6 + [_I64, _I32, _I32] + [_P] * 7 + [_I32],
+}, "volume rendering CPU kernel", "the PyTorch volume rendering")
+MAX_COMPILED_CHANNELS = 16
+"""The compiled kernel's most channels per sample (``MAX_C`` in ``_volume_cpu.c``)."""
 
 
 def ray_offsets(ray_indices: Tensor, n_rays: int) -> tuple[Tensor, Tensor]:
@@ -127,18 +136,86 @@ def render(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_i
         background: ``(3,)`` or ``(n_rays, 3)``; black when None.
         opaque_last: the last interval of each ray is opaque (see :func:`render_weights`).
 
-    On CUDA the Triton kernels of :mod:`radfield.rendering.volume_triton` render (forward and
-    backward fused per ray) when they apply.
+    Where they apply (float32, interval ends without a gradient) kernels render, forward and
+    backward fused per ray (:class:`FusedRender`): on CUDA the Triton kernels of
+    :mod:`radfield.rendering.volume_triton`, on the CPU ``_volume_cpu.c``.
     """
-    if (kernels := _triton_for(sigmas)) is not None and kernels.applies(sigmas, rgbs, t_starts, t_ends):
-        weights, rgb, opacity, depth = kernels.render_triton(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays,
-                                                             opaque_last)
+    if (backend := _fused_backend(sigmas, rgbs, t_starts, t_ends)) is not None:
+        weights, rgb, opacity, depth = FusedRender.apply(backend, sigmas, rgbs, t_starts, t_ends, ray_indices,
+                                                         n_rays, bool(opaque_last))
         return RenderOutput(rgb=composite(rgb, opacity, background), opacity=opacity, depth=depth, weights=weights)
     weights, _, _ = render_weights(sigmas, t_starts, t_ends, ray_indices, n_rays, opaque_last)
     rgb = accumulate_along_rays(weights, ray_indices, n_rays, rgbs)
     opacity = accumulate_along_rays(weights, ray_indices, n_rays)
     depth = accumulate_along_rays(weights, ray_indices, n_rays, ((t_starts + t_ends) / 2)[:, None])[:, 0]
     return RenderOutput(rgb=composite(rgb, opacity, background), opacity=opacity, depth=depth, weights=weights)
+
+
+class FusedRender(torch.autograd.Function):
+    """``(weights (n,), rgb (n_rays, C), opacity (n_rays,), depth (n_rays,))`` of packed samples by
+    a kernel ``backend`` (the Triton module, or :class:`_Compiled`), differentiable in ``sigmas``
+    and ``rgbs``: :func:`render` before the background. A backend has ``forward(sigmas, rgbs,
+    t_starts, t_ends, starts, counts, opaque_last, weights, rgb, opacity, depth)`` and
+    ``backward(..., opaque_last, weights, g_weights, g_rgb, g_opacity, g_depth, grad_sigma,
+    grad_rgb)``, which fill the tensors after ``opaque_last``."""
+
+    @staticmethod
+    def forward(ctx, backend, sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
+                n_rays: int, opaque_last: bool):
+        sigmas, rgbs, t_starts, t_ends = (t.contiguous() for t in (sigmas, rgbs, t_starts, t_ends))
+        counts, starts = ray_offsets(ray_indices, n_rays)
+        new = lambda *shape: torch.empty(shape, dtype=torch.float32, device=sigmas.device)  # noqa: E731
+        weights, rgb, opacity, depth = new(len(sigmas)), new(n_rays, rgbs.shape[1]), new(n_rays), new(n_rays)
+        if n_rays:
+            backend.forward(sigmas, rgbs, t_starts, t_ends, starts, counts, opaque_last, weights, rgb, opacity, depth)
+        ctx.save_for_backward(sigmas, rgbs, t_starts, t_ends, starts, counts, weights)
+        ctx.backend, ctx.opaque_last = backend, opaque_last
+        return weights, rgb, opacity, depth
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_weights, g_rgb, g_opacity, g_depth):
+        sigmas, rgbs, t_starts, t_ends, starts, counts, weights = ctx.saved_tensors
+        zeros = lambda *shape: torch.zeros(shape, dtype=torch.float32, device=sigmas.device)  # noqa: E731
+        as_given = lambda g, *shape: zeros(*shape) if g is None else g.float().contiguous()  # noqa: E731
+        n_rays = len(counts)
+        grads = (as_given(g_weights, len(sigmas)), as_given(g_rgb, n_rays, rgbs.shape[1]), as_given(g_opacity, n_rays),
+                 as_given(g_depth, n_rays))
+        grad_sigma, grad_rgb = torch.empty_like(sigmas), torch.empty_like(rgbs)
+        if n_rays:
+            ctx.backend.backward(sigmas, rgbs, t_starts, t_ends, starts, counts, ctx.opaque_last, weights, *grads,
+                                 grad_sigma, grad_rgb)
+        return None, grad_sigma, grad_rgb, None, None, None, None, None
+
+
+class _Compiled:
+    """:class:`FusedRender`'s backend on the CPU: ``_volume_cpu.c`` (OpenMP over rays)."""
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def forward(self, sigmas, rgbs, t_starts, t_ends, starts, counts, opaque_last, *out) -> None:
+        self.lib.vr_forward(*(t.data_ptr() for t in (sigmas, rgbs, t_starts, t_ends, starts, counts)), len(counts),
+                            rgbs.shape[1], int(opaque_last), *(t.data_ptr() for t in out), torch.get_num_threads())
+
+    def backward(self, sigmas, rgbs, t_starts, t_ends, starts, counts, opaque_last, *rest) -> None:
+        self.lib.vr_backward(*(t.data_ptr() for t in (sigmas, rgbs, t_starts, t_ends, starts, counts)), len(counts),
+                             rgbs.shape[1], int(opaque_last), *(t.data_ptr() for t in rest), torch.get_num_threads())
+
+
+def _fused_backend(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor):
+    """The kernels that render these tensors (:class:`FusedRender`'s backend), or None for the
+    PyTorch path: float32, ``(n,)`` and ``(n, C)``, interval ends without a gradient; Triton on a
+    GPU, ``_volume_cpu.c`` on the CPU for at most :data:`MAX_COMPILED_CHANNELS` channels."""
+    tensors = (sigmas, rgbs, t_starts, t_ends)
+    if not (all(t.dtype == torch.float32 for t in tensors) and sigmas.dim() == 1 and rgbs.dim() == 2
+            and not (t_starts.requires_grad or t_ends.requires_grad) and len({t.device for t in tensors}) == 1):
+        return None
+    if (kernels := _triton_for(sigmas)) is not None:
+        return kernels
+    if sigmas.device.type == "cpu" and rgbs.shape[1] <= MAX_COMPILED_CHANNELS and (lib := _COMPILED.load()):
+        return _Compiled(lib)
+    return None
 
 
 def _triton_for(sigmas: Tensor):

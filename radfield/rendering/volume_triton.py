@@ -16,14 +16,12 @@ blocks of ``BLOCK`` (a block's prefix sums by ``tl.cumsum``, carried from block 
 The PyTorch path sums the optical depth in float64 over the whole batch (a float32 cumsum over
 260 k samples loses 6e-3); here each ray's running sum is its own, in float32, which is as
 accurate as a ray's samples are few. Used on CUDA tensors (float32, interval ends without a
-gradient); tested on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, set before this
-module is imported): ``tests/test_volume_triton.py``.
+gradient) as :class:`radfield.rendering.volume.FusedRender`'s backend (its CPU twin is
+``_volume_cpu.c``); tested on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, set
+before this module is imported): ``tests/test_volume_kernels.py``.
 """
 
 from __future__ import annotations
-
-import torch
-from torch import Tensor
 
 import triton
 import triton.language as tl
@@ -132,64 +130,18 @@ def _backward(sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, start_ptr, count_ptr, w_ptr, g
         seen += tl.sum(gw, 0)
 
 
-def _layout(ray_indices: Tensor, n_rays: int) -> tuple[Tensor, Tensor]:
-    """Each ray's first sample and sample count (int64) of sorted ``ray_indices``."""
-    counts = torch.bincount(ray_indices, minlength=n_rays)
-    return torch.cumsum(counts, 0) - counts, counts
+def forward(sigmas, rgbs, t_starts, t_ends, starts, counts, opaque_last, weights, rgb, opacity, depth) -> None:
+    """Fill ``weights``, ``rgb``, ``opacity`` and ``depth`` (:class:`radfield.rendering.volume.FusedRender`'s
+    backend interface: contiguous float32 tensors, each ray's first sample and sample count)."""
+    C = rgbs.shape[1]
+    _forward[(len(counts),)](sigmas, rgbs, t_starts, t_ends, starts, counts, weights, rgb, opacity, depth, C,
+                             CP=triton.next_power_of_2(max(C, 1)), OPAQUE_LAST=bool(opaque_last), BLOCK=BLOCK)
 
 
-class _PackedRender(torch.autograd.Function):
-    """``(weights (n,), rgb (n_rays, C), opacity (n_rays,), depth (n_rays,))`` of packed samples,
-    differentiable in ``sigmas`` and ``rgbs`` (module docstring)."""
-
-    @staticmethod
-    def forward(ctx, sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
-                n_rays: int, opaque_last: bool):
-        sigmas, rgbs = sigmas.contiguous(), rgbs.contiguous()
-        t_starts, t_ends = t_starts.contiguous(), t_ends.contiguous()
-        starts, counts = _layout(ray_indices, n_rays)
-        n, C = rgbs.shape
-        weights = torch.empty(n, dtype=torch.float32, device=sigmas.device)
-        rgb = torch.empty(n_rays, C, dtype=torch.float32, device=sigmas.device)
-        opacity = torch.empty(n_rays, dtype=torch.float32, device=sigmas.device)
-        depth = torch.empty(n_rays, dtype=torch.float32, device=sigmas.device)
-        cp = triton.next_power_of_2(max(C, 1))
-        if n_rays:
-            _forward[(n_rays,)](sigmas, rgbs, t_starts, t_ends, starts, counts, weights, rgb, opacity, depth, C,
-                                CP=cp, OPAQUE_LAST=opaque_last, BLOCK=BLOCK)
-        ctx.save_for_backward(sigmas, rgbs, t_starts, t_ends, starts, counts, weights)
-        ctx.opaque_last, ctx.cp = opaque_last, cp
-        return weights, rgb, opacity, depth
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_weights, g_rgb, g_opacity, g_depth):
-        sigmas, rgbs, t_starts, t_ends, starts, counts, weights = ctx.saved_tensors
-        n_rays, C = counts.shape[0], rgbs.shape[1]
-        zeros = lambda shape: torch.zeros(shape, dtype=torch.float32, device=sigmas.device)  # noqa: E731
-        g_weights = zeros(weights.shape) if g_weights is None else g_weights.float().contiguous()
-        g_rgb = zeros((n_rays, C)) if g_rgb is None else g_rgb.float().contiguous()
-        g_opacity = zeros(n_rays) if g_opacity is None else g_opacity.float().contiguous()
-        g_depth = zeros(n_rays) if g_depth is None else g_depth.float().contiguous()
-        grad_sigma, grad_rgb = torch.empty_like(sigmas), torch.empty_like(rgbs)
-        if n_rays:
-            _backward[(n_rays,)](sigmas, rgbs, t_starts, t_ends, starts, counts, weights, g_weights, g_rgb,
-                                 g_opacity, g_depth, grad_sigma, grad_rgb, C, CP=ctx.cp,
-                                 OPAQUE_LAST=ctx.opaque_last, BLOCK=BLOCK)
-        return grad_sigma, grad_rgb, None, None, None, None, None
-
-
-def applies(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor) -> bool:
-    """Whether the kernels take these tensors: float32 on CUDA (or on the CPU under the
-    interpreter), ``rgbs`` ``(n, C)``, interval ends without a gradient."""
-    tensors = (sigmas, rgbs, t_starts, t_ends)
-    return (all(t.dtype == torch.float32 for t in tensors) and rgbs.dim() == 2 and sigmas.dim() == 1
-            and not (t_starts.requires_grad or t_ends.requires_grad)
-            and len({t.device for t in tensors}) == 1)
-
-
-def render_triton(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
-                  n_rays: int, opaque_last: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(weights, rgb, opacity, depth)`` of :func:`radfield.rendering.volume.render` before the
-    background (``rgb`` the weighted sum of ``rgbs``), by the kernels."""
-    return _PackedRender.apply(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays, bool(opaque_last))
+def backward(sigmas, rgbs, t_starts, t_ends, starts, counts, opaque_last, weights, g_weights, g_rgb, g_opacity,
+             g_depth, grad_sigma, grad_rgb) -> None:
+    """Fill ``grad_sigma`` and ``grad_rgb`` from the outputs' gradients (the backend interface)."""
+    C = rgbs.shape[1]
+    _backward[(len(counts),)](sigmas, rgbs, t_starts, t_ends, starts, counts, weights, g_weights, g_rgb, g_opacity,
+                              g_depth, grad_sigma, grad_rgb, C, CP=triton.next_power_of_2(max(C, 1)),
+                              OPAQUE_LAST=bool(opaque_last), BLOCK=BLOCK)
