@@ -66,9 +66,7 @@ def main() -> None:
         return step
 
     def pytorch(s, c):
-        w, _, _ = volume.render_weights(s, t0, t1, ri, args.rays)
-        return (w, volume.accumulate_along_rays(w, ri, args.rays, c), volume.accumulate_along_rays(w, ri, args.rays),
-                volume.accumulate_along_rays(w, ri, args.rays, ((t0 + t1) / 2)[:, None])[:, 0])
+        return volume.render_reference(s, c, t0, t1, ri, args.rays)
 
     print(f"{args.device}: {args.rays} rays, {n} samples")
     paths = {"pytorch": pytorch}

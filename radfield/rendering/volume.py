@@ -143,12 +143,21 @@ def render(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_i
     if (backend := _fused_backend(sigmas, rgbs, t_starts, t_ends)) is not None:
         weights, rgb, opacity, depth = FusedRender.apply(backend, sigmas, rgbs, t_starts, t_ends, ray_indices,
                                                          n_rays, bool(opaque_last))
-        return RenderOutput(rgb=composite(rgb, opacity, background), opacity=opacity, depth=depth, weights=weights)
+    else:
+        weights, rgb, opacity, depth = render_reference(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays,
+                                                        opaque_last)
+    return RenderOutput(rgb=composite(rgb, opacity, background), opacity=opacity, depth=depth, weights=weights)
+
+
+def render_reference(sigmas: Tensor, rgbs: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
+                     n_rays: int, opaque_last: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`render`'s PyTorch path before the background: ``(weights, rgb, opacity, depth)``
+    (what :class:`FusedRender`'s kernels compute)."""
     weights, _, _ = render_weights(sigmas, t_starts, t_ends, ray_indices, n_rays, opaque_last)
     rgb = accumulate_along_rays(weights, ray_indices, n_rays, rgbs)
     opacity = accumulate_along_rays(weights, ray_indices, n_rays)
     depth = accumulate_along_rays(weights, ray_indices, n_rays, ((t_starts + t_ends) / 2)[:, None])[:, 0]
-    return RenderOutput(rgb=composite(rgb, opacity, background), opacity=opacity, depth=depth, weights=weights)
+    return weights, rgb, opacity, depth
 
 
 class FusedRender(torch.autograd.Function):

@@ -36,20 +36,21 @@ TAU_CAP = tl.constexpr(1e3)
 @triton.jit
 def _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count, BLOCK: tl.constexpr, OPAQUE_LAST: tl.constexpr):
     """Samples ``k .. k + BLOCK`` of a ray: their indices, mask, ``tau``, capped ``tau`` (0 past
-    the ray's end), ``alpha``, ``exp(-tau)`` and midpoints."""
+    the ray's end), ``alpha``, ``exp(-tau)``, midpoints and lengths."""
     j = k + tl.arange(0, BLOCK)
     mask = j < count
     idx = start + j
     sigma = tl.load(sigma_ptr + idx, mask=mask, other=0.0)
     t0 = tl.load(t0_ptr + idx, mask=mask, other=0.0)
     t1 = tl.load(t1_ptr + idx, mask=mask, other=0.0)
-    tau = sigma * (t1 - t0)
+    delta = t1 - t0
+    tau = sigma * delta
     survive = tl.exp(-tau)
     alpha = 1.0 - survive
     if OPAQUE_LAST:
         alpha = tl.where(j == count - 1, 1.0, alpha)
     capped = tl.where(mask, tl.minimum(tau, TAU_CAP), 0.0)
-    return idx, mask, j, tau, capped, alpha, survive, (t0 + t1) * 0.5
+    return idx, mask, j, tau, capped, alpha, survive, (t0 + t1) * 0.5, t1 - t0
 
 
 @triton.jit
@@ -64,7 +65,7 @@ def _forward(sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, start_ptr, count_ptr, w_ptr, ou
     opacity = 0.0
     depth = 0.0
     for k in range(0, count, BLOCK):
-        idx, mask, j, tau, capped, alpha, survive, mid = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count,
+        idx, mask, j, tau, capped, alpha, survive, mid, delta = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count,
                                                                      BLOCK, OPAQUE_LAST)
         before = optical + (tl.cumsum(capped, 0) - capped)
         w = tl.where(mask, tl.exp(-before) * alpha, 0.0)
@@ -102,7 +103,7 @@ def _backward(sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, start_ptr, count_ptr, w_ptr, g
     g_depth = tl.load(g_depth_ptr + ray)
     total = 0.0  # sum_j G_j w_j over the ray
     for k in range(0, count, BLOCK):
-        idx, mask, j, tau, capped, alpha, survive, mid = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count,
+        idx, mask, j, tau, capped, alpha, survive, mid, delta = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count,
                                                                      BLOCK, OPAQUE_LAST)
         w = tl.load(w_ptr + idx, mask=mask, other=0.0)
         g = _whole_gradient(idx, mask, mid, rgb_ptr, g_w_ptr, g_rgb, g_opacity, g_depth, channels, C)
@@ -110,7 +111,7 @@ def _backward(sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, start_ptr, count_ptr, w_ptr, g
     optical = 0.0
     seen = 0.0  # sum_j G_j w_j over the blocks done
     for k in range(0, count, BLOCK):
-        idx, mask, j, tau, capped, alpha, survive, mid = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count,
+        idx, mask, j, tau, capped, alpha, survive, mid, delta = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count,
                                                                      BLOCK, OPAQUE_LAST)
         w = tl.load(w_ptr + idx, mask=mask, other=0.0)
         g = _whole_gradient(idx, mask, mid, rgb_ptr, g_w_ptr, g_rgb, g_opacity, g_depth, channels, C)
@@ -121,9 +122,7 @@ def _backward(sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, start_ptr, count_ptr, w_ptr, g
         if OPAQUE_LAST:
             own = tl.where(j == count - 1, 0.0, own)
         g_tau = g * own - tl.where(tau <= TAU_CAP, behind, 0.0)
-        t0 = tl.load(t0_ptr + idx, mask=mask, other=0.0)
-        t1 = tl.load(t1_ptr + idx, mask=mask, other=0.0)
-        tl.store(grad_sigma_ptr + idx, g_tau * (t1 - t0), mask=mask)
+        tl.store(grad_sigma_ptr + idx, g_tau * delta, mask=mask)
         tl.store(grad_rgb_ptr + idx[:, None] * C + channels[None, :], w[:, None] * g_rgb[None, :],
                  mask=mask[:, None] & (channels[None, :] < C))
         optical += tl.sum(capped, 0)
