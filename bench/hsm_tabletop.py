@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from runs import DATA, OUT, ROOT, budgeted_config, fresh  # this checkout first on sys.path
+from runs import DATA, OUT, ROOT, budgeted_config, fresh, time_to_reach  # this checkout first on sys.path
 
 TEST_EVERY = 3  # score every 3rd test image (10 of tabletop's 30)
 HSM = {"train.hsm.enabled": True}
@@ -43,6 +43,8 @@ MODES = {  # each variant on top of the defaults, which keep early termination s
     "hsm-early": {**HSM, "train.hsm.early_stop": True},             # early termination kept (now "hsm")
     "hsm-2x": {**HSM, "train.hsm.first_pass_samples": 2.0},         # twice the first-pass samples
     "hsm-half": {**HSM, "train.hsm.first_pass_samples": 0.5},       # half the samples, more steps
+    "hsm-lean": {**HSM, "train.hsm.max_fraction": 0.15},            # at most 15 % back-propagated
+    "hsm-lean10": {**HSM, "train.hsm.max_fraction": 0.10},          # at most 10 %
     "baseline-sparse": {"ngp.optim.sparse_tables": True},            # Instant-NGP's Adam for the tables
     "hsm-sparse": {**HSM, "ngp.optim.sparse_tables": True},
 }
@@ -126,19 +128,6 @@ def mode_argument(name: str) -> str:
     """``--modes``' type: ``name`` itself, once :func:`parse_mode` accepts it."""
     parse_mode(name)
     return name
-
-
-def time_to_reach(history: list[dict], target: float) -> float | None:
-    """Training time at which the validation PSNR first reaches ``target`` (linear interpolation)."""
-    prev = (0.0, 0.0)
-    for h in history:
-        if "psnr" not in h:
-            continue
-        if h["psnr"] >= target:
-            (t0, p0), t1, p1 = prev, h["time_s"], h["psnr"]
-            return t1 if p1 == p0 else t0 + (target - p0) / (p1 - p0) * (t1 - t0)
-        prev = (h["time_s"], h["psnr"])
-    return None
 
 
 def main() -> None:

@@ -49,3 +49,16 @@ def trained_run(run_dir: str | Path, split: str = "test"):
 
     config, model, groups, background = load_for_evaluation(run_dir, split)
     return config, model, groups[0], background
+
+
+def time_to_reach(history: list[dict], target: float) -> float | None:
+    """Training time at which the validation PSNR first reaches ``target`` (linear interpolation)."""
+    prev = (0.0, 0.0)
+    for h in history:
+        if "psnr" not in h:
+            continue
+        if h["psnr"] >= target:
+            (t0, p0), t1, p1 = prev, h["time_s"], h["psnr"]
+            return t1 if p1 == p0 else t0 + (target - p0) / (p1 - p0) * (t1 - t0)
+        prev = (h["time_s"], h["psnr"])
+    return None

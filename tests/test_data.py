@@ -722,3 +722,24 @@ def test_a_random_scene_renders_its_own_objects(tmp_path):
     a = load_scene(scenes[0], "train").images
     b = load_scene(scenes[1], "train").images
     assert not torch.equal(a, b)
+
+
+def test_a_scene_rendered_by_worker_processes_is_the_same_files(tmp_path):
+    """``workers=2`` splits each split's views over two processes: every PNG is byte for byte
+    the one process's, the transforms are the same; ``depth=False`` writes no depth maps and
+    names none."""
+    from radfield.data.synthetic import _VIEWS_PER_BATCH
+
+    n = _VIEWS_PER_BATCH + 3  # more than one batch: the pool path
+    one = make_scene(tmp_path / "one", n_train=n, n_val=0, n_test=2, size=12)
+    two = make_scene(tmp_path / "two", n_train=n, n_val=0, n_test=2, size=12, depth=False, workers=2)
+    for split, count in (("train", n), ("test", 2)):
+        for k in range(count):
+            assert (one / split / f"r_{k}.png").read_bytes() == (two / split / f"r_{k}.png").read_bytes()
+        assert not list((two / split).glob("*.npy"))
+        a = json.loads((one / f"transforms_{split}.json").read_text())
+        b = json.loads((two / f"transforms_{split}.json").read_text())
+        assert all("depth_file_path" not in f for f in b["frames"])
+        for f in a["frames"]:
+            del f["depth_file_path"]
+        assert a == b
