@@ -129,6 +129,7 @@ def random_layout(seed: int) -> Layout:
                   Sphere(tuple(c_g), r_g), pair(), pair(), tuple(glossy))
 _EPS = 1e-6
 _VIEWS_PER_BATCH = 16
+_PIXELS_PER_BATCH = 1 << 22  # large views: fewer at a time, so tracing a batch stays within memory
 
 
 # ---------------------------------------------------------------------------- intersections
@@ -292,17 +293,24 @@ def intrinsics(size: int) -> dict:
             "cx": size / 2, "cy": size / 2, "w": size, "h": size}
 
 
+def _views_per_batch(size: int) -> int:
+    """Views traced together: :data:`_VIEWS_PER_BATCH`, fewer where they would hold more than
+    :data:`_PIXELS_PER_BATCH` pixels. Example: 64 px -> 16, 800 px -> 6."""
+    return max(1, min(_VIEWS_PER_BATCH, _PIXELS_PER_BATCH // (size * size)))
+
+
 def _write_views(out_dir: Path, split: str, cameras: Cameras, views: Tensor, shifts: Tensor | None,
                  layout: Layout, depth: bool) -> None:
     """Render the views ``views`` of ``cameras`` and write their ``split/r_K.png`` (and
-    ``r_K_depth.npy``), one batch of :data:`_VIEWS_PER_BATCH` at a time, with one torch thread:
+    ``r_K_depth.npy``), :func:`_views_per_batch` at a time, with one torch thread:
     the batches are small enough that intra-op threading only adds overhead, which on a busy
     machine grows ~15x (measured 1.6 s vs 23 s for the default scene on 2 loaded cores)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for start in range(0, len(views), _VIEWS_PER_BATCH):
-            batch = views[start:start + _VIEWS_PER_BATCH]
+        per_batch = _views_per_batch(max(cameras.height, cameras.width))
+        for start in range(0, len(views), per_batch):
+            batch = views[start:start + per_batch]
             images, depths = render_views(cameras, batch, shifts, layout)
             for index, image, depth_map in zip(batch.tolist(), images, depths):
                 iio.imwrite(out_dir / split / f"r_{index}.png", image)
@@ -326,7 +334,7 @@ def write_split(out_dir: Path, split: str, poses: Tensor, size: int,
     cameras = Cameras(poses, fx, fy, cx, cy, size, size)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     views = torch.arange(n)
-    if workers > 1 and n > _VIEWS_PER_BATCH:
+    if workers > 1 and n > _views_per_batch(size):
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
