@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
+from hsm_tabletop import MODES  # baseline, hsm and its variants
 from runs import OUT, budgeted_config, fresh, time_to_reach  # this checkout first on sys.path
 
 GPU_RECIPE = {"ngp.optim.target_samples": 1 << 18, "train.max_rays": 1 << 18, "ngp.grid.log2_table_size": 19}
-MODES = {"baseline": {}, "hsm": {"train.hsm.enabled": True}}
 
 
 def synthetic_scene(folder: Path, size: int, n_train: int, n_test: int, n_val: int, workers: int) -> Path:
@@ -86,7 +86,8 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="a NeRF-synthetic scene (default: the built-in one at --size)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds of training time per mode")
-    ap.add_argument("--modes", nargs="+", default=["baseline"], choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=["baseline"], choices=list(MODES),
+                    help="baseline, hsm or a variant of bench/hsm_tabletop.py's")
     ap.add_argument("--target", type=float, default=33.0, help="validation PSNR to time (dB)")
     ap.add_argument("--eval-every", type=float, default=10.0)
     ap.add_argument("--val-images", type=int, default=4)

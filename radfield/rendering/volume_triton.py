@@ -50,7 +50,7 @@ def _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count, BLOCK: tl.constexpr,
     if OPAQUE_LAST:
         alpha = tl.where(j == count - 1, 1.0, alpha)
     capped = tl.where(mask, tl.minimum(tau, TAU_CAP), 0.0)
-    return idx, mask, j, tau, capped, alpha, survive, (t0 + t1) * 0.5, t1 - t0
+    return idx, mask, j, tau, capped, alpha, survive, (t0 + t1) * 0.5, delta
 
 
 @triton.jit
@@ -65,8 +65,8 @@ def _forward(sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, start_ptr, count_ptr, w_ptr, ou
     opacity = 0.0
     depth = 0.0
     for k in range(0, count, BLOCK):
-        idx, mask, j, tau, capped, alpha, survive, mid, delta = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count,
-                                                                     BLOCK, OPAQUE_LAST)
+        idx, mask, j, tau, capped, alpha, survive, mid, delta = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k,
+                                                                            count, BLOCK, OPAQUE_LAST)
         before = optical + (tl.cumsum(capped, 0) - capped)
         w = tl.where(mask, tl.exp(-before) * alpha, 0.0)
         tl.store(w_ptr + idx, w, mask=mask)
@@ -103,16 +103,16 @@ def _backward(sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, start_ptr, count_ptr, w_ptr, g
     g_depth = tl.load(g_depth_ptr + ray)
     total = 0.0  # sum_j G_j w_j over the ray
     for k in range(0, count, BLOCK):
-        idx, mask, j, tau, capped, alpha, survive, mid, delta = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count,
-                                                                     BLOCK, OPAQUE_LAST)
+        idx, mask, j, tau, capped, alpha, survive, mid, delta = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k,
+                                                                            count, BLOCK, OPAQUE_LAST)
         w = tl.load(w_ptr + idx, mask=mask, other=0.0)
         g = _whole_gradient(idx, mask, mid, rgb_ptr, g_w_ptr, g_rgb, g_opacity, g_depth, channels, C)
         total += tl.sum(g * w, 0)
     optical = 0.0
     seen = 0.0  # sum_j G_j w_j over the blocks done
     for k in range(0, count, BLOCK):
-        idx, mask, j, tau, capped, alpha, survive, mid, delta = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k, count,
-                                                                     BLOCK, OPAQUE_LAST)
+        idx, mask, j, tau, capped, alpha, survive, mid, delta = _load_block(sigma_ptr, t0_ptr, t1_ptr, start, k,
+                                                                            count, BLOCK, OPAQUE_LAST)
         w = tl.load(w_ptr + idx, mask=mask, other=0.0)
         g = _whole_gradient(idx, mask, mid, rgb_ptr, g_w_ptr, g_rgb, g_opacity, g_depth, channels, C)
         gw = g * w
